@@ -1,0 +1,58 @@
+# mglrud — the two commands a new machine needs are `make run` and `make test`.
+# Everything they need (Debian packages, a venv, the kernel source, virtme-ng)
+# is installed by scripts/install-deps; the test kernel is cached in
+# $(MGLRUD_CACHE) (default /var/cache/mglrud), keyed by source, config and patches.
+
+export MGLRUD_CACHE ?= /var/cache/mglrud
+VENV := $(MGLRUD_CACHE)/venv
+PY := $(VENV)/bin/python
+PYTEST := env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -p no:cacheprovider
+ARGS ?=
+
+.PHONY: run check test test-host test-vm test-vm-numa kernel kernel-debug test-vm-debug fixtures install clean-kernel
+
+## run: start mglrud on this machine with the built-in default config (Ctrl-C stops it)
+run:
+	@scripts/install-deps run
+	PYTHONPATH=$(CURDIR) /usr/bin/python3 -m mglrud run $(ARGS)
+
+## check: the preflight table of what this kernel supports
+check:
+	@scripts/install-deps run
+	PYTHONPATH=$(CURDIR) /usr/bin/python3 -m mglrud check
+
+## test: every tier — unit and host integration, then the VM tier on the project's kernel
+test: test-host test-vm
+	@scripts/test-summary
+
+test-host:
+	@scripts/install-deps test
+	@mkdir -p .test-results
+	$(PYTEST) tests/unit tests/integration --junitxml=.test-results/host.xml $(ARGS)
+
+## test-vm: build (or reuse) the kernel, boot it twice (one node, two nodes), run tests/vm inside
+test-vm:
+	@scripts/install-deps all
+	@mkdir -p .test-results
+	kernel-patch/vm-run.sh -- -m "not numa" --junitxml=$(MGLRUD_CACHE)/vm-junit.xml $(ARGS)
+	@cp $(MGLRUD_CACHE)/vm-junit.xml .test-results/vm.xml
+	kernel-patch/vm-run.sh --numa -- -m numa --junitxml=$(MGLRUD_CACHE)/vm-numa-junit.xml $(ARGS)
+	@cp $(MGLRUD_CACHE)/vm-numa-junit.xml .test-results/vm-numa.xml
+
+## test-vm-debug: the VM tier on a lockdep/KASAN/DEBUG_VM kernel (slow)
+test-vm-debug:
+	@scripts/install-deps all
+	kernel-patch/vm-run.sh --variant debug --timeout 3600 -- -m "not numa" $(ARGS)
+
+kernel:
+	kernel-patch/build.sh default
+
+kernel-debug:
+	kernel-patch/build.sh debug
+
+## fixtures: capture real lru_gen output etc. from the VM into tests/fixtures/
+fixtures:
+	kernel-patch/capture-fixtures.sh
+
+clean-kernel:
+	rm -rf $(MGLRUD_CACHE)/build $(MGLRUD_CACHE)/src

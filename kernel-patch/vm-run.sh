@@ -1,0 +1,103 @@
+#!/bin/bash
+# Boot the mglrud test kernel under virtme-ng and run the VM test tier
+# (pytest tests/vm) inside it, against this checkout.
+#
+# Usage: kernel-patch/vm-run.sh [options] [-- PYTEST_ARGS...]
+#        kernel-patch/vm-run.sh [options] --exec 'COMMAND'
+#   --numa            two NUMA nodes (memory split in half, one CPU each)
+#   --cpus N          guest CPUs (default 2)
+#   --memory SIZE     guest memory (default 2G)
+#   --variant NAME    kernel variant: default | debug (lockdep, KASAN, DEBUG_VM)
+#   --kvm             use KVM (hangs on these machines at the time of writing; TCG is the default)
+#   --timeout SECS    kill the guest after this long (default 1800)
+#   --out DIR         where the guest writes its results (default: a new temp dir)
+#   --exec CMD        run CMD in the guest (cwd = checkout) instead of pytest
+#
+# Exit status: the guest's pytest (or CMD) exit status; 1 if the kernel log
+# has a WARN/BUG/Oops/lockdep/KASAN report; 124 on timeout; 125 if the guest
+# never reported (crash, hang, boot failure) — its console log is printed.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+CACHE=${MGLRUD_CACHE:-/var/cache/mglrud}
+
+numa=0 cpus=2 memory=2G variant=default kvm=0 timeout=1800 out="" cmd=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --numa) numa=1 ;;
+        --cpus) cpus=$2; shift ;;
+        --memory) memory=$2; shift ;;
+        --variant) variant=$2; shift ;;
+        --kvm) kvm=1 ;;
+        --timeout) timeout=$2; shift ;;
+        --out) out=$2; shift ;;
+        --exec) cmd=$2; shift ;;
+        --) shift; break ;;
+        -h|--help) sed -n '2,/^set -e/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "vm-run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+say() { printf '[vm %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+image=$("$HERE/build.sh" "$variant" | tail -1)
+[ -f "$image" ] || { echo "vm-run.sh: no kernel image (build.sh printed '$image')" >&2; exit 125; }
+export PATH=$CACHE/venv/bin:$PATH
+command -v vng >/dev/null || { echo "vm-run.sh: vng not found; run scripts/install-deps kernel" >&2; exit 125; }
+
+[ -n "$out" ] || out=$(mktemp -d /tmp/mglrud-vm.XXXXXX)
+mkdir -p "$out"
+rm -f "$out/rc" "$out/guest.log" "$out/dmesg" "$out/console.log"
+
+args=(--disable-microvm --run "$image" --cpus "$cpus" --memory "$memory" --rwdir "$out" --verbose)
+[ "$kvm" = 1 ] || args+=(--disable-kvm)
+if [ "$numa" = 1 ]; then
+    [ "$cpus" -ge 2 ] || { echo "vm-run.sh: --numa needs --cpus 2 or more" >&2; exit 2; }
+    half=$(( $(numfmt --from=iec "$memory") / 2 / 1048576 ))M
+    args+=(--numa "$half,cpus=0" --numa "$half,cpus=1-$((cpus - 1))")
+fi
+
+guest=(bash "$HERE/guest-run.sh" "$out" "$REPO")
+if [ -n "$cmd" ]; then
+    guest+=(--exec "$cmd")
+else
+    guest+=(-- "$@")
+fi
+printf -v guest_cmd '%q ' "${guest[@]}"
+
+say "booting $(basename "$(dirname "$(dirname "$(dirname "$(dirname "$image")")")")") ($cpus CPUs, $memory$( [ "$numa" = 1 ] && echo ', 2 NUMA nodes'), $( [ "$kvm" = 1 ] && echo KVM || echo TCG)); results in $out"
+start=$(date +%s)
+touch "$out/guest.log"
+tail -n +1 -F "$out/guest.log" 2>/dev/null &
+tailpid=$!
+set +e
+(cd "$REPO" && timeout --kill-after=30 "$timeout" vng "${args[@]}" --exec "$guest_cmd") \
+    < /dev/null > "$out/console.log" 2>&1
+vng_rc=$?
+set -e
+sleep 1; kill "$tailpid" 2>/dev/null || true; wait "$tailpid" 2>/dev/null || true
+say "guest ran for $(( $(date +%s) - start ))s"
+
+# The guest saves its dmesg; if it died before that, the console has the log.
+log=$out/dmesg
+[ -s "$log" ] || log=$out/console.log
+if grep -nE 'WARNING:|BUG:|Oops|Kernel panic|general protection fault|KASAN:|UBSAN:|possible recursive locking|possible circular locking|inconsistent lock state|suspicious RCU usage|INFO: task .* blocked' "$log" > "$out/splats"; then
+    say "kernel reported problems (from $log):"
+    first=$(head -1 "$out/splats" | cut -d: -f1)
+    sed -n "${first},$((first + 60))p" "$log" >&2
+    exit 1
+fi
+if [ "$vng_rc" = 124 ]; then
+    say "timed out after ${timeout}s; last console lines:"; tail -30 "$out/console.log" >&2
+    exit 124
+fi
+if [ ! -f "$out/rc" ]; then
+    say "the guest never reported a result (vng exit $vng_rc); last console lines:"
+    tail -40 "$out/console.log" >&2
+    exit 125
+fi
+rc=$(cat "$out/rc")
+say "guest exit status $rc"
+exit "$rc"
