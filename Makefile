@@ -5,7 +5,7 @@
 
 export MGLRUD_CACHE ?= /var/cache/mglrud
 VENV := $(MGLRUD_CACHE)/venv
-PY := $(VENV)/bin/python
+PY := /usr/bin/python3
 PYTEST := env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -p no:cacheprovider
 ARGS ?=
 

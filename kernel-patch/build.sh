@@ -115,8 +115,11 @@ say "building bzImage with $JOBS jobs (log: $BUILD/build.log)"
 start=$(date +%s)
 make -C "$SRC" "O=$BUILD" -j"$JOBS" bzImage > "$BUILD/build.log" 2>&1 &
 pid=$!
+ticks=0
 while kill -0 "$pid" 2>/dev/null; do
-    sleep 30
+    sleep 1
+    ticks=$((ticks + 1))
+    [ $((ticks % 30)) = 0 ] || continue
     kill -0 "$pid" 2>/dev/null || break
     n=$(grep -cE '^\s+CC ' "$BUILD/build.log" || true)
     last=$(grep -E '^\s+[A-Z]+ ' "$BUILD/build.log" | tail -1 | sed 's/^ *//')

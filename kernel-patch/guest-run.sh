@@ -6,7 +6,7 @@
 # Usage: guest-run.sh OUT REPO (-- PYTEST_ARGS... | --exec CMD)
 OUT=$1 REPO=$2
 shift 2
-CACHE=${MGLRUD_CACHE:-/var/cache/mglrud}
+
 exec > "$OUT/guest.log" 2>&1
 
 mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug
@@ -27,7 +27,10 @@ if [ "$1" = --exec ]; then
     rc=$?
 else
     shift
-    "$CACHE/venv/bin/python" -m pytest -p no:cacheprovider -o cache_dir=/tmp/pytest-cache tests/vm "$@"
+    # Default to the whole VM tier unless the arguments name tests themselves.
+    paths=(tests/vm)
+    for a in "$@"; do case "$a" in tests/*) paths=() ;; esac; done
+    /usr/bin/python3 -m pytest -p no:cacheprovider "${paths[@]}" "$@"
     rc=$?
 fi
 dmesg > "$OUT/dmesg"

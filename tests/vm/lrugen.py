@@ -30,7 +30,8 @@ def read(text: str | None = None) -> dict[tuple[int, int], dict]:
 def memcg_id(cgroup_path: str) -> int:
     """The memcg id lru_gen shows for a cgroup path relative to the root ("/mglrud-test/hot")."""
     for (mid, _node), entry in read().items():
-        if entry["path"] == cgroup_path:
+        # A removed memcg lingers with id 0 while it dies; it may share the path.
+        if entry["path"] == cgroup_path and mid != 0:
             return mid
     raise LookupError(f"{cgroup_path} not in {LRU_GEN}")
 
