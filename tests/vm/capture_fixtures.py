@@ -45,7 +45,7 @@ def main() -> int:
     specs = [  # (memcg, cpu, workload args)
         ("hot", 0, ["--size", "64M", "--hot", "64M"]),
         ("cold", last_cpu, ["--size", "96M"]),
-        ("file", 0, ["--size", "32M", "--hot", "16M", "--file", "/tmp/mglrud-fixture.dat"]),
+        ("file", 0, ["--size", "32M", "--hot", "16M", "--file", "/usr/src/linux-source-6.12.tar.xz", "--readonly"]),
     ]
     procs = []
     for memcg, cpu, args in specs:
