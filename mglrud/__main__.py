@@ -1,0 +1,5 @@
+import sys
+
+from mglrud.cli import main
+
+sys.exit(main())

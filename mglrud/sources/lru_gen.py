@@ -1,0 +1,169 @@
+"""Source: /sys/kernel/debug/lru_gen, the multi-gen LRU's debugfs file (Linux >= 6.1, CONFIG_LRU_GEN).
+
+Reading it gives, per memcg and NUMA node, one line per generation (oldest
+first): sequence number, age in ms, anon pages, file pages. Writing
+`+ memcg_id node_id max_seq can_swap force_scan` creates a new generation
+(aging). Both are documented in Documentation/admin-guide/mm/multigen_lru.rst
+("Experimental features"); the code is lru_gen_seq_show() and
+lru_gen_seq_write()/run_cmd() in mm/vmscan.c.
+
+`parse(text)` is pure. `age()` writes through the fs.Writer seam and turns
+every kernel error into a counted reason, never an exception, because a memcg
+vanishing between a read and a write is normal.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from mglrud.fs import FS, Writer
+from mglrud.model import GenHistogram, Generation
+
+NAME = "lru_gen"
+
+# Every reason mglrud_aging_errors_total{reason} can carry, so all series exist from the start.
+REASONS = ("einval", "erange", "enoent", "eperm", "memcg_gone", "no_debugfs", "other")
+
+# "memcg %5hu %s": the path is the rest of the line and may contain spaces; it is
+# empty for the root when memcg is disabled (cgroup_disable=memory).
+_MEMCG = re.compile(r"memcg +(\d+) ?(.*)")
+_NODE = re.compile(r" node +(\d+)")
+
+
+class ParseError(ValueError):
+    pass
+
+
+class Unavailable(Exception):
+    """lru_gen cannot be read; the message says what to do about it, `reason` is one of REASONS."""
+
+    def __init__(self, message: str, reason: str = "other"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def parse(text: str) -> tuple[GenHistogram, ...]:
+    """lru_gen or lru_gen_full text -> one GenHistogram per (memcg, node), in file order."""
+    out: list[GenHistogram] = []
+    memcg: tuple[int, str] | None = None
+    node: int | None = None
+    gens: list[Generation] = []
+
+    def flush() -> None:
+        if memcg is not None and node is not None:
+            if not gens:
+                raise ParseError(f"memcg {memcg[0]} node {node} has no generations")
+            out.append(GenHistogram(memcg[0], memcg[1], node, tuple(gens)))
+
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if m := _MEMCG.fullmatch(line):
+            flush()
+            memcg, node, gens = (int(m.group(1)), m.group(2) or "/"), None, []
+            continue
+        if m := _NODE.fullmatch(line.rstrip()):
+            if memcg is None:
+                raise ParseError(f"line {lineno}: node before any memcg line")
+            flush()
+            node, gens = int(m.group(1)), []
+            continue
+        words = line.split()
+        # A generation: "seq age_ms anon file", counts marked 'x' in lru_gen_full when
+        # seq is below that type's min_seq.
+        if len(words) == 4 and words[0].isdigit() and words[1].isdigit():
+            if node is None:
+                raise ParseError(f"line {lineno}: generation before any node line")
+            try:
+                anon, file = (int(w.rstrip("x")) for w in words[2:])
+            except ValueError:
+                raise ParseError(f"line {lineno}: cannot read page counts in {line.strip()!r}") from None
+            seq = int(words[0])
+            if gens and seq <= gens[-1].seq:
+                raise ParseError(f"line {lineno}: generation {seq} after {gens[-1].seq}")
+            gens.append(Generation(seq, int(words[1]) / 1000.0, anon, file))
+            continue
+        # lru_gen_full only: per-tier refault stats (tier + 6 marked numbers) and
+        # mm-walk stats (4 marked numbers). mglrud does not use them.
+        if (len(words) == 7 and words[0].isdigit()) or (len(words) == 4 and not words[0].isdigit()):
+            continue
+        raise ParseError(f"line {lineno}: unexpected {line.strip()!r}")
+    flush()
+    return tuple(out)
+
+
+def read(fs: FS) -> tuple[GenHistogram, ...]:
+    try:
+        text = fs.lru_gen.read_text()
+    except FileNotFoundError:
+        raise Unavailable(
+            f"{fs.lru_gen} does not exist: mount debugfs (mount -t debugfs none {fs.paths.debugfs}) "
+            f"on a kernel built with CONFIG_LRU_GEN=y", "no_debugfs") from None
+    except PermissionError:
+        raise Unavailable(f"{fs.lru_gen} is not readable: run mglrud as root", "eperm") from None
+    except OSError as e:
+        raise Unavailable(f"cannot read {fs.lru_gen}: {e.strerror}") from None
+    try:
+        return parse(text)
+    except ParseError as e:
+        raise Unavailable(f"cannot parse {fs.lru_gen}: {e}") from None
+
+
+def aging_command(memcg_id: int, node: int, max_seq: int, can_swap: bool, force_scan: bool) -> str:
+    return f"+ {memcg_id} {node} {max_seq} {int(can_swap)} {int(force_scan)}"
+
+
+@dataclass(frozen=True)
+class AgingResult:
+    memcg_path: str
+    node: int
+    reason: str  # "" on success, else one of REASONS
+    duration: float  # seconds spent in the write(s): the kernel's page-table walk
+    commands: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def _reason(e: OSError) -> str:
+    return {errno.EINVAL: "einval", errno.ERANGE: "erange", errno.ENOENT: "enoent",
+            errno.EPERM: "eperm", errno.EACCES: "eperm"}.get(e.errno, "other")
+
+
+def age(lruvec: GenHistogram, writer: Writer, reread: Callable[[], tuple[GenHistogram, ...]],
+        can_swap: bool, force_scan: bool, clock: Callable[[], float] = time.monotonic) -> AgingResult:
+    """Create a new generation for one lruvec whose max_seq came from a fresh read.
+
+    The kernel answers EINVAL when max_seq is not current (or the memcg id is no
+    longer valid): re-read once, and retry if the same memcg is still there.
+    """
+    commands = []
+    start = clock()
+    current = lruvec
+    for attempt in range(2):
+        cmd = aging_command(current.memcg_id, current.node, current.max_seq, can_swap, force_scan)
+        commands.append(cmd)
+        try:
+            writer.write(cmd)
+            reason = ""
+        except OSError as e:
+            reason = _reason(e)
+        if reason != "einval" or attempt:
+            break
+        try:
+            fresh = {(h.memcg_id, h.node): h for h in reread()}
+        except Unavailable:
+            reason = "no_debugfs"
+            break
+        again = fresh.get((lruvec.memcg_id, lruvec.node))
+        # Ids are reused: the same id under another path is another memcg.
+        if again is None or again.memcg_path != lruvec.memcg_path:
+            reason = "memcg_gone"
+            break
+        current = again
+    return AgingResult(lruvec.memcg_path, lruvec.node, reason, clock() - start, tuple(commands))

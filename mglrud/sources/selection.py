@@ -1,0 +1,109 @@
+"""Which sources run: BPF + lru_gen, else lru_gen alone, else /proc -- automatic, overridable.
+
+`sources: auto` (the default) probes the kernel once at start and on reload:
+lru_gen when debugfs lru_gen can be read (CONFIG_LRU_GEN, debugfs mounted,
+root); the BPF source beside it when mglrud's tracepoint and bcc are there;
+the /proc source only when lru_gen cannot be used, because clear_refs clears
+the same accessed bits MGLRU's aging walks look at. `sources: [lru_gen, procfs]`
+names them explicitly: each named source then runs (and reports itself down with
+a reason while it cannot), and no other does.
+
+`choose()` is pure; the probe_* functions look at the machine through the FS seam.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mglrud.fs import FS
+from mglrud.sources import lru_gen
+
+SOURCES = ("bpf", "lru_gen", "procfs")
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    usable: bool
+    detail: str  # what was found, or why it cannot be used, as a sentence
+
+
+@dataclass(frozen=True)
+class Choice:
+    active: tuple[str, ...]  # in SOURCES order
+    why: tuple[tuple[str, str], ...]  # (source, why it is or is not used), every source listed
+
+    def reason(self, name: str) -> str:
+        return dict(self.why)[name]
+
+
+def probe_lru_gen(fs: FS) -> Probe:
+    try:
+        lruvecs = lru_gen.read(fs)
+    except lru_gen.Unavailable as e:
+        enabled = fs.sys("kernel", "mm", "lru_gen", "enabled")
+        if not enabled.exists():
+            return Probe("lru_gen", False, f"{enabled} missing: the kernel is built without CONFIG_LRU_GEN "
+                                           f"(no multi-gen LRU)")
+        return Probe("lru_gen", False, str(e))
+    return Probe("lru_gen", True, f"{fs.lru_gen} readable ({len({h.memcg_id for h in lruvecs})} memcgs)")
+
+
+def probe_bpf(fs: FS) -> Probe:
+    # The tracepoint is what mglrud's kernel patch adds (see check.py); the source itself is issue 5.
+    for parts in (("events", "vmscan", "mm_vmscan_lru_gen_young"), ("events", "lru_gen")):
+        if fs.tracefs(*parts).is_dir():
+            return Probe("bpf", False, "the tracepoint is present, but this mglrud has no BPF source yet")
+    return Probe("bpf", False, "no mm_vmscan_lru_gen_young tracepoint: a stock kernel without mglrud's patch")
+
+
+def probe_procfs(fs: FS) -> Probe:
+    smaps, clear = fs.proc("self", "smaps"), fs.proc("self", "clear_refs")
+    try:
+        text = smaps.read_text()
+    except OSError as e:
+        return Probe("procfs", False, f"cannot read {smaps}: {e.strerror}")
+    if "\nReferenced:" not in text:
+        return Probe("procfs", False, f"{smaps} has no Referenced field (kernel without CONFIG_PROC_PAGE_MONITOR)")
+    if not clear.exists():
+        return Probe("procfs", False, f"{clear} missing (kernel without CONFIG_PROC_PAGE_MONITOR)")
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}: only processes it may ptrace can be read"
+    return Probe("procfs", True, f"smaps Referenced and clear_refs available; running as {who}")
+
+
+def probe_all(fs: FS) -> dict[str, Probe]:
+    return {"bpf": probe_bpf(fs), "lru_gen": probe_lru_gen(fs), "procfs": probe_procfs(fs)}
+
+
+def choose(requested: str | tuple[str, ...], probes: dict[str, Probe]) -> Choice:
+    if requested != AUTO:
+        active = tuple(s for s in SOURCES if s in requested)
+        why = []
+        for s in SOURCES:
+            p = probes[s]
+            if s not in requested:
+                why.append((s, "not in the configured sources"))
+            elif p.usable:
+                why.append((s, f"configured; {p.detail}"))
+            else:
+                why.append((s, f"configured, but cannot run: {p.detail}"))
+        return Choice(active, tuple(why))
+
+    lru, bpf, proc = probes["lru_gen"], probes["bpf"], probes["procfs"]
+    if lru.usable:
+        active = ("bpf", "lru_gen") if bpf.usable else ("lru_gen",)
+        why = (
+            ("bpf", f"used beside lru_gen: {bpf.detail}" if bpf.usable else f"not used: {bpf.detail}"),
+            ("lru_gen", f"used: {lru.detail}"),
+            ("procfs", "not used: lru_gen is usable, and clear_refs would clear the accessed bits its aging "
+                       "reads (name it in sources: to run it anyway)"),
+        )
+        return Choice(active, why)
+    why = (
+        ("bpf", f"not used: it needs lru_gen; {bpf.detail}"),
+        ("lru_gen", f"not used: {lru.detail}"),
+        ("procfs", f"used because lru_gen is not: {proc.detail}" if proc.usable else f"not used: {proc.detail}"),
+    )
+    return Choice(("procfs",) if proc.usable else (), why)

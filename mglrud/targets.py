@@ -1,0 +1,120 @@
+"""Resolve configured targets to memcgs, every cycle.
+
+Memcg targets match cgroup v2 paths (globs allowed) against the memcgs that
+/sys/kernel/debug/lru_gen lists. Process targets (pid, comm, cmdline regex,
+systemd unit) are found in /proc and aged through the memcg they live in,
+read from /proc/PID/cgroup (Documentation/admin-guide/cgroup-v2.rst,
+"Processes"): MGLRU keeps generations per memcg, not per process, so a
+process target ages and reports everything else charged to its memcg too.
+
+Memcg ids are reused by the kernel, so id <-> path comes from the same lru_gen
+read that the ids are used with, never from a cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mglrud.config import Target, memcg_matches
+from mglrud.fs import FS
+from mglrud.model import GenHistogram
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    comm: str
+    cmdline: str  # NUL separators shown as spaces
+    cgroup: str  # cgroup v2 path
+
+
+@dataclass(frozen=True)
+class Resolution:
+    target: Target
+    memcgs: tuple[str, ...]  # cgroup paths present in lru_gen
+    problem: str = ""
+
+
+def memcg_index(lruvecs: tuple[GenHistogram, ...]) -> dict[str, int]:
+    """cgroup path -> memcg id.
+
+    A dying memcg (removed, but still holding pages) keeps its path and stays
+    in lru_gen beside a new cgroup of the same name. lru_gen walks siblings in
+    creation order, so the later entry is the newer one: the live cgroup.
+    """
+    return {h.memcg_path: h.memcg_id for h in lruvecs}
+
+
+def proc_cgroup(text: str) -> str | None:
+    """The cgroup v2 path from /proc/PID/cgroup ("0::/path"), None on a v1-only system."""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return None
+
+
+def read_proc(fs: FS, pid: int, cmdline: bool) -> Proc | None:
+    """None when the process exited meanwhile or is not readable."""
+    try:
+        cgroup = proc_cgroup(fs.proc(pid, "cgroup").read_text())
+        comm = fs.proc(pid, "comm").read_text().rstrip("\n")
+        cmd = fs.proc(pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip() \
+            if cmdline else ""
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError:  # ESRCH and friends when the task is being torn down
+        return None
+    if cgroup is None:
+        return None
+    return Proc(pid, comm, cmd, cgroup)
+
+
+def scan_procs(fs: FS, cmdline: bool) -> list[Proc]:
+    try:
+        pids = [int(p.name) for p in fs.proc().iterdir() if p.name.isdigit()]
+    except OSError:
+        return []
+    return [p for p in (read_proc(fs, pid, cmdline) for pid in sorted(pids)) if p is not None]
+
+
+def nearest_memcg(path: str, index: dict[str, int]) -> str | None:
+    """A cgroup without the memory controller is charged to its nearest ancestor that has it."""
+    while True:
+        if path in index:
+            return path
+        if path == "/":
+            return None
+        path = path.rsplit("/", 1)[0] or "/"
+
+
+def _selects(t: Target, p: Proc) -> bool:
+    if t.kind == "pid":
+        return p.pid == t.value
+    if t.kind == "comm":
+        return p.comm == t.value
+    if t.kind == "cmdline":
+        return t.pattern.search(p.cmdline) is not None
+    if t.kind == "unit":
+        return t.value in p.cgroup.split("/")
+    return False
+
+
+def resolve(targets: tuple[Target, ...], lruvecs: tuple[GenHistogram, ...], fs: FS) -> tuple[Resolution, ...]:
+    index = memcg_index(lruvecs)
+    kinds = {t.kind for t in targets}
+    procs: list[Proc] = []
+    if kinds & {"comm", "cmdline", "unit"}:
+        procs = scan_procs(fs, cmdline="cmdline" in kinds)
+    elif "pid" in kinds:
+        procs = [p for p in (read_proc(fs, t.value, False) for t in targets if t.kind == "pid") if p]
+    out = []
+    for t in targets:
+        if t.kind == "memcg":
+            found = tuple(path for path in index if memcg_matches(t.pattern, path))
+            problem = "" if found else f"no memcg in lru_gen matches {t.value}"
+        else:
+            paths = [nearest_memcg(p.cgroup, index) for p in procs if _selects(t, p)]
+            found = tuple(sorted({p for p in paths if p is not None}))
+            problem = "" if found else f"no running process with {t.kind} {t.value}"
+        out.append(Resolution(t, found, problem))
+    return tuple(out)

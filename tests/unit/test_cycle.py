@@ -1,0 +1,118 @@
+"""cycle.py: which memcgs are aged when, with what command, and what the Snapshot holds."""
+
+import errno
+
+from mglrud.config import loads
+from mglrud.cycle import Engine, phase
+from mglrud.fs import RecordingWriter
+from synth import lru_gen_text
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _engine(tmp_path, yaml, memcgs, fail=None):
+    (tmp_path / "debugfs").mkdir(exist_ok=True)
+    (tmp_path / "debugfs" / "lru_gen").write_text(lru_gen_text(memcgs))
+    cfg = loads(yaml + f"\npaths: {{debugfs: {tmp_path}/debugfs, procfs: {tmp_path}/proc}}\n")
+    clock = Clock()
+    writer = RecordingWriter(fail)
+    return Engine(cfg, writer=writer, clock=clock, wall=lambda: 1.7e9 + clock.t), writer, clock
+
+
+MEMCGS = [(1, "/", [(0, [(5, 9000, 10, 20), (6, 100, 1, 2)])]),
+          (3, "/a", [(0, [(7, 4000, 100, 0), (8, 10, 5, 0)]), (1, [(2, 4000, 0, 0)])]),
+          (4, "/b", [(0, [(9, 4000, 7, 7)]), (1, [(4, 4000, 0, 0)])])]
+
+
+def test_snapshot_only_reads_when_not_aging(tmp_path):
+    eng, w, _ = _engine(tmp_path, "targets: [{memcg: /a}]", MEMCGS)
+    snap = eng.cycle(age=False)
+    assert w.commands == []
+    assert [(h.memcg_path, h.node) for h in snap.lruvecs] == [("/a", 0), ("/a", 1)]
+    assert snap.sources[0].up and snap.targets[0].memcgs == ("/a",)
+
+
+def test_age_all_writes_every_node_once(tmp_path):
+    eng, w, _ = _engine(tmp_path, "aging: {can_swap: false}\ntargets: [{memcg: /a}, {memcg: /b, force_scan: false}]",
+                        MEMCGS)
+    snap = eng.cycle(age_all=True)
+    assert w.commands == ["+ 3 0 8 0 1", "+ 3 1 2 0 1", "+ 4 0 9 0 0", "+ 4 1 4 0 0"]
+    assert snap.aging.runs == 4 and dict(snap.aging.errors)["einval"] == 0
+    assert all(t.last_success == 1.7e9 + 1000.0 for t in snap.targets)
+
+
+def test_memcgs_are_spread_over_the_interval(tmp_path):
+    many = [(10 + i, f"/m{i}", [(0, [(3, 100, 1, 1)])]) for i in range(40)]
+    eng, w, clock = _engine(tmp_path, "aging: {interval: 1m}\ntargets: [{memcg: '/m*'}]", many)
+    eng.cycle(age=False)
+    phases = sorted(phase(f"/m{i}", 60.0) for i in range(40))
+    assert phases[0] >= 0 and phases[-1] < 60
+    assert len({int(p // 15) for p in phases}) == 4, "every quarter of the interval has some"
+    # Walk through one interval in 1 s steps: each memcg is aged exactly once,
+    # and never more than a handful in the same second.
+    per_step = []
+    for _ in range(60):
+        before = len(w.commands)
+        eng.cycle()
+        per_step.append(len(w.commands) - before)
+        clock.t += 1.0
+    assert sorted(w.commands) == sorted(f"+ {10 + i} 0 3 1 1" for i in range(40))
+    assert max(per_step) < 40
+
+
+def test_interval_is_kept_per_memcg(tmp_path):
+    eng, w, clock = _engine(tmp_path, "targets: [{memcg: /a, interval: 10s}]", MEMCGS)
+    eng.cycle(age=False)
+    counts = []
+    for _ in range(30):
+        clock.t += 1.0
+        eng.cycle()
+        counts.append(len(w.commands))
+    assert counts[-1] == 6, "3 agings x 2 nodes in 30 s at a 10 s interval"
+
+
+def test_first_target_wins_for_a_shared_memcg(tmp_path):
+    eng, w, _ = _engine(tmp_path, "targets: [{name: x, memcg: /a, can_swap: false}, {name: y, memcg: '/*'}]", MEMCGS)
+    snap = eng.cycle(age_all=True)
+    assert [c for c in w.commands if c.startswith("+ 3 ")] == ["+ 3 0 8 0 1", "+ 3 1 2 0 1"]
+    assert {t.name: t.last_success is not None for t in snap.targets} == {"x": True, "y": True}
+
+
+def test_errors_are_counted_and_never_raised(tmp_path):
+    eng, w, _ = _engine(tmp_path, "targets: [{memcg: /a}]", MEMCGS,
+                        fail={"+ 3 0 8 1 1": [errno.ERANGE], "+ 3 1 2 1 1": [errno.EPERM]})
+    snap = eng.cycle(age_all=True)
+    errors = dict(snap.aging.errors)
+    assert (errors["erange"], errors["eperm"], snap.aging.runs) == (1, 1, 2)
+    assert snap.targets[0].last_success is None
+
+
+def test_missing_lru_gen_is_a_down_source(tmp_path):
+    eng, w, _ = _engine(tmp_path, "targets: [{memcg: /a}]", MEMCGS)
+    (tmp_path / "debugfs" / "lru_gen").unlink()
+    snap = eng.cycle()
+    assert not snap.sources[0].up and "mount -t debugfs" in snap.sources[0].reason
+    assert dict(snap.aging.errors)["no_debugfs"] == 1
+    assert snap.lruvecs == () and snap.targets[0].problem
+
+
+def test_dying_duplicate_is_neither_aged_nor_exported(tmp_path):
+    memcgs = [(1, "/", [(0, [(5, 10, 1, 1)])]), (6, "/svc", [(0, [(3, 10, 9, 9)])]),
+              (8, "/svc", [(0, [(4, 10, 1, 1)])])]
+    eng, w, _ = _engine(tmp_path, "targets: [{memcg: /svc}]", memcgs)
+    snap = eng.cycle(age_all=True)
+    assert w.commands == ["+ 8 0 4 1 1"]
+    assert [h.memcg_id for h in snap.lruvecs] == [8]
+
+
+def test_duration_histogram_counts_every_run(tmp_path):
+    eng, w, _ = _engine(tmp_path, "targets: [{memcg: '/*'}]", MEMCGS)
+    a = eng.cycle(age_all=True).aging
+    assert a.duration_counts[-1] == a.runs == 4
+    assert list(a.duration_counts) == sorted(a.duration_counts), "cumulative"
