@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from mglrud.fs import FS, FileWriter
-from mglrud.sources import lru_gen
+from mglrud.sources import lru_gen, selection
 
 # Bits of /sys/kernel/mm/lru_gen/enabled (multigen_lru.rst, "Runtime options").
 ENABLED_BITS = {0x1: "core", 0x2: "mm_walk", 0x4: "nonleaf_young"}
@@ -136,6 +136,41 @@ def run(fs: FS) -> tuple[list[Row], bool]:
     writable = _writable(fs, lruvecs) if readable.ok else Row("debugfs lru_gen writable", False, "not readable")
     rows = [enabled, readable, writable, _cgroup2(fs), _tracepoint(fs), _bcc(), _privileges(fs)]
     return rows, enabled.ok and readable.ok and writable.ok
+
+
+def format_sources(fs: FS, requested: str | tuple[str, ...]) -> str:
+    """Which sources `mglrud run` would use with this config (sources/selection.py), and why the others not."""
+    probes = selection.probe_all(fs)
+    choice = selection.choose(requested, probes)
+    lines = ["", f"SOURCES ({'auto' if requested == selection.AUTO else 'configured: ' + ', '.join(requested)})"]
+    for name, why in choice.why:
+        state = ("used" if probes[name].usable else "down") if name in choice.active else "no"
+        lines.append(f"{name.ljust(8)}  {state:6}  {why}")
+    if not any(probes[name].usable for name in choice.active):
+        lines.append("no chosen source can run here: mglrud would serve only its own metrics")
+    return "\n".join(lines) + "\n"
+
+
+def bpf_program(fs: FS, cfg) -> Row:
+    """Compile and attach the BPF source's program, then detach (ebpf_exporter's --config.check):
+    the only way to know that bcc can build it against this kernel. Tried only where the
+    tracepoint exists and bcc imports, so never on a stock kernel."""
+    from mglrud.sources import bpf_hotness
+
+    name = "bpf program"
+    if not selection.probe_bpf(fs).usable:
+        return Row(name, False, f"not tried: {selection.probe_bpf(fs).detail}")
+    try:
+        prog = bpf_hotness.Program(cfg, fs)
+    except bpf_hotness.Unavailable as e:
+        return Row(name, False, str(e))
+    prog.close()
+    return Row(name, True, f"{bpf_hotness.program_path(cfg)} compiled and attached in "
+                           f"{prog.compile_seconds:.1f}s (then detached)")
+
+
+def format_bpf(row: Row) -> str:
+    return f"\nBPF SOURCE\n{row.name}  {'ok' if row.ok else 'no':6}  {row.detail}\n"
 
 
 def format_table(rows: list[Row], usable: bool) -> str:

@@ -1,7 +1,7 @@
 """Command line: `mglrud run | check | snapshot`. main() returns the exit status.
 
 Exit status: 0 ok, 1 the machine cannot do it (check failed, port taken,
-lru_gen unreadable for snapshot), 2 bad usage or bad config. Errors a user can
+a chosen source down for snapshot), 2 bad usage or bad config. Errors a user can
 fix are printed as one line, never a traceback.
 """
 
@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import sys
 
-from mglrud import __version__, check, report
+from mglrud import __version__, check, report, systemd
 from mglrud.config import DEFAULT_PORT, Config, ConfigError, load
 from mglrud.fs import FS
 
@@ -80,20 +80,38 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mglrud: config: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under systemd, the journal with priorities (python3-systemd); else stderr with timestamps.
+    journal = systemd.journal_handler() if args.command == "run" else None
+    if journal is not None:
+        logging.basicConfig(level=cfg.log_level.upper(), handlers=[journal], format="%(name)s: %(message)s")
+    else:
+        logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from mglrud.targets import missing_memcgs
+
+    for key, problem in missing_memcgs(cfg.targets, FS(cfg.paths)):
+        if args.command == "check":  # the preflight of a config: a typo is an error
+            print(f"mglrud: config: {key}: {problem}", file=sys.stderr)
+            return 2
+        logging.getLogger("mglrud").warning("config: %s: %s", key, problem)
 
     if args.command == "check":
         rows, usable = check.run(FS(cfg.paths))
         sys.stdout.write(check.format_table(rows, usable))
+        sys.stdout.write(check.format_sources(FS(cfg.paths), cfg.sources))
+        sys.stdout.write(check.format_bpf(check.bpf_program(FS(cfg.paths), cfg.bpf)))
         return 0 if usable else 1
 
     from mglrud.cycle import Engine  # imported here: `check` must work even if these break
 
     if args.command == "snapshot":
-        snap = Engine(cfg).cycle(age=not args.no_age, age_all=True)
+        engine = Engine(cfg)
+        snap = engine.cycle(age=not args.no_age, age_all=True)
         sys.stdout.write(report.to_json(snap) if args.json else report.to_table(snap))
-        return 0 if all(s.up for s in snap.sources) else 1
+        # The sources chosen for this machine (sources:), e.g. procfs where there is no MGLRU.
+        chosen = [s for s in snap.sources if s.name in engine.choice.active]
+        return 0 if chosen and all(s.up for s in chosen) else 1
 
     from mglrud.daemon import Daemon, ListenError
 

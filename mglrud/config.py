@@ -87,6 +87,35 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Procfs:
+    """The /proc source (sources/procfs.py): what it reads per target and whether it clears refs."""
+
+    max_processes: int = 5  # per target: the largest by RSS
+    top_mappings: int = 10  # per target: own series; the rest summed as mapping="other"
+    clear_refs: bool = True
+
+
+@dataclass(frozen=True)
+class Bpf:
+    """The BPF hotness source (sources/bpf_hotness.py, bpf/hotness.bpf.c)."""
+
+    region_size: int = 2 << 20  # bytes; a power of two
+    half_life: float = 300.0  # seconds, of the access-frequency EWMA
+    heat_buckets: int = 64  # buckets of the address-offset histogram per process target
+    max_regions: int = 65536  # entries of the in-kernel map (tgid, memcg, region, node, lru)
+    max_processes: int = 10  # per target: processes whose residency (pagemap) is read
+    program: str = ""  # the .bpf.c file; empty: bpf/hotness.bpf.c beside the package
+
+    @property
+    def region_shift(self) -> int:
+        return self.region_size.bit_length() - 1
+
+
+# The data sources `sources:` can name (sources/selection.py); "auto" picks among them.
+SOURCE_NAMES = ("bpf", "lru_gen", "procfs")
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen = Listen()
     aging: Aging = Aging()
@@ -96,6 +125,9 @@ class Config:
     paths: Paths = Paths()
     log_level: str = "info"
     source: str = "(built-in defaults)"
+    sources: str | tuple[str, ...] = "auto"  # "auto" or names from SOURCE_NAMES
+    procfs: Procfs = Procfs()
+    bpf: Bpf = Bpf()
 
 
 DEFAULT_TARGETS = [{"name": "all", "memcg": "/**"}]
@@ -105,12 +137,15 @@ DEFAULT_TARGETS = [{"name": "all", "memcg": "/**"}]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION = 7 * 24 * 3600.0
 
 
 def parse_duration(text: Any, key: str) -> float:
     """'30s', '5m', '1h', '1m30s', '500ms' -> seconds (> 0)."""
     if isinstance(text, bool) or not isinstance(text, str):
         raise ConfigError(key, f"must be a duration with a unit like 30s, 5m or 1h, got {text!r}")
+    if text.startswith("-"):
+        raise ConfigError(key, f"must be longer than zero, got {text!r}")
     pos, total = 0, 0.0
     for m in _DURATION_PART.finditer(text):
         if m.start() != pos:
@@ -121,6 +156,8 @@ def parse_duration(text: Any, key: str) -> float:
         raise ConfigError(key, f"must be a duration with a unit like 30s, 5m or 1h, got {text!r}")
     if total <= 0:
         raise ConfigError(key, f"must be longer than zero, got {text!r}")
+    if total > MAX_DURATION:  # beyond any sensible schedule, and past what timers accept
+        raise ConfigError(key, f"must be at most {format_duration(MAX_DURATION)}, got {text!r}")
     return total
 
 
@@ -256,7 +293,7 @@ def _paths(v: Any) -> Paths:
     for name in names:
         if name in v:
             p = _str(v[name], f"paths.{name}")
-            if not p.startswith("/"):
+            if not p.startswith("/") or "\0" in p:
                 raise ConfigError(f"paths.{name}", f"must be an absolute path, got {p!r}")
             out[name] = p
     return Paths(**out)
@@ -280,6 +317,9 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
     if kind == "memcg":
         if not value.startswith("/"):
             raise ConfigError(k, f"must be a cgroup v2 path starting with '/', like /system.slice/*.service, got {value!r}")
+        if any(part in (".", "..") for part in value.split("/")):
+            raise ConfigError(k, f"must not contain '.' or '..' components (memcgs are matched by their "
+                                 f"canonical path), got {value!r}")
         try:
             pattern = memcg_glob(value)
         except ValueError as e:
@@ -318,7 +358,62 @@ def _targets(v: Any, aging: Aging) -> tuple[Target, ...]:
     return tuple(out)
 
 
-TOP_KEYS = ("listen", "aging", "snapshot", "metrics", "targets", "paths", "log")
+def _sources(v: Any) -> str | tuple[str, ...]:
+    if v == "auto":
+        return "auto"
+    if not isinstance(v, list) or not v:
+        raise ConfigError("sources", f"must be auto or a non-empty list of {', '.join(SOURCE_NAMES)}, got {v!r}")
+    for i, name in enumerate(v):
+        if name not in SOURCE_NAMES:
+            raise ConfigError(f"sources[{i}]", f"must be one of {', '.join(SOURCE_NAMES)}, got {name!r}")
+        if name in v[:i]:
+            raise ConfigError(f"sources[{i}]", f"{name} is listed twice")
+    return tuple(v)
+
+
+def _procfs(v: Any) -> Procfs:
+    v = _mapping(v, "procfs", ("max_processes", "top_mappings", "clear_refs"))
+    return Procfs(
+        max_processes=_int(v.get("max_processes", Procfs.max_processes), "procfs.max_processes", 1, 100),
+        top_mappings=_int(v.get("top_mappings", Procfs.top_mappings), "procfs.top_mappings", 1, 100),
+        clear_refs=_bool(v.get("clear_refs", Procfs.clear_refs), "procfs.clear_refs"),
+    )
+
+
+_SIZE = re.compile(r"(\d+)([KMG]i?B?|)")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(v: Any, key: str) -> int:
+    """'2M', '2MiB', '4096', 2097152 -> bytes."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    m = _SIZE.fullmatch(v) if isinstance(v, str) else None
+    if not m:
+        raise ConfigError(key, f"must be a size like 2M, 512K or 1G, got {v!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)[:1]]
+
+
+def _bpf(v: Any) -> Bpf:
+    v = _mapping(v, "bpf", ("region_size", "half_life", "heat_buckets", "max_regions", "max_processes",
+                            "program"))
+    size = parse_size(v.get("region_size", Bpf.region_size), "bpf.region_size")
+    if size < 4096 or size > 1 << 30 or size & (size - 1):
+        raise ConfigError("bpf.region_size", f"must be a power of two from 4K to 1G, got {v.get('region_size')!r}")
+    program = v.get("program", Bpf.program)
+    if program != "" and (not isinstance(program, str) or not program.startswith("/")):
+        raise ConfigError("bpf.program", f"must be an absolute path to a .bpf.c file, got {program!r}")
+    return Bpf(
+        region_size=size,
+        half_life=parse_duration(v["half_life"], "bpf.half_life") if "half_life" in v else Bpf.half_life,
+        heat_buckets=_int(v.get("heat_buckets", Bpf.heat_buckets), "bpf.heat_buckets", 4, 256),
+        max_regions=_int(v.get("max_regions", Bpf.max_regions), "bpf.max_regions", 1024, 1 << 22),
+        max_processes=_int(v.get("max_processes", Bpf.max_processes), "bpf.max_processes", 1, 1000),
+        program=program,
+    )
+
+
+TOP_KEYS = ("listen", "aging", "snapshot", "metrics", "targets", "paths", "log", "sources", "procfs", "bpf")
 
 
 def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
@@ -345,6 +440,9 @@ def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
         paths=_paths(doc.get("paths")),
         log_level=level,
         source=source,
+        sources=_sources(doc["sources"]) if "sources" in doc else Config.sources,
+        procfs=_procfs(doc.get("procfs")),
+        bpf=_bpf(doc.get("bpf")),
     )
 
 
@@ -385,4 +483,6 @@ def load(path: str | None) -> Config:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(path, f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, f"is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}") from None
     return loads(text, path)

@@ -1,5 +1,9 @@
 """One cycle of the daemon: read lru_gen, resolve targets, age what is due, build a Snapshot.
 
+Which sources run is chosen by sources/selection.py (`sources:` in the config):
+on a kernel without MGLRU, `auto` runs the /proc source instead of lru_gen, and
+keeps probing for lru_gen each cycle so that it takes over once it can be read.
+
 Used by the daemon's loop and, once, by `mglrud snapshot`. The Engine keeps
 the only mutable state: the aging schedule and the cumulative aging counters
 that become immutable AgingStats in each Snapshot.
@@ -22,7 +26,7 @@ from typing import Callable
 from mglrud.config import Config, Target
 from mglrud.fs import FS, Writer, make_writer
 from mglrud.model import AgingStats, GenHistogram, Snapshot, SourceStatus, TargetState
-from mglrud.sources import lru_gen
+from mglrud.sources import bpf_hotness, lru_gen, procfs, selection
 from mglrud.targets import memcg_index, resolve
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,9 @@ class Engine:
         self.last_success: dict[str, float] = {}
         self.next_due: dict[str, float] = {}
         self._problems: dict[str, str] = {}
+        self.procfs: procfs.ProcfsSource | None = None
+        self.choice: selection.Choice | None = None
+        self.bpf: bpf_hotness.BpfHotnessSource | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -57,24 +64,51 @@ class Engine:
         self.config = config
         self.fs = FS(config.paths)
         self.writer = self._fixed_writer or make_writer(self.fs, config.aging.dry_run)
+        self._choose()
+
+    def _choose(self) -> None:
+        """Pick the sources (sources/selection.py) and set up the /proc source if it is one."""
+        self.probes = selection.probe_all(self.fs)
+        choice = selection.choose(self.config.sources, self.probes)
+        if self.choice is None or choice.active != self.choice.active:
+            log.info("sources: %s", "; ".join(f"{name}: {why}" for name, why in choice.why))
+        self.choice = choice
+        self._choose_bpf()
+        p = self.config.procfs
+        if "procfs" not in choice.active:
+            self.procfs = None
+        elif self.procfs is None:
+            self.procfs = procfs.ProcfsSource(self.fs, max_processes=p.max_processes, top_mappings=p.top_mappings,
+                                              clear_refs=p.clear_refs, clock=self.clock, wall=self.wall)
+        else:  # a reload: keep its intervals and idle times
+            self.procfs.fs = self.fs
+            self.procfs.reconfigure(max_processes=p.max_processes, top_mappings=p.top_mappings,
+                                    clear_refs=p.clear_refs)
 
     def due_in(self) -> float:
-        """Seconds until the next memcg is due (inf when none is scheduled)."""
-        return min(self.next_due.values(), default=float("inf")) - self.clock()
+        """Seconds until the next memcg (or /proc target) is due (inf when none is scheduled)."""
+        lru = min(self.next_due.values(), default=float("inf")) - self.clock()
+        return min(lru, self.procfs.due_in()) if self.procfs else lru
 
     # ------------------------------------------------------------ the cycle
 
     def cycle(self, age: bool = True, age_all: bool = False) -> Snapshot:
         cfg = self.config
-        try:
-            lruvecs = lru_gen.read(self.fs)
-            status = SourceStatus(lru_gen.NAME, True)
-        except lru_gen.Unavailable as e:
+        if cfg.sources == selection.AUTO and "lru_gen" not in self.choice.active:
+            self._choose()  # debugfs may have been mounted since: lru_gen then takes over
+        if "lru_gen" not in self.choice.active:
             lruvecs = ()
-            status = SourceStatus(lru_gen.NAME, False, str(e))
-            if age:
-                self.errors[e.reason] += 1
-            self._note("source lru_gen", str(e))
+            status = SourceStatus(lru_gen.NAME, False, self.choice.reason("lru_gen"))
+        else:
+            try:
+                lruvecs = lru_gen.read(self.fs)
+                status = SourceStatus(lru_gen.NAME, True)
+            except lru_gen.Unavailable as e:
+                lruvecs = ()
+                status = SourceStatus(lru_gen.NAME, False, str(e))
+                if age:
+                    self.errors[e.reason] += 1
+                self._note("source lru_gen", str(e))
         resolutions = resolve(cfg.targets, lruvecs, self.fs) if lruvecs else ()
         owner: dict[str, Target] = {}
         for r in resolutions:
@@ -83,6 +117,8 @@ class Engine:
             self._note(f"target {r.target.name}", r.problem)
         self._reschedule(owner)
 
+        if self.bpf is not None:
+            self.bpf.prepare(cfg.targets, memcg_index(lruvecs))  # before aging, so that it is counted
         if age and lruvecs:
             now = self.clock()
             due = [p for p in owner if age_all or self.next_due[p] <= now + SLACK]
@@ -95,6 +131,8 @@ class Engine:
 
         index = memcg_index(lruvecs)
         shown = tuple(h for h in lruvecs if h.memcg_path in owner and index[h.memcg_path] == h.memcg_id)
+        procfs_data, more = self._read_procfs(age, age_all)
+        hotness, more = self._read_bpf(index, more)
         return Snapshot(
             taken_at=self.wall(),
             page_size=self.page_size,
@@ -102,11 +140,54 @@ class Engine:
             idle_age_buckets=cfg.metrics.buckets,
             lruvecs=shown,
             targets=self._target_states(resolutions, status),
-            sources=(status,),
+            sources=(status,) + more,
             aging=self._stats(),
+            procfs=procfs_data,
+            hotness=hotness,
         )
 
     # ------------------------------------------------------------ helpers
+
+    def _read_procfs(self, age: bool, age_all: bool):
+        """The /proc source's data and the statuses of the sources besides lru_gen that were chosen or named.
+
+        Not aging (the daemon's first cycle, `snapshot --no-age`) reads without clear_refs.
+        """
+        statuses = []
+        for name in ("procfs",):  # bpf: _read_bpf
+            if name in self.choice.active and not (name == "procfs" and self.probes[name].usable):
+                statuses.append(SourceStatus(name, False, self.choice.reason(name)))
+                self._note(f"source {name}", self.choice.reason(name))
+        if self.procfs is None:
+            return None, tuple(statuses)
+        data = self.procfs.read(self.config.targets, force=age_all, clear=age)
+        for t in data.targets:
+            self._note(f"target {t.name} (procfs)", t.problem)
+        if self.probes["procfs"].usable:
+            statuses.append(SourceStatus(procfs.NAME, True))
+        return data, tuple(statuses)
+
+    def _choose_bpf(self) -> None:
+        """Start the BPF source when chosen (it compiles and attaches once, ~1 s; ~15 s under
+        TCG), restart it when a reload changes bpf:, stop it when no longer chosen."""
+        want = "bpf" in self.choice.active
+        if self.bpf is not None and (not want or self.bpf.cfg != self.config.bpf):
+            self.bpf.close()
+            self.bpf = None
+        if want and self.bpf is None:
+            self.bpf = bpf_hotness.BpfHotnessSource(self.config.bpf, self.fs)
+            self.bpf.start()
+        elif self.bpf is not None:
+            self.bpf.fs = self.fs
+
+    def _read_bpf(self, index: dict[str, int], statuses: tuple[SourceStatus, ...]):
+        """The BPF source's data and statuses with its own added (when it is chosen or named)."""
+        if self.bpf is None:
+            return None, statuses
+        data = self.bpf.cycle(self.config.targets, index)
+        status = self.bpf.status()
+        self._note("source bpf", status.reason)
+        return data, statuses + (status,)
 
     def _reschedule(self, owner: dict[str, Target]) -> None:
         now = self.clock()

@@ -35,25 +35,32 @@ class Daemon:
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.wake = threading.Event()
+        self.watchdog = systemd.Watchdog.from_env()
+        self.reload_problem = ""  # shown in STATUS= until a reload succeeds
+        self.serving = ""  # "address:port" once the HTTP server is up
+        self._status = ""
 
     def _on_signal(self, signum, _frame) -> None:
         (self.reload if signum == signal.SIGHUP else self.stop).set()
         self.wake.set()
 
     def _reload(self) -> None:
-        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
         try:
             new = self.reload_config()
         except ConfigError as e:
             log.error("reload failed, keeping the running config: config: %s", e)
+            self.reload_problem = f"reload failed, previous config in force: {e}"
         else:
+            self.reload_problem = ""
             if (new.listen.address, new.listen.port) != (self.config.listen.address, self.config.listen.port):
                 log.warning("listen address changes need a restart; still serving on %s:%d",
                             self.config.listen.address, self.config.listen.port)
             self.config = new
             self.engine.configure(new)
             log.info("reloaded %s", new.source)
-        systemd.notify("READY=1")
+        self._status = ""  # resend STATUS= with READY=1
+        systemd.notify("READY=1", f"STATUS={self.status_line()}")
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -67,10 +74,17 @@ class Daemon:
         except OSError as e:
             raise ListenError(f"cannot serve on {cfg.listen.address}:{cfg.listen.port}: {e.strerror}") from None
         log.info("serving http://%s:%d/metrics and /snapshot.json", cfg.listen.address, server.server_port)
-        systemd.notify("READY=1", f"STATUS=serving on {cfg.listen.address}:{server.server_port}")
+        self.serving = f"{cfg.listen.address}:{server.server_port}"
+        self._status = self.status_line()
+        systemd.notify("READY=1", f"STATUS={self._status}")
+        if self.watchdog.enabled:
+            log.info("systemd watchdog: %gs; pinged from the aging loop", self.watchdog.timeout)
         next_publish = time.monotonic() + self.config.snapshot_interval
         try:
             while not self.stop.is_set():
+                # Pinged only here: a cycle stuck in a kernel write stops the pings and
+                # systemd restarts us (WatchdogSec= in deploy/mglrud.service).
+                self.watchdog.ping()
                 if self.reload.is_set():
                     self.reload.clear()
                     self._reload()
@@ -82,9 +96,11 @@ class Daemon:
                         # A bug, not a kernel condition (those are counted in the cycle):
                         # keep serving; mglrud_snapshot_age_seconds shows the stall.
                         log.exception("cycle failed; keeping the previous snapshot")
-                        self.wake.wait(self.config.snapshot_interval)  # not a tight loop of tracebacks
+                        # not a tight loop of tracebacks (nor a watchdog kill: the loop is alive)
+                        self.wake.wait(min(self.config.snapshot_interval, self.watchdog.interval))
                     next_publish = time.monotonic() + self.config.snapshot_interval
-                timeout = min(self.engine.due_in(), next_publish - time.monotonic())
+                    self._send_status()
+                timeout = min(self.engine.due_in(), next_publish - time.monotonic(), self.watchdog.interval)
                 self.wake.wait(max(0.05, timeout))  # floor: never spin
                 self.wake.clear()
         finally:
@@ -93,3 +109,28 @@ class Daemon:
             server.server_close()
         log.info("stopped")
         return 0
+
+    def status_line(self) -> str:
+        """systemctl status's one-line summary (STATUS=) of the latest snapshot."""
+        return status_line(self.published.current, self.serving, self.reload_problem)
+
+    def _send_status(self) -> None:
+        line = self.status_line()
+        if line != self._status:  # only changes: the manager logs nothing for it, but why send
+            self._status = line
+            systemd.notify(f"STATUS={line}")
+
+
+def status_line(snap, serving: str = "", problem: str = "") -> str:
+    """The STATUS= line, e.g. `serving 127.0.0.1:9746; lru_gen up; 3 memcgs in 2/2 targets; 120 agings, 0 errors`."""
+    parts = [f"serving {serving}" if serving else "starting"]
+    if snap is not None:
+        parts.append(", ".join(f"{s.name} {'up' if s.up else 'DOWN'}" for s in snap.sources) or "no sources")
+        memcgs = {m for t in snap.targets for m in t.memcgs}
+        found = sum(1 for t in snap.targets if t.memcgs)
+        parts.append(f"{len(memcgs)} memcgs in {found}/{len(snap.targets)} targets")
+        errors = sum(n for _, n in snap.aging.errors)
+        parts.append(f"{snap.aging.runs} agings, {errors} errors")
+    if problem:
+        parts.append(problem)
+    return "; ".join(parts).replace("\n", " ")

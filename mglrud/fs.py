@@ -13,6 +13,7 @@ evicts, so an eviction command (`- ...`) is refused here, below all callers.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -101,7 +102,8 @@ class DryRunWriter(Writer):
     """`aging.dry_run: true`: log what would be written, change nothing."""
 
     def __init__(self):
-        self.commands: list[str] = []
+        # Only the latest ones: a dry-run daemon runs for months and must not grow.
+        self.commands: collections.deque[str] = collections.deque(maxlen=1000)
 
     def _write(self, command: str) -> None:
         self.commands.append(command)

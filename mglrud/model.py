@@ -20,6 +20,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mglrud.mappings import ProcfsData
+from mglrud.hotness import HotnessData
+
 LRUS = ("anon", "file")
 
 
@@ -89,6 +92,8 @@ class Snapshot:
     targets: tuple[TargetState, ...] = ()
     sources: tuple[SourceStatus, ...] = ()
     aging: AgingStats = field(default_factory=AgingStats)
+    procfs: ProcfsData | None = None  # the /proc source's mappings, when that source runs
+    hotness: HotnessData | None = None  # the BPF source's per-region heat, when it runs
 
 
 # ---------------------------------------------------------------- derived values

@@ -11,6 +11,7 @@ import json
 
 from prometheus_client.utils import floatToGoString
 
+from mglrud import hotness, mappings
 from mglrud.model import LRUS, Snapshot, cold_pages, idle_lower_bounds
 
 JSON_VERSION = 1
@@ -42,6 +43,10 @@ def to_dict(snap: Snapshot) -> dict:
                      "problem": t.problem, "last_success": t.last_success} for t in snap.targets],
         "memcgs": memcgs,
         "aging": {"runs": snap.aging.runs, "errors": dict(snap.aging.errors)},
+        # The /proc source's mappings (null when it does not run): see mappings.to_dict.
+        "procfs": mappings.to_dict(snap.procfs, snap.cold_thresholds) if snap.procfs is not None else None,
+        # The BPF source's per-region heat (null when it does not run): see hotness.to_dict.
+        "hotness": hotness.to_dict(snap.hotness) if snap.hotness is not None else None,
     }
 
 
@@ -69,7 +74,11 @@ def to_table(snap: Snapshot) -> str:
         for lru in LRUS:
             cold.append((h.memcg_path, str(h.node), lru, _size(h.pages(lru) * page))
                         + tuple(_size(cold_pages(h, lru, t) * page) for t in snap.cold_thresholds))
-    out = [_format(rows), "", _format(cold)]
+    # Without lru_gen (the /proc source alone) the memcg tables would be empty headers.
+    out = [_format(rows), "", _format(cold)] if snap.lruvecs or snap.procfs is None else []
+    if snap.procfs is not None:
+        out += ([""] if out else []) + [_format(mappings.table_rows(snap.procfs, snap.cold_thresholds, _size))]
+        out += [f"target {t.name} (procfs): {t.problem}" for t in snap.procfs.targets if t.problem]
     for s in snap.sources:
         if not s.up:
             out.append(f"\nsource {s.name} is down: {s.reason}")

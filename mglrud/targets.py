@@ -99,6 +99,24 @@ def _selects(t: Target, p: Proc) -> bool:
     return False
 
 
+def missing_memcgs(targets: tuple[Target, ...], fs: FS) -> list[tuple[str, str]]:
+    """(key, message) for each memcg target naming one literal cgroup that does not exist now.
+
+    Only `mglrud check` treats these as config errors: the daemon must not refuse
+    to start because a unit it watches starts after it (it logs them and reports
+    the target with mglrud_target_memcgs 0 until the cgroup appears).
+    """
+    if not fs.cgroup("cgroup.controllers").exists():
+        return []  # not a cgroup v2 mount: cannot tell
+    out = []
+    for i, t in enumerate(targets):
+        if t.kind == "memcg" and not any(c in str(t.value) for c in "*?") and t.value != "/" \
+                and not fs.cgroup(str(t.value).lstrip("/")).is_dir():
+            out.append((f"targets[{i}].memcg", f"{t.value} does not exist under {fs.paths.cgroupfs}; a typo? "
+                                               f"(a cgroup that appears later is picked up when it does)"))
+    return out
+
+
 def resolve(targets: tuple[Target, ...], lruvecs: tuple[GenHistogram, ...], fs: FS) -> tuple[Resolution, ...]:
     index = memcg_index(lruvecs)
     kinds = {t.kind for t in targets}

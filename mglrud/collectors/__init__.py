@@ -11,7 +11,9 @@ from typing import Callable
 
 from prometheus_client.core import CollectorRegistry
 
+from mglrud.collectors.bpf import BpfCollector
 from mglrud.collectors.memcg import MemcgCollector
+from mglrud.collectors.procfs import ProcfsCollector
 from mglrud.collectors.selfmetrics import SelfCollector
 from mglrud.model import Snapshot
 
@@ -35,4 +37,6 @@ def build_registry(published: Published, wall: Callable[[], float] = time.time) 
     registry = CollectorRegistry()
     registry.register(SelfCollector(published, wall))
     registry.register(MemcgCollector(published))
+    registry.register(ProcfsCollector(published))
+    registry.register(BpfCollector(published))
     return registry

@@ -76,7 +76,7 @@ from mglrud.config import Target, memcg_matches
 from mglrud.fs import FS
 from mglrud.mappings import (MappingHeat, ProcessHeat, ProcfsData, ProcfsStats,
                              ProcfsTarget)
-from mglrud.targets import Proc, _selects, scan_procs
+from mglrud.targets import Proc, _selects, proc_cgroup
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,30 @@ def start_time(fs: FS, pid: int) -> int | None:
         return int(rest[19])
     except (IndexError, ValueError):
         return None
+
+
+def scan_procs(fs: FS, cmdline: bool) -> list[Proc]:
+    """Every process, as targets.scan_procs lists them, but kept on a cgroup v1-only host.
+
+    Hosts without MGLRU are often old enough to have no cgroup v2 line in
+    /proc/PID/cgroup; a process target must still find its processes there, and
+    such a process counts as in the root cgroup "/" (so the default `/**` covers it).
+    """
+    try:
+        pids = sorted(int(p.name) for p in fs.proc().iterdir() if p.name.isdigit())
+    except OSError:
+        return []
+    out = []
+    for pid in pids:
+        try:
+            comm = fs.proc(pid, "comm").read_text().rstrip("\n")
+            cgroup = proc_cgroup(fs.proc(pid, "cgroup").read_text()) or "/"
+            cmd = (fs.proc(pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                   if cmdline else "")
+        except OSError:  # exited meanwhile (ENOENT, ESRCH) or not readable
+            continue
+        out.append(Proc(pid, comm, cmd, cgroup))
+    return out
 
 
 def _matches(t: Target, p: Proc) -> bool:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from mglrud.config import SOURCE_NAMES
 from mglrud.fs import FS
 from mglrud.sources import lru_gen
 
-SOURCES = ("bpf", "lru_gen", "procfs")
+SOURCES = SOURCE_NAMES
 AUTO = "auto"
 
 
@@ -52,11 +53,18 @@ def probe_lru_gen(fs: FS) -> Probe:
 
 
 def probe_bpf(fs: FS) -> Probe:
-    # The tracepoint is what mglrud's kernel patch adds (see check.py); the source itself is issue 5.
-    for parts in (("events", "vmscan", "mm_vmscan_lru_gen_young"), ("events", "lru_gen")):
-        if fs.tracefs(*parts).is_dir():
-            return Probe("bpf", False, "the tracepoint is present, but this mglrud has no BPF source yet")
-    return Probe("bpf", False, "no mm_vmscan_lru_gen_young tracepoint: a stock kernel without mglrud's patch")
+    """The tracepoint of mglrud's kernel patch and bcc; whether the program compiles
+    and attaches is only known when the source starts (sources/bpf_hotness.py)."""
+    event = fs.tracefs("events", "vmscan", "mm_vmscan_lru_gen_young")
+    if not event.is_dir():
+        return Probe("bpf", False, f"no tracepoint {event}: a kernel without mglrud's patch (kernel-patch/), "
+                                   f"or tracefs not mounted")
+    try:
+        import bcc  # noqa: F401  Debian's python3-bpfcc, not PyPI's "bcc"
+    except Exception as e:  # a broken libbcc raises more than ImportError
+        return Probe("bpf", False, f"the tracepoint is present, but bcc cannot be imported "
+                                   f"({type(e).__name__}: {e}): apt install python3-bpfcc, run with /usr/bin/python3")
+    return Probe("bpf", True, f"{event} present and bcc importable")
 
 
 def probe_procfs(fs: FS) -> Probe:

@@ -43,3 +43,34 @@ def copy_root(root: Path, dest: Path) -> Path:
 def paths_for(root: Path) -> dict[str, str]:
     return {"procfs": str(root / "proc"), "sysfs": str(root / "sys"), "debugfs": str(root / "debugfs"),
             "cgroupfs": str(root / "cgroup"), "tracefs": str(root / "tracing")}
+
+
+# Every command that got past Writer.write's check to any lru_gen writer (recording, dry-run or
+# file) in the whole session: none may be an eviction ("- ..."); mglrud only ages. Commands
+# the check refused (test_lru_gen tries evictions on purpose) are counted apart.
+WRITTEN: list[str] = []
+REFUSED: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_eviction_command_ever():
+    from mglrud.fs import RefusedCommand, Writer
+
+    original = Writer.write
+
+    def write(self, command: str) -> None:
+        try:
+            original(self, command)
+        except RefusedCommand:
+            REFUSED.append(command)
+            raise
+        except BaseException:
+            WRITTEN.append(command)  # reached the writer, which failed (an injected errno)
+            raise
+        WRITTEN.append(command)
+
+    Writer.write = write
+    yield
+    Writer.write = original
+    evictions = [c for c in WRITTEN if not c.startswith("+ ")]
+    assert not evictions, f"commands other than aging reached a writer: {evictions[:5]}"

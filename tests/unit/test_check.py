@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import captured_roots, copy_root, paths_for
+from conftest import FIXTURES, captured_roots, copy_root, paths_for
 from mglrud import cli
 from mglrud.check import format_table, run
 from mglrud.config import Paths
@@ -81,3 +81,19 @@ def test_captured_root_is_usable(root, tmp_path):
     copy = copy_root(root, tmp_path / root.name)
     rows, usable = run(FS(Paths(**paths_for(copy))))
     assert usable, format_table(rows, usable)
+
+
+def test_sources_section_says_which_source_runs_and_why(tmp_path):
+    from mglrud.check import format_sources
+    fs = _tree(tmp_path, enabled=None, lru_gen=False)
+    (tmp_path / "proc/self").mkdir()
+    (tmp_path / "proc/self/clear_refs").write_text("")
+    (tmp_path / "proc/self/smaps").write_text(
+        (FIXTURES / "procfs/pid/smaps").read_text())  # captured from a real process
+    auto = format_sources(fs, "auto")
+    assert "procfs    used    used because lru_gen is not" in auto
+    assert "lru_gen   no      not used:" in auto and "CONFIG_LRU_GEN" in auto
+    named = format_sources(fs, ("lru_gen",))
+    assert "lru_gen   down    configured, but cannot run" in named
+    assert "procfs    no      not in the configured sources" in named
+    assert "no chosen source can run here" in named and "no chosen source" not in auto

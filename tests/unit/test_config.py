@@ -18,7 +18,8 @@ MALFORMED = [
     ("listen: {adress: 127.0.0.1}\n",
      "mglrud: config: listen.adress: unknown key; known keys here: address, port"),
     ("colour: blue\n",
-     "mglrud: config: colour: unknown key; known keys here: listen, aging, snapshot, metrics, targets, paths, log"),
+     "mglrud: config: colour: unknown key; known keys here: listen, aging, snapshot, metrics, targets, paths, log, "
+     "sources, procfs, bpf"),
     ("aging: {interval: 30}\n",
      "mglrud: config: aging.interval: must be a duration with a unit like 30s, 5m or 1h, got 30"),
     ("aging: {interval: 5x}\n",
@@ -67,9 +68,15 @@ MALFORMED = [
      "mglrud: config: paths.debugfs: must be an absolute path, got 'sys/kernel/debug'"),
     ("log: {level: loud}\n",
      "mglrud: config: log.level: must be one of debug, info, warning, error, got 'loud'"),
+    ("sources: [procfs, lrugen]\n",
+     "mglrud: config: sources[1]: must be one of bpf, lru_gen, procfs, got 'lrugen'"),
+    ("sources: procfs\n",
+     "mglrud: config: sources: must be auto or a non-empty list of bpf, lru_gen, procfs, got 'procfs'"),
+    ("procfs: {max_processes: 0}\n",
+     "mglrud: config: procfs.max_processes: must be an integer from 1 to 100, got 0"),
     ("- just\n- a list\n",
      "mglrud: config: (top level): must be a mapping with keys like listen, aging, snapshot, metrics, targets, "
-     "paths, log, got list"),
+     "paths, log, sources, procfs, bpf, got list"),
     ("snapshot: 10s\n",
      "mglrud: config: snapshot: must be a mapping of interval, got str"),
 ]

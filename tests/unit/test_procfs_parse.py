@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mglrud.config import Paths, Target
+from mglrud.config import Paths, Target, memcg_glob
 from mglrud.fs import FS
 from mglrud.mappings import (OTHER, cold_bytes, group_mappings, idle_histogram,
                              mapping_node_lru_bytes)
@@ -155,8 +155,9 @@ def make_source(root: Path, clock, **kw):
 
 
 def target(kind="pid", value=PID, name="wl", interval=30.0):
+    pattern = {"cmdline": lambda: re.compile(str(value)), "memcg": lambda: memcg_glob(str(value))}.get(kind)
     return Target(name=name, kind=kind, value=value, interval=interval, can_swap=True, force_scan=True,
-                  pattern=re.compile(r"procfs_workload") if kind == "cmdline" else None)
+                  pattern=pattern() if pattern else None)
 
 
 def test_first_read_starts_an_interval_second_read_measures_it(tmp_path):
@@ -296,3 +297,12 @@ def test_a_read_without_clear_starts_nothing(tmp_path):
     src.read([target()])
     assert (root / str(PID) / "clear_refs").read_text() == "1"
     assert src.due_in() == pytest.approx(30)
+
+
+def test_a_cgroup_v1_only_host_still_finds_its_processes(tmp_path):
+    root = fake_proc(tmp_path, SMAPS)
+    v1 = "\n".join(line for line in (root / str(PID) / "cgroup").read_text().splitlines() if not line.startswith("0::"))
+    (root / str(PID) / "cgroup").write_text(v1 + "\n")
+    src = make_source(root, Clock())
+    data = src.read([target(), target("memcg", "/**", "all")])
+    assert [t.pids for t in data.targets] == [(PID,), (PID,)]

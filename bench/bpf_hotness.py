@@ -1,0 +1,311 @@
+"""BPF hotness source: accuracy against known ground truth, aging overhead, daemon cost. VM only.
+
+Runs inside the test guest (it needs mglrud's tracepoint and bcc):
+  kernel-patch/vm-run.sh --out DIR --exec '/usr/bin/python3 bench/bpf_hotness.py --out DIR'
+and prints the figures; they also go to DIR/bpf_hotness.txt (copy to bench/results/).
+
+Accuracy. The bench process moves itself into a memcg of its own, maps an
+anonymous region of --size bytes, faults it in, attaches mglrud's program
+(mglrud.sources.bpf_hotness.Program, the daemon's own loader) with its own tgid
+as the target, and then, for each pattern, repeats: touch a known set of pages,
+age the memcg (debugfs lru_gen), read the map and compute the deltas with
+mglrud.hotness.step(). Ground truth per round is the set of pages the bench
+touched since the previous aging; a 2 MiB region is truly hot when it holds one
+of them. Per round: precision and recall of the regions the source reports
+accessed (delta > 0) inside the mapping; the page-count error (pages reported vs
+pages touched in the mapping); and, after the last round of each pattern, the
+cold fraction (bytes in regions not found accessed for >= 1 round) against the
+true fraction of pages not touched in the last round. Patterns:
+  hot block   the first 1/4 of the mapping, every round
+  scattered   8 random pages in each of a random 1/4 of the regions (same set every round)
+  moving      a block of 1/8 of the mapping that moves by its own size every round
+  gaussian    N page touches with a normal distribution over the pages (mean at the middle,
+              sigma 1/16 of the mapping), a fresh sample every round
+
+Overhead. One hot mapping (every page touched before each aging); the time of
+the aging write, alternating blocks without the program and with it attached,
+same process, same run; ratio of medians.
+
+Daemon. `mglrud run` with the BPF source and one process target (a
+tests/vm/workload.py process), snapshots every 1 s and aging every 3 s: user+system
+CPU of the daemon per cycle and its RSS, after --daemon-seconds.
+
+Figures are from a TCG guest (10-50x slower than hardware): compare ratios,
+not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import mmap
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "vm"))
+
+import lrugen  # noqa: E402
+
+from mglrud import hotness as H  # noqa: E402
+from mglrud.config import Bpf, Paths  # noqa: E402
+from mglrud.fs import FS  # noqa: E402
+from mglrud.sources.bpf_hotness import Program  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SHIFT = 21
+CG = Path("/sys/fs/cgroup/mglrud-bench")
+
+
+def size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
+
+
+class Mapping:
+    def __init__(self, nbytes: int):
+        # 2 MiB aligned so that region r of the mapping is exactly pages [r*512, (r+1)*512)
+        self.raw = mmap.mmap(-1, nbytes + (2 << 20), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.raw))
+        self.skip = (-base) % (2 << 20)
+        self.addr = base + self.skip
+        self.npages = nbytes // PAGE
+        self.madvise_nohuge()
+        for p in range(self.npages):
+            self.raw[self.skip + p * PAGE] = 1
+
+    def madvise_nohuge(self) -> None:
+        # 4 KiB pages: a THP would report one PMD event for 512 pages
+        try:
+            self.raw.madvise(mmap.MADV_NOHUGEPAGE)
+        except (AttributeError, OSError):
+            pass
+
+    def flush_tlb(self) -> None:
+        # The CPU sets an accessed bit when it walks the page table, not on a TLB hit, and
+        # the aging clears accessed bits without flushing the TLB (as tests/vm/tp_workload.py
+        # explains): an mprotect() round trip flushes the range, so every touch is seen.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        n = self.npages * PAGE
+        if libc.mprotect(self.addr, n, 0) or libc.mprotect(self.addr, n, 3):
+            raise OSError(ctypes.get_errno(), "mprotect")
+
+    def touch(self, pages, flush: bool = False) -> None:
+        if flush:
+            self.flush_tlb()
+        raw, skip = self.raw, self.skip
+        for p in pages:
+            raw[skip + p * PAGE] = (raw[skip + p * PAGE] + 1) & 0xFF
+
+    def region(self, page: int) -> int:
+        return (self.addr >> SHIFT) + page // 512
+
+
+def age(mid: int) -> float:
+    t = time.monotonic()
+    lrugen.age(mid, 0)
+    return time.monotonic() - t
+
+
+def accuracy(prog: Program, m: Mapping, mid: int, rounds: int, seed: int, flush: bool) -> list[str]:
+    rnd = random.Random(seed)
+    n, nreg = m.npages, m.npages // 512
+    mine = set(range(m.addr >> SHIFT, (m.addr >> SHIFT) + nreg))
+    scattered_regions = rnd.sample(range(nreg), nreg // 4)
+    scattered = sorted({r * 512 + rnd.randrange(512) for r in scattered_regions for _ in range(8)})
+    patterns = {
+        "hot block": lambda i: range(n // 4),
+        "scattered": lambda i: scattered,
+        "moving": lambda i: range((i % 8) * (n // 8), (i % 8 + 1) * (n // 8)),
+        "gaussian": lambda i: sorted({min(n - 1, max(0, int(rnd.gauss(n / 2, n / 16)))) for _ in range(n // 8)}),
+    }
+    lines = [f"{'pattern':10} {'rounds':>6} {'precision':>9} {'recall':>7} {'pages err':>9} "
+             f"{'cold true':>9} {'cold region':>11} {'err pp':>7} {'cold pages':>10} {'err pp':>7}"]
+    state = H.step({}, H.raw_from_dump(prog.dump()), 60.0)
+    for name, pattern in patterns.items():
+        # settle: one aging with nothing touched clears what the previous pattern left young
+        age(mid)
+        state = H.step(state, H.raw_from_dump(prog.dump()), 60.0)
+        precisions, recalls, page_errs = [], [], []
+        last_seen: dict[int, int] = {}
+        truth, found = set(), {}
+        for i in range(rounds):
+            truth = set(pattern(i))
+            m.touch(truth, flush)
+            age(mid)
+            state = H.step(state, H.raw_from_dump(prog.dump()), 60.0)
+            found: dict[int, int] = {}
+            for k, s in state.items():
+                if k.region in mine and s.delta_pages:
+                    found[k.region] = found.get(k.region, 0) + s.delta_pages
+            true_regions = {m.region(p) for p in truth}
+            tp = len(set(found) & true_regions)
+            precisions.append(tp / len(found) if found else 1.0)
+            recalls.append(tp / len(true_regions) if true_regions else 1.0)
+            page_errs.append(abs(sum(found.values()) - len(truth)) / max(1, len(truth)))
+            for r in found:
+                last_seen[r] = i
+        # cold: not found accessed in the latest round
+        cold_true = 1 - len(truth) / n
+        # at region precision (what mglrud_target_region_cold_bytes does): a region is cold
+        # when none of its pages was found; with page counts: pages not found
+        cold_region = sum(1 for r in mine if last_seen.get(r, -1) < rounds - 1) / nreg
+        cold_pages = 1 - sum(found.values()) / n
+        lines.append(f"{name:10} {rounds:6d} {100 * statistics.mean(precisions):8.1f}% "
+                     f"{100 * statistics.mean(recalls):6.1f}% {100 * statistics.mean(page_errs):8.2f}% "
+                     f"{100 * cold_true:8.1f}% {100 * cold_region:10.1f}% {100 * (cold_region - cold_true):+7.1f} "
+                     f"{100 * cold_pages:9.1f}% {100 * (cold_pages - cold_true):+7.1f}")
+    return lines
+
+
+def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf) -> list[str]:
+    off, on = [], []
+    compile_s, events = [], []
+    for b in range(blocks):
+        for attached in (False, True):
+            prog = None
+            if attached:
+                t = time.monotonic()
+                prog = Program(cfg, FS(Paths()))
+                compile_s.append(time.monotonic() - t)
+                prog.set_targets({os.getpid()}, {mid})
+            for _ in range(per_block):
+                m.touch(range(m.npages), flush=True)  # every page young at every pass
+                (on if attached else off).append(age(mid))
+            if prog:
+                events.append(sum(prog.dump()["stats"]["matched"]) / per_block)
+                prog.close()
+    ratio = statistics.median(on) / statistics.median(off)
+    return [f"aging pass over {m.npages * PAGE >> 20} MiB, every page young: median "
+            f"{1000 * statistics.median(off):.1f} ms without the program ({len(off)} passes), "
+            f"{1000 * statistics.median(on):.1f} ms with it attached and counting ({len(on)} passes), "
+            f"ratio {ratio:.3f}",
+            f"(blocks of {per_block} passes alternating off/on, {blocks} each; {statistics.mean(events):.0f} "
+            f"events counted per pass with the program; program compile+attach "
+            f"{statistics.median(compile_s):.1f} s median under TCG)"]
+
+
+def daemon_cost(tmp: Path, seconds: float) -> list[str]:
+    CG.joinpath("d").mkdir(exist_ok=True)
+    w = subprocess.Popen([sys.executable, str(REPO / "tests/vm/workload.py"), "--size", "128M", "--hot", "32M",
+                          "--cgroup", str(CG / "d"), "--seconds", str(seconds + 300)], stdout=subprocess.PIPE, text=True)
+    w.stdout.readline()
+    cfg = tmp / "bench.yaml"
+    cfg.write_text(f"sources: [bpf, lru_gen]\naging: {{interval: 3s}}\nsnapshot: {{interval: 1s}}\n"
+                   f"metrics: {{cold_thresholds: [3s, 6s]}}\ntargets: [{{name: w, pid: {w.pid}}}]\n")
+    log = tmp / "bench-daemon.log"
+    with open(log, "w") as out:
+        d = subprocess.Popen([sys.executable, "-m", "mglrud", "run", "-c", str(cfg), "--listen.port", "0"],
+                             cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = None
+        for _ in range(600):
+            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", log.read_text())
+            if m:
+                base = f"http://127.0.0.1:{m.group(1)}"
+                break
+            time.sleep(0.5)
+        if not base:
+            return [f"daemon did not start: {log.read_text()[-2000:]}"]
+        time.sleep(10)  # past the start-up (compile) and first cycles
+
+        def cpu() -> float:
+            f = Path(f"/proc/{d.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+        def snap_time() -> float:
+            with urllib.request.urlopen(base + "/snapshot.json", timeout=60) as r:
+                import json
+                return json.loads(r.read())["taken_at"]
+
+        c0, t0, cycles = cpu(), time.monotonic(), 0
+        last = snap_time()
+        while time.monotonic() - t0 < seconds:
+            time.sleep(0.25)
+            t = snap_time()
+            if t != last:
+                cycles, last = cycles + 1, t
+        c1 = cpu()
+        with urllib.request.urlopen(base + "/metrics", timeout=60) as r:
+            text = r.read().decode()
+        runs = re.search(r"^mglrud_aging_runs_total (\S+)$", text, re.M)
+        rss = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{d.pid}/status").read_text())
+        hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{d.pid}/status").read_text())
+        return [f"daemon: {cycles} snapshots in {seconds:.0f} s (aging every 3 s, {runs.group(1) if runs else '?'} "
+                f"agings in total), user+system CPU {1000 * (c1 - c0) / max(1, cycles):.0f} ms per snapshot "
+                f"under TCG; RSS {int(rss.group(1)) / 1024:.1f} MiB (peak {int(hwm.group(1)) / 1024:.1f} MiB); "
+                f"target: one process, 128 MiB anon, 32 MiB hot, 2 MiB regions, 64 heat buckets"]
+    finally:
+        d.send_signal(signal.SIGTERM)
+        try:
+            d.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            d.kill()
+        w.kill()
+        w.wait()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, default=Path("/tmp"))
+    p.add_argument("--size", type=size, default=128 << 20)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--overhead-size", type=size, default=256 << 20)
+    p.add_argument("--blocks", type=int, default=3)
+    p.add_argument("--per-block", type=int, default=4)
+    p.add_argument("--daemon-seconds", type=float, default=60)
+    p.add_argument("--skip", default="", help="comma-separated: accuracy,overhead,daemon")
+    args = p.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    CG.mkdir(exist_ok=True)
+    (CG / "cgroup.subtree_control").write_text("+memory")
+    (CG / "a").mkdir(exist_ok=True)
+    (CG / "a" / "cgroup.procs").write_text(str(os.getpid()))
+    mid = lrugen.memcg_id("/mglrud-bench/a")
+    cfg = Bpf()
+    out = [f"# bench/bpf_hotness.py — {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+           f"# command: {' '.join(sys.argv)}",
+           f"# kernel {os.uname().release} (TCG guest), {os.cpu_count()} CPUs; 2 MiB regions, 4 KiB pages"]
+
+    def emit(lines):
+        for line in lines:
+            print(line, flush=True)
+            out.append(line)
+
+    if "accuracy" not in skip:
+        m = Mapping(args.size)
+        prog = Program(cfg, FS(Paths()))
+        prog.set_targets({os.getpid()}, set())
+        for flush in (False, True):
+            emit(["", f"## accuracy: {args.size >> 20} MiB mapping, {args.rounds} rounds per pattern "
+                      f"(one aging per round), regions found accessed vs regions holding a touched page; "
+                      + ("TLB flushed before each round's touches" if flush else
+                         "no TLB flush (touches through a stale TLB entry set no accessed bit)")])
+            emit(accuracy(prog, m, mid, args.rounds, seed=5, flush=flush))
+        prog.close()
+        del m
+    if "overhead" not in skip:
+        m = Mapping(args.overhead_size)
+        emit(["", "## overhead: aging pass time, program attached / not attached"])
+        emit(overhead(mid, m, args.blocks, args.per_block, cfg))
+        del m
+    if "daemon" not in skip:
+        emit(["", "## daemon cost"])
+        emit(daemon_cost(args.out, args.daemon_seconds))
+    (args.out / "bpf_hotness.txt").write_text("\n".join(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Per-region access heat from the BPF source (sources/bpf_hotness.py): the data and the pure math.
+
+The kernel side (bpf/hotness.bpf.c on mglrud's tracepoint vmscan:mm_vmscan_lru_gen_young,
+Documentation/admin-guide/mm/multigen_lru.rst) keeps, per cell = (tgid, memcg id,
+region, node, lru), a cumulative count of young page-table entries the aging walks
+found, and the CLOCK_MONOTONIC time of the latest one. Everything else is
+computed here, in user space, from consecutive reads of those counters:
+
+- deltas: pages found accessed since the previous read (the map is never reset);
+- an exponentially weighted access frequency (pages per second) with a
+  configurable half-life: each page found accessed adds ln2/half_life, and the
+  estimate decays by 2^(-dt/half_life), so a steady rate r reads r;
+- idle age: time since the aging pass that last found the cell accessed. Like
+  model.py's generation bound it is a lower bound that errs by up to one aging
+  interval (an access is only seen at the next aging);
+- residency from /proc/PID/pagemap, per region, node and lru, so that resident
+  regions never found accessed since mglrud started show up (idle age +Inf);
+- the address-offset histogram: a fixed number of buckets over a process's
+  mapped address space with the holes between mappings collapsed.
+
+All functions below are pure, so unit tests run them on map dumps captured in
+the VM (tests/fixtures/bpf/).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+LRU_NAMES = ("anon", "file")  # the program's key.lru: 0 anon, 1 file (folio_is_file_lru())
+LN2 = math.log(2)
+
+
+# ---------------------------------------------------------------- raw reads
+
+@dataclass(frozen=True)
+class CellKey:
+    tgid: int
+    memcg_id: int
+    region: int  # address >> region_shift
+    node: int
+    lru: str  # "anon" | "file"
+
+
+@dataclass(frozen=True)
+class Counts:
+    pages: int  # young entries found, in base pages, summed over CPUs
+    events: int
+    last_ns: int  # CLOCK_MONOTONIC ns of the latest, max over CPUs (0: never)
+
+
+@dataclass(frozen=True)
+class RawRead:
+    """One read of the program's maps, per-CPU values already combined."""
+
+    mono_ns: int  # CLOCK_MONOTONIC when read
+    cells: dict  # CellKey -> Counts
+    events: int  # every event the program saw
+    matched: int  # events of a target
+    dropped: int  # events of a target lost to a full map
+
+
+def combine_percpu(per_cpu: list[tuple[int, int, int]]) -> Counts:
+    """Per-CPU (pages, events, last_ns) values of one key -> one Counts."""
+    return Counts(sum(p for p, _, _ in per_cpu), sum(e for _, e, _ in per_cpu),
+                  max((t for _, _, t in per_cpu), default=0))
+
+
+def raw_from_dump(dump: dict) -> RawRead:
+    """The JSON form bpf_hotness.dump() writes (and tests/fixtures/bpf/ holds) -> RawRead."""
+    cells = {}
+    for e in dump["heat"]:
+        key = CellKey(e["tgid"], e["memcg_id"], e["region"], e["node"], LRU_NAMES[e["lru"]])
+        cells[key] = combine_percpu([tuple(v) for v in e["percpu"]])
+    s = dump["stats"]
+    return RawRead(dump["mono_ns"], cells, sum(s["events"]), sum(s["matched"]), sum(s["dropped"]))
+
+
+# ---------------------------------------------------------------- per-cell state
+
+@dataclass(frozen=True)
+class CellState:
+    seen_pages: int  # the map's cumulative count at the previous read
+    total_pages: int  # user-space cumulative of deltas (survives map resets)
+    delta_pages: int  # found accessed since the previous read
+    rate: float  # EWMA pages per second
+    last_ns: int  # CLOCK_MONOTONIC ns of the latest access found; 0 never
+    updated_ns: int
+
+
+def step(prev: dict, raw: RawRead, half_life: float) -> dict:
+    """New per-cell state from the previous one and a read. Cells missing from the
+    read (deleted from the map) are dropped; a count lower than before means the
+    key was deleted and re-created, so the whole count is new."""
+    out = {}
+    k = LN2 / half_life
+    for key, c in raw.cells.items():
+        p = prev.get(key)
+        if p is None:
+            # First sight: what the map holds happened before this read, but we
+            # do not know over what time; count it as found now.
+            delta, rate, total = c.pages, 0.0, 0
+            decay = 1.0
+        else:
+            delta = c.pages - p.seen_pages if c.pages >= p.seen_pages else c.pages
+            dt = max(0.0, (raw.mono_ns - p.updated_ns) / 1e9)
+            decay = 2.0 ** (-dt / half_life)
+            rate, total = p.rate, p.total_pages
+        out[key] = CellState(c.pages, total + delta, delta, rate * decay + delta * k,
+                             c.last_ns if delta or p is None else max(c.last_ns, p.last_ns),
+                             raw.mono_ns)
+    return out
+
+
+def idle_seconds(state: CellState, now_ns: int) -> float:
+    return math.inf if state.last_ns <= 0 else max(0.0, (now_ns - state.last_ns) / 1e9)
+
+
+# ---------------------------------------------------------------- residency (pagemap)
+
+PM_PRESENT = 1 << 63
+PM_FILE = 1 << 61  # file page or shared anon (Documentation/admin-guide/mm/pagemap.rst)
+PM_PFN_MASK = (1 << 55) - 1
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    path: str
+    shmem: bool  # swap-backed although file-like: on the anon LRU
+
+
+def parse_zoneinfo(text: str) -> list[tuple[int, int, int]]:
+    """/proc/zoneinfo -> sorted (start_pfn, end_pfn, node) of every populated zone."""
+    out, node, start, spanned = [], None, None, None
+    for line in text.splitlines():
+        w = line.split()
+        if len(w) >= 4 and w[0] == "Node" and w[2] == "zone":
+            node, start, spanned = int(w[1].rstrip(",")), None, None
+        elif len(w) == 2 and w[0] == "spanned":
+            spanned = int(w[1])
+        elif len(w) == 2 and w[0] == "start_pfn:":
+            start = int(w[1])
+            if node is not None and spanned:
+                out.append((start, start + spanned, node))
+    return sorted(out)
+
+
+def pfn_node_table(zones: list[tuple[int, int, int]]):
+    """pfn -> node from parse_zoneinfo()'s ranges (-1 outside every zone)."""
+    starts = [s for s, _, _ in zones]
+
+    def node(pfn: int) -> int:
+        i = bisect.bisect_right(starts, pfn) - 1
+        return zones[i][2] if i >= 0 and pfn < zones[i][1] else -1
+    return node
+
+
+def residency(vma: Vma, entries: list[int], page_size: int, region_shift: int, node_of) -> dict:
+    """pagemap entries (one u64 per page of vma) -> {(region, node, lru): resident pages}.
+
+    lru follows where the kernel puts the page: a page of a private mapping that
+    pagemap does not flag as file (anonymous, or a copy-on-write copy) is anon;
+    a file page is file unless the mapping is shmem (swap-backed: anon LRU)."""
+    out: dict = {}
+    pages_per_region_shift = region_shift - (page_size.bit_length() - 1)
+    first = vma.start // page_size
+    for i, e in enumerate(entries):
+        if not e & PM_PRESENT:
+            continue
+        lru = "file" if (e & PM_FILE) and not vma.shmem else "anon"
+        pfn = e & PM_PFN_MASK
+        node = node_of(pfn) if pfn else -1
+        key = ((first + i) >> pages_per_region_shift, node, lru)
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------- address-offset histogram
+
+def collapsed_spans(vmas: list[tuple[int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """(tgid, start, end) mapped ranges -> (tgid, start, end, offset in the collapsed space):
+    per process sorted and merged, processes one after the other in tgid order."""
+    merged: list[list[int]] = []
+    for t, s, e in sorted(vmas):
+        if merged and merged[-1][0] == t and s <= merged[-1][2]:
+            merged[-1][2] = max(merged[-1][2], e)
+        else:
+            merged.append([t, s, e])
+    out, off = [], 0
+    for t, s, e in merged:
+        out.append((t, s, e, off))
+        off += e - s
+    return out
+
+
+def _total(spans) -> int:
+    return spans[-1][2] - spans[-1][1] + spans[-1][3] if spans else 0
+
+
+def bucket_ranges(spans, nbuckets: int) -> list[list[tuple[int, int, int]]]:
+    """For each bucket, the (tgid, start, end) ranges it covers; buckets split the collapsed space evenly."""
+    total = _total(spans)
+    out: list[list[tuple[int, int, int]]] = [[] for _ in range(nbuckets)]
+    if not total:
+        return out
+    for b in range(nbuckets):
+        lo, hi = total * b // nbuckets, total * (b + 1) // nbuckets
+        for t, s, e, off in spans:
+            a, z = max(lo, off), min(hi, off + e - s)
+            if a < z:
+                out[b].append((t, s + a - off, s + z - off))
+    return out
+
+
+def address_histogram(spans, heat: dict[tuple[int, int], float], region_shift: int,
+                      nbuckets: int) -> list[float]:
+    """Per-region values {(tgid, region): value} spread evenly over the region's mapped
+    bytes and summed per bucket of the collapsed space. A region no longer mapped is not shown."""
+    out = [0.0] * nbuckets
+    total = _total(spans)
+    if not total:
+        return out
+    index = {}
+    for i, (t, s, _, _) in enumerate(spans):
+        index.setdefault(t, []).append((s, i))
+    for (tgid, region), value in heat.items():
+        if not value or tgid not in index:
+            continue
+        lo, hi = region << region_shift, (region + 1) << region_shift
+        starts = index[tgid]
+        j = max(0, bisect.bisect_right(starts, (lo, len(spans))) - 1)
+        pieces = []
+        while j < len(starts) and starts[j][0] < hi:
+            _, s, e, off = spans[starts[j][1]]
+            a, z = max(lo, s), min(hi, e)
+            if a < z:
+                pieces.append((a - s + off, z - s + off))
+            j += 1
+        mapped = sum(z - a for a, z in pieces)
+        if not mapped:
+            continue
+        density = value / mapped
+        for a, z in pieces:
+            b = a * nbuckets // total
+            while b < nbuckets:
+                blo, bhi = total * b // nbuckets, total * (b + 1) // nbuckets
+                if blo >= z:
+                    break
+                out[b] += density * max(0, min(z, bhi) - max(a, blo))
+                b += 1
+    return out
+
+
+def bucket_edges(nbuckets: int) -> list[float]:
+    """`le` of each bucket but the last (whose edge is +Inf): fractions of the collapsed space."""
+    return [(b + 1) / nbuckets for b in range(nbuckets - 1)]
+
+
+# ---------------------------------------------------------------- idle ages at region precision
+
+@dataclass(frozen=True)
+class RegionHeat:
+    """One (process, region, node, lru) cell as the snapshot carries it."""
+
+    tgid: int
+    memcg_id: int
+    start: int  # region start address
+    node: int
+    lru: str
+    resident_pages: int | None  # None: residency not read for this process
+    accessed_pages: int  # found accessed since the previous read (cycle)
+    accessed_pages_total: int  # since mglrud started
+    rate: float  # EWMA pages per second
+    idle_seconds: float  # inf: resident but never found accessed since start
+
+
+def region_bytes(r: RegionHeat, page_size: int) -> int:
+    """Bytes a region cell stands for in the idle-age figures: its resident pages
+    when pagemap was read, else none (it is not counted)."""
+    return (r.resident_pages or 0) * page_size
+
+
+def idle_histogram(regions, edges: tuple[float, ...], page_size: int) -> tuple[list[tuple[float, int]], float]:
+    """Cumulative resident bytes per idle-age edge (then +Inf), and the sum of
+    byte-seconds over the cells with a finite idle age."""
+    buckets = []
+    for edge in tuple(edges) + (math.inf,):
+        buckets.append((edge, sum(region_bytes(r, page_size) for r in regions if r.idle_seconds <= edge)))
+    total = sum(region_bytes(r, page_size) * r.idle_seconds for r in regions if math.isfinite(r.idle_seconds))
+    return buckets, total
+
+
+def cold_bytes(regions, threshold: float, page_size: int) -> int:
+    """Resident bytes of cells not found accessed for at least threshold seconds
+    (never-accessed cells included)."""
+    return sum(region_bytes(r, page_size) for r in regions if r.idle_seconds >= threshold)
+
+
+# ---------------------------------------------------------------- the snapshot's part
+
+@dataclass(frozen=True)
+class HeatBucket:
+    ranges: tuple[tuple[int, int, int], ...]  # (tgid, start, end) address ranges, collapsed order
+    heat: float  # EWMA bytes per second found accessed
+    accessed_bytes: int  # found accessed in the latest cycle
+
+
+@dataclass(frozen=True)
+class TargetHeat:
+    name: str
+    kind: str  # the selector kind: memcg, pid, comm, cmdline, unit
+    tgids: tuple[int, ...]  # processes read for residency / the address histogram
+    memcg_ids: tuple[int, ...]
+    regions: tuple[RegionHeat, ...]
+    buckets: tuple[HeatBucket, ...] = ()  # process targets only
+    accessed_bytes_total: tuple[tuple[int, str, int], ...] = ()  # (node, lru, bytes), a counter
+
+
+@dataclass(frozen=True)
+class HotnessData:
+    region_size: int
+    half_life: float
+    page_size: int
+    targets: tuple[TargetHeat, ...] = ()
+    events: int = 0
+    matched: int = 0
+    dropped: int = 0
+    map_entries: int = 0
+    map_capacity: int = 0
+    notes: tuple[str, ...] = field(default=())  # e.g. processes whose residency could not be read
+
+
+def to_dict(data: HotnessData) -> dict:
+    """The BPF source's part of /snapshot.json: every region cell and bucket, in bytes.
+    `idle_seconds` is null for a resident region never found accessed since start;
+    `resident_bytes` is null when the process's residency was not read."""
+    page = data.page_size
+
+    def region(r: RegionHeat) -> dict:
+        return {"tgid": r.tgid, "memcg_id": r.memcg_id, "start": r.start, "node": r.node, "lru": r.lru,
+                "resident_bytes": None if r.resident_pages is None else r.resident_pages * page,
+                "accessed_bytes": r.accessed_pages * page,
+                "accessed_bytes_total": r.accessed_pages_total * page,
+                "heat_bytes_per_second": r.rate * page,
+                "idle_seconds": r.idle_seconds if math.isfinite(r.idle_seconds) else None}
+
+    return {
+        "region_size": data.region_size,
+        "half_life_seconds": data.half_life,
+        "events": data.events, "matched": data.matched, "dropped": data.dropped,
+        "map_entries": data.map_entries, "map_capacity": data.map_capacity,
+        "notes": list(data.notes),
+        "targets": [{
+            "name": t.name, "kind": t.kind, "tgids": list(t.tgids), "memcg_ids": list(t.memcg_ids),
+            "accessed_bytes_total": [{"node": n, "lru": l, "bytes": b} for n, l, b in t.accessed_bytes_total],
+            "buckets": [{"ranges": [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
+                         "accessed_bytes": b.accessed_bytes} for b in t.buckets],
+            "regions": [region(r) for r in t.regions],
+        } for t in data.targets],
+    }

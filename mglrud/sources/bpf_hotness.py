@@ -1,0 +1,361 @@
+"""Source: per-region access heat from bpf/hotness.bpf.c on mglrud's MGLRU tracepoint.
+
+The tracepoint vmscan:mm_vmscan_lru_gen_young comes with mglrud's kernel patch
+(kernel-patch/; Documentation/admin-guide/mm/multigen_lru.rst, "Tracing accessed
+pages"): the aging walk fires it for every young page-table entry it finds.
+The BPF program (loaded by bcc from bpf/hotness.bpf.c, constants passed as -D
+flags) counts them in the kernel per (tgid, memcg, region, node, lru); this
+module compiles and attaches it once, tells it the targets through two maps
+(target_tgids, target_memcgs), reads its maps once per cycle and hands the raw
+counts to the pure functions of mglrud/hotness.py. Residency comes from
+/proc/PID/smaps (which mappings hold pages) and /proc/PID/pagemap (which pages,
+on which node; Documentation/admin-guide/mm/pagemap.rst).
+
+Map counters are never reset: deltas are computed here. Keys of processes and
+memcgs no longer targeted are deleted from the map (their counts are already
+folded into the per-target totals), which keeps the map bounded together with
+its fixed size; when it is full anyway, the program counts the events it could
+not store (mglrud_bpf_dropped_events_total).
+
+When the tracepoint is missing or bcc cannot compile or attach the program,
+the source is down with the reason (mglrud_source_up{source="bpf"}, `mglrud
+check`, the log) and the other sources carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from mglrud import hotness as H
+from mglrud.config import Bpf, Target, memcg_matches
+from mglrud.fs import FS
+from mglrud.model import SourceStatus
+from mglrud.targets import _selects, read_proc, scan_procs
+
+log = logging.getLogger(__name__)
+
+NAME = "bpf"
+EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young")
+DEFAULT_PROGRAM = Path(__file__).resolve().parents[2] / "bpf" / "hotness.bpf.c"
+MAX_TGIDS = 4096
+MAX_MEMCGS = 4096
+# A process whose mapped-and-resident address space is larger than this is not
+# read through pagemap (8 bytes per 4 KiB page: 16 GiB -> 32 MiB read per cycle).
+MAX_SCAN_BYTES = 16 << 30
+
+
+class Unavailable(Exception):
+    """The BPF source cannot run here; the message says why and what to do."""
+
+
+def program_path(cfg: Bpf) -> Path:
+    return Path(cfg.program) if cfg.program else DEFAULT_PROGRAM
+
+
+def cflags(cfg: Bpf) -> list[str]:
+    return [f"-DREGION_SHIFT={cfg.region_shift}", f"-DMAX_REGIONS={cfg.max_regions}",
+            f"-DMAX_TGIDS={MAX_TGIDS}", f"-DMAX_MEMCGS={MAX_MEMCGS}"]
+
+
+def _int(v) -> int:
+    return int(getattr(v, "value", v))
+
+
+class Program:
+    """bpf/hotness.bpf.c compiled by bcc and attached to the tracepoint. Only this
+    class imports bcc; tests of the source give it a stand-in."""
+
+    def __init__(self, cfg: Bpf, fs: FS):
+        if not fs.tracefs(*EVENT).is_dir():
+            raise Unavailable(f"{fs.tracefs(*EVENT)} missing: the kernel lacks mglrud's tracepoint "
+                              f"(kernel-patch/), or tracefs is not mounted")
+        path = program_path(cfg)
+        if not path.is_file():
+            raise Unavailable(f"BPF program {path} not found (bpf.program)")
+        try:
+            from bcc import BPF  # Debian's python3-bpfcc, not PyPI's "bcc"
+        except Exception as e:
+            raise Unavailable(f"cannot import bcc ({type(e).__name__}: {e}): apt install python3-bpfcc "
+                              f"and run mglrud with /usr/bin/python3") from None
+        started = time.monotonic()
+        try:
+            self.bpf = BPF(src_file=str(path).encode(), cflags=cflags(cfg))
+        except Exception as e:
+            raise Unavailable(f"bcc could not compile or load {path}: {e}") from None
+        if self.bpf.num_open_tracepoints() < 1:
+            self.bpf.cleanup()
+            raise Unavailable(f"{path} loaded but did not attach to vmscan:mm_vmscan_lru_gen_young")
+        self.compile_seconds = time.monotonic() - started
+        self.capacity = cfg.max_regions
+
+    def set_targets(self, tgids: set[int], memcg_ids: set[int]) -> None:
+        for name, want in (("target_tgids", tgids), ("target_memcgs", memcg_ids)):
+            table = self.bpf[name]
+            have = {_int(k) for k in table.keys()}
+            for k in have - want:
+                del table[table.Key(k)]
+            for k in sorted(want - have):
+                table[table.Key(k)] = table.Leaf(1)
+
+    def dump(self) -> dict:
+        """The maps as plain data (the form tests/fixtures/bpf/ holds)."""
+        heat = self.bpf["heat"]
+        cells = []
+        for k in list(heat.keys()):
+            try:
+                per_cpu = heat.getvalue(k)
+            except KeyError:  # deleted meanwhile
+                continue
+            cells.append({"tgid": k.tgid, "memcg_id": k.memcg_id, "region": k.region, "node": k.node,
+                          "lru": k.lru, "percpu": [[v.pages, v.events, v.last_ns] for v in per_cpu]})
+        stats = self.bpf["stats"]
+        names = ("events", "matched", "dropped")
+        out = {"stats": {n: [_int(v) for v in stats.getvalue(stats.Key(i))] for i, n in enumerate(names)},
+               "heat": cells}
+        out["mono_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return out
+
+    def delete(self, keys) -> None:
+        heat = self.bpf["heat"]
+        for c in keys:
+            k = heat.Key()
+            k.tgid, k.memcg_id, k.region, k.node, k.lru = c.tgid, c.memcg_id, c.region, c.node, \
+                H.LRU_NAMES.index(c.lru)
+            try:
+                del heat[k]
+            except KeyError:
+                pass
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+# ---------------------------------------------------------------- targets
+
+def target_processes(targets: tuple[Target, ...], fs: FS) -> dict[str, tuple[int, ...]]:
+    """Process targets -> their tgids now."""
+    kinds = {t.kind for t in targets}
+    if kinds & {"comm", "cmdline", "unit"}:
+        procs = scan_procs(fs, cmdline="cmdline" in kinds)
+    else:
+        procs = [p for p in (read_proc(fs, t.value, False) for t in targets if t.kind == "pid") if p]
+    return {t.name: tuple(p.pid for p in procs if _selects(t, p)) for t in targets if t.kind != "memcg"}
+
+
+def target_memcgs(targets: tuple[Target, ...], index: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Memcg targets -> memcg ids, from lru_gen's path -> id index of this cycle."""
+    return {t.name: tuple(sorted({i for p, i in index.items() if memcg_matches(t.pattern, p)}))
+            for t in targets if t.kind == "memcg"}
+
+
+# ---------------------------------------------------------------- residency
+
+def node_of_pfn(fs: FS):
+    """pfn -> node from the zones /proc/zoneinfo lists (-1 when unknown)."""
+    try:
+        return H.pfn_node_table(H.parse_zoneinfo(fs.proc("zoneinfo").read_text()))
+    except OSError:
+        return lambda pfn: -1
+
+
+def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, node_of):
+    """(mapped spans [(start, end)], {(region, node, lru): pages}) of one process; None if gone."""
+    from mglrud.sources.procfs import is_shmem, parse_smaps
+
+    try:
+        vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text()) if e.rss > 0]
+    except (OSError, ValueError):
+        return None
+    if sum(e.end - e.start for e in vmas) > MAX_SCAN_BYTES:
+        return [(e.start, e.end) for e in vmas], None
+    cells: Counter = Counter()
+    try:
+        with open(fs.proc(pid, "pagemap"), "rb") as f:
+            for e in vmas:
+                f.seek(e.start // page_size * 8)
+                data = f.read((e.end - e.start) // page_size * 8)
+                entries = memoryview(data).cast("Q").tolist()
+                cells.update(H.residency(H.Vma(e.start, e.end, e.path, is_shmem(e.path)), entries,
+                                         page_size, region_shift, node_of))
+    except OSError:
+        return None
+    return [(e.start, e.end) for e in vmas], dict(cells)
+
+
+# ---------------------------------------------------------------- the source
+
+class BpfHotnessSource:
+    def __init__(self, cfg: Bpf, fs: FS, loader=Program, wall=time.time):
+        self.cfg, self.fs, self.loader, self.wall = cfg, fs, loader, wall
+        self.page_size = os.sysconf("SC_PAGE_SIZE")
+        self.program = None
+        self.reason = "not started"
+        self.state: dict = {}
+        self.accessed: dict[str, Counter] = {}  # target -> (node, lru) -> bytes, cumulative
+        self.stats = (0, 0, 0)
+        self._procs: dict | None = None
+        self._memcgs: dict = {}
+
+    def start(self) -> bool:
+        try:
+            self.program = self.loader(self.cfg, self.fs)
+        except Unavailable as e:
+            self.program, self.reason = None, str(e)
+            log.warning("source bpf: %s", e)
+            return False
+        self.reason = ""
+        log.info("source bpf: %s attached to vmscan:mm_vmscan_lru_gen_young (compiled in %.1fs; "
+                 "%d KiB regions, map of %d entries)", program_path(self.cfg),
+                 getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
+        return True
+
+    def close(self) -> None:
+        if self.program is not None:
+            self.program.close()
+            self.program = None
+            self.reason = "stopped"
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(NAME, self.program is not None, self.reason)
+
+    def prepare(self, targets: tuple[Target, ...], index: dict[str, int]) -> None:
+        """Resolve the targets and load them into the program's target maps, before
+        aging, so that the aging about to run is counted."""
+        self._procs = target_processes(targets, self.fs)
+        self._memcgs = target_memcgs(targets, index)
+        if self.program is None:
+            return
+        tgids = {p for ps in self._procs.values() for p in ps}
+        ids = {i for ms in self._memcgs.values() for i in ms}
+        try:
+            self.program.set_targets(tgids, ids)
+        except Exception as e:
+            self._fail(f"updating the BPF target maps failed: {e}")
+
+    def _fail(self, reason: str) -> None:
+        log.error("source bpf: %s", reason)
+        self.close()
+        self.reason = reason
+
+    def cycle(self, targets: tuple[Target, ...], index: dict[str, int]) -> H.HotnessData | None:
+        """Read the counts (after aging) and build this cycle's HotnessData."""
+        if self._procs is None:
+            self.prepare(targets, index)
+        procs, memcgs = self._procs, self._memcgs
+        self._procs = None
+        if self.program is None:
+            return None
+        tgids = {p for ps in procs.values() for p in ps}
+        ids = {i for ms in memcgs.values() for i in ms}
+        try:
+            dump = self.program.dump()
+        except Exception as e:  # the kernel side went away: report, do not crash the loop
+            self._fail(f"reading the BPF maps failed: {e}")
+            return None
+        raw = H.raw_from_dump(dump)
+        stale = [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
+        # tgid 0: an mm with no owner task (the tracepoint's convention); kept, it cannot be looked up
+        alive = {t for t in {k.tgid for k in raw.cells} - tgids if t == 0 or self.fs.proc(t).exists()}
+        stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid not in tgids and k.tgid not in alive]
+        self.state = H.step(self.state, raw, self.cfg.half_life)
+        self.stats = (raw.events, raw.matched, raw.dropped)
+        # built before the stale keys go, so that their last deltas reach the targets' counters
+        data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)))
+        if stale:
+            self.program.delete(stale)
+            for k in stale:
+                self.state.pop(k, None)
+        return data
+
+    def _build(self, targets, procs, memcgs, now_ns: int, entries: int) -> H.HotnessData:
+        cfg, page = self.cfg, self.page_size
+        node_of = node_of_pfn(self.fs)
+        residency_cache: dict[int, object] = {}
+        notes = []
+        out = []
+        for t in targets:
+            if t.kind == "memcg":
+                ids = set(memcgs.get(t.name, ()))
+                mine = {k: s for k, s in self.state.items() if k.memcg_id in ids}
+                by_tgid = Counter(k.tgid for k in mine)
+                scan = [tg for tg, _ in by_tgid.most_common(cfg.max_processes) if tg]
+            else:
+                pids = set(procs.get(t.name, ()))
+                mine = {k: s for k, s in self.state.items() if k.tgid in pids}
+                ids = {k.memcg_id for k in mine}
+                scan = sorted(pids)[: cfg.max_processes]
+                if len(pids) > cfg.max_processes:
+                    notes.append(f"target {t.name}: {len(pids)} processes; residency read for "
+                                 f"{cfg.max_processes} (bpf.max_processes)")
+            acc = self.accessed.setdefault(t.name, Counter())
+            for k, s in mine.items():
+                if s.delta_pages:
+                    acc[(k.node, k.lru)] += s.delta_pages * page
+            spans_in, resident = [], {}
+            for tg in scan:
+                if tg not in residency_cache:
+                    residency_cache[tg] = read_residency(self.fs, tg, cfg.region_shift, page, node_of)
+                r = residency_cache[tg]
+                if r is None:
+                    continue
+                spans, cells = r
+                spans_in += [(tg, s, e) for s, e in spans]
+                if cells is None:
+                    notes.append(f"process {tg}: mapped resident space over {MAX_SCAN_BYTES >> 30} GiB; "
+                                 f"residency not read")
+                    continue
+                for (region, node, lru), n in cells.items():
+                    resident[(tg, region, node, lru)] = n
+            regions = self._regions(mine, resident, set(scan), now_ns)
+            buckets = ()
+            if t.kind != "memcg":
+                buckets = self._buckets(spans_in, mine)
+            out.append(H.TargetHeat(
+                name=t.name, kind=t.kind, tgids=tuple(scan), memcg_ids=tuple(sorted(ids)),
+                regions=regions, buckets=buckets,
+                accessed_bytes_total=tuple(sorted((n, l, b) for (n, l), b in acc.items()))))
+        for name in set(self.accessed) - {t.name for t in targets}:
+            del self.accessed[name]
+        events, matched, dropped = self.stats
+        return H.HotnessData(region_size=cfg.region_size, half_life=cfg.half_life, page_size=page,
+                             targets=tuple(out), events=events, matched=matched, dropped=dropped,
+                             map_entries=entries, map_capacity=cfg.max_regions, notes=tuple(notes))
+
+    def _regions(self, mine: dict, resident: dict, scanned: set[int], now_ns: int) -> tuple[H.RegionHeat, ...]:
+        shift = self.cfg.region_shift
+        memcg_of = {}
+        for k in mine:
+            memcg_of.setdefault(k.tgid, k.memcg_id)
+        out = []
+        seen = set()
+        for k, s in mine.items():
+            rk = (k.tgid, k.region, k.node, k.lru)
+            seen.add(rk)
+            res = resident.get(rk, 0) if k.tgid in scanned else None
+            out.append(H.RegionHeat(k.tgid, k.memcg_id, k.region << shift, k.node, k.lru, res, s.delta_pages,
+                                    s.total_pages, s.rate, H.idle_seconds(s, now_ns)))
+        for rk, n in resident.items():
+            if rk not in seen:
+                tg, region, node, lru = rk
+                out.append(H.RegionHeat(tg, memcg_of.get(tg, 0), region << shift, node, lru, n, 0, 0, 0.0,
+                                        float("inf")))
+        out.sort(key=lambda r: (r.tgid, r.start, r.node, r.lru))
+        return tuple(out)
+
+    def _buckets(self, spans_in, mine) -> tuple[H.HeatBucket, ...]:
+        cfg, page = self.cfg, self.page_size
+        spans = H.collapsed_spans(spans_in)
+        rate: Counter = Counter()
+        latest: Counter = Counter()
+        for k, s in mine.items():
+            rate[(k.tgid, k.region)] += s.rate * page
+            latest[(k.tgid, k.region)] += s.delta_pages * page
+        heat = H.address_histogram(spans, dict(rate), cfg.region_shift, cfg.heat_buckets)
+        acc = H.address_histogram(spans, dict(latest), cfg.region_shift, cfg.heat_buckets)
+        ranges = H.bucket_ranges(spans, cfg.heat_buckets)
+        return tuple(H.HeatBucket(tuple(r), h, round(a)) for r, h, a in zip(ranges, heat, acc))
+

@@ -1,0 +1,343 @@
+"""The BPF hotness source's math (mglrud/hotness.py) and its source/collector, on the host.
+
+Map dumps, smaps, pagemap and zoneinfo in tests/fixtures/bpf/ were captured in
+the test guest by tests/vm/capture_bpf_fixtures.py: a workload mapping 64 MiB
+of anonymous memory, its first 16 MiB touched in a loop, its memcg aged four
+times with mglrud's BPF program attached (one dump after each aging).
+"""
+
+import base64
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import FIXTURES, captured_roots, copy_root, paths_for
+from mglrud import hotness as H
+from mglrud import report
+from mglrud.collectors import Published, build_registry
+from mglrud.config import Bpf, Paths, loads
+from mglrud.cycle import Engine
+from mglrud.fs import FS, RecordingWriter
+from mglrud.sources import bpf_hotness
+from mglrud.sources.procfs import parse_smaps
+
+BPF = FIXTURES / "bpf"
+DUMPS = [json.loads((BPF / f"dump-{i}.json").read_text()) for i in range(4)]
+META = DUMPS[0]["meta"]["workload"]
+PAGE, SHIFT = 4096, 21
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+
+def workload_regions(start: int, size: int) -> set[int]:
+    return set(range(start >> SHIFT, (start + size - 1 >> SHIFT) + 1))
+
+
+# ---------------------------------------------------------------- raw reads and deltas
+
+def test_dump_combines_cpus_and_counts_every_matched_event():
+    for d in DUMPS:
+        raw = H.raw_from_dump(d)
+        assert raw.matched == sum(c.events for c in raw.cells.values())  # nothing dropped, nothing lost
+        assert raw.dropped == 0
+        assert sum(c.pages for c in raw.cells.values()) == raw.matched  # all PTE events: 1 page each
+
+
+def test_first_aging_finds_the_whole_faulted_in_mapping():
+    raw = H.raw_from_dump(DUMPS[0])
+    mine = workload_regions(META["address"], META["size"])
+    pages = sum(c.pages for k, c in raw.cells.items() if k.region in mine and k.tgid == META["pid"])
+    # the mapping (every page touched before "ready"), plus interpreter pages in its edge regions
+    assert META["size"] // PAGE <= pages <= META["size"] // PAGE + 64
+
+
+def test_deltas_of_the_last_aging_are_the_hot_block():
+    state = {}
+    for d in DUMPS:
+        state = H.step(state, H.raw_from_dump(d), half_life=10.0)
+    hot = workload_regions(META["address"], META["hot"])
+    mapping = workload_regions(META["address"], META["size"])
+    delta = {k.region: s.delta_pages for k, s in state.items() if s.delta_pages and k.region in mapping}
+    # every hot page once; the first and last region may hold interpreter pages too
+    assert set(r for r, n in delta.items() if n >= 256) == hot - {min(hot) - 1}
+    assert sum(n for r, n in delta.items() if r in hot) >= META["hot"] // PAGE
+
+
+def test_step_never_goes_down_and_survives_a_deleted_key():
+    k = H.CellKey(1, 2, 3, 0, "anon")
+    s0 = H.step({}, H.RawRead(0, {k: H.Counts(10, 10, 5)}, 10, 10, 0), 60.0)
+    s1 = H.step(s0, H.RawRead(10**9, {k: H.Counts(15, 15, 9)}, 15, 15, 0), 60.0)
+    assert (s1[k].delta_pages, s1[k].total_pages) == (5, 15)
+    s2 = H.step(s1, H.RawRead(2 * 10**9, {k: H.Counts(3, 3, 11)}, 3, 3, 0), 60.0)  # deleted and re-created
+    assert (s2[k].delta_pages, s2[k].total_pages) == (3, 18)
+    assert H.step(s2, H.RawRead(3 * 10**9, {}, 0, 0, 0), 60.0) == {}
+
+
+def test_ewma_of_a_steady_rate_converges_to_it_and_halves_per_half_life():
+    k = H.CellKey(1, 2, 3, 0, "anon")
+    state, pages = {}, 0
+    for i in range(400):  # 100 pages found every 5 s for 2000 s
+        pages += 100
+        state = H.step(state, H.RawRead(i * 5 * 10**9, {k: H.Counts(pages, pages, i)}, 0, 0, 0), 60.0)
+    assert state[k].rate == pytest.approx(20.0, rel=0.05)
+    rate = state[k].rate
+    state = H.step(state, H.RawRead((399 * 5 + 60) * 10**9, {k: H.Counts(pages, pages, 1)}, 0, 0, 0), 60.0)
+    assert state[k].rate == pytest.approx(rate / 2)
+
+
+def test_idle_age_is_time_since_the_latest_access_found():
+    raw = H.raw_from_dump(DUMPS[3])
+    state = H.step({}, raw, 60.0)
+    hot = workload_regions(META["address"], META["hot"])
+    cold = workload_regions(META["address"], META["size"]) - hot - {max(hot) + 1}
+    idle = {k.region: H.idle_seconds(s, raw.mono_ns) for k, s in state.items() if k.lru == "anon"}
+    # the dump was read 2 s after the latest aging; cold regions were last found 3 agings earlier
+    assert max(idle[r] for r in hot if r in idle) < min(idle[r] for r in cold if r in idle)
+    assert H.idle_seconds(H.CellState(0, 0, 0, 0.0, 0, 0), 10**9) == math.inf
+
+
+# ---------------------------------------------------------------- residency
+
+def test_pagemap_residency_of_the_workload_mapping():
+    pm = json.loads((BPF / "pagemap.json").read_text())
+    entries = memoryview(base64.b64decode(pm["entries_b64"])).cast("Q").tolist()
+    zones = H.parse_zoneinfo((BPF / "zoneinfo").read_text())
+    assert zones and all(node == 0 for _, _, node in zones)
+    vma = H.Vma(pm["address"], pm["address"] + pm["pages"] * PAGE, "", False)
+    cells = H.residency(vma, entries, PAGE, SHIFT, H.pfn_node_table(zones))
+    assert sum(cells.values()) == pm["pages"]  # touched before "ready": all resident
+    assert {(node, lru) for _, node, lru in cells} == {(0, "anon")}
+    assert {r for r, _, _ in cells} == workload_regions(pm["address"], pm["pages"] * PAGE)
+
+
+def test_zoneinfo_node_table():
+    node = H.pfn_node_table([(1, 4096, 0), (4096, 100000, 0), (100000, 200000, 1)])
+    assert [node(p) for p in (0, 1, 4095, 4096, 99999, 100000, 199999, 200000)] == [-1, 0, 0, 0, 0, 1, 1, -1]
+
+
+def test_file_pages_of_shmem_are_anon():
+    vma, shm = H.Vma(0, 3 * PAGE, "/usr/lib/x", False), H.Vma(0, 3 * PAGE, "/dev/shm/x", True)
+    e = [H.PM_PRESENT | H.PM_FILE | 7, H.PM_PRESENT | 8, 0]
+    assert H.residency(vma, e, PAGE, SHIFT, lambda p: 0) == {(0, 0, "file"): 1, (0, 0, "anon"): 1}
+    assert H.residency(shm, e, PAGE, SHIFT, lambda p: 0) == {(0, 0, "anon"): 2}
+
+
+# ---------------------------------------------------------------- the address-offset histogram
+
+def test_hot_block_fills_exactly_its_buckets():
+    # two mappings with a hole between them: 32 MiB at 1 GiB, 32 MiB at 4 GiB; 2 MiB regions
+    spans = H.collapsed_spans([(7, 1 << 30, (1 << 30) + (32 << 20)), (7, 4 << 30, (4 << 30) + (32 << 20))])
+    assert spans[-1][3] == 32 << 20  # the hole is collapsed
+    hot = {(7, ((4 << 30) >> SHIFT) + i): 1.0 for i in range(4)}  # the first 8 MiB of the second mapping
+    h = H.address_histogram(spans, hot, SHIFT, 16)  # 4 MiB buckets
+    assert [b for b, v in enumerate(h) if v > 0] == [8, 9]
+    assert sum(h) == pytest.approx(4.0)
+    ranges = H.bucket_ranges(spans, 16)
+    assert ranges[8] == [(7, 4 << 30, (4 << 30) + (4 << 20))]
+
+
+def test_histogram_from_captured_data_is_hot_where_the_hot_block_is():
+    vmas = [(META["pid"], e.start, e.end) for e in parse_smaps((BPF / "smaps").read_text()) if e.rss > 0]
+    spans = H.collapsed_spans(vmas)
+    state = {}
+    for d in DUMPS:
+        state = H.step(state, H.raw_from_dump(d), half_life=10.0)
+    latest = {}
+    for k, s in state.items():
+        latest[(k.tgid, k.region)] = latest.get((k.tgid, k.region), 0) + s.delta_pages * PAGE
+    n = 64
+    h = H.address_histogram(spans, latest, SHIFT, n)
+    ranges = H.bucket_ranges(spans, n)
+    lo, hi = META["address"], META["address"] + META["hot"]
+    inside = [b for b in range(n) if ranges[b] and all(lo <= s and e <= hi for _, s, e in ranges[b])]
+    cold = [b for b in range(n) if ranges[b] and all(s >= hi + (2 << 20) and e <= META["address"] + META["size"]
+                                                     for _, s, e in ranges[b])]
+    assert inside and cold
+    assert all(h[b] > 0 for b in inside)
+    assert all(h[b] == 0 for b in cold)
+    unmapped = sum(v for (t, r), v in latest.items()
+                   if not any(s < (r + 1) << SHIFT and e > r << SHIFT for _, s, e, _ in spans))
+    assert sum(h) == pytest.approx(sum(latest.values()) - unmapped)  # nothing lost but unmapped regions
+
+
+# ---------------------------------------------------------------- idle ages at region precision
+
+def _r(idle, pages, node=0, lru="anon"):
+    return H.RegionHeat(1, 1, 0, node, lru, pages, 0, 0, 0.0, idle)
+
+
+def test_idle_histogram_and_cold_bytes():
+    rs = [_r(0.0, 10), _r(5.0, 20), _r(100.0, 30), _r(math.inf, 40), _r(3.0, None)]
+    buckets, total = H.idle_histogram(rs, (1.0, 10.0, 60.0), PAGE)
+    assert buckets == [(1.0, 10 * PAGE), (10.0, 30 * PAGE), (60.0, 30 * PAGE), (math.inf, 100 * PAGE)]
+    assert total == (5 * 20 + 100 * 30) * PAGE
+    assert H.cold_bytes(rs, 60.0, PAGE) == 70 * PAGE  # never accessed counts as cold
+
+
+# ---------------------------------------------------------------- the source, with the captured dumps
+
+class ReplayProgram:
+    """Stands in for bcc: replays the captured dumps, records target and delete calls."""
+
+    def __init__(self, cfg, fs):
+        self.dumps = list(DUMPS)
+        self.targets, self.deleted, self.compile_seconds = [], [], 0.0
+
+    def set_targets(self, tgids, memcg_ids):
+        self.targets.append((set(tgids), set(memcg_ids)))
+
+    def dump(self):
+        return self.dumps.pop(0)
+
+    def delete(self, keys):
+        self.deleted += list(keys)
+
+    def close(self):
+        pass
+
+
+def _fixture_proc(tmp_path):
+    """A /proc with the captured workload's smaps and cmdline (pagemap not readable: not resident-scanned)."""
+    d = tmp_path / "proc" / str(META["pid"])
+    d.mkdir(parents=True)
+    (d / "smaps").write_text((BPF / "smaps").read_text())
+    (d / "comm").write_text("python3\n")
+    (d / "cmdline").write_bytes(b"python3\0workload.py\0")
+    (d / "cgroup").write_text("0::/mglrud-capture\n")
+    (tmp_path / "proc" / "zoneinfo").write_text((BPF / "zoneinfo").read_text())
+    return FS(Paths(procfs=str(tmp_path / "proc")))
+
+
+def test_source_replays_captured_dumps(tmp_path):
+    cfg = loads("bpf: {half_life: 10s, heat_buckets: 16}\ntargets: [{name: w, pid: %d}, {name: m, memcg: /mglrud-capture}]"
+                % META["pid"])
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, _fixture_proc(tmp_path), loader=ReplayProgram)
+    assert src.start() and src.status().up
+    for _ in DUMPS:
+        data = src.cycle(cfg.targets, {"/mglrud-capture": META["memcg_id"]})
+    assert src.program.targets[-1] == ({META["pid"]}, {META["memcg_id"]})
+    w, m = data.targets
+    assert len(w.buckets) == 16 and m.buckets == ()
+    total = dict(((n, l), b) for n, l, b in w.accessed_bytes_total)
+    raw = H.raw_from_dump(DUMPS[-1])
+    assert total[(0, "anon")] == sum(c.pages for k, c in raw.cells.items() if k.lru == "anon") * PAGE
+    assert data.matched == raw.matched and data.dropped == 0
+    assert src.program.deleted == []
+
+
+def test_source_down_with_the_reason_when_the_program_cannot_load(tmp_path):
+    def broken(cfg, fs):
+        raise bpf_hotness.Unavailable("bcc could not compile or load x.bpf.c: boom")
+    src = bpf_hotness.BpfHotnessSource(Bpf(), FS(Paths(procfs=str(tmp_path))), loader=broken)
+    assert not src.start()
+    st = src.status()
+    assert (st.name, st.up) == ("bpf", False) and "boom" in st.reason
+    assert src.cycle((), {}) is None
+
+
+def test_program_refuses_a_kernel_without_the_tracepoint(tmp_path):
+    with pytest.raises(bpf_hotness.Unavailable, match="mm_vmscan_lru_gen_young"):
+        bpf_hotness.Program(Bpf(), FS(Paths(tracefs=str(tmp_path), debugfs=str(tmp_path))))
+
+
+def test_cflags_carry_the_constants():
+    assert bpf_hotness.cflags(Bpf(region_size=1 << 20, max_regions=4096))[:2] == \
+        ["-DREGION_SHIFT=20", "-DMAX_REGIONS=4096"]
+    assert bpf_hotness.DEFAULT_PROGRAM.is_file()
+
+
+# ---------------------------------------------------------------- engine, metrics, JSON
+
+ROOTS = captured_roots()
+
+
+@pytest.mark.skipif(not ROOTS, reason="no captured fixture roots")
+def test_bpf_named_on_a_stock_kernel_is_down_and_lru_gen_keeps_flowing(tmp_path):
+    root = copy_root(ROOTS[0], tmp_path / "root")
+    paths = paths_for(root)
+    cfg = loads("sources: [bpf, lru_gen]\ntargets: [{name: all, memcg: '/**'}]\npaths: {"
+                + ", ".join(f"{k}: '{v}'" for k, v in paths.items()) + "}\n")
+    snap = Engine(cfg, writer=RecordingWriter()).cycle(age=False)
+    status = {s.name: s for s in snap.sources}
+    assert status["lru_gen"].up and snap.lruvecs
+    assert not status["bpf"].up and "mm_vmscan_lru_gen_young" in status["bpf"].reason
+    text = generate_latest(build_registry(Published(snap))).decode()
+    assert 'mglrud_source_up{source="bpf"} 0.0' in text
+    assert 'mglrud_source_up{source="lru_gen"} 1.0' in text
+
+
+def _replayed_snapshot(tmp_path):
+    cfg = loads("bpf: {half_life: 10s, heat_buckets: 16}\nmetrics: {cold_thresholds: [1s, 2s]}\n"
+                "aging: {interval: 2s}\ntargets: [{name: w, pid: %d}, {name: m, memcg: /mglrud-capture}]"
+                % META["pid"])
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, _fixture_proc(tmp_path), loader=ReplayProgram)
+    src.start()
+    for _ in DUMPS:
+        data = src.cycle(cfg.targets, {"/mglrud-capture": META["memcg_id"]})
+    from mglrud.model import Snapshot
+    return Snapshot(taken_at=1.8e9, page_size=PAGE, cold_thresholds=cfg.metrics.cold_thresholds,
+                    idle_age_buckets=cfg.metrics.buckets, hotness=data), data
+
+
+def test_metrics_are_bounded_and_promtool_clean(tmp_path):
+    snap, data = _replayed_snapshot(tmp_path)
+    text = generate_latest(build_registry(Published(snap))).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    offset = fams["mglrud_target_access_offset_ratio"]
+    assert {s.labels["target"] for s in offset.samples} == {"w"}
+    assert len([s for s in offset.samples if s.name.endswith("_bucket")]) == 16
+    les = [s.labels["le"] for s in offset.samples if s.name.endswith("_bucket")]
+    assert les[-1] == "+Inf" and les[0] == "0.0625"
+    assert all("pid" not in s.labels and "region" not in s.labels for f in fams.values() for s in f.samples)
+    acc = [s for s in fams["mglrud_target_accessed_bytes"].samples if s.name.endswith("_total")]
+    assert {(s.labels["target"], s.labels["lru"]) for s in acc} >= {("w", "anon"), ("m", "anon")}
+    if shutil.which(PROMTOOL):
+        p = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_snapshot_json_carries_every_region(tmp_path):
+    snap, data = _replayed_snapshot(tmp_path)
+    doc = json.loads(report.to_json(snap))["hotness"]
+    assert doc["region_size"] == 2 << 20
+    w = next(t for t in doc["targets"] if t["name"] == "w")
+    assert len(w["regions"]) == len(data.targets[0].regions) > 30
+    assert len(w["buckets"]) == 16 and all("ranges" in b for b in w["buckets"])
+
+
+@pytest.mark.parametrize("nodes,want", [(1, 380), (2, 490)])
+def test_series_count_with_the_example_config(nodes, want):
+    """The count docs/metrics.md states: fixed by the config, whatever the processes and regions."""
+    from mglrud.collectors.bpf import BpfCollector
+    from mglrud.config import load
+    from mglrud.model import Snapshot
+
+    cfg = load(str(Path(__file__).resolve().parents[2] / "config.example.yaml"))
+    targets = []
+    for t in cfg.targets:
+        regions = tuple(H.RegionHeat(100 + i, 5, (1000 + i) << SHIFT, n, lru, 3, 1, 1, 1.0, float(i))
+                        for i in range(500) for n in range(nodes) for lru in ("anon", "file"))
+        buckets = tuple(H.HeatBucket(((1, 0, 1),), 1.0, 1) for _ in range(cfg.bpf.heat_buckets)) \
+            if t.kind != "memcg" else ()
+        targets.append(H.TargetHeat(t.name, t.kind, (1,), (5,), regions, buckets,
+                                    tuple((n, l, 1) for n in range(nodes) for l in ("anon", "file"))))
+    data = H.HotnessData(cfg.bpf.region_size, cfg.bpf.half_life, PAGE, tuple(targets))
+    snap = Snapshot(taken_at=0.0, page_size=PAGE, cold_thresholds=cfg.metrics.cold_thresholds,
+                    idle_age_buckets=cfg.metrics.buckets, hotness=data)
+    n = sum(len(f.samples) for f in BpfCollector(Published(snap)).collect())
+    assert n == want
+
+
+def test_keys_of_processes_no_longer_targeted_are_deleted_from_the_map(tmp_path):
+    cfg = loads("targets: [{name: other, pid: 999999}]")
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, _fixture_proc(tmp_path), loader=ReplayProgram)
+    src.start()
+    data = src.cycle(cfg.targets, {})
+    raw = H.raw_from_dump(DUMPS[0])
+    assert set(src.program.deleted) == set(raw.cells) and data.map_entries == 0
+    assert src.state == {}
