@@ -9,7 +9,7 @@ PY := /usr/bin/python3
 PYTEST := env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -p no:cacheprovider
 ARGS ?=
 
-.PHONY: run check test test-host test-vm test-vm-numa kernel kernel-debug test-vm-debug fixtures install clean-kernel
+.PHONY: run check test test-host test-vm test-systemd kernel kernel-debug test-vm-debug fixtures install clean-kernel
 
 ## run: start mglrud on this machine with the built-in default config (Ctrl-C stops it)
 run:
@@ -21,8 +21,8 @@ check:
 	@scripts/install-deps run
 	PYTHONPATH=$(CURDIR) /usr/bin/python3 -m mglrud check
 
-## test: every tier — unit and host integration, then the VM tier on the project's kernel
-test: test-host test-vm
+## test: every tier — unit and host integration, the VM tier on the project's kernel, systemd in the VM
+test: test-host test-vm test-systemd
 	@scripts/test-summary
 
 test-host:
@@ -38,6 +38,16 @@ test-vm:
 	@cp $(MGLRUD_CACHE)/vm-junit.xml .test-results/vm.xml
 	kernel-patch/vm-run.sh --numa -- -m numa --junitxml=$(MGLRUD_CACHE)/vm-numa-junit.xml $(ARGS)
 	@cp $(MGLRUD_CACHE)/vm-numa-junit.xml .test-results/vm-numa.xml
+
+## test-systemd: systemd 252 as PID 1 in the test guest: install, start, reload, watchdog, security
+test-systemd:
+	@scripts/install-deps all
+	tests/vm/systemd/run.sh
+
+## install: the package, the systemd unit and /etc/mglrud/config.yaml (PREFIX, SYSCONFDIR, DESTDIR honoured)
+install:
+	@scripts/install-deps run
+	scripts/install.sh
 
 ## test-vm-debug: the VM tier on a lockdep/KASAN/DEBUG_VM kernel (slow)
 test-vm-debug:

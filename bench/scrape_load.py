@@ -137,7 +137,9 @@ def run(scrapers: int, seconds: float) -> dict:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = proc.wait(timeout=WAIT)
-            tracebacks = log.read_text().count("Traceback")
+            text = log.read_text()
+            tracebacks = text.count("Traceback")
+            first_traceback = text[text.find("Traceback"):][:1500] if tracebacks else ""
     lat = sorted(x for per in latencies for x in per)
 
     def pct(p: float) -> float:
@@ -147,7 +149,7 @@ def run(scrapers: int, seconds: float) -> dict:
             "first_errors": errors[:5], "rps": len(lat) / elapsed, "p50": pct(50), "p90": pct(90), "p99": pct(99),
             "max": lat[-1] * 1000 if lat else float("nan"), "mean": statistics.fmean(lat) * 1000 if lat else 0,
             "series": series, "bytes": len(body), "alive": alive, "rc": rc, "tracebacks": tracebacks,
-            "rss_kib": (rss0, rss1), "snapshot_age": age}
+            "rss_kib": (rss0, rss1), "snapshot_age": age, "first_traceback": first_traceback}
 
 
 def rss_kib(pid: int) -> int:
@@ -175,6 +177,8 @@ def report(r: dict, command: str) -> str:
            ]
     for e in r["first_errors"]:
         out.append(f"# error: {e}")
+    for line in r["first_traceback"].splitlines()[-6:]:
+        out.append(f"# daemon traceback: {line}")
     ok = r["errors"] == 0 and r["alive"] and r["rc"] == 0 and not r["tracebacks"]
     out += ["", f"# goal: no errors: {'met' if ok else 'NOT MET'}"]
     return "\n".join(out) + "\n"

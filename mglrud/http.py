@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,6 +20,10 @@ from mglrud import report
 
 log = logging.getLogger(__name__)
 
+# Seconds a connection may stay silent: a client that connects and sends nothing
+# (or stops reading) must not hold its thread forever.
+REQUEST_TIMEOUT = 30.0
+
 INDEX = b"""<html><head><title>mglrud</title></head><body><h1>mglrud</h1>
 <p><a href="/metrics">/metrics</a> &middot; <a href="/snapshot.json">/snapshot.json</a></p></body></html>
 """
@@ -27,12 +32,25 @@ INDEX = b"""<html><head><title>mglrud</title></head><body><h1>mglrud</h1>
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # listen() backlog: socketserver's default of 5 drops connections when many scrapers
+    # (or a Prometheus HA pair plus dashboards) connect at once; they then wait for SYN
+    # retransmits, seconds each (bench/scrape_load.py).
+    request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        # A scraper that gave up and closed its socket is not worth a traceback on stderr.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            log.debug("http %s: %s", client_address[0], sys.exc_info()[1])
+            return
+        log.exception("http %s: request failed", client_address[0])
 
 
 def serve(address: str, port: int, registry, published) -> tuple[_Server, threading.Thread]:
     """Bind now (so errors surface at start) and serve from a background thread."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT
+
         def do_GET(self):
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

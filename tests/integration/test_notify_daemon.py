@@ -126,8 +126,7 @@ def test_notify_protocol(tmp_path):
         manager.wait_for(lambda m: m.startswith("RELOADING=1"), "RELOADING=1", proc)
         ready, _ = manager.wait_for(lambda m: m.startswith("READY=1"), "READY=1 after a bad reload", proc)
         assert _fields(ready)["STATUS"].endswith(
-            "reload failed, previous config in force: aging.interval: must be a duration with a unit "
-            f"like 30s, 5m or 1h, got '-1s'"), ready
+            "reload failed, previous config in force: aging.interval: must be longer than zero, got '-1s'"), ready
 
         # The loop stuck in a kernel file: no pings, while /metrics keeps serving.
         os.rename(lru_gen, lru_gen.with_name("lru_gen.real"))

@@ -187,6 +187,45 @@ def test_memcg_removed_mid_cycle(tmp_path):
     assert_only_aging(rig.writer)
 
 
+def test_offline_memcgs_with_id_0_are_not_aged(tmp_path):
+    """Seen in the systemd guest: exited oneshot services leave dying memcgs that lru_gen lists as
+    `memcg 0 /system.slice/x.service` (their id given back). Aging them can only fail (EINVAL)."""
+    dead = [(0, "/system.slice/a.service", [(0, [(2, 9000, 0, 30), (3, 10, 0, 1)])]),
+            (0, "/system.slice/b.service", [(0, [(2, 9000, 0, 40), (3, 10, 0, 1)])])]
+    root = _lru_root(tmp_path, MEMCGS + dead)
+    rig = Rig(root, _config(root))
+    for _ in range(3):
+        m = rig.cycle()
+    assert sum(v for k, v in m.items() if k[0] == "mglrud_aging_errors_total") == 0
+    assert not [c for c in rig.writer.commands if c.startswith("+ 0 ")]
+    assert not [k for k in m if ("memcg", "/system.slice/a.service") in k]
+    assert m[("mglrud_target_memcgs", ("target", "all"))] == 3
+
+    # One goes offline between the cycle's first read and its re-read after aging.
+    def offline(command: str) -> None:
+        if command.startswith("+ 4 "):
+            (root / "debugfs/lru_gen").write_text(lru_gen_text(
+                MEMCGS[:2] + [(0, "/batch", MEMCGS[2][2])] + dead))
+
+    rig.writer.on_write = offline
+    m = rig.cycle()
+    assert not [k for k in m if ("memcg", "/batch") in k]
+    rig.writer.on_write = None
+    m = rig.cycle()
+    assert m[("mglrud_target_memcgs", ("target", "all"))] == 2
+    assert sum(v for k, v in m.items() if k[0] == "mglrud_aging_errors_total") == 0
+    assert_only_aging(rig.writer)
+
+
+def test_memcg_disabled_root_has_id_0(tmp_path):
+    """cgroup_disable=memory: the root is `memcg 0` with no path, and it is aged as id 0."""
+    root = _lru_root(tmp_path, [(0, "", [(0, [(5, 9000, 100, 200), (6, 100, 1, 2)])])])
+    rig = Rig(root, _config(root))
+    m = rig.cycle()
+    assert rig.writer.commands == ["+ 0 0 6 1 1"]
+    assert m[("mglrud_target_memcgs", ("target", "all"))] == 1
+
+
 # ---------------------------------------------------------------- /proc: a target exits mid-read
 
 class ExitingFS(FS):

@@ -1,0 +1,30 @@
+#!/bin/bash
+# In the test guest (run by kernel-patch/vm-run.sh --exec, so as root, with debugfs,
+# tracefs and cgroup2 mounted): boot systemd as PID 1 of a new PID and mount namespace
+# (container mode, as systemd-nspawn does), with a unit that runs guest.sh and then
+# makes the manager exit. Why not `vng --systemd`: see tests/vm/systemd/README.md.
+#
+# Usage: boot.sh OUT REPO
+OUT=$1 REPO=$2
+set -eu
+mkdir -p "$OUT"
+cat > /etc/systemd/system/mglrud-vmtest.service <<UNIT
+[Unit]
+Description=mglrud systemd test (tests/vm/systemd/guest.sh)
+After=basic.target systemd-journald.service
+SuccessAction=exit-force
+FailureAction=exit-force
+
+[Service]
+Type=oneshot
+ExecStart=/bin/bash $REPO/tests/vm/systemd/guest.sh $OUT $REPO
+TimeoutStartSec=20min
+UNIT
+# The manager logs to the journal (guest.sh greps it for the watchdog kill).
+exec timeout --kill-after=30 1500 unshare --pid --fork --mount --propagation private -- /bin/bash -c '
+    set -e
+    mount -t tmpfs -o mode=755 tmpfs /run        # the manager'"'"'s own /run
+    mount -t proc proc /proc                      # this PID namespace'"'"'s /proc
+    exec env -i container=mglrud-vmtest PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        /lib/systemd/systemd --system --unit=mglrud-vmtest.service --show-status=false
+' > "$OUT/systemd.log" 2>&1 < /dev/null

@@ -1,0 +1,133 @@
+#!/bin/bash
+# Runs inside a guest booted with systemd as init (tests/vm/systemd/run.sh): installs mglrud with
+# scripts/install.sh, then drives it through systemctl and checks what a user would see.
+# Writes its log to OUT/guest.log and its exit status to OUT/rc.
+#
+# Usage: guest.sh OUT REPO
+OUT=$1 REPO=$2
+exec > "$OUT/guest.log" 2>&1
+set -u
+fails=0
+say() { printf '[systemd-vm %s] %s\n' "$(date +%T)" "$*"; }
+ok() { say "ok: $*"; }
+fail() { say "FAIL: $*"; fails=$((fails + 1)); }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else fail "$what"; fi; }
+metric() {  # metric LINE_PREFIX -> value (empty if absent)
+    /usr/bin/python3 -c 'import sys, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9746/metrics", timeout=30).read().decode()
+print(next((l.rsplit(" ", 1)[1] for l in text.splitlines() if l.startswith(sys.argv[1] + " ")), ""))' "$1" 2>/dev/null
+}
+metric_is() { [ "$(metric "$2")" = "$1" ]; }  # metric_is VALUE LINE_PREFIX
+has_series() {  # has_series NAME{ : some series of it exists
+    /usr/bin/python3 -c 'import sys, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9746/metrics", timeout=30).read().decode()
+sys.exit(not any(l.startswith(sys.argv[1]) for l in text.splitlines()))' "$1" 2>/dev/null
+}
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+    local secs=$1 what=$2; shift 2
+    for _ in $(seq "$secs"); do "$@" && { ok "$what"; return 0; }; sleep 1; done
+    fail "$what (after ${secs}s)"; return 1
+}
+prop() { systemctl show -P "$1" mglrud; }
+
+say "PID 1: $(cat /proc/1/comm); $(systemctl --version | head -1); kernel $(uname -r)"
+say "system state: $(systemctl is-system-running)"
+mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug
+say "lru_gen: $(head -c 200 /sys/kernel/debug/lru_gen | head -3 | tr '\n' '|')"
+
+cd "$REPO" || exit 1
+check "make install (scripts/install.sh)" scripts/install.sh
+# The test config: age every 5s, so agings are seen within the test.
+cat > /etc/mglrud/config.yaml <<'YAML'
+aging: {interval: 5s}
+snapshot: {interval: 2s}
+metrics: {cold_thresholds: [5s, 10s]}
+targets: [{name: all, memcg: "/**"}]
+YAML
+check "systemd-analyze verify" systemd-analyze verify /etc/systemd/system/mglrud.service
+systemctl daemon-reload
+
+start=$(date +%s)
+check "systemctl start mglrud" systemctl start mglrud
+say "start took $(( $(date +%s) - start ))s (returns after READY=1)"
+check "active" test "$(systemctl is-active mglrud)" = active
+say "status: $(prop StatusText)"
+check "STATUS= is set" test -n "$(prop StatusText)"
+check "serving /metrics" has_series 'mglrud_build_info{'
+
+check "lru_gen source up under the hardening" test "$(metric 'mglrud_source_up{source="lru_gen"}')" = 1.0
+wait_for 40 "aging through the sandbox's one writable file" has_series 'mglrud_last_successful_aging_timestamp_seconds{'
+check "no eperm" test "$(metric 'mglrud_aging_errors_total{reason="eperm"}')" = 0.0
+for reason in einval erange enoent eperm memcg_gone no_debugfs other; do
+    say "aging errors $reason: $(metric "mglrud_aging_errors_total{reason=\"$reason\"}")"
+done
+say "aging runs: $(metric mglrud_aging_runs_total)"
+check "logs in the journal" bash -c 'journalctl -u mglrud -o cat --no-pager | grep -q "serving http://127.0.0.1:9746/metrics"'
+say "journal priority of the serving line: $(journalctl -u mglrud -o json --no-pager | grep -m1 'serving http' | grep -o '"PRIORITY":"[0-9]"')"
+
+# Reload: a good config, then a bad one.
+sed -i 's/cold_thresholds: \[5s, 10s\]/cold_thresholds: [5s, 15s]/' /etc/mglrud/config.yaml
+check "systemctl reload (good config)" systemctl reload mglrud
+wait_for 20 "good config in force" bash -c 'journalctl -u mglrud -o cat --no-pager | grep -q "reloaded /etc/mglrud/config.yaml"'
+pid=$(prop MainPID)
+echo "aging: {interval: -5s}" >> /etc/mglrud/config.yaml
+check "systemctl reload (bad config) returns 0" systemctl reload mglrud
+wait_for 20 "bad config refused, saying why" bash -c 'systemctl show -P StatusText mglrud | grep -q "reload failed, previous config in force: .* duplicate key"'
+say "status: $(prop StatusText)"
+check "still active, same process" test "$(systemctl is-active mglrud)/$(prop MainPID)" = "active/$pid"
+check "still serving" test "$(metric 'mglrud_source_up{source="lru_gen"}')" = 1.0
+sed -i '$d' /etc/mglrud/config.yaml
+
+# The /proc source inside the sandbox, on a process of another user: smaps needs
+# CAP_SYS_PTRACE, its 0200 clear_refs (owned by nobody) needs CAP_DAC_OVERRIDE.
+systemd-run --quiet --uid=nobody --unit=mglrud-victim /bin/sleep 900
+cat > /etc/mglrud/config.yaml <<'YAML'
+sources: [lru_gen, procfs]
+aging: {interval: 5s}
+snapshot: {interval: 2s}
+metrics: {cold_thresholds: [5s, 10s]}
+targets: [{name: all, memcg: "/**"}, {name: victim, memcg: /system.slice/mglrud-victim.service}]
+procfs: {clear_refs: true}
+YAML
+check "systemctl reload (sources: lru_gen, procfs)" systemctl reload mglrud
+wait_for 60 "the /proc source reads a process of user nobody" metric_is 1.0 'mglrud_target_processes{target="victim"}'
+for reason in eperm exited parse other; do
+    say "procfs errors $reason: $(metric "mglrud_procfs_errors_total{reason=\"$reason\"}")"
+done
+check "no procfs eperm (smaps and clear_refs allowed)" test "$(metric 'mglrud_procfs_errors_total{reason="eperm"}')" = 0.0
+say "procfs reads: $(metric mglrud_procfs_reads_total)"
+systemctl stop mglrud-victim
+
+# Watchdog: a stopped loop stops the pings; systemd kills and restarts the daemon.
+mkdir -p /etc/systemd/system/mglrud.service.d
+printf '[Service]\nWatchdogSec=10s\n' > /etc/systemd/system/mglrud.service.d/watchdog.conf
+systemctl daemon-reload
+systemctl restart mglrud
+pid=$(prop MainPID)
+restarts=$(prop NRestarts)
+say "SIGSTOP to $pid (WatchdogSec=10s, RestartSec=5s)"
+kill -STOP "$pid"
+wait_for 90 "restarted by the watchdog" bash -c "[ \"\$(systemctl show -P MainPID mglrud)\" != $pid ] && [ \"\$(systemctl is-active mglrud)\" = active ]"
+check "NRestarts went up" test "$(prop NRestarts)" -gt "$restarts"
+check "journal says watchdog" bash -c 'journalctl -u mglrud --no-pager | grep -qi "watchdog timeout"'
+journalctl -u mglrud --no-pager | grep -i -E "watchdog|Main process exited|Scheduled restart" | tail -5
+check "serving again" test "$(metric 'mglrud_source_up{source="lru_gen"}')" = 1.0
+# Its warning (the victim's cgroup is gone) went to the journal as a warning: python3-systemd's
+# JournalHandler, not plain stderr (which the journal stores at priority 6, info).
+check "warnings at journal priority 4" bash -c 'journalctl -u mglrud -p warning -o cat --no-pager | grep -q "mglrud-victim.service does not exist"'
+rm /etc/systemd/system/mglrud.service.d/watchdog.conf
+systemctl daemon-reload
+
+say "systemd-analyze security mglrud:"
+systemd-analyze security mglrud --no-pager | tail -3
+exposure=$(systemd-analyze security mglrud --no-pager | sed -n 's/.*Overall exposure level for mglrud.service: \([0-9.]*\).*/\1/p')
+say "exposure: $exposure (goal <= 5.0)"
+echo "$exposure" > "$OUT/exposure"
+check "exposure <= 5.0" /usr/bin/python3 -c "import sys; sys.exit(not float('${exposure:-99}') <= 5.0)"
+
+check "systemctl stop" systemctl stop mglrud
+say "journal (last 15 lines):"
+journalctl -u mglrud --no-pager | tail -15
+say "$fails failure(s)"
+echo "$fails" > "$OUT/rc"
+sync
