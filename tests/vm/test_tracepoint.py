@@ -1,18 +1,20 @@
-"""The MGLRU tracepoint of the kernel patch series (issue 4):
-vmscan:mm_vmscan_lru_gen_young, documented in
-Documentation/admin-guide/mm/multigen_lru.rst ("Tracing accessed pages").
+"""The MGLRU tracepoints of the kernel patch series (issue 4):
+vmscan:mm_vmscan_lru_gen_young (one event per young entry) and
+vmscan:mm_vmscan_lru_gen_young_range (one per scanned range, with a bitmap),
+documented in Documentation/admin-guide/mm/multigen_lru.rst ("Tracing accessed
+pages").
 
 Each test starts tests/vm/tp_workload.py in a memcg of its own, maps memory at
 fixed addresses, faults all of it in, ages the memcg once (which clears every
 accessed bit), then touches a known set of pages and ages again with the
-tracepoint on. The events of that second aging must name exactly the touched
+tracepoints on. The events of that second aging must name exactly the touched
 pages: their addresses, their pfns (from /proc/PID/pagemap), the memcg, the
 node, anon vs file, the generation numbers, and for a THP one PMD event with
-nr_pages = 512.
+nr_pages = 512; the range events' bitmaps must name the same pages.
 
 Events are read from a tracefs instance of our own (so nothing else that
-traces is disturbed), and once through a bcc program, the way mglrud's BPF
-source consumes them.
+traces is disturbed), and through bcc programs, the way mglrud's BPF source
+consumes them.
 """
 
 import os
@@ -34,6 +36,7 @@ MAX_NR_GENS = 4
 HERE = Path(__file__).parent
 TRACING = Path("/sys/kernel/tracing")
 EVENT = "vmscan/mm_vmscan_lru_gen_young"
+RANGE_EVENT = "vmscan/mm_vmscan_lru_gen_young_range"
 
 # Fixed addresses, far from where the loader and malloc put things. The trace
 # filter keeps only events inside [LO, HI).
@@ -47,8 +50,9 @@ NPAGES = 64
 
 # A file that nothing in the guest maps or reads, so that its page cache is
 # charged to the workload's memcg once the workload faults it in. The guest's
-# root is the host's, read-only (9p); /tmp there is tmpfs, whose pages are
-# swap-backed and aged as anon, so it cannot stand in for a file.
+# root is the host's, read-only (9p); what is writable there (/tmp included)
+# is tmpfs or an overlay onto tmpfs, whose pages are swap-backed and aged as
+# anon, so a file written there cannot stand in for a file.
 FILE_PATH = Path("/usr/lib/python3.11/pydoc_data/topics.py")
 
 
@@ -97,45 +101,63 @@ HEX_FIELDS = {"addr", "pfn"}
 STR_FIELDS = {"mm", "type", "path"}
 
 
-def parse_event(line: str) -> dict:
-    _, _, text = line.partition("mm_vmscan_lru_gen_young: ")
+def parse_event(text: str) -> dict:
+    """The fields of one event's text ("mm=... tgid=... young=00000000,00000003")."""
     ev = {}
     for key, value in FIELD.findall(text):
         if key in STR_FIELDS:
             ev[key] = value
+        elif key == "young":  # a bitmask: 32-bit hex groups, most significant first
+            ev[key] = int(value.replace(",", ""), 16)
         else:
             ev[key] = int(value, 16 if key in HEX_FIELDS else 10)
     return ev
 
 
 class Trace:
-    """A tracefs instance with only our event enabled, filtered to [LO, HI)."""
+    """A tracefs instance with only our two events enabled, filtered to
+    [LO, HI). stop() returns the per-entry events and keeps the range events
+    in .ranges."""
 
     def __init__(self, name: str = "mglrud_tp_test"):
-        if not (TRACING / "events" / EVENT).is_dir():
-            pytest.fail(f"{TRACING}/events/{EVENT} does not exist: this kernel lacks the "
-                        "kernel-patch/ series (or tracefs is not mounted)")
+        for event in (EVENT, RANGE_EVENT):
+            if not (TRACING / "events" / event).is_dir():
+                pytest.fail(f"{TRACING}/events/{event} does not exist: this kernel lacks the "
+                            "kernel-patch/ series (or tracefs is not mounted)")
         self.dir = TRACING / "instances" / name
         if self.dir.exists():
             self.dir.rmdir()
         self.dir.mkdir()
         (self.dir / "buffer_size_kb").write_text("4096")
-        self.event = self.dir / "events" / EVENT
-        (self.event / "filter").write_text(f"addr >= {LO:#x} && addr < {HI:#x}")
+        self.events = [self.dir / "events" / e for e in (EVENT, RANGE_EVENT)]
+        for event in self.events:
+            (event / "filter").write_text(f"addr >= {LO:#x} && addr < {HI:#x}")
+        self.ranges: list[dict] = []
 
     def start(self) -> None:
         (self.dir / "trace").write_text("")
-        (self.event / "enable").write_text("1")
+        for event in self.events:
+            (event / "enable").write_text("1")
 
     def stop(self) -> list[dict]:
-        (self.event / "enable").write_text("0")
+        for event in self.events:
+            (event / "enable").write_text("0")
         text = (self.dir / "trace").read_text()
         m = re.search(r"entries-in-buffer/entries-written: (\d+)/(\d+)", text)
         assert m and m[1] == m[2], f"trace buffer overran: {m and m[0]}"
-        return [parse_event(l) for l in text.splitlines() if "mm_vmscan_lru_gen_young:" in l]
+        entries, self.ranges = [], []
+        for line in text.splitlines():
+            _, sep, rest = line.partition(" mm_vmscan_lru_gen_young: ")
+            if sep:
+                entries.append(parse_event(rest))
+            _, sep, rest = line.partition(" mm_vmscan_lru_gen_young_range: ")
+            if sep:
+                self.ranges.append(parse_event(rest))
+        return entries
 
     def close(self) -> None:
-        (self.event / "enable").write_text("0")
+        for event in self.events:
+            (event / "enable").write_text("0")
         self.dir.rmdir()
 
 
@@ -202,6 +224,38 @@ def check_pte_events(events, helper, base, touched, *, memcg_id, seq, type_, nid
         assert e["old_gen"] == (seq - 1) % MAX_NR_GENS, e
 
 
+def young_addrs(ranges: list[dict]) -> Counter:
+    """How often each address is named young by the range events' bitmaps."""
+    seen = Counter()
+    for r in ranges:
+        for i in range(r["nr"]):
+            if r["young"] >> i & 1:
+                seen[r["addr"] + i * r["nr_pages"] * PAGE] += 1
+    return seen
+
+
+def check_range_events(ranges, helper, base, touched, *, memcg_id, seq, type_, nid=0, path="pte"):
+    """The range events covering [base, base+NPAGES) name exactly the touched
+    pages, once each. Each mapping here is alone in its 2 MiB, so the counts
+    of its range events cover only its pages."""
+    end = base + NPAGES * PAGE
+    mine = [r for r in ranges if r["addr"] < end and r["addr"] + r["nr"] * r["nr_pages"] * PAGE > base]
+    seen = young_addrs(mine)
+    want = pages(base, touched)
+    assert set(seen) == want, (
+        f"range events at {base:#x} name pages {sorted((a - base) // PAGE for a in seen)}, touched {touched}")
+    assert all(n == 1 for n in seen.values()), f"pages named more than once: {seen}"
+    for r in mine:
+        assert r["path"] == path, r
+        assert (r["tgid"], r["memcg_id"], r["nid"]) == (helper.pid, memcg_id, nid), r
+        assert r["max_seq"] == seq, r
+        assert r["nr_young"] == bin(r["young"]).count("1"), r
+        assert r["nr_file"] == (r["nr_young"] if type_ == "file" else 0), r
+        if path == "pte":
+            assert r["addr"] % (HPAGE_PMD_NR * PAGE) == 0 and r["nr"] == HPAGE_PMD_NR, r
+            assert r["nr_pages"] == 1, r
+
+
 def fault_in_and_clear(helper, mid, node, names):
     """Fault in every page of the named mappings, get them onto the LRU, then
     age so that none is young."""
@@ -234,6 +288,9 @@ def test_pte_events_name_exactly_the_touched_pages_of_two_memcgs(memcgs, helpers
     check_pte_events(events, a, ANON_A, touched_a, memcg_id=mid_a, seq=seq_a, type_="anon")
     check_pte_events(events, b, ANON_B, touched_b, memcg_id=mid_b, seq=seq_b, type_="anon")
     assert len(events) == len(touched_a) + len(touched_b), "events outside the two mappings"
+    check_range_events(trace.ranges, a, ANON_A, touched_a, memcg_id=mid_a, seq=seq_a, type_="anon")
+    check_range_events(trace.ranges, b, ANON_B, touched_b, memcg_id=mid_b, seq=seq_b, type_="anon")
+    assert len(trace.ranges) == 2, f"expected one range event per PTE table, got {trace.ranges}"
 
 
 def test_file_pages_are_reported_as_file(memcgs, helpers, trace):
@@ -254,6 +311,8 @@ def test_file_pages_are_reported_as_file(memcgs, helpers, trace):
 
     check_pte_events(events, h, ANON_A, touched_anon, memcg_id=mid, seq=seq, type_="anon")
     check_pte_events(events, h, FILE_C, touched_file, memcg_id=mid, seq=seq, type_="file")
+    check_range_events(trace.ranges, h, ANON_A, touched_anon, memcg_id=mid, seq=seq, type_="anon")
+    check_range_events(trace.ranges, h, FILE_C, touched_file, memcg_id=mid, seq=seq, type_="file")
 
 
 def thp_mapped(pid: int, addr: int) -> bool:
@@ -293,6 +352,13 @@ def test_thp_reports_one_pmd_event_with_512_pages(memcgs, helpers, trace):
     assert e["tgid"] == h.pid and e["memcg_id"] == mid and e["type"] == "anon", e
     assert e["max_seq"] == seq and e["new_gen"] == seq % MAX_NR_GENS, e
 
+    ranges = [r for r in trace.ranges if r["addr"] == THP_D]
+    assert len(ranges) == 1, f"expected one range event for the THP, got {trace.ranges}"
+    r = ranges[0]
+    assert (r["path"], r["nr"], r["nr_pages"], r["young"], r["nr_young"], r["nr_file"]) == \
+        ("pmd", 1, HPAGE_PMD_NR, 1, 1, 0), r
+    assert (r["tgid"], r["memcg_id"], r["max_seq"]) == (h.pid, mid, seq), r
+
 
 @pytest.mark.numa
 def test_memory_bound_to_node_1_reports_node_1(memcgs, helpers, trace):
@@ -320,6 +386,8 @@ def test_memory_bound_to_node_1_reports_node_1(memcgs, helpers, trace):
     # Each aging walks the same page tables but only promotes its own node's folios.
     check_pte_events(events, h, ANON_A, touched_0, memcg_id=mid, seq=seq0, type_="anon", nid=0)
     check_pte_events(events, h, NODE1_E, touched_1, memcg_id=mid, seq=seq1, type_="anon", nid=1)
+    check_range_events(trace.ranges, h, ANON_A, touched_0, memcg_id=mid, seq=seq0, type_="anon", nid=0)
+    check_range_events(trace.ranges, h, NODE1_E, touched_1, memcg_id=mid, seq=seq1, type_="anon", nid=1)
 
 
 def test_reclaim_look_around_reports_the_touched_pages(memcgs, helpers, trace):
@@ -360,6 +428,9 @@ def test_reclaim_look_around_reports_the_touched_pages(memcgs, helpers, trace):
     assert any(e["old_gen"] == -1 for e in mine), "no event for the PTE reclaim asked about"
     resident = pagemap_pfns(h.pid, pages(FILE_C, range(NPAGES)))
     assert set(resident) == pages(FILE_C, touched), "reclaim kept untouched pages or dropped touched ones"
+    check_range_events(trace.ranges, h, FILE_C, touched, memcg_id=mid, seq=seq, type_="file",
+                       path="look_around")
+    assert any(r["nr"] == 1 for r in trace.ranges), "no one-entry range for the PTE reclaim asked about"
 
 
 BCC_PROGRAM = r"""
@@ -433,3 +504,45 @@ def test_a_bcc_program_sees_the_same_fields(memcgs, helpers):
         assert (s.tgid, s.memcg_id, s.nid, s.nr_pages, s.type, s.path) == (h.pid, mid, 0, 1, 0, 0)
         assert s.max_seq == seq and s.new_gen == seq % MAX_NR_GENS
         assert s.old_gen == (seq - 1) % MAX_NR_GENS
+
+
+def aging_histogram(memcgs, helpers, name: str) -> list[int]:
+    """A fixed sequence of touches and agings in a fresh memcg; the anon pages
+    per generation afterwards, youngest first."""
+    h = helpers(memcgs(name))
+    h(f"map A {ANON_A:#x} {4 * NPAGES} anon")
+    mid = lrugen.memcg_id(f"/mglrud-test/{name}")
+    h("touch A all")
+    h("drain")
+    age(mid)
+    for touched in (range(0, 4 * NPAGES, 2), range(0, 4 * NPAGES, 4), range(0, 4 * NPAGES, 8)):
+        h(f"touch A {','.join(map(str, touched))}")
+        age(mid)
+    gens = lrugen.read()[(mid, 0)]["gens"]
+    h.stop()
+    return [anon for (_seq, _age, anon, _file) in reversed(gens)]
+
+
+def test_aging_is_the_same_with_a_program_attached(memcgs, helpers, trace):
+    """The same workload and agings, once with the tracepoints off and once
+    with a bcc program on the per-entry one and both enabled in tracefs, end
+    with the same generation histogram."""
+    from bcc import BPF
+
+    off = aging_histogram(memcgs, helpers, "tp-same-off")
+    b = BPF(text=BCC_PROGRAM.encode(), cflags=[f"-DLO={LO:#x}ULL", f"-DHI={HI:#x}ULL"])
+    trace.start()
+    try:
+        on = aging_histogram(memcgs, helpers, "tp-same-on")
+        seen = len(b[b"seen"])
+    finally:
+        trace.stop()
+        b.cleanup()
+    assert seen == 4 * NPAGES, f"the program saw {seen} pages, expected all {4 * NPAGES}"
+    assert sum(r["nr_young"] for r in trace.ranges) >= 4 * NPAGES, "the range event did not fire"
+    print("anon pages per generation, youngest first: off", off, "on", on)
+    # The mapping's pages spread over the generations the same way each time;
+    # the rest is the workload's own Python heap, which may differ a little.
+    assert len(on) == len(off)
+    for gen, (a, b_) in enumerate(zip(off, on)):
+        assert abs(a - b_) <= 8, f"generation {gen} (0 = youngest): {a} pages off, {b_} on"
