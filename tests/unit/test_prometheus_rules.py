@@ -17,7 +17,7 @@ DEPLOY = REPO / "deploy" / "prometheus"
 RULES = DEPLOY / "rules" / "mglrud.rules.yml"
 RULE_TESTS = sorted((DEPLOY / "tests").glob("*.yml"))
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-RUNBOOK = REPO / "docs" / "runbook.md"
+RUNBOOK = REPO / "README.md"
 
 pytestmark = pytest.mark.skipif(not Path(PROMTOOL).exists(),
                                 reason="promtool missing: apt-get install prometheus (scripts/install-deps test)")
@@ -68,5 +68,5 @@ def test_every_alert_is_documented():
         assert {"summary", "description", "runbook_url"} <= ann.keys(), a["alert"]
         anchor = a["alert"].lower()
         assert ann["runbook_url"].endswith("#" + anchor), a["alert"]
-        assert f"\n### {a['alert']}\n" in runbook, f"docs/runbook.md has no '### {a['alert']}' section"
+        assert f"\n### {a['alert']}\n" in runbook, f"README.md has no '### {a['alert']}' section"
         assert a["labels"]["severity"] in ("info", "warning", "critical"), a["alert"]
