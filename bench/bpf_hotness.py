@@ -22,9 +22,10 @@ true fraction of pages not touched in the last round. Patterns:
   gaussian    N page touches with a normal distribution over the pages (mean at the middle,
               sigma 1/16 of the mapping), a fresh sample every round
 
-Overhead. One hot mapping (every page touched before each aging); the time of
-the aging write, alternating blocks without the program and with it attached,
-same process, same run; ratio of medians.
+Overhead. One hot mapping (every page touched, after a TLB flush, before each
+aging); the time of the aging write, in interleaved blocks: without the program,
+with it on the range event (what mglrud uses), with it on the per-entry event;
+same process, same run; ratios of medians.
 
 Daemon. `mglrud run` with the BPF source and one process target (a
 tests/vm/workload.py process), snapshots every 1 s and aging every 3 s: user+system
@@ -37,6 +38,7 @@ not absolute times.
 from __future__ import annotations
 
 import argparse
+import math
 import ctypes
 import mmap
 import os
@@ -111,10 +113,14 @@ class Mapping:
         return (self.addr >> SHIFT) + page // 512
 
 
+AGINGS: list[tuple[int, int]] = []  # (start, end) CLOCK_MONOTONIC ns of each aging
+
+
 def age(mid: int) -> float:
-    t = time.monotonic()
+    t = time.monotonic_ns()
     lrugen.age(mid, 0)
-    return time.monotonic() - t
+    AGINGS.append((t, time.monotonic_ns()))
+    return (AGINGS[-1][1] - t) / 1e9
 
 
 def accuracy(prog: Program, m: Mapping, mid: int, rounds: int, seed: int, flush: bool) -> list[str]:
@@ -160,7 +166,17 @@ def accuracy(prog: Program, m: Mapping, mid: int, rounds: int, seed: int, flush:
         # at region precision (what mglrud_target_region_cold_bytes does): a region is cold
         # when none of its pages was found; with page counts: pages not found
         cold_region = sum(1 for r in mine if last_seen.get(r, -1) < rounds - 1) / nreg
-        cold_pages = 1 - sum(found.values()) / n
+        # and what mglrud_target_region_cold_bytes reports (hotness.cold_bytes: page counts per
+        # region, every page resident), at a threshold between the last two agings
+        now = time.monotonic_ns()
+        threshold = (now - (AGINGS[-2][1] + AGINGS[-1][0]) / 2) / 1e9
+        cells = [H.RegionHeat(k.tgid, k.memcg_id, k.region << SHIFT, k.node, k.lru, 512, s.delta_pages,
+                              s.total_pages, s.rate, H.idle_seconds(s, now),
+                              tuple(((now - t) / 1e9, c) for t, c in reversed(s.history)))
+                 for k, s in state.items() if k.region in mine]
+        cells += [H.RegionHeat(0, 0, r << SHIFT, 0, "anon", 512, 0, 0, 0.0, math.inf)
+                  for r in mine - {c.start >> SHIFT for c in cells}]
+        cold_pages = H.cold_bytes(cells, threshold, PAGE) / (n * PAGE)
         lines.append(f"{name:10} {rounds:6d} {100 * statistics.mean(precisions):8.1f}% "
                      f"{100 * statistics.mean(recalls):6.1f}% {100 * statistics.mean(page_errs):8.2f}% "
                      f"{100 * cold_true:8.1f}% {100 * cold_region:10.1f}% {100 * (cold_region - cold_true):+7.1f} "
@@ -168,31 +184,39 @@ def accuracy(prog: Program, m: Mapping, mid: int, rounds: int, seed: int, flush:
     return lines
 
 
-def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf) -> list[str]:
-    off, on = [], []
-    compile_s, events = [], []
+def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events: list[str]) -> list[str]:
+    """Blocks of passes without the program and with it on each event, interleaved."""
+    times: dict[str, list[float]] = {"off": []}
+    counted: dict[str, list[float]] = {}
+    compile_s = []
     for b in range(blocks):
-        for attached in (False, True):
+        for event in ["off"] + events:
             prog = None
-            if attached:
+            if event != "off":
                 t = time.monotonic()
-                prog = Program(cfg, FS(Paths()))
+                prog = Program(cfg, FS(Paths()), event=event)
                 compile_s.append(time.monotonic() - t)
                 prog.set_targets({os.getpid()}, {mid})
             for _ in range(per_block):
                 m.touch(range(m.npages), flush=True)  # every page young at every pass
-                (on if attached else off).append(age(mid))
+                times.setdefault(event, []).append(age(mid))
             if prog:
-                events.append(sum(prog.dump()["stats"]["matched"]) / per_block)
+                d = prog.dump()
+                counted.setdefault(event, []).append(sum(c for v in d["heat"] for c, _, _ in v["percpu"]) / per_block)
                 prog.close()
-    ratio = statistics.median(on) / statistics.median(off)
-    return [f"aging pass over {m.npages * PAGE >> 20} MiB, every page young: median "
-            f"{1000 * statistics.median(off):.1f} ms without the program ({len(off)} passes), "
-            f"{1000 * statistics.median(on):.1f} ms with it attached and counting ({len(on)} passes), "
-            f"ratio {ratio:.3f}",
-            f"(blocks of {per_block} passes alternating off/on, {blocks} each; {statistics.mean(events):.0f} "
-            f"events counted per pass with the program; program compile+attach "
-            f"{statistics.median(compile_s):.1f} s median under TCG)"]
+    off = statistics.median(times["off"])
+    lines = [f"aging pass over {m.npages * PAGE >> 20} MiB, every page young (TLB flushed before each pass); "
+             f"blocks of {per_block} passes, {blocks} per configuration, interleaved",
+             f"{'configuration':40} {'passes':>6} {'median ms':>9} {'min ms':>7} {'median/off':>10} {'pages/pass':>10}",
+             f"{'off (no program)':40} {len(times['off']):6d} {1000 * off:9.1f} {1000 * min(times['off']):7.1f} "
+             f"{1.0:10.3f} {'':>10}"]
+    for e in events:
+        lines.append(f"{'counting on ' + e:40} {len(times[e]):6d} {1000 * statistics.median(times[e]):9.1f} "
+                     f"{1000 * min(times[e]):7.1f} {statistics.median(times[e]) / off:10.3f} "
+                     f"{statistics.mean(counted[e]):10.0f}")
+    lines.append(f"(pages/pass: pages the program counted per pass; program compile+attach "
+                 f"{statistics.median(compile_s):.1f} s median under TCG)")
+    return lines
 
 
 def daemon_cost(tmp: Path, seconds: float) -> list[str]:
@@ -210,13 +234,13 @@ def daemon_cost(tmp: Path, seconds: float) -> list[str]:
     try:
         base = None
         for _ in range(600):
-            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", log.read_text())
+            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", log.read_text(errors="replace"))
             if m:
                 base = f"http://127.0.0.1:{m.group(1)}"
                 break
             time.sleep(0.5)
         if not base:
-            return [f"daemon did not start: {log.read_text()[-2000:]}"]
+            return [f"daemon did not start: {log.read_text(errors='replace')[-2000:]}"]
         time.sleep(10)  # past the start-up (compile) and first cycles
 
         def cpu() -> float:
@@ -287,6 +311,7 @@ def main() -> int:
         m = Mapping(args.size)
         prog = Program(cfg, FS(Paths()))
         prog.set_targets({os.getpid()}, set())
+        emit([f"# program attached to vmscan:{prog.event}"])
         for flush in (False, True):
             emit(["", f"## accuracy: {args.size >> 20} MiB mapping, {args.rounds} rounds per pattern "
                       f"(one aging per round), regions found accessed vs regions holding a touched page; "
@@ -298,7 +323,8 @@ def main() -> int:
     if "overhead" not in skip:
         m = Mapping(args.overhead_size)
         emit(["", "## overhead: aging pass time, program attached / not attached"])
-        emit(overhead(mid, m, args.blocks, args.per_block, cfg))
+        emit(overhead(mid, m, args.blocks, args.per_block, cfg,
+                      ["mm_vmscan_lru_gen_young_range", "mm_vmscan_lru_gen_young"]))
         del m
     if "daemon" not in skip:
         emit(["", "## daemon cost"])

@@ -165,8 +165,8 @@ def bpf_program(fs: FS, cfg) -> Row:
     except bpf_hotness.Unavailable as e:
         return Row(name, False, str(e))
     prog.close()
-    return Row(name, True, f"{bpf_hotness.program_path(cfg)} compiled and attached in "
-                           f"{prog.compile_seconds:.1f}s (then detached)")
+    return Row(name, True, f"{bpf_hotness.program_path(cfg)} compiled and attached to vmscan:{prog.event} "
+                           f"in {prog.compile_seconds:.1f}s (then detached)")
 
 
 def format_bpf(row: Row) -> str:

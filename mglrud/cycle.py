@@ -130,7 +130,8 @@ class Engine:
                     lruvecs, status = (), SourceStatus(lru_gen.NAME, False, str(e))
 
         index = memcg_index(lruvecs)
-        shown = tuple(h for h in lruvecs if h.memcg_path in owner and index[h.memcg_path] == h.memcg_id)
+        # .get: a memcg that went offline since the first read is no longer in the index.
+        shown = tuple(h for h in lruvecs if h.memcg_path in owner and index.get(h.memcg_path) == h.memcg_id)
         procfs_data, more = self._read_procfs(age, age_all)
         hotness, more = self._read_bpf(index, more)
         return Snapshot(

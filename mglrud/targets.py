@@ -41,8 +41,15 @@ def memcg_index(lruvecs: tuple[GenHistogram, ...]) -> dict[str, int]:
     A dying memcg (removed, but still holding pages) keeps its path and stays
     in lru_gen beside a new cgroup of the same name. lru_gen walks siblings in
     creation order, so the later entry is the newer one: the live cgroup.
+
+    Once offline, a dying memcg has also given its id back (mem_cgroup_id_remove()
+    sets it to 0), and lru_gen lists it as "memcg 0 PATH": it can neither be aged
+    (the kernel answers EINVAL to id 0) nor told apart from other dying memcgs, so
+    it is left out. Id 0 is a real memcg only when memcg is disabled (then it is
+    the only one, the root).
     """
-    return {h.memcg_path: h.memcg_id for h in lruvecs}
+    live = any(h.memcg_id for h in lruvecs)
+    return {h.memcg_path: h.memcg_id for h in lruvecs if h.memcg_id or not live}
 
 
 def proc_cgroup(text: str) -> str | None:

@@ -21,14 +21,16 @@ HELP = {
               "mapped address space: its processes' resident mappings one after the other, holes between "
               "them collapsed). bpf.heat_buckets buckets; for Grafana's heatmap panel (address x time). "
               "/snapshot.json says which addresses each bucket covers.",
-    "idle": "Idle age of the target's resident memory at region precision (bpf.region_size), as a gauge "
-            "histogram whose bucket values are BYTES: resident bytes of (process, region, node, lru) cells "
-            "whose latest access found by aging is at most `le` seconds ago. Never found accessed since "
-            "mglrud started: only in +Inf. Resident bytes come from /proc/PID/pagemap for the target's "
-            "processes (bpf.max_processes each). A lower bound that errs by up to one aging interval.",
-    "cold": "Resident bytes of the target, at region precision, not found accessed by aging for at least "
-            "`threshold` seconds (never-accessed regions included). Each threshold counts the bytes of all "
-            "larger ones too, so sum() over threshold is meaningless.",
+    "idle": "Idle age of the target's resident memory, counted per (process, region, node, lru) cell of "
+            "bpf.region_size, as a gauge histogram whose bucket values are BYTES: per cell, the most pages any one "
+            "aging pass within the last `le` seconds found accessed (capped at its resident pages); the rest of "
+            "its resident bytes, never found accessed since mglrud started or not within the recent passes kept, "
+            "only in +Inf. Resident bytes come from /proc/PID/pagemap for the target's processes "
+            "(bpf.max_processes each). A lower bound that errs by up to one aging interval.",
+    "cold": "Resident bytes of the target not found accessed by aging for at least `threshold` seconds: per "
+            "(process, region, node, lru) cell, its resident pages minus the most pages one aging pass found "
+            "accessed within the threshold (never-accessed cells count whole). Each threshold counts the bytes of "
+            "all larger ones too, so sum() over threshold is meaningless.",
     "accessed": "Bytes the MGLRU aging walk found accessed (young page-table entries) in the target's "
                 "processes or memcgs since mglrud started; each aging that finds a page accessed counts it "
                 "once, so rate() is bytes found accessed per second.",
@@ -94,4 +96,8 @@ class BpfCollector:
         region = GaugeMetricFamily("mglrud_bpf_region_bytes", "Size of the regions heat is counted in "
                                    "(bpf.region_size).")
         region.add_metric([], data.region_size)
-        yield from (ev, matched, dropped, entries, cap, region)
+        attached = GaugeMetricFamily("mglrud_bpf_program_attached", "1 while bpf/hotness.bpf.c is attached; "
+                                     "`event` is the tracepoint (the range event when the kernel has it).",
+                                     labels=["event"])
+        attached.add_metric([data.event or "unknown"], 1)
+        yield from (ev, matched, dropped, entries, cap, region, attached)

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 NAME = "bpf"
 EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young")
+# One event per PTE table / THP / look-around window with the count of young entries
+# (patch 3 of kernel-patch/): what the program attaches to when the kernel has it, because
+# a program on the per-entry event multiplies the time of an aging pass.
+RANGE_EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young_range")
 DEFAULT_PROGRAM = Path(__file__).resolve().parents[2] / "bpf" / "hotness.bpf.c"
 MAX_TGIDS = 4096
 MAX_MEMCGS = 4096
@@ -56,9 +60,17 @@ def program_path(cfg: Bpf) -> Path:
     return Path(cfg.program) if cfg.program else DEFAULT_PROGRAM
 
 
-def cflags(cfg: Bpf) -> list[str]:
+def cflags(cfg: Bpf, range_event: bool = False) -> list[str]:
     return [f"-DREGION_SHIFT={cfg.region_shift}", f"-DMAX_REGIONS={cfg.max_regions}",
-            f"-DMAX_TGIDS={MAX_TGIDS}", f"-DMAX_MEMCGS={MAX_MEMCGS}"]
+            f"-DMAX_TGIDS={MAX_TGIDS}", f"-DMAX_MEMCGS={MAX_MEMCGS}"] + (["-DUSE_RANGE_EVENT"] if range_event else [])
+
+
+def pick_event(cfg: Bpf, fs: FS) -> str | None:
+    """The tracepoint to attach to: the range event when the kernel has it and regions
+    are at least a PTE table (2 MiB), else the per-entry event; None if neither exists."""
+    if fs.tracefs(*RANGE_EVENT).is_dir() and cfg.region_shift >= 21:
+        return RANGE_EVENT[-1]
+    return EVENT[-1] if fs.tracefs(*EVENT).is_dir() else None
 
 
 def _int(v) -> int:
@@ -69,8 +81,10 @@ class Program:
     """bpf/hotness.bpf.c compiled by bcc and attached to the tracepoint. Only this
     class imports bcc; tests of the source give it a stand-in."""
 
-    def __init__(self, cfg: Bpf, fs: FS):
-        if not fs.tracefs(*EVENT).is_dir():
+    def __init__(self, cfg: Bpf, fs: FS, event: str | None = None):
+        # `event` forces one of the two tracepoints (benchmarks compare them)
+        self.event = event or pick_event(cfg, fs)
+        if self.event is None:
             raise Unavailable(f"{fs.tracefs(*EVENT)} missing: the kernel lacks mglrud's tracepoint "
                               f"(kernel-patch/), or tracefs is not mounted")
         path = program_path(cfg)
@@ -83,12 +97,12 @@ class Program:
                               f"and run mglrud with /usr/bin/python3") from None
         started = time.monotonic()
         try:
-            self.bpf = BPF(src_file=str(path).encode(), cflags=cflags(cfg))
+            self.bpf = BPF(src_file=str(path).encode(), cflags=cflags(cfg, self.event == RANGE_EVENT[-1]))
         except Exception as e:
             raise Unavailable(f"bcc could not compile or load {path}: {e}") from None
         if self.bpf.num_open_tracepoints() < 1:
             self.bpf.cleanup()
-            raise Unavailable(f"{path} loaded but did not attach to vmscan:mm_vmscan_lru_gen_young")
+            raise Unavailable(f"{path} loaded but did not attach to vmscan:{self.event}")
         self.compile_seconds = time.monotonic() - started
         self.capacity = cfg.max_regions
 
@@ -155,35 +169,44 @@ def target_memcgs(targets: tuple[Target, ...], index: dict[str, int]) -> dict[st
 # ---------------------------------------------------------------- residency
 
 def node_of_pfn(fs: FS):
-    """pfn -> node from the zones /proc/zoneinfo lists (-1 when unknown)."""
+    """(pfn -> node from the zones /proc/zoneinfo lists (-1 when unknown), the only node
+    when there is one, else None)."""
     try:
-        return H.pfn_node_table(H.parse_zoneinfo(fs.proc("zoneinfo").read_text()))
+        zones = H.parse_zoneinfo(fs.proc("zoneinfo").read_text())
     except OSError:
-        return lambda pfn: -1
+        return (lambda pfn: -1), None
+    nodes = {n for _, _, n in zones}
+    return H.pfn_node_table(zones), (nodes.pop() if len(nodes) == 1 else None)
 
 
-def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, node_of):
-    """(mapped spans [(start, end)], {(region, node, lru): pages}) of one process; None if gone."""
+def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes):
+    """(mapped spans [(start, end)], {(region, node, lru): pages} or None, why not) of one
+    process; None if it is gone. The spans (from smaps) are there even when pagemap is not."""
     from mglrud.sources.procfs import is_shmem, parse_smaps
 
     try:
         vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text()) if e.rss > 0]
     except (OSError, ValueError):
         return None
+    spans = [(e.start, e.end) for e in vmas]
     if sum(e.end - e.start for e in vmas) > MAX_SCAN_BYTES:
-        return [(e.start, e.end) for e in vmas], None
+        return spans, None, f"mapped resident space over {MAX_SCAN_BYTES >> 30} GiB; residency not read"
     cells: Counter = Counter()
     try:
         with open(fs.proc(pid, "pagemap"), "rb") as f:
             for e in vmas:
                 f.seek(e.start // page_size * 8)
                 data = f.read((e.end - e.start) // page_size * 8)
-                entries = memoryview(data).cast("Q").tolist()
-                cells.update(H.residency(H.Vma(e.start, e.end, e.path, is_shmem(e.path)), entries,
-                                         page_size, region_shift, node_of))
-    except OSError:
-        return None
-    return [(e.start, e.end) for e in vmas], dict(cells)
+                vma = H.Vma(e.start, e.end, e.path, is_shmem(e.path))
+                node_of, only = nodes
+                if only is not None:
+                    cells.update(H.residency_one_node(vma, data, page_size, region_shift, only))
+                else:
+                    cells.update(H.residency(vma, memoryview(data).cast("Q").tolist(), page_size, region_shift,
+                                             node_of))
+    except OSError as e:
+        return spans, None, f"cannot read pagemap: {e.strerror}"
+    return spans, dict(cells), ""
 
 
 # ---------------------------------------------------------------- the source
@@ -208,8 +231,8 @@ class BpfHotnessSource:
             log.warning("source bpf: %s", e)
             return False
         self.reason = ""
-        log.info("source bpf: %s attached to vmscan:mm_vmscan_lru_gen_young (compiled in %.1fs; "
-                 "%d KiB regions, map of %d entries)", program_path(self.cfg),
+        log.info("source bpf: %s attached to vmscan:%s (compiled in %.1fs; "
+                 "%d KiB regions, map of %d entries)", program_path(self.cfg), getattr(self.program, "event", "?"),
                  getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
         return True
 
@@ -273,7 +296,7 @@ class BpfHotnessSource:
 
     def _build(self, targets, procs, memcgs, now_ns: int, entries: int) -> H.HotnessData:
         cfg, page = self.cfg, self.page_size
-        node_of = node_of_pfn(self.fs)
+        nodes = node_of_pfn(self.fs)
         residency_cache: dict[int, object] = {}
         notes = []
         out = []
@@ -298,15 +321,14 @@ class BpfHotnessSource:
             spans_in, resident = [], {}
             for tg in scan:
                 if tg not in residency_cache:
-                    residency_cache[tg] = read_residency(self.fs, tg, cfg.region_shift, page, node_of)
+                    residency_cache[tg] = read_residency(self.fs, tg, cfg.region_shift, page, nodes)
                 r = residency_cache[tg]
                 if r is None:
                     continue
-                spans, cells = r
+                spans, cells, why = r
                 spans_in += [(tg, s, e) for s, e in spans]
                 if cells is None:
-                    notes.append(f"process {tg}: mapped resident space over {MAX_SCAN_BYTES >> 30} GiB; "
-                                 f"residency not read")
+                    notes.append(f"process {tg}: {why}")
                     continue
                 for (region, node, lru), n in cells.items():
                     resident[(tg, region, node, lru)] = n
@@ -323,7 +345,8 @@ class BpfHotnessSource:
         events, matched, dropped = self.stats
         return H.HotnessData(region_size=cfg.region_size, half_life=cfg.half_life, page_size=page,
                              targets=tuple(out), events=events, matched=matched, dropped=dropped,
-                             map_entries=entries, map_capacity=cfg.max_regions, notes=tuple(notes))
+                             map_entries=entries, map_capacity=cfg.max_regions, notes=tuple(dict.fromkeys(notes)),
+                             event=getattr(self.program, "event", ""))
 
     def _regions(self, mine: dict, resident: dict, scanned: set[int], now_ns: int) -> tuple[H.RegionHeat, ...]:
         shift = self.cfg.region_shift
@@ -336,8 +359,9 @@ class BpfHotnessSource:
             rk = (k.tgid, k.region, k.node, k.lru)
             seen.add(rk)
             res = resident.get(rk, 0) if k.tgid in scanned else None
+            found = tuple((max(0.0, (now_ns - t) / 1e9), n) for t, n in reversed(s.history))
             out.append(H.RegionHeat(k.tgid, k.memcg_id, k.region << shift, k.node, k.lru, res, s.delta_pages,
-                                    s.total_pages, s.rate, H.idle_seconds(s, now_ns)))
+                                    s.total_pages, s.rate, H.idle_seconds(s, now_ns), found))
         for rk, n in resident.items():
             if rk not in seen:
                 tg, region, node, lru = rk

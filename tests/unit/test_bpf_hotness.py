@@ -167,16 +167,31 @@ def test_histogram_from_captured_data_is_hot_where_the_hot_block_is():
 
 # ---------------------------------------------------------------- idle ages at region precision
 
-def _r(idle, pages, node=0, lru="anon"):
-    return H.RegionHeat(1, 1, 0, node, lru, pages, 0, 0, 0.0, idle)
+def _r(pages, found, node=0, lru="anon"):
+    """A cell with `pages` resident whose aging passes found (seconds ago, pages)."""
+    idle = min((a for a, _ in found), default=math.inf)
+    return H.RegionHeat(1, 1, 0, node, lru, pages, 0, 0, 0.0, idle, tuple(found))
 
 
-def test_idle_histogram_and_cold_bytes():
-    rs = [_r(0.0, 10), _r(5.0, 20), _r(100.0, 30), _r(math.inf, 40), _r(3.0, None)]
-    buckets, total = H.idle_histogram(rs, (1.0, 10.0, 60.0), PAGE)
-    assert buckets == [(1.0, 10 * PAGE), (10.0, 30 * PAGE), (60.0, 30 * PAGE), (math.inf, 100 * PAGE)]
-    assert total == (5 * 20 + 100 * 30) * PAGE
-    assert H.cold_bytes(rs, 60.0, PAGE) == 70 * PAGE  # never accessed counts as cold
+def test_idle_histogram_and_cold_bytes_count_pages_not_whole_regions():
+    rs = [_r(10, [(0.0, 10)]),              # all hot
+          _r(20, [(5.0, 4), (8.0, 6)]),     # 4 pages found 5 s ago, 6 found 8 s ago: 6 taken as warm within 10 s
+          _r(30, [(100.0, 30)]),            # found long ago
+          _r(40, []),                       # resident, never found
+          _r(None, [(3.0, 5)])]             # residency not read: not counted
+    buckets, total = H.idle_histogram(rs, (1.0, 6.0, 10.0, 60.0), PAGE)
+    assert buckets == [(1.0, 10 * PAGE), (6.0, 14 * PAGE), (10.0, 16 * PAGE), (60.0, 16 * PAGE),
+                       (math.inf, 100 * PAGE)]
+    assert total == (4 * 5 + 2 * 8 + 30 * 100) * PAGE
+    assert H.cold_bytes(rs, 60.0, PAGE) == (100 - 16) * PAGE  # never accessed counts as cold
+    assert H.cold_bytes(rs, 5.0, PAGE) == (100 - 10) * PAGE   # "at least 5 s": found exactly 5 s ago is cold
+    assert H.cold_bytes(rs, 0.0, PAGE) == 100 * PAGE
+
+
+def test_a_region_with_a_few_hot_pages_is_mostly_cold():
+    # the scattered pattern: 8 hot pages in a 2 MiB region of 512 resident pages
+    r = _r(512, [(1.0, 8), (4.0, 8), (7.0, 8)])
+    assert H.cold_bytes([r], 3.0, PAGE) == 504 * PAGE
 
 
 # ---------------------------------------------------------------- the source, with the captured dumps
@@ -248,6 +263,17 @@ def test_program_refuses_a_kernel_without_the_tracepoint(tmp_path):
 def test_cflags_carry_the_constants():
     assert bpf_hotness.cflags(Bpf(region_size=1 << 20, max_regions=4096))[:2] == \
         ["-DREGION_SHIFT=20", "-DMAX_REGIONS=4096"]
+    assert bpf_hotness.cflags(Bpf(), range_event=True)[-1] == "-DUSE_RANGE_EVENT"
+
+
+def test_the_range_event_is_preferred_when_regions_cover_a_pte_table(tmp_path):
+    for e in ("mm_vmscan_lru_gen_young", "mm_vmscan_lru_gen_young_range"):
+        (tmp_path / "events" / "vmscan" / e).mkdir(parents=True)
+    fs = FS(Paths(tracefs=str(tmp_path)))
+    assert bpf_hotness.pick_event(Bpf(), fs) == "mm_vmscan_lru_gen_young_range"
+    assert bpf_hotness.pick_event(Bpf(region_size=1 << 20), fs) == "mm_vmscan_lru_gen_young"
+    (tmp_path / "events" / "vmscan" / "mm_vmscan_lru_gen_young_range").rmdir()
+    assert bpf_hotness.pick_event(Bpf(), fs) == "mm_vmscan_lru_gen_young"
     assert bpf_hotness.DEFAULT_PROGRAM.is_file()
 
 
@@ -310,7 +336,7 @@ def test_snapshot_json_carries_every_region(tmp_path):
     assert len(w["buckets"]) == 16 and all("ranges" in b for b in w["buckets"])
 
 
-@pytest.mark.parametrize("nodes,want", [(1, 380), (2, 490)])
+@pytest.mark.parametrize("nodes,want", [(1, 381), (2, 491)])
 def test_series_count_with_the_example_config(nodes, want):
     """The count docs/metrics.md states: fixed by the config, whatever the processes and regions."""
     from mglrud.collectors.bpf import BpfCollector
@@ -341,3 +367,40 @@ def test_keys_of_processes_no_longer_targeted_are_deleted_from_the_map(tmp_path)
     raw = H.raw_from_dump(DUMPS[0])
     assert set(src.program.deleted) == set(raw.cells) and data.map_entries == 0
     assert src.state == {}
+
+
+def test_one_node_residency_fast_path_agrees_with_the_per_page_one():
+    pm = json.loads((BPF / "pagemap.json").read_text())
+    data = base64.b64decode(pm["entries_b64"])
+    entries = memoryview(data).cast("Q").tolist()
+    # make it interesting: some pages absent, some file, a region boundary inside the range
+    entries[5] = 0
+    entries[700] |= H.PM_FILE
+    data = memoryview(__import__("array").array("Q", entries)).tobytes()
+    start = pm["address"] + 3 * PAGE
+    for shmem in (False, True):
+        vma = H.Vma(start, start + len(entries) * PAGE, "", shmem)
+        assert H.residency_one_node(vma, data, PAGE, SHIFT, 0) == \
+            H.residency(vma, entries, PAGE, SHIFT, lambda pfn: 0)
+
+
+RANGE = BPF / "range"
+
+
+@pytest.mark.skipif(not (RANGE / "dump-3.json").exists(), reason="no range-event capture")
+def test_range_event_capture_counts_pages_and_only_the_hot_block_after_the_first_aging():
+    dumps = [json.loads((RANGE / f"dump-{i}.json").read_text()) for i in range(4)]
+    meta = dumps[0]["meta"]
+    assert meta["event"] == "mm_vmscan_lru_gen_young_range"
+    w = meta["workload"]
+    mapping = workload_regions(w["address"], w["size"])
+    hot = workload_regions(w["address"], w["hot"])
+    state = H.step({}, H.raw_from_dump(dumps[0]), 60.0)
+    first = sum(s.delta_pages for k, s in state.items() if k.region in mapping and k.tgid == w["pid"])
+    assert first >= w["size"] // PAGE  # one event per PTE table, but every young page counted
+    for d in dumps[1:]:
+        raw = H.raw_from_dump(d)
+        assert raw.matched < 64 and raw.dropped == 0  # events are ranges, not pages
+        state = H.step(state, raw, 60.0)
+        touched = {k.region for k, s in state.items() if s.delta_pages and k.region in mapping}
+        assert touched <= hot, sorted(touched - hot)
