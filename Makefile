@@ -33,11 +33,9 @@ test-host:
 ## test-vm: build (or reuse) the kernel, boot it twice (one node, two nodes), run tests/vm inside
 test-vm:
 	@scripts/install-deps all
-	@mkdir -p .test-results
-	kernel-patch/vm-run.sh -- -m "not numa" --junitxml=$(MGLRUD_CACHE)/vm-junit.xml $(ARGS)
-	@cp $(MGLRUD_CACHE)/vm-junit.xml .test-results/vm.xml
-	kernel-patch/vm-run.sh --numa -- -m numa --junitxml=$(MGLRUD_CACHE)/vm-numa-junit.xml $(ARGS)
-	@cp $(MGLRUD_CACHE)/vm-numa-junit.xml .test-results/vm-numa.xml
+	@mkdir -p .test-results/vm .test-results/vm-numa
+	kernel-patch/vm-run.sh --out $(CURDIR)/.test-results/vm -- -m "not numa" --junitxml=$(CURDIR)/.test-results/vm/junit.xml $(ARGS)
+	kernel-patch/vm-run.sh --numa --out $(CURDIR)/.test-results/vm-numa -- -m numa --junitxml=$(CURDIR)/.test-results/vm-numa/junit.xml $(ARGS)
 
 ## test-systemd: systemd 252 as PID 1 in the test guest: install, start, reload, watchdog, security
 test-systemd:
