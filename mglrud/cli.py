@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import sys
 
-from mglrud import __version__, check, report, systemd
+from mglrud import __version__, check, client, report, systemd
 from mglrud.config import DEFAULT_PORT, Config, ConfigError, load
 from mglrud.fs import FS
 
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     snap = sub.add_parser("snapshot", parents=[common], help="run one cycle and print it")
     snap.add_argument("--json", action="store_true", help="print the JSON of /snapshot.json")
     snap.add_argument("--no-age", action="store_true", help="only read; do not age the targets first")
+    client.add_report_parser(sub)  # reads a running daemon: no config, no kernel access
     return p
 
 
@@ -75,6 +76,8 @@ def load_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        return client.report_main(args)
     try:
         cfg = load_config(args)
     except ConfigError as e:

@@ -1,0 +1,56 @@
+"""The I/O edge of the commands that read a running daemon (`mglrud report`): fetch /snapshot.json, print.
+
+Rendering is pure and lives in mglrud/render/; this module only talks HTTP to
+the daemon (mglrud/http.py serves it) and turns failures into one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+
+from mglrud.config import DEFAULT_PORT
+from mglrud.render import report
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+class FetchError(Exception):
+    pass
+
+
+def fetch_snapshot(url: str, timeout: float = 10.0) -> dict:
+    """GET URL/snapshot.json from a running `mglrud run`; raises FetchError with what to do."""
+    full = url.rstrip("/") + "/snapshot.json"
+    try:
+        with urllib.request.urlopen(full, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise FetchError(f"{full}: HTTP {e.code}; is this a mglrud daemon?") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise FetchError(f"cannot reach {full} ({reason}); start `mglrud run` or pass --url") from None
+    except ValueError as e:
+        raise FetchError(f"{full} did not return JSON ({e}); is this a mglrud daemon?") from None
+
+
+def add_report_parser(sub) -> None:
+    rep = sub.add_parser("report", help="per-mapping table from a running daemon, biggest never-accessed first")
+    who = rep.add_mutually_exclusive_group(required=True)
+    who.add_argument("--target", metavar="NAME", help="a configured target's name")
+    who.add_argument("--pid", type=int, metavar="PID", help="a process of a configured target")
+    rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+
+
+def report_main(args) -> int:
+    """0 printed, 1 the daemon cannot be reached or has no data for the target/pid."""
+    try:
+        snap = fetch_snapshot(args.url)
+        text = report.render(snap, target=args.target, pid=args.pid)
+    except (FetchError, report.ReportError) as e:
+        print(f"mglrud: report: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
