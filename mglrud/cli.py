@@ -1,4 +1,4 @@
-"""Command line: `mglrud run | check | snapshot`. main() returns the exit status.
+"""Command line: `mglrud run | check | snapshot | report`. main() returns the exit status.
 
 Exit status: 0 ok, 1 the machine cannot do it (check failed, port taken,
 a chosen source down for snapshot), 2 bad usage or bad config. Errors a user can
