@@ -72,15 +72,29 @@ printf -v guest_cmd '%q ' "${guest[@]}"
 
 say "booting $(basename "$(dirname "$(dirname "$(dirname "$(dirname "$image")")")")") ($cpus CPUs, $memory$( [ "$numa" = 1 ] && echo ', 2 NUMA nodes'), $( [ "$kvm" = 1 ] && echo KVM || echo TCG)); results in $out"
 start=$(date +%s)
-touch "$out/guest.log"
-tail -n +1 -F "$out/guest.log" 2>/dev/null &
-tailpid=$!
-set +e
-(cd "$REPO" && timeout --kill-after=30 "$timeout" vng "${args[@]}" --exec "$guest_cmd") \
-    < /dev/null > "$out/console.log" 2>&1
-vng_rc=$?
-set -e
-sleep 1; kill "$tailpid" 2>/dev/null || true; wait "$tailpid" 2>/dev/null || true
+# A guest that dies before it runs our script (TCG occasionally trips over the
+# kernel's boot-time code patching: an int3 Oops in the first second) is booted
+# once more, and that is said; a failure after our script started never is.
+for attempt in 1 2; do
+    rm -f "$out/rc" "$out/dmesg"
+    : > "$out/guest.log"
+    tail -n +1 -F "$out/guest.log" 2>/dev/null &
+    tailpid=$!
+    set +e
+    (cd "$REPO" && timeout --kill-after=30 "$timeout" vng "${args[@]}" --exec "$guest_cmd") \
+        < /dev/null > "$out/console.log" 2>&1
+    vng_rc=$?
+    set -e
+    sleep 1; kill "$tailpid" 2>/dev/null || true; wait "$tailpid" 2>/dev/null || true
+    if [ "$attempt" = 1 ] && [ ! -s "$out/guest.log" ] && [ "$vng_rc" != 124 ]; then
+        say "the guest died before running the test command; its console said:"
+        grep -m1 -A3 -E 'Oops|BUG:|panic' "$out/console.log" >&2 || tail -5 "$out/console.log" >&2
+        cp "$out/console.log" "$out/console.boot-failure.log"
+        say "booting once more"
+        continue
+    fi
+    break
+done
 say "guest ran for $(( $(date +%s) - start ))s"
 
 # The guest saves its dmesg; if it died before that, the console has the log.

@@ -8,6 +8,11 @@
 OUT=$1 REPO=$2
 set -eu
 mkdir -p "$OUT"
+# The manager gets its own /tmp, so a checkout or an output directory under /tmp
+# (a CI clone, vm-run.sh's default --out) is invisible to its units: bind both
+# under the manager's /run, which the namespace below mounts before systemd starts.
+HOST_OUT=$OUT HOST_REPO=$REPO
+OUT=/run/mglrud-vmtest/out REPO=/run/mglrud-vmtest/repo
 cat > /etc/systemd/system/mglrud-vmtest.service <<UNIT
 [Unit]
 Description=mglrud systemd test (tests/vm/systemd/guest.sh)
@@ -24,7 +29,10 @@ UNIT
 exec timeout --kill-after=30 1500 unshare --pid --fork --mount --propagation private -- /bin/bash -c '
     set -e
     mount -t tmpfs -o mode=755 tmpfs /run        # the manager'"'"'s own /run
+    mkdir -p '"$OUT"' '"$REPO"'
+    mount --bind '"$HOST_OUT"' '"$OUT"'
+    mount --bind '"$HOST_REPO"' '"$REPO"'
     mount -t proc proc /proc                      # this PID namespace'"'"'s /proc
     exec env -i container=mglrud-vmtest PATH=/usr/sbin:/usr/bin:/sbin:/bin \
         /lib/systemd/systemd --system --unit=mglrud-vmtest.service --show-status=false
-' > "$OUT/systemd.log" 2>&1 < /dev/null
+' > "$HOST_OUT/systemd.log" 2>&1 < /dev/null
