@@ -92,10 +92,10 @@ log: {{level: debug}}
         deadline = time.monotonic() + WAIT
         base = None
         while base is None and time.monotonic() < deadline and daemon.poll() is None:
-            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", log.read_text())
+            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", log.read_text(errors="replace"))
             base = f"http://127.0.0.1:{m.group(1)}" if m else None
             time.sleep(0.5)
-        assert base, f"daemon did not start:\n{log.read_text()}"
+        assert base, f"daemon did not start:\n{log.read_text(errors='replace')}"
 
         def scrape() -> str:
             with urllib.request.urlopen(base + "/metrics", timeout=60) as r:
@@ -117,7 +117,7 @@ log: {{level: debug}}
                 break
             time.sleep(1)
         else:
-            pytest.fail(f"never got 4 generations and 5 agings per memcg:\n{text}\n{log.read_text()}")
+            pytest.fail(f"never got 4 generations and 5 agings per memcg:\n{text}\n{log.read_text(errors='replace')}")
 
         text = scrape()
         smallest = f"{float(THRESHOLDS[0].rstrip('s')):.1f}"
