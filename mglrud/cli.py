@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return Daemon(cfg, lambda: load_config(args)).run()
     except ListenError as e:
+        # A port in use or an address the host lacks is the config's to fix: exit 2 like
+        # any bad config (and the unit's RestartPreventExitStatus=2 stops a restart loop).
+        if e.key:
+            print(f"mglrud: config: {e.key}: {e}", file=sys.stderr)
+            return 2
         print(f"mglrud: listen: {e}", file=sys.stderr)
         return 1
 

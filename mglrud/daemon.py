@@ -7,6 +7,7 @@ config before swapping it in; a bad one is logged and the old one stays.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -23,7 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class ListenError(Exception):
-    """The HTTP port cannot be bound; the message names address, port and cause."""
+    """The HTTP port cannot be bound; the message names address, port and cause.
+
+    `key` names the config key at fault when the config can fix it (a port in use,
+    an address this host does not have); it is empty for other causes.
+    """
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key
 
 
 class Daemon:
@@ -72,7 +81,8 @@ class Daemon:
         try:
             server, _ = serve(cfg.listen.address, cfg.listen.port, build_registry(self.published), self.published)
         except OSError as e:
-            raise ListenError(f"cannot serve on {cfg.listen.address}:{cfg.listen.port}: {e.strerror}") from None
+            key = {errno.EADDRINUSE: "listen.port", errno.EADDRNOTAVAIL: "listen.address"}.get(e.errno, "")
+            raise ListenError(f"cannot serve on {cfg.listen.address}:{cfg.listen.port}: {e.strerror}", key) from None
         log.info("serving http://%s:%d/metrics and /snapshot.json", cfg.listen.address, server.server_port)
         self.serving = f"{cfg.listen.address}:{server.server_port}"
         self._status = self.status_line()

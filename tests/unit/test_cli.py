@@ -43,14 +43,25 @@ def test_snapshot_without_lru_gen_exits_1(tmp_path, capsys):
     assert "source lru_gen is down" in capsys.readouterr().out
 
 
-def test_port_in_use_is_one_line_exit_1(tmp_path):
+def test_address_not_on_this_host_names_listen_address(tmp_path):
+    # 192.0.2.1 is TEST-NET-1: no host has it, so bind() fails with EADDRNOTAVAIL.
+    p = subprocess.run([sys.executable, "-m", "mglrud", "run", "--listen.address", "192.0.2.1",
+                        "--listen.port", "0", *_flags(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.splitlines()[-1] == (
+        "mglrud: config: listen.address: cannot serve on 192.0.2.1:0: Cannot assign requested address")
+    assert "Traceback" not in p.stderr
+
+
+def test_port_in_use_is_one_line_exit_2(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         p = subprocess.run([sys.executable, "-m", "mglrud", "run", "--listen.port", str(port), *_flags(tmp_path)],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert p.stderr.splitlines()[-1] == (
-        f"mglrud: listen: cannot serve on 127.0.0.1:{port}: Address already in use")
+        f"mglrud: config: listen.port: cannot serve on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in p.stderr

@@ -164,7 +164,7 @@ def test_nonexistent_cgroup_is_a_config_error_for_check(tmp_path, capsys):
 
 
 def test_port_in_use_from_the_config_file(tmp_path):
-    """Not a malformed config but a busy machine: exit 1 (cli.py's contract), still one line."""
+    """The config names a port another process holds: one line naming listen.port, exit 2."""
     root = _root()
     flags = [f"--path.{k}={v}" for k, v in paths_for(root).items()]
     with socket.socket() as s:
@@ -175,8 +175,9 @@ def test_port_in_use_from_the_config_file(tmp_path):
         path.write_text(f"listen: {{port: {port}}}\naging: {{dry_run: true}}\n")
         p = subprocess.run([sys.executable, "-m", "mglrud", "run", "-c", str(path), *flags],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 1
-    assert p.stderr.splitlines()[-1] == f"mglrud: listen: cannot serve on 127.0.0.1:{port}: Address already in use"
+    assert p.returncode == 2
+    assert p.stderr.splitlines()[-1] == (
+        f"mglrud: config: listen.port: cannot serve on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in p.stderr
 
 
