@@ -21,10 +21,8 @@ import http.client
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PY = "/usr/bin/python3"
+sys.path.insert(0, str(REPO))
+from tests.daemonproc import DaemonProc, NotServing, fixture_flags  # noqa: E402
+
 WAIT = 120.0
 
 CONFIG = """
@@ -44,7 +44,7 @@ log: {level: warning}
 """
 
 
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen, int, Path]:
+def start_daemon(tmp: Path) -> DaemonProc:
     roots = sorted(p.parent.parent for p in (REPO / "tests/fixtures").glob("roots/*/debugfs/lru_gen"))
     if not roots:
         raise SystemExit("no fixture root in tests/fixtures/roots")
@@ -54,25 +54,11 @@ def start_daemon(tmp: Path) -> tuple[subprocess.Popen, int, Path]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    flags = [f"--path.{k}={root / d}" for k, d in (("procfs", "proc"), ("sysfs", "sys"), ("debugfs", "debugfs"),
-                                                   ("cgroupfs", "cgroup"), ("tracefs", "tracing"))]
-    log = tmp / "mglrud.log"
-    proc = subprocess.Popen([PY, "-m", "mglrud", "run", "-c", str(tmp / "mglrud.yaml"), "--listen.port", str(port),
-                             *flags], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        try:
-            status, _ = get(port)
-            if status == 200:
-                return proc, port, log
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"mglrud exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("mglrud did not start serving")
+    try:  # log.level is warning: no "serving" line, so readiness is /metrics answering on PORT
+        return DaemonProc.start(["-c", str(tmp / "mglrud.yaml"), "--listen.port", str(port), *fixture_flags(root)],
+                                tmp / "mglrud.log", port=port, wait=WAIT)
+    except NotServing as e:
+        raise SystemExit(str(e)) from None
 
 
 def get(port: int, timeout: float = 30.0) -> tuple[int, bytes]:
@@ -90,7 +76,8 @@ def get(port: int, timeout: float = 30.0) -> tuple[int, bytes]:
 
 def run(scrapers: int, seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="mglrud-scrape-") as tmp:
-        proc, port, log = start_daemon(Path(tmp))
+        daemon = start_daemon(Path(tmp))
+        proc, port = daemon.proc, daemon.port
         try:
             _, body = get(port)
             series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
@@ -131,13 +118,8 @@ def run(scrapers: int, seconds: float) -> dict:
             age = next((float(line.split()[-1]) for line in body.decode().splitlines()
                         if line.startswith("mglrud_snapshot_age_seconds ")), float("nan"))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(timeout=WAIT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait(timeout=WAIT)
-            text = log.read_text()
+            rc = daemon.stop(wait=WAIT)
+            text = daemon.log_text()
             tracebacks = text.count("Traceback")
             first_traceback = text[text.find("Traceback"):][:1500] if tracebacks else ""
     lat = sorted(x for per in latencies for x in per)

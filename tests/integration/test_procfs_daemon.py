@@ -10,13 +10,8 @@ namespace's other processes die with it.
 
 import json
 import os
-import queue
-import re
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -24,7 +19,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.daemonproc import DaemonProc
+
 WORKLOAD = Path(__file__).with_name("procfs_workload.py")
 SIZE = 64 << 20
 
@@ -40,11 +36,6 @@ pytestmark = [
     pytest.mark.skipif(Path("/sys/kernel/mm/lru_gen/enabled").exists(),
                        reason="this kernel has MGLRU: `sources: auto` would not pick /proc"),
 ]
-
-
-def _lines(stream, q):
-    for line in stream:
-        q.put(line)
 
 
 def scrape(port: int) -> dict:
@@ -64,52 +55,17 @@ def daemon(tmp_path):
     cfg.write_text(CONFIG)
     inner = (f"{sys.executable} {WORKLOAD} --size {SIZE} --seconds 600 > {tmp_path}/workload.json & "
              f"exec {sys.executable} -m mglrud run -c {cfg} --listen.port 0")
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM",
-                             "sh", "-c", inner], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
-    log = []
+    # mglrud is the namespace's init: when it exits, the kernel kills the workload with it.
+    d = DaemonProc.start([], tmp_path / "mglrud.log", wrapper=[
+        "unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", "sh", "-c", inner])
     try:
-        port = None
-        deadline = time.monotonic() + 120  # a bound for a busy machine, not a timing
-        while port is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                assert proc.poll() is None, "mglrud exited:\n" + "".join(log)
-                continue
-            log.append(line)
-            if m := re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", line):
-                port = int(m.group(1))
-        assert port, "mglrud did not start serving:\n" + "".join(log)
-        yield port, tmp_path, log
+        yield d.port, tmp_path, d
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to mglrud (unshare's child, by its pid; unshare itself ignores SIGTERM), else SIGKILL to unshare.
-
-    mglrud is the namespace's init: when it exits, the kernel kills the workload with it.
-    """
-    if proc.poll() is not None:
-        return
-    try:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for pid in children:
-        os.kill(int(pid), signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)  # --kill-child then sends SIGTERM to mglrud
-        proc.wait()
+        d.stop()
 
 
 def test_default_targets_serve_hot_and_cold_mappings(daemon):
-    port, tmp_path, log = daemon
+    port, tmp_path, d = daemon
     deadline = time.monotonic() + 180
     while True:
         fams = scrape(port)
@@ -117,7 +73,7 @@ def test_default_targets_serve_hot_and_cold_mappings(daemon):
         accessed = samples(fams, "mglrud_mapping_accessed_bytes", target="all", mapping="[anon]")
         if accessed:
             break
-        assert time.monotonic() < deadline, "no accessed bytes after many cycles:\n" + "".join(log)
+        assert time.monotonic() < deadline, "no accessed bytes after many cycles:\n" + d.log_text()
         time.sleep(0.5)
 
     up = {s.labels["source"]: s.value for s in samples(fams, "mglrud_source_up")}

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 from synth import lru_gen_text  # noqa: E402
 
+from tests.daemonproc import DaemonProc, fixture_flags  # noqa: E402
+
 WAIT = 120  # seconds; the host may be busy building a kernel
 
 
@@ -64,17 +66,9 @@ class Daemon:
     def __init__(self, tmp_path: Path, root: Path, config: str):
         self.config = tmp_path / "mglrud.yaml"
         self.config.write_text(config)
-        self.log = tmp_path / "mglrud.log"
-        flags = [f"--path.{k}={root / d}" for k, d in
-                 (("procfs", "proc"), ("sysfs", "sys"), ("debugfs", "debugfs"), ("cgroupfs", "cgroup"),
-                  ("tracefs", "tracing"))]
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mglrud", "run", "--config", str(self.config), "--listen.port", "0", *flags],
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        m = _wait_for(lambda: re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", self.log.read_text()),
-                      "the listen line", self.proc, self.log)
-        self.base = f"http://127.0.0.1:{m.group(1)}"
+        self._d = DaemonProc.start(["--config", str(self.config), "--listen.port", "0", *fixture_flags(root)],
+                                   tmp_path / "mglrud.log", wait=WAIT)
+        self.proc, self.log, self.base = self._d.proc, self._d.log, self._d.base
 
     def metric(self, line_prefix: str) -> float | None:
         _, _, text = _get(self.base + "/metrics")
@@ -84,15 +78,9 @@ class Daemon:
         return None
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=WAIT)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=WAIT)
-                pytest.fail("mglrud ignored SIGTERM")
-        return self.proc.returncode
+        rc = self._d.stop(wait=WAIT)
+        assert rc != -signal.SIGKILL, "mglrud ignored SIGTERM"
+        return rc
 
 
 CONFIG = """

@@ -8,9 +8,7 @@ and the hot memcg's <= 10 %.
 Runs inside the guest (kernel-patch/vm-run.sh -- -k test_daemon_vm); skipped elsewhere.
 """
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.daemonproc import DaemonProc
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 300  # seconds; TCG is slow
@@ -84,18 +84,10 @@ metrics: {{cold_thresholds: [{", ".join(THRESHOLDS)}]}}
 targets: [{{name: test, memcg: "/mglrud-test/*"}}]
 log: {{level: debug}}
 """)
-    log = tmp_path / "mglrud.log"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "mglrud", "run", "-c", str(config), "--listen.port", "0"],
-                                  cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    daemon = DaemonProc.start(["-c", str(config), "--listen.port", "0"], tmp_path / "mglrud.log", wait=WAIT)
     try:
         deadline = time.monotonic() + WAIT
-        base = None
-        while base is None and time.monotonic() < deadline and daemon.poll() is None:
-            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", log.read_text(errors="replace"))
-            base = f"http://127.0.0.1:{m.group(1)}" if m else None
-            time.sleep(0.5)
-        assert base, f"daemon did not start:\n{log.read_text(errors='replace')}"
+        base = daemon.base
 
         def scrape() -> str:
             with urllib.request.urlopen(base + "/metrics", timeout=60) as r:
@@ -105,7 +97,7 @@ log: {{level: debug}}
         # at least 5 times (the count is per memcg and node).
         nodes = 1
         text = ""
-        while time.monotonic() < deadline and daemon.poll() is None:
+        while time.monotonic() < deadline and daemon.proc.poll() is None:
             text = scrape()
             ages = _samples(text, "mglrud_memcg_generation_age_seconds")
             nodes = max(1, len({lab["node"] for lab, _ in ages}))
@@ -117,7 +109,7 @@ log: {{level: debug}}
                 break
             time.sleep(1)
         else:
-            pytest.fail(f"never got 4 generations and 5 agings per memcg:\n{text}\n{log.read_text(errors='replace')}")
+            pytest.fail(f"never got 4 generations and 5 agings per memcg:\n{text}\n{daemon.log_text()}")
 
         text = scrape()
         smallest = f"{float(THRESHOLDS[0].rstrip('s')):.1f}"
@@ -137,13 +129,7 @@ log: {{level: debug}}
         errors = _samples(text, "mglrud_aging_errors_total")
         assert all(v == 0 for _, v in errors), errors
     finally:
-        if daemon.poll() is None:
-            os.kill(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(timeout=60)
+        daemon.stop()
         for p in procs:
             p.kill()
             p.wait(timeout=60)

@@ -1,0 +1,116 @@
+"""`mglrud run` as a child process, for tests and benches: start, wait until it serves, stop by pid.
+
+The daemon's output goes to a log file (never a pipe nobody drains) and is read back with
+errors="replace": bcc can print stray bytes while it unpacks kernel headers.
+
+    d = DaemonProc.start(["-c", str(config), "--listen.port", "0"], tmp_path / "mglrud.log")
+    try:
+        urllib.request.urlopen(d.base + "/metrics")
+    finally:
+        d.stop()
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WAIT = 120.0  # a bound for a busy machine (or a TCG guest compiling BPF), not a timing
+SERVING = re.compile(r"serving http://127\.0\.0\.1:(\d+)/")
+
+
+def fixture_flags(root: Path) -> list[str]:
+    """--path.* flags that point mglrud at a captured or synthetic tree under ROOT."""
+    return [f"--path.{k}={root / d}" for k, d in (("procfs", "proc"), ("sysfs", "sys"), ("debugfs", "debugfs"),
+                                                   ("cgroupfs", "cgroup"), ("tracefs", "tracing"))]
+
+
+class NotServing(RuntimeError):
+    """The daemon exited or did not serve within the wait; the message ends with its log."""
+
+
+@dataclass
+class DaemonProc:
+    proc: subprocess.Popen
+    log: Path
+    port: int = 0
+    wrapped: bool = False  # started under a wrapper (unshare ...): mglrud is the wrapper's child
+
+    @classmethod
+    def start(cls, args: list[str], log: Path, *, wrapper: list[str] | None = None, env: dict | None = None,
+              port: int = 0, wait: float = WAIT) -> DaemonProc:
+        """Run `python -m mglrud run ARGS` (or WRAPPER, whose last word runs it) and wait until it serves.
+
+        With PORT, readiness is /metrics answering on it (for log levels that hide the
+        "serving" line); otherwise the port is read from that line.
+        """
+        argv = wrapper if wrapper is not None else [sys.executable, "-m", "mglrud", "run", *args]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        with open(log, "w") as out:
+            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        d = cls(proc, log, port, wrapper is not None)
+        try:
+            d._wait_serving(wait)
+        except BaseException:
+            d.stop()
+            raise
+        return d
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def get(self, path: str, timeout: float = 60.0) -> str:
+        with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
+            return r.read().decode()
+
+    def _wait_serving(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.port:
+                try:
+                    self.get("/metrics", timeout=10)
+                    return
+                except OSError:
+                    pass
+            elif m := SERVING.search(self.log_text()):
+                self.port = int(m.group(1))
+                return
+            if self.proc.poll() is not None:
+                raise NotServing(f"mglrud exited {self.proc.returncode} before serving:\n{self.log_text()[-4000:]}")
+            time.sleep(0.2)
+        raise NotServing(f"mglrud did not serve within {wait:.0f}s:\n{self.log_text()[-4000:]}")
+
+    def daemon_pid(self) -> int | None:
+        """mglrud's own pid: the wrapper's first child when wrapped (unshare ignores SIGTERM)."""
+        if not self.wrapped:
+            return self.proc.pid
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def stop(self, wait: float = 60.0) -> int:
+        """SIGTERM by pid, then SIGKILL (to the wrapper, if any) after WAIT; returns the exit status."""
+        if self.proc.poll() is None:
+            pid = self.daemon_pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=wait)
+        return self.proc.returncode
