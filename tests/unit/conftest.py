@@ -22,6 +22,22 @@ def update_golden(request) -> bool:
     return request.config.getoption("--update-golden") or os.environ.get("MGLRUD_UPDATE_GOLDEN") == "1"
 
 
+@pytest.fixture
+def golden(update_golden):
+    """golden(NAME, TEXT): TEXT must equal tests/unit/golden/NAME; with --update-golden, it becomes it."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update_golden:
+            GOLDEN.mkdir(exist_ok=True)
+            path.write_text(text)
+            return
+        assert path.exists(), f"{path} missing: run pytest --update-golden"
+        assert text == path.read_text(), f"{name} differs from the golden file (pytest --update-golden)"
+
+    return check
+
+
 def captured_lru_gen_files() -> list[Path]:
     """Every lru_gen / lru_gen_full captured from a real kernel that is in the tree."""
     files = sorted((FIXTURES / "lru_gen").glob("*")) if (FIXTURES / "lru_gen").is_dir() else []

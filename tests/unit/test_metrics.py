@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import FIXTURES, GOLDEN, captured_roots, copy_root, paths_for
+from conftest import FIXTURES, captured_roots, copy_root, paths_for
 from mglrud import report
 from mglrud.collectors import Published, build_registry
 from mglrud.config import loads
@@ -70,16 +70,10 @@ def promtool(text: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(not ROOTS, reason="no captured fixture roots in tests/fixtures/roots yet")
 @pytest.mark.parametrize("root", ROOTS, ids=[_name(r) for r in ROOTS] or None)
-def test_golden_metrics(root, tmp_path, update_golden):
+def test_golden_metrics(root, tmp_path, golden):
     metrics, snapshot_json = render(paths_for(_tree(root, tmp_path)))
     for name, text in ((f"metrics.{_name(root)}.prom", metrics), (f"snapshot.{_name(root)}.json", snapshot_json)):
-        golden = GOLDEN / name
-        if update_golden:
-            GOLDEN.mkdir(exist_ok=True)
-            golden.write_text(text)
-            continue
-        assert golden.exists(), f"{golden} missing: run pytest --update-golden"
-        assert text == golden.read_text(), f"{name} differs from the golden file (pytest --update-golden)"
+        golden(name, text)
 
 
 @pytest.mark.skipif(not shutil.which(PROMTOOL), reason="promtool not installed (apt install prometheus)")

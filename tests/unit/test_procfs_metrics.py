@@ -14,7 +14,6 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import GOLDEN
 from mglrud.collectors.procfs import ProcfsCollector
 from mglrud.mappings import to_dict
 from test_procfs_parse import SMAPS, SMAPS_FIRST, WL, Clock, fake_proc, make_source, target
@@ -46,18 +45,12 @@ def render(snap) -> str:
     return generate_latest(registry).decode()
 
 
-def test_golden(tmp_path, update_golden):
+def test_golden(tmp_path, golden):
     snap = snapshot(tmp_path)
     outputs = {"metrics.procfs.prom": render(snap),
                "snapshot.procfs.json": json.dumps(to_dict(snap.procfs, THRESHOLDS), indent=1) + "\n"}
     for name, text in outputs.items():
-        golden = GOLDEN / name
-        if update_golden:
-            GOLDEN.mkdir(exist_ok=True)
-            golden.write_text(text)
-            continue
-        assert golden.exists(), f"{golden} missing: run pytest --update-golden"
-        assert text == golden.read_text(), f"{name} differs from the golden file (pytest --update-golden)"
+        golden(name, text)
 
 
 @pytest.mark.skipif(not shutil.which(PROMTOOL), reason="promtool not installed (apt install prometheus)")
