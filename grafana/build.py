@@ -87,8 +87,8 @@ def v_lru():
             .multi(True).include_all(True).all_value(".+"))
 
 
-def v_target():
-    return v_query("target", "Target", f'label_values(mglrud_mapping_resident_bytes{{{SEL}}}, target)')
+def v_target(metric: str = "mglrud_mapping_resident_bytes", multi: bool = True):
+    return v_query("target", "Target", f'label_values({metric}{{{SEL}}}, target)', multi=multi, include_all=multi)
 
 
 # ---------------------------------------------------------------- panels
@@ -271,8 +271,8 @@ def host():
 def process():
     b = Board("mglrud-process", "mglrud / Process",
               "A target's processes mapping by mapping, from the /proc source (smaps Referenced after "
-              "clear_refs; kernels without MGLRU). The address x time heatmap of the BPF hotness source "
-              "(issue 5) will join this dashboard; until then the heatmap rows are mappings.",
+              "clear_refs; kernels without MGLRU). With mglrud's kernel patch, the BPF source's address x time "
+              "heatmap is on the mglrud / Heat (BPF) dashboard.",
               [v_datasource(), v_job(), v_instance(multi=False), v_target(),
                v_threshold("mglrud_mapping_cold_bytes"), v_lru()])
     b.row("Heat")
@@ -315,6 +315,54 @@ def process():
     b.add(timeseries_panel("s"), "Interval",
           "Length of the interval over which accessed bytes were measured.",
           [q(f'mglrud_procfs_interval_seconds{{{TARGET}}}', "{{target}}")])
+    return b.build()
+
+
+def heat():
+    b = Board("mglrud-heat", "mglrud / Heat (BPF)",
+              "One target's memory at region precision, from the BPF source (mglrud's kernel patch: the "
+              "MGLRU aging walk's accessed bits, counted per bpf.region_size region): access heat over the "
+              "address space x time, the seed's heatmap; idle ages, cold bytes and accessed bytes by node "
+              "and LRU; the program's own health.",
+              [v_datasource(), v_job(), v_instance(multi=False),
+               v_target("mglrud_target_accessed_bytes_total", multi=False),
+               v_threshold("mglrud_target_region_cold_bytes"), v_lru()])
+    b.row("Address x time")
+    b.add(heatmap_panel("percentunit", "Bps", common.HeatmapCellLayout.LE, "bytes/s accessed"),
+          "Access heat over the address space",
+          "Rows: the target's mapped address space (resident mappings one after the other, holes collapsed), "
+          "bottom = lowest address, as a fraction; colour: bytes per second the aging walk found accessed "
+          "there (an exponentially weighted rate, half-life bpf.half_life). /snapshot.json and "
+          "`mglrud heatmap` name the addresses and mappings of each row. Process targets only.",
+          [q(f'sum by (le) (mglrud_target_access_offset_ratio_bucket{{{TARGET}}})', "{{le}}",
+             fmt=pm.PromQueryFormat.HEATMAP)], w=24, h=12)
+    b.add(heatmap_panel("s", "bytes", common.HeatmapCellLayout.LE, "bytes"), "Idle age of the target's memory",
+          "Resident bytes by how long the aging walk has not found them accessed (a lower bound good to one "
+          "aging interval); +Inf holds memory never found accessed since mglrud started.",
+          [q(f'sum by (le) (mglrud_target_region_idle_age_seconds_bucket{{{TARGET}, lru=~"$lru"}})', "{{le}}",
+             fmt=pm.PromQueryFormat.HEATMAP)], w=24, h=8)
+    b.row("Nodes and LRUs")
+    b.add(timeseries_panel("Bps"), "Accessed bytes per second by node and LRU",
+          "rate() of mglrud_target_accessed_bytes_total: bytes the aging walk found accessed, per second.",
+          [q(f'sum by (node, lru) (rate(mglrud_target_accessed_bytes_total{{{TARGET}, lru=~"$lru"}}'
+             f'[$__rate_interval]))', "node {{node}} {{lru}}")])
+    b.add(timeseries_panel("bytes", stacked=True), "Cold bytes by node and LRU",
+          "Resident bytes not found accessed for at least the chosen threshold.",
+          [q(f'sum by (node, lru) (mglrud_target_region_cold_bytes{{{TARGET}, lru=~"$lru", '
+             f'threshold="$threshold"}})', "node {{node}} {{lru}}")])
+    b.row("Program")
+    b.add(timeseries_panel("ops"), "Tracepoint events per second",
+          "Events the program saw (any process), those of a target, and those dropped because its map was "
+          "full (raise bpf.max_regions or bpf.region_size).",
+          [q(f'rate(mglrud_bpf_events_total{{{SEL}}}[$__rate_interval])', "seen"),
+           q(f'rate(mglrud_bpf_matched_events_total{{{SEL}}}[$__rate_interval])', "targets'"),
+           q(f'rate(mglrud_bpf_dropped_events_total{{{SEL}}}[$__rate_interval])', "dropped")], w=8)
+    b.add(timeseries_panel("percentunit", max_=1), "Map fill",
+          "Entries in the program's map / its capacity (bpf.max_regions).",
+          [q(f'mglrud_bpf_map_entries{{{SEL}}} / mglrud_bpf_map_capacity{{{SEL}}}', "{{instance}}")], w=8)
+    b.add(stat_panel("none"), "Program attached",
+          "1 while the program is attached; the event label names the tracepoint.",
+          [q(f'mglrud_bpf_program_attached{{{SEL}}}', "{{event}}")], w=8)
     return b.build()
 
 
@@ -369,7 +417,7 @@ def daemon():
 
 
 DASHBOARDS = {"mglrud-fleet.json": fleet, "mglrud-host.json": host,
-              "mglrud-process.json": process, "mglrud-daemon.json": daemon}
+              "mglrud-process.json": process, "mglrud-heat.json": heat, "mglrud-daemon.json": daemon}
 
 
 def render() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""A real Prometheus (Debian's /usr/bin/prometheus) with mglrud's rules, scraping five real mglrud instances.
+"""A real Prometheus (Debian's /usr/bin/prometheus) with mglrud's rules, scraping six real mglrud instances.
 
 Instances, each `python3 -m mglrud run` on its own 127.0.0.1 port, standing in for hosts:
 
@@ -8,6 +8,10 @@ Instances, each `python3 -m mglrud run` on its own 127.0.0.1 port, standing in f
   This host has no MGLRU, so these are REPLAY: their numbers are the capture's,
   frozen, and every series from them carries the target label
   replay="tests/fixtures/roots/vm-2node" (set in the scrape config).
+- replay-bpf: the BPF source replaying the map dumps captured in the guest
+  (tests/fixtures/bpf) through the real source, collectors and HTTP server
+  (tests/bpf_replay.py; bcc and the patched kernel exist only in the VM), with
+  replay="tests/fixtures/bpf"; the mglrud / Heat (BPF) dashboard reads it.
 - host-cold, host-hot: the /proc source on this host, each with one pid target: a
   helper process that maps 96 MiB of anonymous memory and touches it once
   (cold) or in a loop (hot). Only those helpers' accessed bits are cleared.
@@ -248,12 +252,21 @@ def stack(tmp_path_factory):
             m = p.wait_line(r"serving http://127\.0\.0\.1:(\d+)/metrics")
             instances[name] = f"127.0.0.1:{m.group(1)}"
 
+        # The BPF source needs the patched kernel: its maps as captured in the guest, replayed
+        # through the real source, collectors and HTTP server (tests/bpf_replay.py).
+        p = spawn("replay-bpf", [PYTHON, str(REPO / "tests" / "bpf_replay.py"), "--port", "0", "--seconds", "1800"],
+                  stream="stdout", cwd=REPO, env=env)
+        procs.append(p)
+        m = p.wait_line(r"serving http://127\.0\.0\.1:(\d+)/metrics")
+        instances["replay-bpf"] = f"127.0.0.1:{m.group(1)}"
+
         rules = _test_rules(tmp / "mglrud.test-rules.yml")
         scrape = {
             "job_name": "mglrud",
             "static_configs": [
                 {"targets": [instances[n] for n in ("replay-cold", "replay-hot", "replay-file")],
                  "labels": {"replay": REPLAY_LABEL}},
+                {"targets": [instances["replay-bpf"]], "labels": {"replay": "tests/fixtures/bpf"}},
                 {"targets": [instances[n] for n in ("host-cold", "host-hot")]},
             ],
         }
@@ -335,6 +348,10 @@ def _variables(dashboard: str, stack: Stack) -> dict[str, str]:
               "__rate_interval": "15s", "__interval": "1s", "__range": "1m"}
     if dashboard == "mglrud-host":
         common["instance"] = stack.instances["replay-cold"]
+    if dashboard == "mglrud-heat":
+        common["instance"] = stack.instances["replay-bpf"]
+        common["target"] = "w"
+        common["threshold"] = "1.0"
     if dashboard == "mglrud-process":
         common["instance"] = stack.instances["host-cold"]
         common["target"] = "cold-workload"

@@ -89,6 +89,7 @@ def _exprs(d: dict) -> list[str]:
 
 def test_dashboards_exist():
     assert {p.name for p in DASHBOARDS} == {"mglrud-fleet.json", "mglrud-host.json", "mglrud-process.json",
+                                            "mglrud-heat.json",
                                             "mglrud-daemon.json"}
 
 
