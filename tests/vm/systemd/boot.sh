@@ -8,9 +8,11 @@
 OUT=$1 REPO=$2
 set -eu
 mkdir -p "$OUT"
-# The manager gets its own /tmp, so a checkout or an output directory under /tmp
-# (a CI clone, vm-run.sh's default --out) is invisible to its units: bind both
-# under the manager's /run, which the namespace below mounts before systemd starts.
+# At boot, systemd-tmpfiles-setup.service empties /tmp (Debian's tmp.conf: `D /tmp`).
+# The guest's /tmp is an overlay over the host's, so a checkout under /tmp (a CI
+# clone) would vanish under the test unit (bash exit 127, guest.sh not found). So
+# the manager gets a fresh tmpfs on /tmp, and reaches the checkout and the output
+# directory through binds under its own /run, mounted before systemd starts.
 HOST_OUT=$OUT HOST_REPO=$REPO
 OUT=/run/mglrud-vmtest/out REPO=/run/mglrud-vmtest/repo
 cat > /etc/systemd/system/mglrud-vmtest.service <<UNIT
@@ -32,6 +34,7 @@ exec timeout --kill-after=30 1500 unshare --pid --fork --mount --propagation pri
     mkdir -p '"$OUT"' '"$REPO"'
     mount --bind '"$HOST_OUT"' '"$OUT"'
     mount --bind '"$HOST_REPO"' '"$REPO"'
+    mount -t tmpfs -o mode=1777 tmpfs /tmp        # what tmpfiles may empty
     mount -t proc proc /proc                      # this PID namespace'"'"'s /proc
     exec env -i container=mglrud-vmtest PATH=/usr/sbin:/usr/bin:/sbin:/bin \
         /lib/systemd/systemd --system --unit=mglrud-vmtest.service --show-status=false
