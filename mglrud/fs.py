@@ -32,6 +32,14 @@ class RefusedCommand(ValueError):
     """Raised for anything but an aging command; a bug in mglrud if ever seen."""
 
 
+def visible(path: Path) -> bool:
+    """path exists and this user may look at it (tracefs and debugfs are 0700 root)."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return False
+
+
 class FS:
     def __init__(self, paths: Paths):
         self.paths = paths
@@ -51,10 +59,10 @@ class FS:
     def tracefs(self, *parts: str) -> Path:
         """tracefs, or its older home under debugfs when tracefs is not mounted on its own."""
         own = Path(self.paths.tracefs, *parts)
-        if Path(self.paths.tracefs, "events").exists():
+        if visible(Path(self.paths.tracefs, "events")):
             return own
         legacy = self.debugfs("tracing")
-        return Path(legacy, *parts) if Path(legacy, "events").exists() else own
+        return Path(legacy, *parts) if visible(Path(legacy, "events")) else own
 
     @property
     def lru_gen(self) -> Path:

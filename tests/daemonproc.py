@@ -44,10 +44,12 @@ class DaemonProc:
     wrapped: bool = False  # started under a wrapper (unshare ...): mglrud is the wrapper's child
 
     @classmethod
-    def start(cls, args: list[str], log: Path, *, wrapper: list[str] | None = None, env: dict | None = None,
-              port: int = 0, wait: float = WAIT) -> DaemonProc:
-        """Run `python -m mglrud run ARGS` (or WRAPPER, whose last word runs it) and wait until it serves.
+    def start(cls, args: list[str], log: Path, *, wrapper: list[str] | None = None, forks: bool = True,
+              env: dict | None = None, port: int = 0, wait: float = WAIT) -> DaemonProc:
+        """Run `python -m mglrud run ARGS` (or WRAPPER, which runs it) and wait until it serves.
 
+        A WRAPPER that FORKS (unshare --fork) has mglrud as its child, signalled by that
+        pid; one that execs (setpriv, unshare without --fork) becomes mglrud.
         With PORT, readiness is /metrics answering on it (for log levels that hide the
         "serving" line); otherwise the port is read from that line.
         """
@@ -56,7 +58,7 @@ class DaemonProc:
         with open(log, "w") as out:
             proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
-        d = cls(proc, log, port, wrapper is not None)
+        d = cls(proc, log, port, wrapper is not None and forks)
         try:
             d._wait_serving(wait)
         except BaseException:

@@ -68,9 +68,12 @@ def cflags(cfg: Bpf, range_event: bool = False) -> list[str]:
 def pick_event(cfg: Bpf, fs: FS) -> str | None:
     """The tracepoint to attach to: the range event when the kernel has it and regions
     are at least a PTE table (2 MiB), else the per-entry event; None if neither exists."""
-    if fs.tracefs(*RANGE_EVENT).is_dir() and cfg.region_shift >= 21:
-        return RANGE_EVENT[-1]
-    return EVENT[-1] if fs.tracefs(*EVENT).is_dir() else None
+    try:
+        if fs.tracefs(*RANGE_EVENT).is_dir() and cfg.region_shift >= 21:
+            return RANGE_EVENT[-1]
+        return EVENT[-1] if fs.tracefs(*EVENT).is_dir() else None
+    except PermissionError:  # tracefs is 0700 root
+        raise Unavailable(f"{fs.tracefs(*EVENT)} is not readable: run mglrud as root") from None
 
 
 def _int(v) -> int:

@@ -56,7 +56,11 @@ def probe_bpf(fs: FS) -> Probe:
     """The tracepoint of mglrud's kernel patch and bcc; whether the program compiles
     and attaches is only known when the source starts (sources/bpf_hotness.py)."""
     event = fs.tracefs("events", "vmscan", "mm_vmscan_lru_gen_young")
-    if not event.is_dir():
+    try:
+        found = event.is_dir()
+    except PermissionError:
+        return Probe("bpf", False, f"{event} is not readable: run mglrud as root")
+    if not found:
         return Probe("bpf", False, f"no tracepoint {event}: a kernel without mglrud's patch (kernel-patch/), "
                                    f"or tracefs not mounted")
     try:

@@ -289,3 +289,38 @@ def test_target_exits_mid_read(tmp_path, reap):
         if victim.poll() is None:
             victim.kill()
         victim.wait(timeout=30)
+
+
+def test_not_root_tracefs_and_debugfs_unreadable_keep_the_engine_running(tmp_path, monkeypatch):
+    """As a user other than root, /sys/kernel/{tracing,debug} are 0700: stat() under them is EACCES.
+
+    Seen for real in the guest (tests/vm/test_faults_vm.py): the source probe raised and
+    `mglrud run` died with a traceback. Now each source is down with the reason.
+    """
+    import pathlib
+
+    root = _lru_root(tmp_path)
+    (root / "tracing/events/vmscan/mm_vmscan_lru_gen_young").mkdir(parents=True)
+    closed = (str(root / "tracing") + "/", str(root / "debugfs") + "/")
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *, follow_symlinks=True):
+        if str(self).startswith(closed):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_stat(self, follow_symlinks=follow_symlinks)
+
+    real_read = pathlib.Path.read_text
+
+    def read_text(self, *a, **kw):
+        if str(self).startswith(closed):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_read(self, *a, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    rig = Rig(root, _config(root, sources=["bpf", "lru_gen"]))
+    m = rig.cycle()
+    assert up(m) == 0
+    assert m[("mglrud_source_up", ("source", "bpf"))] == 0
+    reasons = {s.name: s.reason for s in rig.published.current.sources}
+    assert "run mglrud as root" in reasons["bpf"] and "run mglrud as root" in reasons["lru_gen"], reasons
