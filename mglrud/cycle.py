@@ -57,6 +57,7 @@ class Engine:
         self.procfs: procfs.ProcfsSource | None = None
         self.choice: selection.Choice | None = None
         self.bpf: bpf_hotness.BpfHotnessSource | None = None
+        self._bpf_retired: bpf_hotness.BpfHotnessSource | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -174,9 +175,12 @@ class Engine:
         want = "bpf" in self.choice.active
         if self.bpf is not None and (not want or self.bpf.cfg != self.config.bpf):
             self.bpf.close()
-            self.bpf = None
+            self._bpf_retired, self.bpf = self.bpf, None  # its counters go on in the next one
         if want and self.bpf is None:
             self.bpf = bpf_hotness.BpfHotnessSource(self.config.bpf, self.fs)
+            if self._bpf_retired is not None:
+                self.bpf.carry_over(self._bpf_retired)
+                self._bpf_retired = None
             self.bpf.start()
         elif self.bpf is not None:
             self.bpf.fs = self.fs

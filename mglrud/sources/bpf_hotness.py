@@ -223,6 +223,7 @@ class BpfHotnessSource:
         self.state: dict = {}
         self.accessed: dict[str, Counter] = {}  # target -> (node, lru) -> bytes, cumulative
         self.stats = (0, 0, 0)
+        self.stats_base = (0, 0, 0)  # counts of the programs before this one (see carry_over)
         self._procs: dict | None = None
         self._memcgs: dict = {}
 
@@ -238,6 +239,12 @@ class BpfHotnessSource:
                  "%d KiB regions, map of %d entries)", program_path(self.cfg), getattr(self.program, "event", "?"),
                  getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
         return True
+
+    def carry_over(self, old: "BpfHotnessSource") -> None:
+        """Continue the counters of the source this one replaces (a reload that changed bpf:
+        recompiles the program, whose maps start from zero): exported counters never go down."""
+        self.stats_base = old.stats
+        self.accessed = {name: Counter(c) for name, c in old.accessed.items()}
 
     def close(self) -> None:
         if self.program is not None:
@@ -288,7 +295,7 @@ class BpfHotnessSource:
         alive = {t for t in {k.tgid for k in raw.cells} - tgids if t == 0 or self.fs.proc(t).exists()}
         stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid not in tgids and k.tgid not in alive]
         self.state = H.step(self.state, raw, self.cfg.half_life)
-        self.stats = (raw.events, raw.matched, raw.dropped)
+        self.stats = tuple(b + n for b, n in zip(self.stats_base, (raw.events, raw.matched, raw.dropped)))
         # built before the stale keys go, so that their last deltas reach the targets' counters
         data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)))
         if stale:
