@@ -50,7 +50,9 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 }
 """
 
-COUNTING = b"""
+# The counting programs' maps and their one update: the key is what mglrud's own
+# program (bpf/hotness.bpf.c) keys on; a full map counts a drop instead.
+MAPS = b"""
 struct key {
     u64 region;
     u32 tgid;
@@ -62,12 +64,29 @@ BPF_HASH(targets, u32, u8, 1024);
 BPF_PERCPU_HASH(heat, struct key, u64, 65536);
 BPF_PERCPU_ARRAY(dropped, u64, 1);
 
+static void add(struct key *k, u64 pages)
+{
+    u64 zero = 0, *v;
+    int idx = 0;
+
+    if (!pages)
+        return;
+    v = heat.lookup_or_try_init(k, &zero);
+    if (v) {
+        *v += pages;
+    } else {
+        v = dropped.lookup(&idx);
+        if (v)
+            *v += 1;
+    }
+}
+"""
+
+COUNTING = MAPS + b"""
 TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 {
     u32 tgid = args->tgid;
-    u64 zero = 0, *v;
     struct key k = {};
-    int idx = 0;
 
     if (!targets.lookup(&tgid))
         return 0;
@@ -75,14 +94,7 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
     k.tgid = tgid;
     k.nid = args->nid;
     k.type = args->type;
-    v = heat.lookup_or_try_init(&k, &zero);
-    if (v) {
-        *v += args->nr_pages;
-    } else {
-        v = dropped.lookup(&idx);
-        if (v)
-            *v += 1;
-    }
+    add(&k, args->nr_pages);
     return 0;
 }
 """
@@ -151,35 +163,7 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 }
 """
 
-RANGE_COUNTING = b"""
-struct key {
-    u64 region;
-    u32 tgid;
-    u16 nid;
-    u16 type;
-};
-
-BPF_HASH(targets, u32, u8, 1024);
-BPF_PERCPU_HASH(heat, struct key, u64, 65536);
-BPF_PERCPU_ARRAY(dropped, u64, 1);
-
-static void add(struct key *k, u64 pages)
-{
-    u64 zero = 0, *v;
-    int idx = 0;
-
-    if (!pages)
-        return;
-    v = heat.lookup_or_try_init(k, &zero);
-    if (v) {
-        *v += pages;
-    } else {
-        v = dropped.lookup(&idx);
-        if (v)
-            *v += 1;
-    }
-}
-
+RANGE_COUNTING = MAPS + b"""
 TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 {
     u32 tgid = args->tgid;
