@@ -1,4 +1,4 @@
-"""Command line: `mglrud run | check | snapshot | report`. main() returns the exit status.
+"""Command line: `mglrud run | check | snapshot | report | heatmap`. main() returns the exit status.
 
 Exit status: 0 ok, 1 the machine cannot do it (check failed, port taken,
 a chosen source down for snapshot), 2 bad usage or bad config. Errors a user can
@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import sys
 
-from mglrud import __version__, check, client, report, systemd
+from mglrud import __version__, check, client, report, systemd, tui
 from mglrud.config import DEFAULT_PORT, Config, ConfigError, load
 from mglrud.fs import FS
 
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--json", action="store_true", help="print the JSON of /snapshot.json")
     snap.add_argument("--no-age", action="store_true", help="only read; do not age the targets first")
     client.add_report_parser(sub)  # reads a running daemon: no config, no kernel access
+    tui.add_parser(sub)  # a daemon's snapshots, or its own session of the daemon's cycle
     return p
 
 
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return client.report_main(args)
+    if args.command == "heatmap":
+        return tui.main(args)
     try:
         cfg = load_config(args)
     except ConfigError as e:

@@ -1,4 +1,4 @@
-"""The I/O edge of the commands that read a running daemon (`mglrud report`): fetch /snapshot.json, print.
+"""The I/O edge of the commands that read a running daemon (`mglrud report`, `heatmap`): fetch /snapshot.json.
 
 Rendering is pure and lives in mglrud/render/; this module only talks HTTP to
 the daemon (mglrud/http.py serves it) and turns failures into one line.
@@ -10,6 +10,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from mglrud.config import DEFAULT_PORT
 from mglrud.render import report
@@ -44,11 +45,36 @@ def add_report_parser(sub) -> None:
     rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
 
 
+def read_maps(pid: int, procfs: str = "/proc") -> list[tuple[int, int, str]]:
+    """/proc/PID/maps as (start, end, name), named as the /proc source names mappings; [] when unreadable
+    (the process exited, or it runs on another host than the daemon)."""
+    from mglrud.sources.procfs import mapping_name
+
+    out = []
+    try:
+        text = Path(procfs, str(pid), "maps").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) >= 5:
+            lo, _, hi = parts[0].partition("-")
+            out.append((int(lo, 16), int(hi, 16), mapping_name(parts[5].strip() if len(parts) > 5 else "")))
+    return out
+
+
+def hotness_maps(snap: dict, target: str | None, pid: int | None) -> dict[int, list[tuple[int, int, str]]]:
+    """/proc/PID/maps of the processes the BPF part of a snapshot has regions of (for names and per-mapping rows)."""
+    hot = snap.get("hotness") or {}
+    tgids = {r["tgid"] for t in hot.get("targets", ()) if target in (None, t["name"]) for r in t["regions"]}
+    return {p: read_maps(p) for p in tgids if pid in (None, p)}
+
+
 def report_main(args) -> int:
     """0 printed, 1 the daemon cannot be reached or has no data for the target/pid."""
     try:
         snap = fetch_snapshot(args.url)
-        text = report.render(snap, target=args.target, pid=args.pid)
+        text = report.render(snap, target=args.target, pid=args.pid, maps=hotness_maps(snap, args.target, args.pid))
     except (FetchError, report.ReportError) as e:
         print(f"mglrud: report: {e}", file=sys.stderr)
         return 1

@@ -8,8 +8,9 @@ Where the rows come from depends on the source (docs/metrics.md "/snapshot.json"
 - procfs: one row per mapping; heat is the share of its resident bytes referenced
   in the latest interval (smaps `Referenced` after clear_refs).
 - hotness (BPF): one row per region of `region_size`; heat is the share of the
-  region accessed in the latest aging. The mapping name comes from the procfs part
-  of the same snapshot where that source runs too, else "?".
+  region the latest aging pass found accessed (its `found` entry; 0 when the pass
+  found nothing there). The mapping name comes from the procfs part of the same
+  snapshot where that source runs too, or from /proc/PID/maps the caller read, else "?".
 
 Overlays: `heat` (a ramp from "." to "@"), `node` (the node holding most of the
 row's resident bytes, as a digit), `lru` ("a" anon, "f" file, by majority).
@@ -66,12 +67,16 @@ def procfs_cells(snap: dict, target: str | None = None, pid: int | None = None) 
     return out
 
 
-def hotness_cells(snap: dict, target: str | None = None, pid: int | None = None) -> dict[RowKey, Cell]:
+def hotness_cells(snap: dict, target: str | None = None, pid: int | None = None,
+                  maps: dict[int, list[tuple[int, int, str]]] | None = None) -> dict[RowKey, Cell]:
+    """`maps`: pid -> [(start, end, name)] read from /proc/PID/maps by the caller, to name
+    regions where the snapshot has no procfs part."""
     hot = snap.get("hotness")
     if not hot:
         return {}
     size = hot["region_size"]
-    maps = sorted(procfs_cells(snap))  # names only: any target, any pid
+    maps_ = sorted(procfs_cells(snap))  # names only: any target, any pid
+    maps_ += [RowKey(p, s, e, n) for p, ms in (maps or {}).items() for s, e, n in ms]
     regions: dict[tuple[int, int], list[dict]] = {}
     for t in hot["targets"]:
         if target is not None and t["name"] != target:
@@ -79,26 +84,67 @@ def hotness_cells(snap: dict, target: str | None = None, pid: int | None = None)
         for r in t["regions"]:
             if pid is None or r["tgid"] == pid:
                 regions.setdefault((r["tgid"], r["start"]), []).append(r)
+    latest = _latest_pass(snap, [r for rs in regions.values() for r in rs])
     out = {}
     for (tgid, start), rs in regions.items():
-        name = next((k.name for k in maps if k.pid == tgid and k.start < start + size and start < k.end), "?")
+        name = next((k.name for k in maps_ if k.pid == tgid and k.start < start + size and start < k.end), "?")
         nodes: dict[int, int] = {}
         lrus: dict[str, int] = {}
         for r in rs:  # residency where read, else what was accessed, to say where the row lives
             b = r["resident_bytes"] or r["accessed_bytes_total"]
             nodes[r["node"]] = nodes.get(r["node"], 0) + b
             lrus[r["lru"]] = lrus.get(r["lru"], 0) + b
-        heat = min(sum(r["accessed_bytes"] for r in rs) / size, 1.0)
+        if latest is _NO_FOUND:  # an older snapshot without `found`: the latest cycle's deltas
+            acc = sum(r["accessed_bytes"] for r in rs)
+        else:
+            acc = sum(r["found"][0]["bytes"] for r in rs
+                      if latest is not None and r["found"] and r["found"][0]["seconds_ago"] <= latest + WALK)
+        heat = min(acc / size, 1.0)
         out[RowKey(tgid, start, start + size, name)] = Cell(heat, _majority(nodes), _majority(lrus))
     return out
 
 
-def grid(snaps: list[dict], target: str | None = None, pid: int | None = None) -> Grid:
+def cells(snap: dict, target: str | None = None, pid: int | None = None,
+          maps: dict[int, list[tuple[int, int, str]]] | None = None) -> dict[RowKey, Cell]:
+    """One snapshot's rows: procfs mappings and BPF regions of the target or pid."""
+    return {**procfs_cells(snap, target, pid), **hotness_cells(snap, target, pid, maps)}
+
+
+# Seconds: the accesses one aging pass finds are stamped within its page-table walk.
+WALK = 1.0
+_NO_FOUND = object()
+
+
+def _latest_pass(snap: dict, regions: list[dict]):
+    """Seconds since the latest aging pass of these regions' memcgs found anything (None: the latest
+    pass found none of them accessed). Heat is what that pass found, like the /proc source's
+    "latest interval": a region's `accessed_bytes` is only what the latest *cycle* found, which
+    is 0 in every snapshot published between two agings."""
+    if any("found" not in r for r in regions):
+        return _NO_FOUND
+    finds = [r["found"][0]["seconds_ago"] for r in regions if r["found"]]
+    if not finds:
+        return None
+    newest = min(finds)
+    ids = {r["memcg_id"] for r in regions}
+    ages = [m["generations"][0]["age_seconds"] for m in snap.get("memcgs", ())
+            if m["memcg_id"] in ids and m["generations"]]
+    # A pass after the newest find (its generation is younger) that found nothing.
+    if ages and newest > min(ages) + WALK:
+        return None
+    return newest
+
+
+def grid(snaps: list[dict], target: str | None = None, pid: int | None = None,
+         maps: dict[int, list[tuple[int, int, str]]] | None = None) -> Grid:
     """The union of every snapshot's rows, by address; one column per snapshot in the order given."""
-    cols = [{**procfs_cells(s, target, pid), **hotness_cells(s, target, pid)} for s in snaps]
-    rows = tuple(sorted({k for c in cols for k in c}))
-    return Grid(rows, tuple(s.get("taken_at", 0.0) for s in snaps),
-                tuple(tuple(c.get(k) for c in cols) for k in rows))
+    return grid_of([(s.get("taken_at", 0.0), cells(s, target, pid, maps)) for s in snaps])
+
+
+def grid_of(columns: list[tuple[float, dict[RowKey, Cell]]]) -> Grid:
+    """A Grid from (taken_at, cells) pairs, as the live view keeps them (cells computed once per snapshot)."""
+    rows = tuple(sorted({k for _, c in columns for k in c}))
+    return Grid(rows, tuple(t for t, _ in columns), tuple(tuple(c.get(k) for _, c in columns) for k in rows))
 
 
 def glyph(cell: Cell | None, overlay: str = "heat") -> str:
@@ -135,3 +181,199 @@ def render(g: Grid, overlay: str = "heat", columns: int | None = None, label_wid
         lines.append(f"{label.ljust(label_width)} |{''.join(glyph(c, overlay) for c in cells[first:])}|")
     lines.append(LEGENDS[overlay] + "; blank: not resident; columns oldest to newest")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the live view (mglrud heatmap)
+#
+# The TUI (mglrud/tui.py) and the PNG (render/png.py) draw the same View: the grid's
+# snapshots bucketed into aggregation intervals (columns), its rows cut to an address
+# window (zoom) and merged into at most `height` bands. Every function here is pure.
+
+def merge(cs: list[Cell | None]) -> Cell | None:
+    """Several cells as one: the highest heat (a band or interval is as hot as its hottest
+    part), node and lru of the latest present cell; None when none is present."""
+    present = [c for c in cs if c is not None]
+    if not present:
+        return None
+    heats = [c.heat for c in present if c.heat is not None]
+    last = present[-1]
+    return Cell(max(heats) if heats else None, last.node, last.lru)
+
+
+def aggregate(g: Grid, interval: float) -> Grid:
+    """Columns of `interval` seconds (aligned to multiples of it), each merging the snapshots
+    taken in it; `times` become the intervals' starts. Gaps stay out: a column per interval
+    that has at least one snapshot."""
+    if interval <= 0:
+        raise ValueError(f"aggregation interval must be above 0, got {interval}")
+    buckets: dict[float, list[int]] = {}
+    for i, t in enumerate(g.times):
+        buckets.setdefault(t // interval * interval, []).append(i)
+    times = tuple(sorted(buckets))
+    return Grid(g.rows, times, tuple(tuple(merge([cs[i] for i in buckets[t]]) for t in times) for cs in g.cells))
+
+
+def window(g: Grid, lo: int | None, hi: int | None) -> Grid:
+    """Only the rows overlapping addresses [lo, hi) (no window: all)."""
+    if lo is None or hi is None:
+        return g
+    keep = [i for i, k in enumerate(g.rows) if k.start < hi and lo < k.end]
+    return Grid(tuple(g.rows[i] for i in keep), g.times, tuple(g.cells[i] for i in keep))
+
+
+@dataclass(frozen=True)
+class Band:
+    """One drawn row: `count` consecutive grid rows merged (1 when the screen has room for each)."""
+
+    pid: int
+    start: int
+    end: int  # the end of the last row merged
+    name: str  # the first row's mapping
+    count: int
+
+
+def bands(g: Grid, height: int) -> tuple[tuple[Band, ...], tuple[tuple[Cell | None, ...], ...]]:
+    """At most `height` bands of consecutive rows (by pid, address), as equal in size as can be."""
+    n = len(g.rows)
+    if n == 0 or height <= 0:
+        return (), ()
+    per = -(-n // height)  # ceil
+    out, cells = [], []
+    for i in range(0, n, per):
+        rows = g.rows[i:i + per]
+        out.append(Band(rows[0].pid, rows[0].start, max(r.end for r in rows if r.pid == rows[0].pid),
+                        rows[0].name, len(rows)))
+        cells.append(tuple(merge([g.cells[j][c] for j in range(i, i + len(rows))]) for c in range(len(g.times))))
+    return tuple(out), tuple(cells)
+
+
+def style(cell: Cell | None, overlay: str) -> str:
+    """The attribute a cell is drawn with (colour in the TUI and the PNG): heat0..heat8,
+    node0..node7, anon, file, unknown, or blank."""
+    if cell is None:
+        return "blank"
+    if overlay == "heat":
+        return "unknown" if cell.heat is None else f"heat{RAMP.index(glyph(cell, 'heat'))}"
+    if overlay == "node":
+        return "unknown" if cell.node is None else f"node{cell.node % 8}"
+    return cell.lru if cell.lru in ("anon", "file") else "unknown"
+
+
+@dataclass(frozen=True)
+class View:
+    """What the user chose: overlay, aggregation interval, zoom stack, selected band."""
+
+    overlay: str = "heat"
+    aggregate: float = 2.0
+    zoom: tuple[tuple[int, int], ...] = ()  # address windows, innermost last
+    cursor: int = 0  # index of the selected band
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A drawn view: every line a list of (attribute, text) runs; `bands` are the rows drawn."""
+
+    header: list[tuple[str, str]]
+    body: list[list[tuple[str, str]]]
+    legend: list[tuple[str, str]]
+    bands: tuple[Band, ...]
+    columns: int  # columns with data in view (before cutting to the width)
+
+
+def label(b: Band, width: int, pids: int) -> str:
+    """`[pid:]0xSTART name [+N merged rows]`; a long name loses its head (a path's end says most)."""
+    addr = (f"{b.pid}:" if pids > 1 else "") + f"{b.start:#x} "
+    more = f" +{b.count - 1}" if b.count > 1 else ""
+    room = width - len(addr) - len(more)
+    name = b.name if len(b.name) <= room else "~" + b.name[len(b.name) - room + 1:] if room > 1 else ""
+    return (addr + name + more)[:width].ljust(width)
+
+
+def legend(overlay: str) -> list[tuple[str, str]]:
+    """The key as runs: each glyph in its own attribute, then what it means."""
+    if overlay == "heat":
+        runs = [("legend", "heat (hottest part of band/interval): ")]
+        runs += [(f"heat{i}", RAMP[i]) for i in range(len(RAMP))]
+        return runs + [("legend", f" {RAMP[0]} none .. {RAMP[-1]} all accessed; "), ("unknown", "?"),
+                       ("legend", " not measured yet; blank: not resident")]
+    if overlay == "node":
+        return [("legend", "NUMA node holding most of the row: "), ("node0", "0"), ("node1", "1"),
+                ("node2", "2"), ("node3", "3"), ("legend", " ...; "), ("unknown", "?"), ("legend", " unknown")]
+    return [("legend", "LRU by majority: "), ("anon", "a"), ("legend", " anon  "), ("file", "f"),
+            ("legend", " file; "), ("unknown", "?"), ("legend", " unknown")]
+
+
+def frame(g: Grid, view: View, width: int, height: int) -> Frame:
+    """The heatmap in `width` x `height` characters: a header, up to height-2 bands, a legend.
+    Columns are view.aggregate seconds each, newest at the right edge."""
+    if view.overlay not in OVERLAYS:
+        raise ValueError(f"unknown overlay {view.overlay!r}; one of: {', '.join(OVERLAYS)}")
+    lo, hi = view.zoom[-1] if view.zoom else (None, None)
+    agg = aggregate(window(g, lo, hi), view.aggregate)
+    label_w = max(12, min(44, width // 3))
+    ncols = max(1, width - label_w - 2)
+    bs, cells = bands(agg, max(1, height - 2))
+    first = max(len(agg.times) - ncols, 0)
+    pids = len({r.pid for r in g.rows})
+    span = f"{len(agg.times)} x {view.aggregate:g}s columns, newest right"
+    header = [("header", ("address mapping" + (f"  [zoom {lo:#x}-{hi:#x}]" if view.zoom else "")).ljust(label_w)[:label_w]),
+              ("header", " " + span[:ncols + 1])]
+    body = []
+    for i, (b, cs) in enumerate(zip(bs, cells)):
+        runs = [("cursor" if i == view.cursor else "label", label(b, label_w, pids)), ("border", "|"),
+                ("blank", " " * (ncols - len(cs[first:])))]  # newest at the right edge
+        for c in cs[first:]:
+            a, ch = style(c, view.overlay), glyph(c, view.overlay)
+            if runs[-1][0] == a:
+                runs[-1] = (a, runs[-1][1] + ch)
+            else:
+                runs.append((a, ch))
+        runs.append(("border", "|"))
+        body.append(runs)
+    if not bs:
+        body.append([("label", "no rows: nothing of this target/pid is resident in the snapshots yet" if not view.zoom
+                      else "no rows in this address window")])
+    return Frame(header, body, legend(view.overlay), bs, len(agg.times))
+
+
+def text(f: Frame) -> str:
+    """A Frame as plain text (no attributes): what a colourless terminal shows, and what tests read."""
+    lines = [f.header] + f.body + [f.legend]
+    return "\n".join("".join(t for _, t in runs).rstrip() for runs in lines) + "\n"
+
+
+def zoom_in(view: View, bs: tuple[Band, ...]) -> tuple[View, str]:
+    """Zoom into the selected band's address range; (new view, what happened, for the status line)."""
+    if not bs:
+        return view, "nothing to zoom into"
+    b = bs[min(view.cursor, len(bs) - 1)]
+    if len(bs) == 1 and b.count == 1:
+        return view, "one row only: cannot zoom further"
+    return View(view.overlay, view.aggregate, view.zoom + ((b.start, b.end),), 0), f"zoomed into {b.start:#x}-{b.end:#x}"
+
+
+def zoom_out(view: View) -> tuple[View, str]:
+    if not view.zoom:
+        return view, "not zoomed"
+    return View(view.overlay, view.aggregate, view.zoom[:-1], 0), "zoomed out"
+
+
+def step(values: tuple[float, ...], current: float, up: bool) -> float:
+    """The next larger (or smaller) value of a ladder such as 1s, 2s, 5s, ...; stays at the ends."""
+    if up:
+        return next((v for v in values if v > current), values[-1] if current < values[-1] else current)
+    return next((v for v in reversed(values) if v < current), values[0] if current > values[0] else current)
+
+
+def status(mode: str, who: str, view: View, aging: str, paused: bool, age_seconds: float | None) -> tuple[str, str]:
+    """The two status lines: where the data comes from (mode, what, how fresh), then what is shown
+    (overlay, intervals, zoom)."""
+    fresh = "PAUSED" if paused else ("waiting for data" if age_seconds is None else f"data {age_seconds:.0f}s old")
+    shown = [f"overlay {view.overlay}", f"aging {aging}", f"aggregate {view.aggregate:g}s"]
+    if view.zoom:
+        lo, hi = view.zoom[-1]
+        shown.append(f"zoom {len(view.zoom)}: {lo:#x}-{hi:#x}")
+    return " | ".join([mode, who, fresh]), " | ".join(shown)
+
+
+KEYS = "q quit | o 1 2 3 overlay | [ ] aggregation | a A aging | up down select | z zoom in | Z zoom out | p pause"

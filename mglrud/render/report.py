@@ -63,8 +63,14 @@ def procfs_rows(snap: dict, target: str | None = None, pid: int | None = None) -
     return rows
 
 
-def hotness_rows(snap: dict, target: str | None = None, pid: int | None = None) -> list[Row]:
-    """One row per region (all its node/lru cells summed), named from procfs mappings where both run."""
+def hotness_rows(snap: dict, target: str | None = None, pid: int | None = None,
+                 maps: dict[int, list[tuple[int, int, str]]] | None = None) -> list[Row]:
+    """One row per region (all its node/lru cells summed), named from procfs mappings where both run.
+
+    With `maps` (pid -> [(start, end, name)] from /proc/PID/maps, read by the caller)
+    the regions of a process are summed per mapping instead, each region counted in
+    the mapping it overlaps most: a row per allocation, as the procfs source gives.
+    """
     hot = snap.get("hotness")
     if not hot:
         return []
@@ -78,9 +84,16 @@ def hotness_rows(snap: dict, target: str | None = None, pid: int | None = None) 
             if pid is not None and r["tgid"] != pid:
                 continue
             cells.setdefault((r["tgid"], r["start"]), []).append(r)
-    rows = []
+    groups: dict[tuple[int, int, int, str], list[dict]] = {}
     for (tgid, start), rs in cells.items():
-        name, comm = next(((n, c) for (p, s, e), (n, c) in names.items() if p == tgid and s <= start < e), ("?", "?"))
+        owner = _largest_overlap((maps or {}).get(tgid, ()), start, start + size)
+        if owner is None:
+            name = next((n for (p, s, e), (n, _) in names.items() if p == tgid and s <= start < e), "?")
+            owner = (start, start + size, name)
+        groups.setdefault((tgid,) + owner, []).extend(rs)
+    comms = {p: c for (p, _, _), (_, c) in names.items()}
+    rows = []
+    for (tgid, start, end, name), rs in groups.items():
         known = [r["resident_bytes"] for r in rs if r["resident_bytes"] is not None]
         resident = sum(known) if known else None
         never = sum(r["resident_bytes"] or 0 for r in rs if r["idle_seconds"] is None)
@@ -91,16 +104,27 @@ def hotness_rows(snap: dict, target: str | None = None, pid: int | None = None) 
             b = r["resident_bytes"] or 0
             nodes[r["node"]] = nodes.get(r["node"], 0) + b
             lru[r["lru"]] = lru.get(r["lru"], 0) + b
-        rows.append(Row("hotness", tgid, comm, start, start + size, name, resident,
+        rows.append(Row("hotness", tgid, comms.get(tgid, "?"), start, end, name, resident,
                         sum(r["accessed_bytes_total"] for r in rs), never if resident is not None else None,
                         min(idles) if idles else None, tuple(sorted(nodes.items())),
                         lru["anon"] if known else None, lru["file"] if known else None))
     return rows
 
 
-def rows(snap: dict, target: str | None = None, pid: int | None = None) -> list[Row]:
-    """Every mapping (procfs) and region (hotness) of the target or pid, biggest never-accessed first."""
-    return sorted(procfs_rows(snap, target, pid) + hotness_rows(snap, target, pid), key=_sort_key)
+def _largest_overlap(maps, lo: int, hi: int) -> tuple[int, int, str] | None:
+    best, most = None, 0
+    for s, e, n in maps:
+        over = min(e, hi) - max(s, lo)
+        if over > most:
+            best, most = (s, e, n), over
+    return best
+
+
+def rows(snap: dict, target: str | None = None, pid: int | None = None,
+         maps: dict[int, list[tuple[int, int, str]]] | None = None) -> list[Row]:
+    """Every mapping (procfs) and region (hotness; per mapping with `maps`) of the target or pid,
+    biggest never-accessed first."""
+    return sorted(procfs_rows(snap, target, pid) + hotness_rows(snap, target, pid, maps), key=_sort_key)
 
 
 def size(n: int | None) -> str:
@@ -139,17 +163,21 @@ def notes(snap: dict, rs: list[Row]) -> list[str]:
     if "hotness" in sources:
         out.append("hotness: NOT-ACCESSED is the resident bytes of regions never found accessed since start; "
                    "ACCESSED is cumulative bytes found accessed (a page counts once per aging), not distinct bytes.")
+        if any(r.end - r.start != snap["hotness"]["region_size"] for r in rs if r.source == "hotness"):
+            out.append(f"hotness rows are mappings from /proc/PID/maps, each summing the "
+                       f"{size(snap['hotness']['region_size'])} regions it overlaps most.")
     if any(r.accessed is None for r in rs):
         out.append("'-' in ACCESSED/NOT-ACCESSED: no complete interval yet; wait one aging interval.")
     return out
 
 
-def render(snap: dict, target: str | None = None, pid: int | None = None) -> str:
+def render(snap: dict, target: str | None = None, pid: int | None = None,
+           maps: dict[int, list[tuple[int, int, str]]] | None = None) -> str:
     """The report as text; raises ReportError when the snapshot has nothing for the target or pid."""
     if not snap.get("procfs") and not snap.get("hotness"):
         raise ReportError("the snapshot has no per-mapping data: neither the procfs nor the bpf source "
                           "runs in this daemon (see `mglrud check` and `sources:` in the config)")
-    rs = rows(snap, target, pid)
+    rs = rows(snap, target, pid, maps)
     if not rs:
         what = f"target {target!r}" if target is not None else f"pid {pid}"
         known = sorted({p["target"] for p in (snap.get("procfs") or {}).get("processes", ())}

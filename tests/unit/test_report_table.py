@@ -83,3 +83,20 @@ def test_bpf_regions_never_found_accessed_come_first(tmp_path):
     text = report.render(doc, target="w")
     assert "hotness: NOT-ACCESSED is the resident bytes of regions never found accessed since start" in text
     assert text.splitlines()[1].split()[5] == "?"  # no procfs in this snapshot to name the mapping
+
+
+def test_bpf_regions_summed_per_mapping_of_proc_maps(tmp_path):
+    snap, data = _replayed_snapshot(tmp_path)
+    doc = snapshot_json.to_dict(snap)
+    from test_bpf_hotness import META
+
+    lo, end = META["address"], META["address"] + META["size"]
+    maps = {META["pid"]: [(lo, end, "[anon]"), (end, end + (1 << 30), "/usr/lib/x")]}
+    by_region = report.rows(doc, pid=META["pid"])
+    rs = report.rows(doc, pid=META["pid"], maps=maps)
+    mine = [r for r in rs if (r.start, r.end) == (lo, end)]
+    assert len(mine) == 1 and mine[0].name == "[anon]"  # one row for the whole mapping
+    inside = [r for r in by_region if lo <= r.start and r.end <= end]
+    assert mine[0].accessed == sum(r.accessed for r in inside)
+    text = report.render(doc, pid=META["pid"], maps=maps)
+    assert "hotness rows are mappings from /proc/PID/maps" in text
