@@ -5,8 +5,10 @@ The tracepoint vmscan:mm_vmscan_lru_gen_young comes with mglrud's kernel patch
 pages"): the aging walk fires it for every young page-table entry it finds.
 The BPF program (loaded by bcc from bpf/hotness.bpf.c, constants passed as -D
 flags) counts them in the kernel per (tgid, memcg, region, node, lru); this
-module compiles and attaches it once, tells it the targets through two maps
-(target_tgids, target_memcgs), reads its maps once per cycle and hands the raw
+module has it compiled and attached once, by a short-lived child process
+(mglrud/bpf_loader.py, which keeps bcc and LLVM out of the daemon's memory),
+tells it the targets through two maps (target_tgids, target_memcgs), reads its
+maps once per cycle with bpf(2) (mglrud/bpfsys.py) and hands the raw
 counts to the pure functions of mglrud/hotness.py. Residency comes from
 /proc/PID/smaps (which mappings hold pages) and /proc/PID/pagemap (which pages,
 on which node; Documentation/admin-guide/mm/pagemap.rst).
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 from collections import Counter
 from pathlib import Path
 
+from mglrud import bpf_loader, bpfsys
 from mglrud import hotness as H
 from mglrud.config import Bpf, Target, memcg_matches
 from mglrud.fs import FS
@@ -76,13 +80,19 @@ def pick_event(cfg: Bpf, fs: FS) -> str | None:
         raise Unavailable(f"{fs.tracefs(*EVENT)} is not readable: run mglrud as root") from None
 
 
-def _int(v) -> int:
-    return int(getattr(v, "value", v))
+# bpf/hotness.bpf.c's struct region_key and struct region_val, as the bpf(2) syscall returns them
+KEY = struct.Struct("<QIHBB")  # region, tgid, memcg_id, node, lru
+VAL = struct.Struct("<QQQ")  # pages, events, last_ns
+U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
+MAPS = ["heat", "stats", "target_tgids", "target_memcgs"]
+STATS = ("events", "matched", "dropped")
 
 
 class Program:
-    """bpf/hotness.bpf.c compiled by bcc and attached to the tracepoint. Only this
-    class imports bcc; tests of the source give it a stand-in."""
+    """bpf/hotness.bpf.c compiled by bcc and attached to the tracepoint, in a short-lived
+    child (mglrud/bpf_loader.py: bcc and LLVM would stay resident in the daemon); the
+    daemon keeps the maps' and the attachment's descriptors and reads the maps with
+    bpf(2) (mglrud/bpfsys.py). Tests of the source give it a stand-in."""
 
     def __init__(self, cfg: Bpf, fs: FS, event: str | None = None):
         # `event` forces one of the two tracepoints (benchmarks compare them)
@@ -93,62 +103,74 @@ class Program:
         path = program_path(cfg)
         if not path.is_file():
             raise Unavailable(f"BPF program {path} not found (bpf.program)")
-        try:
-            from bcc import BPF  # Debian's python3-bpfcc, not PyPI's "bcc"
-        except Exception as e:
-            raise Unavailable(f"cannot import bcc ({type(e).__name__}: {e}): apt install python3-bpfcc "
-                              f"and run mglrud with /usr/bin/python3") from None
         started = time.monotonic()
         try:
-            self.bpf = BPF(src_file=str(path).encode(), cflags=cflags(cfg, self.event == RANGE_EVENT[-1]))
-        except Exception as e:
-            raise Unavailable(f"bcc could not compile or load {path}: {e}") from None
-        if self.bpf.num_open_tracepoints() < 1:
-            self.bpf.cleanup()
-            raise Unavailable(f"{path} loaded but did not attach to vmscan:{self.event}")
+            fds, self._held, self.child_seconds = bpf_loader.load(
+                path, cflags(cfg, self.event == RANGE_EVENT[-1]), self.event, MAPS)
+        except bpf_loader.LoadError as e:
+            raise Unavailable(str(e)) from None
+        self.maps: dict[str, bpfsys.Map] = {}
+        try:
+            for name in MAPS:
+                fd = fds.pop(name)
+                try:
+                    self.maps[name] = bpfsys.Map(fd)
+                except OSError:
+                    os.close(fd)
+                    raise
+            heat = self.maps["heat"]
+            if (heat.key_size, heat.value_size) != (KEY.size, VAL.size):
+                raise Unavailable(f"{path}: map heat has {heat.key_size}-byte keys and {heat.value_size}-byte "
+                                  f"values, mglrud reads {KEY.size} and {VAL.size} (mglrud/sources/bpf_hotness.py)")
+        except (OSError, Unavailable) as e:
+            for fd in fds.values():
+                os.close(fd)
+            self.close()
+            raise e if isinstance(e, Unavailable) else Unavailable(f"cannot read the BPF maps: {e}") from None
         self.compile_seconds = time.monotonic() - started
         self.capacity = cfg.max_regions
 
     def set_targets(self, tgids: set[int], memcg_ids: set[int]) -> None:
         for name, want in (("target_tgids", tgids), ("target_memcgs", memcg_ids)):
-            table = self.bpf[name]
-            have = {_int(k) for k in table.keys()}
+            table = self.maps[name]
+            have = {U32.unpack(k)[0] for k in table.keys()}
             for k in have - want:
-                del table[table.Key(k)]
+                table.delete(U32.pack(k))
             for k in sorted(want - have):
-                table[table.Key(k)] = table.Leaf(1)
+                table.update(U32.pack(k), b"\x01")
 
     def dump(self) -> dict:
         """The maps as plain data (the form tests/fixtures/bpf/ holds)."""
-        heat = self.bpf["heat"]
+        heat = self.maps["heat"]
         cells = []
-        for k in list(heat.keys()):
-            try:
-                per_cpu = heat.getvalue(k)
-            except KeyError:  # deleted meanwhile
-                continue
-            cells.append({"tgid": k.tgid, "memcg_id": k.memcg_id, "region": k.region, "node": k.node,
-                          "lru": k.lru, "percpu": [[v.pages, v.events, v.last_ns] for v in per_cpu]})
-        stats = self.bpf["stats"]
-        names = ("events", "matched", "dropped")
-        out = {"stats": {n: [_int(v) for v in stats.getvalue(stats.Key(i))] for i, n in enumerate(names)},
+        for k, v in heat.items():
+            region, tgid, memcg_id, node, lru = KEY.unpack(k)
+            cells.append({"tgid": tgid, "memcg_id": memcg_id, "region": region, "node": node, "lru": lru,
+                          "percpu": [list(VAL.unpack(c)) for c in heat.percpu_values(v)]})
+        stats = self.maps["stats"]
+        zero = bytes(stats.slot * stats.ncpus)  # an array has every key; never absent in practice
+        out = {"stats": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(i)) or zero)]
+                         for i, n in enumerate(STATS)},
                "heat": cells}
         out["mono_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return out
 
     def delete(self, keys) -> None:
-        heat = self.bpf["heat"]
+        heat = self.maps["heat"]
         for c in keys:
-            k = heat.Key()
-            k.tgid, k.memcg_id, k.region, k.node, k.lru = c.tgid, c.memcg_id, c.region, c.node, \
-                H.LRU_NAMES.index(c.lru)
-            try:
-                del heat[k]
-            except KeyError:
-                pass
+            heat.delete(KEY.pack(c.region, c.tgid, c.memcg_id, c.node, H.LRU_NAMES.index(c.lru)))
 
     def close(self) -> None:
-        self.bpf.cleanup()
+        """Closing the perf event's descriptor detaches the program; the maps go with the last descriptor."""
+        for m in self.maps.values():
+            m.close()
+        self.maps = {}
+        for fd in self._held:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._held = []
 
 
 # ---------------------------------------------------------------- targets
@@ -226,6 +248,9 @@ class BpfHotnessSource:
         self.stats_base = (0, 0, 0)  # counts of the programs before this one (see carry_over)
         self._procs: dict | None = None
         self._memcgs: dict = {}
+        # target name -> (tgids, memcg ids) it had at the previous read: whose cells it may still
+        # claim when they are read for the last time (a process that exited since)
+        self._had: dict[str, tuple[frozenset, frozenset]] = {}
 
     def start(self) -> bool:
         try:
@@ -296,38 +321,51 @@ class BpfHotnessSource:
         stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid not in tgids and k.tgid not in alive]
         self.state = H.step(self.state, raw, self.cfg.half_life)
         self.stats = tuple(b + n for b, n in zip(self.stats_base, (raw.events, raw.matched, raw.dropped)))
-        # built before the stale keys go, so that their last deltas reach the targets' counters
-        data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)))
+        # built before the stale keys go, so that their last deltas reach the targets' counters:
+        # a process gone since the previous read is no longer among a target's processes, but
+        # what the kernel counted for it meanwhile (reclaim's look-around, aging by others) is
+        # still in its cells, read now for the last time
+        data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale))
+        self._had = {t.name: (frozenset(procs.get(t.name, ())), frozenset(memcgs.get(t.name, ()))) for t in targets}
         if stale:
             self.program.delete(stale)
             for k in stale:
                 self.state.pop(k, None)
         return data
 
-    def _build(self, targets, procs, memcgs, now_ns: int, entries: int) -> H.HotnessData:
+    def _build(self, targets, procs, memcgs, now_ns: int, entries: int, last=frozenset()) -> H.HotnessData:
+        """`last`: cells read for the last time (deleted from the map after this); those of
+        processes or memcgs a target had at the previous read count in its accessed bytes."""
         cfg, page = self.cfg, self.page_size
         nodes = node_of_pfn(self.fs)
         residency_cache: dict[int, object] = {}
         notes = []
         out = []
         for t in targets:
+            had_tgids, had_ids = self._had.get(t.name, (frozenset(), frozenset()))
             if t.kind == "memcg":
                 ids = set(memcgs.get(t.name, ()))
-                mine = {k: s for k, s in self.state.items() if k.memcg_id in ids}
+                claimed = {k: s for k, s in self.state.items()
+                           if k.memcg_id in ids or (k in last and k.memcg_id in had_ids)}
+            else:
+                pids = set(procs.get(t.name, ()))
+                claimed = {k: s for k, s in self.state.items()
+                           if k.tgid in pids or (k in last and k.tgid in had_tgids)}
+            acc = self.accessed.setdefault(t.name, Counter())
+            for k, s in claimed.items():
+                if s.delta_pages:
+                    acc[(k.node, k.lru)] += s.delta_pages * page
+            # cells read for the last time count above, but are not shown: their process is gone
+            mine = {k: s for k, s in claimed.items() if k not in last}
+            if t.kind == "memcg":
                 by_tgid = Counter(k.tgid for k in mine)
                 scan = [tg for tg, _ in by_tgid.most_common(cfg.max_processes) if tg]
             else:
-                pids = set(procs.get(t.name, ()))
-                mine = {k: s for k, s in self.state.items() if k.tgid in pids}
                 ids = {k.memcg_id for k in mine}
                 scan = sorted(pids)[: cfg.max_processes]
                 if len(pids) > cfg.max_processes:
                     notes.append(f"target {t.name}: {len(pids)} processes; residency read for "
                                  f"{cfg.max_processes} (bpf.max_processes)")
-            acc = self.accessed.setdefault(t.name, Counter())
-            for k, s in mine.items():
-                if s.delta_pages:
-                    acc[(k.node, k.lru)] += s.delta_pages * page
             spans_in, resident = [], {}
             for tg in scan:
                 if tg not in residency_cache:

@@ -13,6 +13,8 @@ a reason while it cannot), and no other does.
 
 from __future__ import annotations
 
+import importlib.util
+
 import os
 from dataclasses import dataclass
 
@@ -63,12 +65,18 @@ def probe_bpf(fs: FS) -> Probe:
     if not found:
         return Probe("bpf", False, f"no tracepoint {event}: a kernel without mglrud's patch (kernel-patch/), "
                                    f"or tracefs not mounted")
+    # Found, not imported: importing bcc maps LLVM into the daemon for good (~40 MiB resident);
+    # only the short-lived loader child imports it (mglrud/bpf_loader.py), and says so if it fails.
     try:
-        import bcc  # noqa: F401  Debian's python3-bpfcc, not PyPI's "bcc"
-    except Exception as e:  # a broken libbcc raises more than ImportError
-        return Probe("bpf", False, f"the tracepoint is present, but bcc cannot be imported "
-                                   f"({type(e).__name__}: {e}): apt install python3-bpfcc, run with /usr/bin/python3")
-    return Probe("bpf", True, f"{event} present and bcc importable")
+        spec = importlib.util.find_spec("bcc")  # Debian's python3-bpfcc, not PyPI's "bcc"
+    except (ImportError, ValueError) as e:
+        spec, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = "no module named bcc"
+    if spec is None:
+        return Probe("bpf", False, f"the tracepoint is present, but bcc cannot be found ({why}): "
+                                   f"apt install python3-bpfcc, run with /usr/bin/python3")
+    return Probe("bpf", True, f"{event} present and bcc installed")
 
 
 def probe_procfs(fs: FS) -> Probe:

@@ -9,6 +9,7 @@ times with mglrud's BPF program attached (one dump after each aging).
 import base64
 import json
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -404,3 +405,137 @@ def test_range_event_capture_counts_pages_and_only_the_hot_block_after_the_first
         state = H.step(state, raw, 60.0)
         touched = {k.region for k, s in state.items() if s.delta_pages and k.region in mapping}
         assert touched <= hot, sorted(touched - hot)
+
+
+def test_counts_of_a_process_that_exits_between_two_reads_are_kept(tmp_path):
+    """What the kernel counted for a process after the previous read (reclaim's look-around, an aging
+    by someone else) reaches its targets' accessed bytes although it has exited by the next read;
+    then its cells leave the map, the snapshot and the state."""
+    cfg = loads("targets: [{name: w, pid: %d}, {name: m, memcg: /mglrud-capture}]" % META["pid"])
+    fs = _fixture_proc(tmp_path)
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, fs, loader=ReplayProgram)
+    src.start()
+    index = {"/mglrud-capture": META["memcg_id"]}
+    src.cycle(cfg.targets, index)
+    shutil.rmtree(tmp_path / "proc" / str(META["pid"]))  # the process exits
+    data = src.cycle(cfg.targets, index)
+    pid_pages = sum(c.pages for k, c in H.raw_from_dump(DUMPS[1]).cells.items() if k.tgid == META["pid"])
+    for t in data.targets:
+        assert sum(b for _, _, b in t.accessed_bytes_total) == pid_pages * PAGE, t.name
+        assert not any(r.tgid == META["pid"] for r in t.regions), t.name
+    assert {k.tgid for k in src.program.deleted} >= {META["pid"]}
+    assert not any(k.tgid == META["pid"] for k in src.state)
+    nxt = dict(src.program.dumps[0])  # the map as the kernel keeps it: without the deleted cells
+    nxt["heat"] = [e for e in nxt["heat"] if e["tgid"] != META["pid"]]
+    src.program.dumps[0] = nxt
+    data = src.cycle(cfg.targets, index)  # and nothing is counted twice
+    assert all(sum(b for _, _, b in t.accessed_bytes_total) == pid_pages * PAGE for t in data.targets)
+
+
+# ---------------------------------------------------------------- the loader child (mglrud/bpf_loader.py)
+
+FAKE_BCC = '''
+import atexit, os
+MARK = os.environ["FAKE_BCC_MARK"]
+
+class _Table:
+    def __init__(self, name):
+        self.map_fd = os.memfd_create(name)
+        os.write(self.map_fd, name.encode())
+
+class _Fn:
+    def __init__(self):
+        self.fd = os.memfd_create("prog")
+
+class BPF:
+    def __init__(self, src_file, cflags):
+        if b"broken" in src_file:
+            raise Exception("Failed to compile BPF module " + repr(src_file))
+        self.tracepoint_fds = {b"vmscan:mm_vmscan_lru_gen_young_range": os.memfd_create("tracepoint")}
+        self.funcs = {b"tracepoint__vmscan__x": _Fn()}
+        atexit.register(self.cleanup)
+
+    def num_open_tracepoints(self):
+        return len(self.tracepoint_fds)
+
+    def __getitem__(self, name):
+        return _Table(name)
+
+    def cleanup(self):  # bcc's would disable the perf event the daemon now holds
+        open(MARK, "w").write("cleaned up")
+'''
+
+
+@pytest.fixture
+def fake_bcc(tmp_path, monkeypatch):
+    (tmp_path / "fakebcc" / "bcc").mkdir(parents=True)
+    (tmp_path / "fakebcc" / "bcc" / "__init__.py").write_text(FAKE_BCC)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fakebcc"))
+    monkeypatch.setenv("FAKE_BCC_MARK", str(tmp_path / "mark"))
+    return tmp_path
+
+
+def test_loader_child_hands_over_the_descriptors_and_skips_bcc_cleanup(fake_bcc):
+    from mglrud import bpf_loader
+
+    maps, held, seconds = bpf_loader.load(fake_bcc / "hotness.bpf.c", ["-DX=1"], "mm_vmscan_lru_gen_young_range",
+                                          bpf_hotness.MAPS, timeout=60)
+    try:
+        assert list(maps) == bpf_hotness.MAPS and len(held) == 2 and seconds >= 0
+        for name, fd in maps.items():
+            assert os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{name}")
+            assert os.pread(fd, 64, 0) == name.encode()
+        assert {os.readlink(f"/proc/self/fd/{fd}").split()[0] for fd in held} == {"/memfd:tracepoint", "/memfd:prog"}
+        assert not (fake_bcc / "mark").exists(), "the child ran bcc's cleanup: it would detach the program"
+    finally:
+        for fd in list(maps.values()) + held:
+            os.close(fd)
+
+
+def test_loader_child_reports_a_compile_error(fake_bcc):
+    from mglrud import bpf_loader
+
+    with pytest.raises(bpf_loader.LoadError, match=r"bcc could not compile or load .*broken\.bpf\.c"):
+        bpf_loader.load(fake_bcc / "broken.bpf.c", [], "mm_vmscan_lru_gen_young_range", bpf_hotness.MAPS, timeout=60)
+
+
+def test_possible_cpus_is_the_highest_plus_one(tmp_path):
+    from mglrud import bpfsys
+
+    for text, want in (("0\n", 1), ("0-1\n", 2), ("0-3,8-11\n", 12)):
+        (tmp_path / "possible").write_text(text)
+        assert bpfsys.possible_cpus(str(tmp_path / "possible")) == want
+
+
+def test_damon_bench_refuses_to_run_outside_the_test_guest(monkeypatch):
+    """bench/damon_compare.py must never write /sys/kernel/mm/damon on the host (which uses DAMON itself)."""
+    import sys as _sys
+    from pathlib import Path as _Path
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[2] / "bench"))
+    import damon_compare
+
+    touched = []
+    real_write, real_read = _Path.write_text, _Path.read_text
+
+    def guard_write(self, *a, **kw):
+        if "damon" in str(self):
+            touched.append(str(self))
+            raise AssertionError(f"wrote {self}")
+        return real_write(self, *a, **kw)
+
+    def guard_read(self, *a, **kw):
+        if "damon" in str(self):
+            touched.append(str(self))
+        return real_read(self, *a, **kw)
+
+    monkeypatch.setattr(_Path, "write_text", guard_write)
+    monkeypatch.setattr(_Path, "read_text", guard_read)
+    uname = os.uname()
+    fake = type(uname)((uname.sysname, uname.nodename, "6.18.44-host", uname.version, uname.machine))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    monkeypatch.setattr(_sys, "argv", ["damon_compare.py"])
+    assert "not the project's test kernel" in damon_compare.not_the_test_guest()
+    assert damon_compare.main() == 2
+    with pytest.raises(SystemExit, match="refusing to touch DAMON"):
+        damon_compare.Damon(1, 5000, 100000, 1000000, 10, 1000)
+    assert touched == []

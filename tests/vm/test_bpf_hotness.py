@@ -4,6 +4,8 @@
   address-offset histogram (mglrud_target_access_offset_ratio) are exactly the
   hot block's; /snapshot.json says which addresses each bucket covers.
 - A read-only file mapping touched in a loop shows up as lru="file".
+- A process that exits after the kernel counted accesses for it but before the
+  daemon read them: they still reach its targets' accessed bytes.
 - In a two-node guest, a process with half its memory bound to each node: the
   accessed bytes split by node as bound (marked numa: `make test-vm` runs it in
   a `--numa` guest).
@@ -240,6 +242,61 @@ def test_node_split(memcgs, daemons, tmp_path):
             assert sum(r["resident_bytes"] for r in res) == span and all(r["node"] == node for r in res), res
     finally:
         toucher.stop()
+
+
+def accessed_totals(text: str, *targets: str) -> dict[str, float]:
+    return {t: sum(v for lab, v in samples(text, "mglrud_target_accessed_bytes_total") if lab["target"] == t)
+            for t in targets}
+
+
+def test_last_counts_of_a_process_that_exits_are_kept(memcgs, daemons, tmp_path):
+    """Pages the kernel found accessed for a process after the daemon's latest read (here: an aging
+    that is not the daemon's, as reclaim's look-around or another agent would do) reach the accessed
+    bytes of its process and memcg targets although the process has exited by the next read; and its
+    regions are gone from the snapshot after that read."""
+    import lrugen
+
+    npages = 2048  # 8 MiB
+    cg = memcgs("bpf-exit")
+    w = subprocess.Popen([sys.executable, str(HERE / "tp_workload.py"), "--cgroup", str(cg)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def do(command: str) -> None:
+        w.stdin.write(command + "\n")
+        w.stdin.flush()
+        answer = w.stdout.readline().strip()
+        assert answer == "ok", (command, answer)
+
+    try:
+        do(f"map A {0x3000_0000_0000:#x} {npages} anon")
+        do("touch A all")
+        d = daemons(tmp_path, f"[{{name: proc, pid: {w.pid}}}, {{name: cg, memcg: /mglrud-test/bpf-exit}}]")
+        d.wait_agings(2, "exit: start")  # the first touches are counted; nothing is touched after
+        # Stopped just after one of its agings, so that the next is an interval away: stopped in
+        # the middle of an aging walk, it would keep our aging from walking the process (MGLRU
+        # shares one walk of a memcg's mm list among concurrent agings).
+        text = d.wait_agings(1, "exit: before")
+        before = accessed_totals(text, "proc", "cg")
+        assert before["proc"] >= npages * 4096, before
+        os.kill(d.proc.pid, signal.SIGSTOP)  # no read by the daemon from here until the process is gone
+        try:
+            do("touch A all")
+            lrugen.age(lrugen.memcg_id("/mglrud-test/bpf-exit"), 0)
+            w.kill()
+            w.wait(timeout=60)
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        text = d.wait_agings(1, "exit: after")  # several reads since
+        after = accessed_totals(text, "proc", "cg")
+        print(f"accessed bytes before {before}, after {after}")
+        for t in ("proc", "cg"):
+            assert after[t] - before[t] >= npages * 4096, (t, before, after)
+        snap = d.snapshot()["hotness"]
+        assert not [r for t in snap["targets"] for r in t["regions"] if r["tgid"] == w.pid]
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait(timeout=60)
 
 
 def test_a_program_that_does_not_compile_leaves_lru_gen_running(memcgs, workloads, daemons, tmp_path):
