@@ -29,7 +29,9 @@ same process, same run; ratios of medians.
 
 Daemon. `mglrud run` with the BPF source and one process target (a
 tests/vm/workload.py process), snapshots every 1 s and aging every 3 s: user+system
-CPU of the daemon per cycle and its RSS, after --daemon-seconds.
+CPU of the daemon per cycle and its RSS, after --daemon-seconds, with what the RSS
+is made of (resident bytes per mapping from /proc/PID/smaps) and whether bcc's
+LLVM or clang is mapped in the daemon (it should not be: mglrud/bpf_loader.py).
 
 Figures are from a TCG guest (10-50x slower than hardware): compare ratios,
 not absolute times.
@@ -219,6 +221,20 @@ def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events
     return lines
 
 
+def rss_by_mapping(pid: int) -> list[tuple[str, int]]:
+    """Resident kB per mapped file ([heap], [anon] for anonymous mappings), largest first."""
+    out: dict[str, int] = {}
+    cur = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            parts = line.split(None, 5)
+            cur = parts[5].strip() if len(parts) > 5 else "[anon]"
+            cur = cur.rsplit("/", 1)[-1]
+        elif line.startswith("Rss:"):
+            out[cur] = out.get(cur, 0) + int(line.split()[1])
+    return sorted(out.items(), key=lambda x: -x[1])
+
+
 def daemon_cost(tmp: Path, seconds: float) -> list[str]:
     CG.joinpath("d").mkdir(exist_ok=True)
     w = subprocess.Popen([sys.executable, str(REPO / "tests/vm/workload.py"), "--size", "128M", "--hot", "32M",
@@ -265,10 +281,14 @@ def daemon_cost(tmp: Path, seconds: float) -> list[str]:
         runs = re.search(r"^mglrud_aging_runs_total (\S+)$", text, re.M)
         rss = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{d.pid}/status").read_text())
         hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{d.pid}/status").read_text())
+        libs = [name for name, _ in rss_by_mapping(d.pid) if "LLVM" in name or "clang" in name or "bcc" in name]
         return [f"daemon: {cycles} snapshots in {seconds:.0f} s (aging every 3 s, {runs.group(1) if runs else '?'} "
                 f"agings in total), user+system CPU {1000 * (c1 - c0) / max(1, cycles):.0f} ms per snapshot "
                 f"under TCG; RSS {int(rss.group(1)) / 1024:.1f} MiB (peak {int(hwm.group(1)) / 1024:.1f} MiB); "
-                f"target: one process, 128 MiB anon, 32 MiB hot, 2 MiB regions, 64 heat buckets"]
+                f"target: one process, 128 MiB anon, 32 MiB hot, 2 MiB regions, 64 heat buckets",
+                f"daemon RSS by mapping: " + ", ".join(f"{name} {kb / 1024:.1f}" for name, kb in
+                                                     rss_by_mapping(d.pid)[:8]) + " (MiB)",
+                f"bcc/LLVM/clang mapped in the daemon: {', '.join(libs) if libs else 'none'}"]
     finally:
         d.send_signal(signal.SIGTERM)
         try:
