@@ -11,6 +11,7 @@ errors="replace": bcc can print stray bytes while it unpacks kernel headers.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -42,6 +43,7 @@ class DaemonProc:
     log: Path
     port: int = 0
     wrapped: bool = False  # started under a wrapper (unshare ...): mglrud is the wrapper's child
+    wait: float = WAIT  # the bound start() was given, also wait_metrics()'s default
 
     @classmethod
     def start(cls, args: list[str], log: Path, *, wrapper: list[str] | None = None, forks: bool = True,
@@ -58,7 +60,7 @@ class DaemonProc:
         with open(log, "w") as out:
             proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
-        d = cls(proc, log, port, wrapper is not None and forks)
+        d = cls(proc, log, port, wrapper is not None and forks, wait)
         try:
             d._wait_serving(wait)
         except BaseException:
@@ -76,6 +78,37 @@ class DaemonProc:
     def get(self, path: str, timeout: float = 60.0) -> str:
         with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
             return r.read().decode()
+
+    def metrics(self) -> str:
+        return self.get("/metrics")
+
+    def snapshot(self) -> dict:
+        return json.loads(self.get("/snapshot.json"))
+
+    def wait_agings(self, n: int, what: str, source: str = "bpf") -> str:
+        """Until SOURCE is up and N more agings ran after that; returns the latest /metrics."""
+        start: list[float] = []
+
+        def done(text: str) -> bool:
+            runs = metric_value(text, "mglrud_aging_runs_total")
+            if metric_value(text, f'mglrud_source_up{{source="{source}"}}') != 1.0 or runs is None:
+                return False
+            start[:] = start or [runs]
+            return runs >= start[0] + n
+
+        return self.wait_metrics(done, f"{what}: source {source} not up or fewer than {n} agings", every=1.0)
+
+    def wait_metrics(self, pred, what: str, wait: float | None = None, every: float = 0.5) -> str:
+        """Poll /metrics until PRED(text) holds; returns that text, or fails naming WHAT with the log."""
+        deadline = time.monotonic() + (wait or self.wait)
+        text = ""
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            text = self.get("/metrics")
+            if pred(text):
+                return text
+            time.sleep(every)
+        state = "alive" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+        raise AssertionError(f"{what} (mglrud {state}):\n{text}\n{self.log_text()[-4000:]}")
 
     def _wait_serving(self, wait: float) -> None:
         deadline = time.monotonic() + wait
@@ -116,3 +149,31 @@ class DaemonProc:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=wait)
         return self.proc.returncode
+
+
+def start_workload(argv: list[str]) -> tuple[subprocess.Popen, dict]:
+    """Start a workload that prints one JSON line once it is ready; returns it and that line."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    try:
+        return proc, json.loads(line)
+    except ValueError:
+        stop_process(proc)
+        raise RuntimeError(f"workload {argv} did not start: {line!r}") from None
+
+
+def stop_process(proc: subprocess.Popen, wait: float = 30.0) -> None:
+    """SIGTERM to this pid only, SIGKILL after WAIT."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def metric_value(text: str, line_prefix: str) -> float | None:
+    """The value of the one sample whose line starts with LINE_PREFIX (name and labels), or None."""
+    m = re.search("^" + re.escape(line_prefix) + r" (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None

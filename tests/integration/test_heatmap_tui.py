@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.daemonproc import DaemonProc
+from tests.daemonproc import DaemonProc, start_workload, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = Path(__file__).with_name("procfs_workload.py")
@@ -36,24 +36,13 @@ pytestmark = [
 ]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def workload():
-    proc = subprocess.Popen([sys.executable, str(WORKLOAD), "--size", str(SIZE), "--seconds", "600"],
-                            stdout=subprocess.PIPE, text=True)
+    proc, info = start_workload([sys.executable, str(WORKLOAD), "--size", str(SIZE), "--seconds", "600"])
     try:
-        yield json.loads(proc.stdout.readline())
+        yield info
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture

@@ -8,16 +8,15 @@ stopped by their pids.
 
 import json
 import os
-import queue
-import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.daemonproc import DaemonProc, start_workload, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOAD = Path(__file__).with_name("procfs_workload.py")
@@ -31,30 +30,13 @@ pytestmark = [
 ]
 
 
-def _lines(stream, q):
-    for line in stream:
-        q.put(line)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()  # SIGTERM to this pid only
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def workload():
-    proc = subprocess.Popen([sys.executable, str(WORKLOAD), "--size", str(SIZE), "--seconds", "300"],
-                            stdout=subprocess.PIPE, text=True)
+    proc, info = start_workload([sys.executable, str(WORKLOAD), "--size", str(SIZE), "--seconds", "300"])
     try:
-        info = json.loads(proc.stdout.readline())  # printed once every region is resident
-        yield info
+        yield info  # printed once every region is resident
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -62,28 +44,12 @@ def daemon(tmp_path, workload):
     cfg = tmp_path / "mglrud.yaml"
     cfg.write_text("aging: {interval: 2s}\nsnapshot: {interval: 1s}\nmetrics: {cold_thresholds: [2s, 4s]}\n"
                    f"targets: [{{name: wl, pid: {workload['pid']}}}]\n")
-    proc = subprocess.Popen([sys.executable, "-m", "mglrud", "run", "-c", str(cfg),
-                             "--listen.address", "127.0.0.1", "--listen.port", "0"],
-                            cwd=REPO, env=ENV, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
-    log = []
+    d = DaemonProc.start(["-c", str(cfg), "--listen.address", "127.0.0.1", "--listen.port", "0"],
+                         tmp_path / "mglrud.log", wait=60)
     try:
-        port = None
-        deadline = time.monotonic() + 60  # a bound for a busy machine, not a timing
-        while port is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                assert proc.poll() is None, "mglrud exited:\n" + "".join(log)
-                continue
-            log.append(line)
-            if m := re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", line):
-                port = int(m.group(1))
-        assert port, "mglrud did not start serving:\n" + "".join(log)
-        yield f"http://127.0.0.1:{port}", workload, log
+        yield d.base, workload, d
     finally:
-        _stop(proc)
+        d.stop()
 
 
 def _cold_mapping_measured(url: str, pid: int, start: int) -> bool:
@@ -100,7 +66,7 @@ def test_report_lists_the_never_touched_mapping_first(daemon):
     pid, (cold_start, cold_end) = info["pid"], info["cold"]
     deadline = time.monotonic() + 90
     while not _cold_mapping_measured(url, pid, cold_start):
-        assert time.monotonic() < deadline, "no complete interval for the workload:\n" + "".join(log)
+        assert time.monotonic() < deadline, "no complete interval for the workload:\n" + log.log_text()
         time.sleep(0.5)
 
     out = subprocess.run([sys.executable, "-m", "mglrud", "report", "--pid", str(pid), "--url", url],

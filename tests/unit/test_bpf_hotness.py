@@ -27,6 +27,7 @@ from mglrud.cycle import Engine
 from mglrud.fs import FS, RecordingWriter
 from mglrud.sources import bpf_hotness
 from mglrud.sources.procfs import parse_smaps
+from tests.bpf_replay import ReplayProgram, fixture_proc, replayed_snapshot
 
 BPF = FIXTURES / "bpf"
 DUMPS = [json.loads((BPF / f"dump-{i}.json").read_text()) for i in range(4)]
@@ -197,42 +198,10 @@ def test_a_region_with_a_few_hot_pages_is_mostly_cold():
 
 # ---------------------------------------------------------------- the source, with the captured dumps
 
-class ReplayProgram:
-    """Stands in for bcc: replays the captured dumps, records target and delete calls."""
-
-    def __init__(self, cfg, fs):
-        self.dumps = list(DUMPS)
-        self.targets, self.deleted, self.compile_seconds = [], [], 0.0
-
-    def set_targets(self, tgids, memcg_ids):
-        self.targets.append((set(tgids), set(memcg_ids)))
-
-    def dump(self):
-        return self.dumps.pop(0)
-
-    def delete(self, keys):
-        self.deleted += list(keys)
-
-    def close(self):
-        pass
-
-
-def _fixture_proc(tmp_path):
-    """A /proc with the captured workload's smaps and cmdline (pagemap not readable: not resident-scanned)."""
-    d = tmp_path / "proc" / str(META["pid"])
-    d.mkdir(parents=True)
-    (d / "smaps").write_text((BPF / "smaps").read_text())
-    (d / "comm").write_text("python3\n")
-    (d / "cmdline").write_bytes(b"python3\0workload.py\0")
-    (d / "cgroup").write_text("0::/mglrud-capture\n")
-    (tmp_path / "proc" / "zoneinfo").write_text((BPF / "zoneinfo").read_text())
-    return FS(Paths(procfs=str(tmp_path / "proc")))
-
-
 def test_source_replays_captured_dumps(tmp_path):
     cfg = loads("bpf: {half_life: 10s, heat_buckets: 16}\ntargets: [{name: w, pid: %d}, {name: m, memcg: /mglrud-capture}]"
                 % META["pid"])
-    src = bpf_hotness.BpfHotnessSource(cfg.bpf, _fixture_proc(tmp_path), loader=ReplayProgram)
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, fixture_proc(tmp_path), loader=ReplayProgram)
     assert src.start() and src.status().up
     for _ in DUMPS:
         data = src.cycle(cfg.targets, {"/mglrud-capture": META["memcg_id"]})
@@ -298,21 +267,8 @@ def test_bpf_named_on_a_stock_kernel_is_down_and_lru_gen_keeps_flowing(tmp_path)
     assert 'mglrud_source_up{source="lru_gen"} 1.0' in text
 
 
-def _replayed_snapshot(tmp_path):
-    cfg = loads("bpf: {half_life: 10s, heat_buckets: 16}\nmetrics: {cold_thresholds: [1s, 2s]}\n"
-                "aging: {interval: 2s}\ntargets: [{name: w, pid: %d}, {name: m, memcg: /mglrud-capture}]"
-                % META["pid"])
-    src = bpf_hotness.BpfHotnessSource(cfg.bpf, _fixture_proc(tmp_path), loader=ReplayProgram)
-    src.start()
-    for _ in DUMPS:
-        data = src.cycle(cfg.targets, {"/mglrud-capture": META["memcg_id"]})
-    from mglrud.model import Snapshot
-    return Snapshot(taken_at=1.8e9, page_size=PAGE, cold_thresholds=cfg.metrics.cold_thresholds,
-                    idle_age_buckets=cfg.metrics.buckets, hotness=data), data
-
-
 def test_metrics_are_bounded_and_promtool_clean(tmp_path):
-    snap, data = _replayed_snapshot(tmp_path)
+    snap, data = replayed_snapshot(tmp_path)
     text = generate_latest(build_registry(Published(snap))).decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     offset = fams["mglrud_target_access_offset_ratio"]
@@ -329,7 +285,7 @@ def test_metrics_are_bounded_and_promtool_clean(tmp_path):
 
 
 def test_snapshot_json_carries_every_region(tmp_path):
-    snap, data = _replayed_snapshot(tmp_path)
+    snap, data = replayed_snapshot(tmp_path)
     doc = json.loads(report.to_json(snap))["hotness"]
     assert doc["region_size"] == 2 << 20
     w = next(t for t in doc["targets"] if t["name"] == "w")
@@ -362,7 +318,7 @@ def test_series_count_with_the_example_config(nodes, want):
 
 def test_keys_of_processes_no_longer_targeted_are_deleted_from_the_map(tmp_path):
     cfg = loads("targets: [{name: other, pid: 999999}]")
-    src = bpf_hotness.BpfHotnessSource(cfg.bpf, _fixture_proc(tmp_path), loader=ReplayProgram)
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, fixture_proc(tmp_path), loader=ReplayProgram)
     src.start()
     data = src.cycle(cfg.targets, {})
     raw = H.raw_from_dump(DUMPS[0])
@@ -412,7 +368,7 @@ def test_counts_of_a_process_that_exits_between_two_reads_are_kept(tmp_path):
     by someone else) reaches its targets' accessed bytes although it has exited by the next read;
     then its cells leave the map, the snapshot and the state."""
     cfg = loads("targets: [{name: w, pid: %d}, {name: m, memcg: /mglrud-capture}]" % META["pid"])
-    fs = _fixture_proc(tmp_path)
+    fs = fixture_proc(tmp_path)
     src = bpf_hotness.BpfHotnessSource(cfg.bpf, fs, loader=ReplayProgram)
     src.start()
     index = {"/mglrud-capture": META["memcg_id"]}

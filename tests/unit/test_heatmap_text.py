@@ -10,7 +10,7 @@ from mglrud.config import loads
 from mglrud.model import Snapshot
 from mglrud.render import heatmap as HM
 from mglrud.sources import bpf_hotness
-from test_bpf_hotness import DUMPS, META, PAGE, ReplayProgram, _fixture_proc
+from tests.bpf_replay import DUMPS, META, PAGE, ReplayProgram, fixture_proc
 
 PROCFS = {"taken_at": 100.0, "procfs": json.loads((GOLDEN / "snapshot.procfs.json").read_text())}
 PID = PROCFS["procfs"]["processes"][0]["pid"]
@@ -72,7 +72,7 @@ def test_a_mapping_that_goes_away_leaves_blank_cells():
 def _bpf_series(tmp_path):
     cfg = loads("bpf: {half_life: 10s, heat_buckets: 16}\nmetrics: {cold_thresholds: [1s, 2s]}\n"
                 "aging: {interval: 2s}\ntargets: [{name: w, pid: %d}]" % META["pid"])
-    src = bpf_hotness.BpfHotnessSource(cfg.bpf, _fixture_proc(tmp_path), loader=ReplayProgram)
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, fixture_proc(tmp_path), loader=ReplayProgram)
     src.start()
     out = []
     for i, _ in enumerate(DUMPS):

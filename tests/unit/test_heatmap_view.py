@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import GOLDEN
 from mglrud.render import heatmap as HM
 from mglrud.render import png
-from test_bpf_hotness import META
+from tests.bpf_replay import META
 from test_heatmap_text import _bpf_series, _first_interval
 
 PROCFS = {"taken_at": 100.0, "procfs": json.loads((GOLDEN / "snapshot.procfs.json").read_text())}

@@ -7,7 +7,7 @@ import pytest
 from conftest import GOLDEN
 from mglrud import report as snapshot_json
 from mglrud.render import report
-from test_bpf_hotness import _replayed_snapshot
+from tests.bpf_replay import replayed_snapshot
 
 PROCFS = {"procfs": json.loads((GOLDEN / "snapshot.procfs.json").read_text())}
 PID = PROCFS["procfs"]["processes"][0]["pid"]
@@ -71,7 +71,7 @@ def test_unknown_pid_names_the_targets_there_are():
 
 
 def test_bpf_regions_never_found_accessed_come_first(tmp_path):
-    snap, data = _replayed_snapshot(tmp_path)
+    snap, data = replayed_snapshot(tmp_path)
     doc = snapshot_json.to_dict(snap)
     rs = report.rows(doc, target="w")
     assert rs and all(r.source == "hotness" for r in rs)
@@ -86,9 +86,9 @@ def test_bpf_regions_never_found_accessed_come_first(tmp_path):
 
 
 def test_bpf_regions_summed_per_mapping_of_proc_maps(tmp_path):
-    snap, data = _replayed_snapshot(tmp_path)
+    snap, data = replayed_snapshot(tmp_path)
     doc = snapshot_json.to_dict(snap)
-    from test_bpf_hotness import META
+    from tests.bpf_replay import META
 
     lo, end = META["address"], META["address"] + META["size"]
     maps = {META["pid"]: [(lo, end, "[anon]"), (end, end + (1 << 30), "/usr/lib/x")]}

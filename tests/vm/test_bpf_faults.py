@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemonproc import DaemonProc
+from tests.daemonproc import DaemonProc, metric_value
 
 WAIT = 420  # seconds; bcc compiles for ~15-50 s under TCG, and again after the reload
 INTERVAL = 3
@@ -34,22 +34,6 @@ log: {{level: info}}
 """
 
 
-def value(text: str, line_prefix: str) -> float | None:
-    m = re.search("^" + re.escape(line_prefix) + r" (\S+)$", text, re.M)
-    return float(m.group(1)) if m else None
-
-
-def wait_until(d: DaemonProc, pred, what: str) -> str:
-    deadline = time.monotonic() + WAIT
-    text = ""
-    while time.monotonic() < deadline and d.proc.poll() is None:
-        text = d.get("/metrics")
-        if pred(text):
-            return text
-        time.sleep(1)
-    pytest.fail(f"{what}:\n{text}\n{d.log_text()[-6000:]}")
-
-
 def test_map_full_is_counted_and_a_reload_with_bigger_regions_clears_it(memcgs, workloads, tmp_path):
     cg = memcgs("bpf-full")
     w = workloads("--size", "64M", "--hot", "64M", cgroup=cg)
@@ -57,29 +41,29 @@ def test_map_full_is_counted_and_a_reload_with_bigger_regions_clears_it(memcgs, 
     cfg.write_text(config("16K", w.pid))
     d = DaemonProc.start(["-c", str(cfg), "--listen.port", "0"], tmp_path / "mglrud.log", wait=WAIT)
     try:
-        full = wait_until(d, lambda t: (value(t, "mglrud_bpf_dropped_events_total") or 0) > 0,
+        full = d.wait_metrics(lambda t: (metric_value(t, "mglrud_bpf_dropped_events_total") or 0) > 0,
                           "no dropped events with 4096 regions in a 1024-entry map")
-        assert value(full, 'mglrud_source_up{source="bpf"}') == 1.0
-        assert value(full, 'mglrud_source_up{source="lru_gen"}') == 1.0
-        assert value(full, "mglrud_bpf_map_capacity") == 1024
-        assert value(full, "mglrud_bpf_map_entries") >= 1000  # full, give or take the per-CPU hash's slack
-        dropped = value(full, "mglrud_bpf_dropped_events_total")
-        print(f"map full: {dropped:.0f} events dropped, {value(full, 'mglrud_bpf_map_entries'):.0f} entries")
+        assert metric_value(full, 'mglrud_source_up{source="bpf"}') == 1.0
+        assert metric_value(full, 'mglrud_source_up{source="lru_gen"}') == 1.0
+        assert metric_value(full, "mglrud_bpf_map_capacity") == 1024
+        assert metric_value(full, "mglrud_bpf_map_entries") >= 1000  # full, give or take the per-CPU hash's slack
+        dropped = metric_value(full, "mglrud_bpf_dropped_events_total")
+        print(f"map full: {dropped:.0f} events dropped, {metric_value(full, 'mglrud_bpf_map_entries'):.0f} entries")
 
         cfg.write_text(config("2M", w.pid))
         d.proc.send_signal(signal.SIGHUP)
-        after = wait_until(d, lambda t: value(t, "mglrud_bpf_region_bytes") == 2 << 20
-                           and value(t, 'mglrud_source_up{source="bpf"}') == 1.0,
+        after = d.wait_metrics(lambda t: metric_value(t, "mglrud_bpf_region_bytes") == 2 << 20
+                           and metric_value(t, 'mglrud_source_up{source="bpf"}') == 1.0,
                            "the reload did not bring the program back with 2 MiB regions")
-        runs0 = value(after, "mglrud_aging_runs_total")
-        settled = wait_until(d, lambda t: value(t, "mglrud_aging_runs_total") >= runs0 + 3,
+        runs0 = metric_value(after, "mglrud_aging_runs_total")
+        settled = d.wait_metrics(lambda t: metric_value(t, "mglrud_aging_runs_total") >= runs0 + 3,
                              "no agings after the reload")
-        base = value(settled, "mglrud_bpf_dropped_events_total")
+        base = metric_value(settled, "mglrud_bpf_dropped_events_total")
         assert base >= dropped, "a counter went down across the reload"
-        later = wait_until(d, lambda t: value(t, "mglrud_aging_runs_total") >= runs0 + 6,
+        later = d.wait_metrics(lambda t: metric_value(t, "mglrud_aging_runs_total") >= runs0 + 6,
                            "no agings after the reload")
-        assert value(later, "mglrud_bpf_dropped_events_total") == base, "still dropping after the reload"
-        assert value(later, "mglrud_bpf_map_entries") < 200
+        assert metric_value(later, "mglrud_bpf_dropped_events_total") == base, "still dropping after the reload"
+        assert metric_value(later, "mglrud_bpf_map_entries") < 200
         accessed = sum(float(v) for v in re.findall(r'^mglrud_target_accessed_bytes_total\{[^}]*target="w"[^}]*\} (\S+)$',
                                                        later, re.M))
         assert accessed > 0

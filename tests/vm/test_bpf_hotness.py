@@ -13,7 +13,6 @@
 Runs inside the guest (kernel-patch/vm-run.sh -- -k test_bpf_hotness); skipped elsewhere.
 """
 
-import json
 import os
 import re
 import signal
@@ -21,12 +20,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import numa_nodes
+from tests.daemonproc import DaemonProc
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
@@ -36,10 +35,9 @@ INTERVAL = 3  # aging interval, seconds
 FILE = "/usr/src/linux-source-6.12.tar.xz"
 
 
-class Daemon:
-    def __init__(self, tmp_path: Path, targets: str, bpf: str = ""):
-        config = tmp_path / "mglrud.yaml"
-        config.write_text(f"""
+def Daemon(tmp_path: Path, targets: str, bpf: str = "") -> DaemonProc:
+    config = tmp_path / "mglrud.yaml"
+    config.write_text(f"""
 sources: [bpf, lru_gen]
 aging: {{interval: {INTERVAL}s}}
 snapshot: {{interval: 1s}}
@@ -48,53 +46,7 @@ bpf: {{half_life: 6s, heat_buckets: 64{", " + bpf if bpf else ""}}}
 targets: {targets}
 log: {{level: debug}}
 """)
-        self.log = tmp_path / "mglrud.log"
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "mglrud", "run", "-c", str(config),
-                                          "--listen.port", "0"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WAIT
-        self.base = None
-        while self.base is None and time.monotonic() < deadline and self.proc.poll() is None:
-            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", self.log.read_text(errors="replace"))
-            self.base = f"http://127.0.0.1:{m.group(1)}" if m else None
-            time.sleep(0.5)
-        assert self.base, f"daemon did not start:\n{self.log.read_text(errors='replace')}"
-
-    def get(self, path: str) -> str:
-        with urllib.request.urlopen(self.base + path, timeout=60) as r:
-            return r.read().decode()
-
-    def metrics(self) -> str:
-        return self.get("/metrics")
-
-    def snapshot(self) -> dict:
-        return json.loads(self.get("/snapshot.json"))
-
-    def wait_agings(self, n: int, what: str) -> str:
-        """Until the BPF source is up and n more agings ran; returns the latest /metrics."""
-        deadline = time.monotonic() + WAIT
-        start = None
-        text = ""
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            text = self.metrics()
-            up = re.search(r'^mglrud_source_up\{source="bpf"\} (\S+)$', text, re.M)
-            runs = re.search(r"^mglrud_aging_runs_total (\S+)$", text, re.M)
-            if up and float(up.group(1)) == 1 and runs:
-                if start is None:
-                    start = float(runs.group(1))
-                elif float(runs.group(1)) >= start + n:
-                    return text
-            time.sleep(1)
-        pytest.fail(f"{what}: BPF source not up or fewer than {n} agings:\n{text}\n{self.log.read_text(errors='replace')}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=60)
+    return DaemonProc.start(["-c", str(config), "--listen.port", "0"], tmp_path / "mglrud.log", wait=WAIT)
 
 
 @pytest.fixture

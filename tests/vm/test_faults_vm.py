@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemonproc import DaemonProc
+from tests.daemonproc import DaemonProc, metric_value
 
 WAIT = 180
 
@@ -39,24 +39,8 @@ log: {{level: info}}
 """
 
 
-def value(text: str, line_prefix: str) -> float | None:
-    m = re.search("^" + re.escape(line_prefix) + r" (\S+)$", text, re.M)
-    return float(m.group(1)) if m else None
-
-
-def wait_until(d: DaemonProc, pred, what: str) -> str:
-    deadline = time.monotonic() + WAIT
-    text = ""
-    while time.monotonic() < deadline and d.proc.poll() is None:
-        text = d.get("/metrics")
-        if pred(text):
-            return text
-        time.sleep(0.5)
-    pytest.fail(f"{what} (daemon {'alive' if d.proc.poll() is None else 'exited'}):\n{text}\n{d.log_text()[-4000:]}")
-
-
 def errors(text: str, reason: str) -> float:
-    return value(text, f'mglrud_aging_errors_total{{reason="{reason}"}}') or 0.0
+    return metric_value(text, f'mglrud_aging_errors_total{{reason="{reason}"}}') or 0.0
 
 
 def test_debugfs_unmounted_then_mounted(tmp_path):
@@ -68,15 +52,15 @@ def test_debugfs_unmounted_then_mounted(tmp_path):
                          wrapper=["unshare", "--mount", "--propagation", "private", "sh", "-c", inner])
     try:
         down = d.get("/metrics")
-        assert value(down, 'mglrud_source_up{source="lru_gen"}') == 0.0, down
+        assert metric_value(down, 'mglrud_source_up{source="lru_gen"}') == 0.0, down
         assert "mount debugfs" in d.log_text()
         pid = d.daemon_pid()
         subprocess.run(["nsenter", "-t", str(pid), "-m", "mount", "-t", "debugfs", "none", "/sys/kernel/debug"],
                        check=True, timeout=60)
-        up = wait_until(d, lambda t: value(t, 'mglrud_source_up{source="lru_gen"}') == 1.0
-                        and (value(t, "mglrud_aging_runs_total") or 0) >= 1,
+        up = d.wait_metrics(lambda t: metric_value(t, 'mglrud_source_up{source="lru_gen"}') == 1.0
+                        and (metric_value(t, "mglrud_aging_runs_total") or 0) >= 1,
                         "lru_gen did not come back after debugfs was mounted")
-        assert value(up, "mglrud_snapshot_age_seconds") < 10
+        assert metric_value(up, "mglrud_snapshot_age_seconds") < 10
     finally:
         d.stop()
 
@@ -89,13 +73,13 @@ def test_kernel_erange_without_force_scan_then_a_reload_clears_it(memcgs, worklo
     d = DaemonProc.start(["-c", str(cfg), "--listen.port", "0"], tmp_path / "mglrud.log", wait=WAIT)
     try:
         # Two agings make the 4th generation; the next is refused with ERANGE.
-        hit = wait_until(d, lambda t: errors(t, "erange") >= 2, "no ERANGE from the kernel with force_scan off")
-        assert d.proc.poll() is None and value(hit, 'mglrud_source_up{source="lru_gen"}') == 1.0
+        hit = d.wait_metrics(lambda t: errors(t, "erange") >= 2, "no ERANGE from the kernel with force_scan off")
+        assert d.proc.poll() is None and metric_value(hit, 'mglrud_source_up{source="lru_gen"}') == 1.0
         cfg.write_text(config("/mglrud-test/erange", force_scan=True))
         d.proc.send_signal(signal.SIGHUP)
-        after = wait_until(d, lambda t: "reloaded" in d.log_text(), "no reload")
-        base, runs = errors(after, "erange"), value(after, "mglrud_aging_runs_total")
-        later = wait_until(d, lambda t: value(t, "mglrud_aging_runs_total") >= runs + 3, "no agings after the reload")
+        after = d.wait_metrics(lambda t: "reloaded" in d.log_text(), "no reload")
+        base, runs = errors(after, "erange"), metric_value(after, "mglrud_aging_runs_total")
+        later = d.wait_metrics(lambda t: metric_value(t, "mglrud_aging_runs_total") >= runs + 3, "no agings after the reload")
         # At most one aging was in flight with the old flags when the reload landed.
         assert errors(later, "erange") <= base + 1, "ERANGE goes on with force_scan on"
     finally:
@@ -109,19 +93,19 @@ def test_memcg_removed_then_made_again(memcgs, tmp_path):
     d = DaemonProc.start(["-c", str(cfg), "--listen.port", "0"], tmp_path / "mglrud.log", wait=WAIT)
     try:
         series = 'mglrud_memcg_generation_bytes{'
-        wait_until(d, lambda t: value(t, 'mglrud_target_memcgs{target="t"}') == 1.0
-                   and (value(t, "mglrud_aging_runs_total") or 0) >= 2, "the memcg was never aged")
+        d.wait_metrics(lambda t: metric_value(t, 'mglrud_target_memcgs{target="t"}') == 1.0
+                   and (metric_value(t, "mglrud_aging_runs_total") or 0) >= 2, "the memcg was never aged")
         cg.rmdir()
-        gone = wait_until(d, lambda t: value(t, 'mglrud_target_memcgs{target="t"}') == 0.0,
+        gone = d.wait_metrics(lambda t: metric_value(t, 'mglrud_target_memcgs{target="t"}') == 0.0,
                           "the removed memcg is still a target")
         time.sleep(2.5)  # one more interval: its series must be gone, not stale
         text = d.get("/metrics")
         assert not [l for l in text.splitlines() if l.startswith(series) and "comes-and-goes" in l], text
-        assert value(gone, 'mglrud_source_up{source="lru_gen"}') == 1.0
+        assert metric_value(gone, 'mglrud_source_up{source="lru_gen"}') == 1.0
         cg.mkdir()
-        runs = value(text, "mglrud_aging_runs_total")
-        back = wait_until(d, lambda t: value(t, 'mglrud_target_memcgs{target="t"}') == 1.0
-                          and value(t, "mglrud_aging_runs_total") >= runs + 2, "the memcg made again was not aged")
+        runs = metric_value(text, "mglrud_aging_runs_total")
+        back = d.wait_metrics(lambda t: metric_value(t, 'mglrud_target_memcgs{target="t"}') == 1.0
+                          and metric_value(t, "mglrud_aging_runs_total") >= runs + 2, "the memcg made again was not aged")
         assert d.proc.poll() is None and back
     finally:
         d.stop()
@@ -139,7 +123,7 @@ def test_not_root_is_eperm_with_the_reason(tmp_path):
             sys.executable, "-m", "mglrud", "run", "-c", str(cfg), "--listen.port", "0"])
         try:
             text = d.get("/metrics")
-            assert value(text, 'mglrud_source_up{source="lru_gen"}') == 0.0, text
+            assert metric_value(text, 'mglrud_source_up{source="lru_gen"}') == 0.0, text
             assert "run mglrud as root" in d.log_text(), d.log_text()
             assert d.proc.poll() is None
         finally:

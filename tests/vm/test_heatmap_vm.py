@@ -16,7 +16,6 @@ Runs inside the guest (kernel-patch/vm-run.sh -- tests/vm/test_heatmap_vm.py); s
 """
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -64,7 +63,7 @@ bpf: {{half_life: 6s}}
 targets: [{{name: heat, pid: {info['pid']}}}]
 """)
         d = DaemonProc.start(["-c", str(config), "--listen.port", "0"], tmp_path / "mglrud.log", wait=WAIT)
-        wait_agings(d, 5)
+        d.wait_agings(5, "heatmap daemon")
         yield d, info
     finally:
         if d is not None:
@@ -77,23 +76,6 @@ targets: [{{name: heat, pid: {info['pid']}}}]
                 break
             except OSError:  # the workload still exiting
                 time.sleep(0.1)
-
-
-def wait_agings(d: DaemonProc, n: int) -> None:
-    """Until the BPF source is up and n agings ran after that."""
-    deadline = time.monotonic() + WAIT
-    start, text = None, ""
-    while time.monotonic() < deadline and d.proc.poll() is None:
-        text = d.get("/metrics")
-        up = re.search(r'^mglrud_source_up\{source="bpf"\} (\S+)$', text, re.M)
-        runs = re.search(r"^mglrud_aging_runs_total (\S+)$", text, re.M)
-        if up and float(up.group(1)) == 1 and runs:
-            if start is None:
-                start = float(runs.group(1))
-            elif float(runs.group(1)) >= start + n:
-                return
-        time.sleep(1)
-    pytest.fail(f"BPF source not up or fewer than {n} agings:\n{text}\n{d.log_text()[-4000:]}")
 
 
 def regions(lo: int, hi: int) -> list[int]:
