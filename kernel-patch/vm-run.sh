@@ -71,10 +71,22 @@ fi
 printf -v guest_cmd '%q ' "${guest[@]}"
 
 say "booting $(basename "$(dirname "$(dirname "$(dirname "$(dirname "$image")")")")") ($cpus CPUs, $memory$( [ "$numa" = 1 ] && echo ', 2 NUMA nodes'), $( [ "$kvm" = 1 ] && echo KVM || echo TCG)); results in $out"
+# The guest died of an int3 Oops whose breakpoint byte is no longer in memory: the
+# Code: line's byte before the <marked> one (RIP is just past the int3) is not cc.
+# The kernel had finished patching that site (text_poke_bp: a jump label or
+# static call), but a vCPU ran a stale translation of it: a TCG flake, seen at
+# boot and, once in a long run, while a test enabled a tracepoint.
+stale_int3() {
+    [ ! -f "$out/rc" ] || return 1
+    grep -m1 -A8 'Oops: int3' "$out/console.log" | grep -m1 'Code:' | grep -qE '[0-9a-f]{2} <' || return 1
+    ! grep -m1 -A8 'Oops: int3' "$out/console.log" | grep -m1 'Code:' | grep -qE ' cc <'
+}
+
 start=$(date +%s)
 # A guest that dies before it runs our script (TCG occasionally trips over the
-# kernel's boot-time code patching: an int3 Oops in the first second) is booted
-# once more, and that is said; a failure after our script started never is.
+# kernel's boot-time code patching: an int3 Oops in the first second), or dies of
+# that same stale-int3 Oops later, is booted once more and the run starts over,
+# and that is said; any other failure after our script started never is.
 for attempt in 1 2; do
     rm -f "$out/rc" "$out/dmesg"
     : > "$out/guest.log"
@@ -91,6 +103,13 @@ for attempt in 1 2; do
         grep -m1 -A3 -E 'Oops|BUG:|panic' "$out/console.log" >&2 || tail -5 "$out/console.log" >&2
         cp "$out/console.log" "$out/console.boot-failure.log"
         say "booting once more"
+        continue
+    fi
+    if [ "$attempt" = 1 ] && stale_int3; then
+        say "the guest died of an int3 Oops at a site the kernel had already patched back (a TCG flake):"
+        grep -m1 -A8 'Oops: int3' "$out/console.log" | grep -E 'Oops|RIP|Code' >&2
+        cp "$out/console.log" "$out/console.stale-int3.log"
+        say "running everything once more in a fresh guest"
         continue
     fi
     break
