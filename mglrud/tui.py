@@ -210,13 +210,17 @@ class Poller(threading.Thread):
         self.error = ""
         self.paused = threading.Event()
         self.stopped = threading.Event()
+        self.lock = threading.Lock()  # pausing and delivering a poll do not interleave
 
     def run(self) -> None:
         while not self.stopped.is_set():
             if not self.paused.is_set():
                 try:
-                    self.out.append(self.feed.poll())
+                    snap = self.feed.poll()
                     self.error = ""
+                    with self.lock:  # a poll in flight when pause was pressed is dropped
+                        if not self.paused.is_set():
+                            self.out.append(snap)
                 except Exception as e:  # shown in the status line; the next poll may work
                     self.error = f"{type(e).__name__}: {e}" if not isinstance(e, client.FetchError) else str(e)
             self.stopped.wait(self.period)
@@ -336,7 +340,9 @@ class App:
                 self.poller.paused.clear()
                 self.message = "resumed"
             else:
-                self.poller.paused.set()
+                with self.poller.lock:
+                    self.poller.paused.set()
+                    self.poller.out.clear()  # polled before the key, not yet drawn: not drawn while paused
                 self.message = "paused: no new columns" + (", no aging" if self.feed.mode == "own session" else "")
         else:
             return
