@@ -54,6 +54,17 @@ class Drawn:
         return info
 
 
+def read_newest_cells(path) -> tuple[dict, dict[int, tuple[int, int, int]]]:
+    """Read back a PNG that Drawn wrote with its pnginfo(): (the layout, {band start: the RGB
+    at the centre of the band's newest cell}). Tests and bug reports use it to check the picture."""
+    img = Image.open(path)
+    layout = json.loads(img.text["mglrud-layout"])
+    rgb = img.convert("RGB")
+    x = layout["x0"] + (layout["columns"] - 1) * layout["cell_width"] + layout["cell_width"] // 2
+    return layout, {b["start"]: rgb.getpixel((x, layout["top"] + i * layout["cell_height"] + layout["cell_height"] // 2))
+                    for i, b in enumerate(layout["bands"])}
+
+
 def draw(g: HM.Grid, view: HM.View, title: str, max_rows: int = 256, max_columns: int = 240) -> Drawn:
     """One cell per band x column (the newest `max_columns` columns), labels on the left."""
     lo, hi = view.zoom[-1] if view.zoom else (None, None)

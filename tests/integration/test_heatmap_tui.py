@@ -19,7 +19,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from tests.daemonproc import DaemonProc, start_workload, stop_process
 
@@ -255,13 +254,7 @@ def test_png_against_the_daemon_has_the_hot_mapping_in_the_hot_colour(daemon, wo
     r = _heatmap("--pid", str(workload["pid"]), "--url", daemon.base, "--png", str(out), "--columns", "2",
                  "--aggregate", "1")
     assert r.returncode == 0, r.stderr
-    img = Image.open(out)
-    layout = json.loads(img.text["mglrud-layout"])
-    rgb = img.convert("RGB")
-    colour = {}
-    for i, b in enumerate(layout["bands"]):
-        x = layout["x0"] + (layout["columns"] - 1) * layout["cell_width"] + layout["cell_width"] // 2
-        colour[b["start"]] = rgb.getpixel((x, layout["top"] + i * layout["cell_height"] + layout["cell_height"] // 2))
+    layout, colour = png.read_newest_cells(out)
     assert layout["columns"] == 2
     assert colour[workload["hot"][0]] == png.HOT and colour[workload["cold"][0]] == png.HEAT[0], colour
 
