@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mglrud import report
+from mglrud import snapshot_json
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def serve(address: str, port: int, registry, published) -> tuple[_Server, thread
                 if snap is None:
                     self._send(503, "text/plain; charset=utf-8", b"no snapshot yet\n")
                 else:
-                    self._send(200, "application/json", report.to_json(snap).encode())
+                    self._send(200, "application/json", snapshot_json.to_json(snap).encode())
             elif path == "/":
                 self._send(200, "text/html; charset=utf-8", INDEX)
             else:

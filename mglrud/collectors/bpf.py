@@ -12,7 +12,7 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from mglrud import hotness as H
+from mglrud.model import hotness as H
 
 HELP = {
     "offset": "Access heat over the target's address space, as a gauge histogram whose bucket values are "

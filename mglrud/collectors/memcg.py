@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from mglrud.model import LRUS, cold_pages, idle_histogram
+from mglrud.model.lru_gen import LRUS, cold_pages, idle_histogram
 
 HELP = {
     "resident": "Bytes on the multi-gen LRU of this memcg and node: the sum over its generations.",

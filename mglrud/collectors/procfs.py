@@ -21,8 +21,8 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from mglrud.mappings import cold_bytes, group_mappings, idle_histogram, lru_share
-from mglrud.model import LRUS
+from mglrud.model.procfs import cold_bytes, group_mappings, idle_histogram, lru_share
+from mglrud.model.lru_gen import LRUS
 
 HELP = {
     "resident": "Resident bytes of the target's mappings (smaps Rss), by NUMA node (numa_maps) and LRU. "

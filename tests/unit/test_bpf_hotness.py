@@ -19,14 +19,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FIXTURES, captured_roots, copy_root, paths_for
-from mglrud import hotness as H
-from mglrud import report
+from mglrud.model import hotness as H
+from mglrud import snapshot_json as report
 from mglrud.collectors import Published, build_registry
 from mglrud.config import Bpf, Paths, loads
 from mglrud.cycle import Engine
 from mglrud.fs import FS, RecordingWriter
 from mglrud.sources import bpf_hotness
-from mglrud.sources.procfs import parse_smaps
+from mglrud.sources.smaps import parse_smaps
 from tests.bpf_replay import ReplayProgram, fixture_proc, replayed_snapshot
 
 BPF = FIXTURES / "bpf"
