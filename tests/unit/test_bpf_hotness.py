@@ -296,7 +296,7 @@ def test_snapshot_json_carries_every_region(tmp_path):
 @pytest.mark.parametrize("nodes,want", [(1, 381), (2, 491)])
 def test_series_count_with_the_example_config(nodes, want):
     """The count docs/metrics.md states: fixed by the config, whatever the processes and regions."""
-    from mglrud.collectors.bpf import BpfCollector
+    from mglrud.collectors import bpf as bpf_families
     from mglrud.config import load
     from mglrud.model import Snapshot
 
@@ -312,7 +312,7 @@ def test_series_count_with_the_example_config(nodes, want):
     data = H.HotnessData(cfg.bpf.region_size, cfg.bpf.half_life, PAGE, tuple(targets))
     snap = Snapshot(taken_at=0.0, page_size=PAGE, cold_thresholds=cfg.metrics.cold_thresholds,
                     idle_age_buckets=cfg.metrics.buckets, hotness=data)
-    n = sum(len(f.samples) for f in BpfCollector(Published(snap)).collect())
+    n = sum(len(f.samples) for f in bpf_families.families(snap))
     assert n == want
 
 
