@@ -155,8 +155,6 @@ def bpf_program(fs: FS, cfg) -> Row:
     """Compile and attach the BPF source's program, then detach (ebpf_exporter's --config.check):
     the only way to know that bcc can build it against this kernel. Tried only where the
     tracepoint exists and bcc imports, so never on a stock kernel."""
-    from mglrud.sources import bpf_hotness
-
     name = "bpf program"
     probe = bpf_hotness.probe(fs)
     if not probe.usable:

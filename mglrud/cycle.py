@@ -26,7 +26,7 @@ import time
 from typing import Callable
 
 from mglrud import sources
-from mglrud.aging import Aging, phase  # noqa: F401  (phase: the schedule's spread, used by tests)
+from mglrud.aging import Aging
 from mglrud.config import Config, Target
 from mglrud.fs import FS, Writer, make_writer
 from mglrud.model import Snapshot, SourceStatus, TargetState

@@ -75,23 +75,20 @@ def families(snap):
     yield from (offset, idle, cold, accessed)
 
     ev = CounterMetricFamily("mglrud_bpf_events", "Events of the tracepoint vmscan:mm_vmscan_lru_gen_young "
-                             "the BPF program saw (young page-table entries found by aging, any process).")
-    ev.add_metric([], data.events)
+                             "the BPF program saw (young page-table entries found by aging, any process).",
+                             value=data.events)
     matched = CounterMetricFamily("mglrud_bpf_matched_events", "Events of a target's processes or memcgs, "
-                                  "counted in the program's map.")
-    matched.add_metric([], data.matched)
+                                  "counted in the program's map.", value=data.matched)
     dropped = CounterMetricFamily("mglrud_bpf_dropped_events", "Events of a target the program could not "
-                                  "count because its map was full (raise bpf.max_regions or region_size).")
-    dropped.add_metric([], data.dropped)
+                                  "count because its map was full (raise bpf.max_regions or region_size).",
+                                  value=data.dropped)
     entries = GaugeMetricFamily("mglrud_bpf_map_entries", "Entries in the program's (tgid, memcg, region, "
                                 "node, lru) map after the latest read; it holds at most "
-                                "mglrud_bpf_map_capacity.")
-    entries.add_metric([], data.map_entries)
-    cap = GaugeMetricFamily("mglrud_bpf_map_capacity", "Size of the program's map (bpf.max_regions).")
-    cap.add_metric([], data.map_capacity)
+                                "mglrud_bpf_map_capacity.", value=data.map_entries)
+    cap = GaugeMetricFamily("mglrud_bpf_map_capacity", "Size of the program's map (bpf.max_regions).",
+                            value=data.map_capacity)
     region = GaugeMetricFamily("mglrud_bpf_region_bytes", "Size of the regions heat is counted in "
-                               "(bpf.region_size).")
-    region.add_metric([], data.region_size)
+                               "(bpf.region_size).", value=data.region_size)
     attached = GaugeMetricFamily("mglrud_bpf_program_attached", "1 while bpf/hotness.bpf.c is attached; "
                                  "`event` is the tracepoint (the range event when the kernel has it).",
                                  labels=["event"])

@@ -96,8 +96,7 @@ def families(snap):
 
     s = data.stats
     reads = CounterMetricFamily("mglrud_procfs_reads", "Processes whose smaps was read (and clear_refs "
-                                "written) by the /proc source.")
-    reads.add_metric([], s.reads)
+                                "written) by the /proc source.", value=s.reads)
     errors = CounterMetricFamily("mglrud_procfs_errors", "Processes the /proc source could not read, by "
                                  "reason: exited (went away while being read; normal), eperm (no ptrace "
                                  "access or clear_refs not writable: run as root), parse, other.",
@@ -105,12 +104,10 @@ def families(snap):
     for reason, n in s.errors:
         errors.add_metric([reason], n)
     read_s = CounterMetricFamily("mglrud_procfs_read_seconds", "Time spent reading smaps (and numa_maps): "
-                                 "page-table walks under the target's mmap read lock.")
-    read_s.add_metric([], s.read_seconds)
+                                 "page-table walks under the target's mmap read lock.", value=s.read_seconds)
     clear_s = CounterMetricFamily("mglrud_procfs_clear_refs_seconds", "Time spent writing clear_refs: "
-                                  "page-table walks holding the target's mmap lock for writing.")
-    clear_s.add_metric([], s.clear_seconds)
+                                  "page-table walks holding the target's mmap lock for writing.",
+                                  value=s.clear_seconds)
     scanned = CounterMetricFamily("mglrud_procfs_scanned_bytes", "Resident bytes of the processes read: "
-                                  "what the read and clear_refs costs scale with.")
-    scanned.add_metric([], s.bytes_scanned)
+                                  "what the read and clear_refs costs scale with.", value=s.bytes_scanned)
     yield from (reads, errors, read_s, clear_s, scanned)

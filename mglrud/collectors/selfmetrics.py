@@ -19,8 +19,7 @@ def families(snap, now: float):
 
     age = GaugeMetricFamily("mglrud_snapshot_age_seconds",
                             "Seconds since the snapshot these metrics render was taken; "
-                            "it grows if the aging loop stalls.")
-    age.add_metric([], max(0.0, now - snap.taken_at))
+                            "it grows if the aging loop stalls.", value=max(0.0, now - snap.taken_at))
     yield age
 
     up = GaugeMetricFamily("mglrud_source_up", "1 if the source was read in the latest cycle, else 0 "
@@ -31,8 +30,7 @@ def families(snap, now: float):
 
     a = snap.aging
     runs = CounterMetricFamily("mglrud_aging_runs", "Aging commands run, one per memcg and node "
-                                                    "(retries after a stale max_seq not counted).")
-    runs.add_metric([], a.runs)
+                                                    "(retries after a stale max_seq not counted).", value=a.runs)
     yield runs
     errors = CounterMetricFamily("mglrud_aging_errors", "Aging runs that failed, by reason: einval (still "
                                  "stale after one retry), erange (too many generations and force_scan off), "

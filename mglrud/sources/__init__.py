@@ -19,7 +19,8 @@ TABLE: tuple[Entry, ...] = (
     Entry("bpf", bpf_hotness.probe, bpf_hotness.BpfHotnessSource.make, needs="lru_gen"),
     Entry("lru_gen", lru_gen.probe, lru_gen.LruGenSource.make),
     Entry("procfs", procfs.probe, procfs.ProcfsSource.make, instead_of="lru_gen",
-          instead_why="clear_refs would clear the accessed bits its aging reads (name it in sources: to run it anyway)"),
+          instead_why="clear_refs would clear the accessed bits its aging reads "
+                      "(name it in sources: to run it anyway)"),
 )
 
 

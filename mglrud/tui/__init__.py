@@ -47,7 +47,7 @@ def check_writable(path: str) -> None:
         raise HeatmapError(f"cannot write {path}: permission denied")
 
 
-def png_main(args, feed, first: dict | None) -> int:
+def png_main(args, feed, first) -> int:
     from mglrud.render import png
 
     history = History(args.target, args.pid)

@@ -38,7 +38,7 @@ PALETTE = [  # (name, foreground, background, monochrome): glyphs carry the mean
 
 
 class App:
-    def __init__(self, feed, first: dict | None, args, colour: bool):
+    def __init__(self, feed, first, args, colour: bool):
         import urwid
 
         self.urwid = urwid
@@ -83,14 +83,14 @@ class App:
         cols, rows = self.screen.get_cols_rows()
         latest = self.history.latest
         # Only what fits on screen: at most one column a character, one interval each (+1 for alignment).
-        since = None if latest is None else latest.get("taken_at", 0.0) - (cols + 1) * self.view.aggregate
+        since = None if latest is None else latest.taken_at - (cols + 1) * self.view.aggregate
         g = self.history.grid(since)
         f = HM.frame(g, self.view, cols, max(3, rows - 4))
         self.bands = f.bands
         if self.bands and self.view.cursor >= len(self.bands):
             self.view = dataclasses.replace(self.view, cursor=len(self.bands) - 1)
             f = HM.frame(g, self.view, cols, max(3, rows - 4))
-        age = None if latest is None else max(0.0, time.time() - latest.get("taken_at", 0.0))
+        age = None if latest is None else max(0.0, time.time() - latest.taken_at)
         source, shown = HM.status(self.feed.describe, self.who, self.view, self.feed.aging(latest),
                                   self.poller.paused.is_set(), age)
         message = self.poller.error or self.message

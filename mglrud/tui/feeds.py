@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mglrud import client
 from mglrud.render import heatmap as HM
+from mglrud.snapshot_json import SnapshotDoc, read
 
 HISTORY = 3000  # snapshots kept: 50 minutes at one a second
 MAPS_REFRESH = 10.0  # seconds between re-reads of /proc/PID/maps
@@ -34,12 +35,12 @@ class DaemonFeed:
         self.url = url
         self.describe = f"attached to daemon {url}"
 
-    def poll(self) -> dict:
+    def poll(self) -> SnapshotDoc:
         return client.fetch_snapshot(self.url, timeout=5.0)
 
-    def aging(self, snap: dict | None) -> str:
-        spans = sorted({p["interval_seconds"] for p in ((snap or {}).get("procfs") or {}).get("processes", ())
-                        if p["interval_seconds"] is not None})
+    def aging(self, snap: SnapshotDoc | None) -> str:
+        spans = sorted({p.interval_seconds for p in (read(snap).processes() if snap else ())
+                        if p.interval_seconds is not None})
         return "daemon's" + (f" (~{spans[-1]:.0f}s)" if spans else "")
 
     def set_aging(self, seconds: float) -> str:
@@ -68,16 +69,16 @@ class OwnSession:
     def interval(self) -> float:
         return self.cfg.targets[0].interval
 
-    def poll(self) -> dict:
+    def poll(self) -> SnapshotDoc:
         from mglrud import snapshot_json
 
         with self.lock:
             # Like the daemon: the first cycle only reads, later ones age what is due.
             snap = self.engine.cycle(age=not self.first)
             self.first = False
-        return snapshot_json.to_dict(snap)
+        return snapshot_json.from_dict(snapshot_json.to_dict(snap))  # what a daemon would serve
 
-    def aging(self, snap: dict | None) -> str:
+    def aging(self, snap: SnapshotDoc | None) -> str:
         return f"{self.interval:g}s"
 
     def set_aging(self, seconds: float) -> str:
@@ -132,16 +133,15 @@ def open_feed(args):
     return OwnSession(own_config(args, args.aging), why), None
 
 
-def check_daemon_has(snap: dict, target: str | None, pid: int | None) -> None:
-    names = {t["name"] for t in snap.get("targets", ())}
-    names |= {t["name"] for t in (snap.get("procfs") or {}).get("targets", ())}
-    names |= {t["name"] for t in (snap.get("hotness") or {}).get("targets", ())}
+def check_daemon_has(snap: SnapshotDoc | dict, target: str | None, pid: int | None) -> None:
+    snap = read(snap)
+    names = snap.target_names()
     known = ", ".join(sorted(names)) or "none"
     if target is not None and target not in names:
         raise HeatmapError(f"the daemon has no target {target!r}; its targets: {known}")
     if pid is not None:
-        pids = {p["pid"] for p in (snap.get("procfs") or {}).get("processes", ())}
-        pids |= {g for t in (snap.get("hotness") or {}).get("targets", ()) for g in t["tgids"]}
+        pids = {p.pid for p in snap.processes()}
+        pids |= {g for t in (snap.hotness.targets if snap.hotness else ()) for g in t.tgids}
         if pid not in pids:
             raise HeatmapError(f"the daemon has no data for pid {pid} (not a process of its targets: {known}); "
                                f"add it to its config, or run this with --own")
@@ -155,13 +155,14 @@ class History:
         self.columns: collections.deque = collections.deque(maxlen=HISTORY)
         self.maps: dict[int, list[tuple[int, int, str]]] = {}
         self.maps_at = -MAPS_REFRESH
-        self.latest: dict | None = None
+        self.latest: SnapshotDoc | None = None
 
-    def add(self, snap: dict) -> bool:
-        t = snap.get("taken_at", 0.0)
+    def add(self, snap: SnapshotDoc | dict) -> bool:
+        snap = read(snap)
+        t = snap.taken_at
         if self.columns and self.columns[-1][0] >= t:
             return False  # the daemon has not published a new one since
-        if snap.get("hotness") and time.monotonic() - self.maps_at >= MAPS_REFRESH:
+        if snap.hotness and time.monotonic() - self.maps_at >= MAPS_REFRESH:
             self.maps = client.hotness_maps(snap, self.target, self.pid)
             self.maps_at = time.monotonic()
         self.columns.append((t, HM.cells(snap, self.target, self.pid, self.maps)))
