@@ -9,14 +9,14 @@ import urllib.request
 import pytest
 
 from mglrud import http
-from mglrud.collectors import Published, build_registry
+from mglrud.collectors import Published
 
 
 @pytest.fixture
 def server(monkeypatch):
     monkeypatch.setattr(http, "REQUEST_TIMEOUT", 0.5)
     published = Published()
-    srv, _ = http.serve("127.0.0.1", 0, build_registry(published), published)
+    srv, _ = http.serve("127.0.0.1", 0, published)
     yield srv.server_port
     srv.shutdown()
     srv.server_close()
