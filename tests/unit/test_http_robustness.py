@@ -81,3 +81,80 @@ def test_a_burst_of_connections_is_queued_not_dropped(server):
         t.join(timeout=60)
     assert not errors
     assert len(results) == 200
+
+
+# ---------------------------------------------------------------- issue 18 item 2: slowloris, caps, deadlines
+
+def _dribble(socks: list[socket.socket], stop: threading.Event) -> None:
+    """Slowloris: each socket sends one more header byte every 0.1 s and never ends its head."""
+    while not stop.wait(0.1):
+        for s in socks:
+            try:
+                s.send(b"X")
+            except OSError:
+                pass
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_scrapes_answer_while_30_slowloris_sockets_dribble_and_those_are_cut_off(monkeypatch):
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 2.0)
+    published = Published()
+    srv, _ = http.serve("127.0.0.1", 0, published)
+    port = srv.server_port
+    stop = threading.Event()
+    socks = []
+    try:
+        threads_before = threading.active_count()
+        for _ in range(30):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            socks.append(s)
+        dribbler = threading.Thread(target=_dribble, args=(socks, stop), daemon=True)
+        dribbler.start()
+        # Real scrapes keep answering meanwhile, and no thread is spent on a dribbling socket.
+        assert [_get(port) for _ in range(20)] == [200] * 20
+        assert threading.active_count() <= threads_before + 1  # the dribbler; the server's threads are fixed
+        # Each slowloris socket has a total deadline, however busily it dribbles.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(_closed_by_server(s) for s in socks):
+            time.sleep(0.2)
+        assert all(_closed_by_server(s) for s in socks)
+        assert _get(port) == 200
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_connections_beyond_the_cap_wait_in_the_backlog_and_are_then_answered(monkeypatch, caplog):
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(http, "MAX_CONNECTIONS", 4)
+    published = Published()
+    srv, _ = http.serve("127.0.0.1", 0, published)
+    port = srv.server_port
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(12)]  # 3x the cap, all silent
+    try:
+        # The cap holds 4 of them; a scrape queues behind the rest and is answered once
+        # the deadlines free the slots (12 silent / 4 slots x 1 s: a few seconds).
+        assert _get(port) == 200
+        for s in silent:
+            s.settimeout(30)
+            assert s.recv(10) == b""  # each one closed by its deadline, none answered
+        assert "Traceback" not in caplog.text
+        assert srv.max_connections == 4
+    finally:
+        for s in silent:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
