@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return Daemon(cfg, lambda: load_config(args)).run()
+    except ConfigError as e:  # the web config file changed for the worse since load_config read it
+        print(f"mglrud: config: {e}", file=sys.stderr)
+        return 2
     except ListenError as e:
         # A port in use or an address the host lacks is the config's to fix: exit 2 like
         # any bad config (and the unit's RestartPreventExitStatus=2 stops a restart loop).

@@ -52,6 +52,7 @@ class Daemon:
         self.reload_problem = ""  # shown in STATUS= until a reload succeeds
         self.serving = ""  # "address:port" once the HTTP server is up
         self.reloads = ReloadState()  # mglrud_config_last_reload_*
+        self.server = None  # the HTTP server once serving
         self._status = ""
 
     def _on_signal(self, signum, _frame) -> None:
@@ -79,6 +80,8 @@ class Daemon:
                             self.config.web_config_file or "no web config")
             self.config = new
             self.engine.configure(new)
+            if self.server is not None:  # /-/healthy measures staleness in snapshot intervals
+                self.server.site.snapshot_interval = new.snapshot_interval
             log.info("reloaded %s", new.source)
         self._status = ""  # resend STATUS= with READY=1
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -101,6 +104,7 @@ class Daemon:
             key = {errno.EADDRINUSE: "listen.port", errno.EADDRNOTAVAIL: "listen.address"}.get(e.errno, "")
             raise ListenError(f"cannot serve on {cfg.listen.address}:{cfg.listen.port}: {e.strerror}", key) from None
         scheme = "https" if web is not None and web.current.tls is not None else "http"
+        self.server = server
         log.info("serving %s://%s:%d/metrics and /snapshot.json", scheme, cfg.listen.address, server.server_port)
         self.serving = f"{cfg.listen.address}:{server.server_port}"
         self._status = self.status_line()

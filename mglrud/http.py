@@ -258,15 +258,20 @@ class Server:
                 now = time.monotonic()
                 timeout = min((p.deadline for p in pending.values()), default=now + 1.0) - now
                 for key, events in sel.select(max(0.0, min(timeout, 1.0))):
-                    if key.data is None:
-                        try:
-                            os.read(self._wake_r, 512)
-                        except BlockingIOError:
-                            pass
-                    elif key.data == "listen":
-                        self._accept(sel, pending)
-                    else:
-                        self._advance(sel, pending, key.data)
+                    try:
+                        if key.data is None:
+                            try:
+                                os.read(self._wake_r, 512)
+                            except BlockingIOError:
+                                pass
+                        elif key.data == "listen":
+                            self._accept(sel, pending)
+                        else:
+                            self._advance(sel, pending, key.data)
+                    except Exception:  # a bug: lose that connection, never the server
+                        log.exception("http: handling a connection failed")
+                        if isinstance(key.data, _Pending):
+                            self._drop(sel, pending, key.data)
                 now = time.monotonic()
                 for p in [p for p in pending.values() if p.deadline <= now]:
                     log.debug("http %s: no complete request within %gs; closed", p.address[0], REQUEST_TIMEOUT)

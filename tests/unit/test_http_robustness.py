@@ -158,3 +158,43 @@ def test_connections_beyond_the_cap_wait_in_the_backlog_and_are_then_answered(mo
             s.close()
         srv.shutdown()
         srv.server_close()
+
+
+def test_seeded_garbage_requests_get_no_traceback_and_the_server_goes_on(server, caplog):
+    """500 requests mutated from a valid one (seeded): bytes flipped, cut, repeated, CR/LF/NUL
+    inserted. Each gets an HTTP answer or a closed connection; none a traceback."""
+    import random
+
+    rng = random.Random(18)
+    base = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/openmetrics-text\r\n" \
+           b"Accept-Encoding: gzip\r\nAuthorization: Basic dTpw\r\n\r\n"
+    caplog.set_level("DEBUG", logger="mglrud.http")
+    answers = []
+    for _ in range(500):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 8)):
+            op, i = rng.randrange(4), rng.randrange(len(data))
+            if op == 0:
+                data[i] = rng.randrange(256)
+            elif op == 1:
+                data[i:i] = rng.choice([b"\r\n", b"\n", b"\0", b":", b" ", b"\xff" * 3, b"%", b"/../"])
+            elif op == 2:
+                del data[i:i + rng.randint(1, 20)]
+            else:
+                data[i:i] = data[i:i + rng.randint(1, 40)] * rng.randint(1, 50)
+        with socket.create_connection(("127.0.0.1", server), timeout=10) as s:
+            try:
+                s.sendall(bytes(data))
+                s.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            except (ConnectionResetError, BrokenPipeError):
+                answer = b""
+            # the server ended the connection (the recv loop returned): an HTTP/1.0 answer, an
+            # HTTP/0.9 body for a request line without a version, or nothing
+            answers.append(answer[:9])
+    assert len(answers) == 500
+    assert sum(a == b"HTTP/1.0 " for a in answers) > 250, set(answers)  # most still parse as HTTP
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+    assert _get(server) == 200
