@@ -224,3 +224,28 @@ def test_bad_web_configs_one_line_naming_the_key_exit_2(tmp_path, capsys):
     path = tmp_path / "key-not-matching-cert.yml"
     cli.main(["run", "--web.config.file", str(path)])
     assert "does not match the certificate in cert_file" in capsys.readouterr().err
+
+
+def test_client_allowed_sans(tmp_path):
+    """The client certificate carries DNS:prometheus.test: allowed when listed, refused when not."""
+    from mglrud import http as mhttp, webconfig
+    from mglrud.collectors import Published
+
+    ca = CA.make(tmp_path / "ca")
+    results = {}
+    for sans in (["prometheus.test"], ["other.test"]):
+        path = tmp_path / f"web-{sans[0]}.yml"
+        text = _web_config(ca, {}).replace("basic_auth_users:\n", "")  # no users: the SANs alone decide
+        path.write_text(text.replace("http_server_config:", f"  client_allowed_sans: {sans}\nhttp_server_config:"))
+        srv, _ = mhttp.serve("127.0.0.1", 0, Published(),
+                             web=webconfig.WebConfigSource(str(path), webconfig.load(str(path))))
+        try:
+            try:
+                results[sans[0]] = _get(srv.server_port, _client_context(ca), path="/-/healthy")[0]
+            except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected) as e:
+                results[sans[0]] = type(e).__name__
+        finally:
+            srv.shutdown()
+            srv.server_close()
+    assert results["prometheus.test"] == 200
+    assert results["other.test"] != 200 and not isinstance(results["other.test"], int), results
