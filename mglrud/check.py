@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from mglrud.fs import FS, FileWriter
-from mglrud.sources import lru_gen, selection
+from mglrud.sources import bpf_hotness, lru_gen, selection
 
 # Bits of /sys/kernel/mm/lru_gen/enabled (multigen_lru.rst, "Runtime options").
 ENABLED_BITS = {0x1: "core", 0x2: "mm_walk", 0x4: "nonleaf_young"}
@@ -158,8 +158,9 @@ def bpf_program(fs: FS, cfg) -> Row:
     from mglrud.sources import bpf_hotness
 
     name = "bpf program"
-    if not selection.probe_bpf(fs).usable:
-        return Row(name, False, f"not tried: {selection.probe_bpf(fs).detail}")
+    probe = bpf_hotness.probe(fs)
+    if not probe.usable:
+        return Row(name, False, f"not tried: {probe.detail}")
     try:
         prog = bpf_hotness.Program(cfg, fs)
     except bpf_hotness.Unavailable as e:

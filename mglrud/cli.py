@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from mglrud import __version__, check, client, report, systemd, tui, webconfig
+from mglrud import __version__, check, client, snapshot_json, systemd, tui, webconfig
 from mglrud.config import DEFAULT_PORT, Config, ConfigError, load
 from mglrud.fs import FS
 
@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "snapshot":
         engine = Engine(cfg)
         snap = engine.cycle(age=not args.no_age, age_all=True)
-        sys.stdout.write(report.to_json(snap) if args.json else report.to_table(snap))
+        from mglrud.render.snapshot_table import to_table
+
+        sys.stdout.write(snapshot_json.to_json(snap) if args.json else to_table(snap))
         # The sources chosen for this machine (sources:), e.g. procfs where there is no MGLRU.
         chosen = [s for s in snap.sources if s.name in engine.choice.active]
         return 0 if chosen and all(s.up for s in chosen) else 1

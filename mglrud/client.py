@@ -48,7 +48,7 @@ def add_report_parser(sub) -> None:
 def read_maps(pid: int, procfs: str = "/proc") -> list[tuple[int, int, str]]:
     """/proc/PID/maps as (start, end, name), named as the /proc source names mappings; [] when unreadable
     (the process exited, or it runs on another host than the daemon)."""
-    from mglrud.sources.procfs import mapping_name
+    from mglrud.sources.smaps import mapping_name
 
     out = []
     try:

@@ -111,8 +111,6 @@ class Bpf:
         return self.region_size.bit_length() - 1
 
 
-# The data sources `sources:` can name (sources/selection.py); "auto" picks among them.
-SOURCE_NAMES = ("bpf", "lru_gen", "procfs")
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ class Config:
     paths: Paths = Paths()
     log_level: str = "info"
     source: str = "(built-in defaults)"
-    sources: str | tuple[str, ...] = "auto"  # "auto" or names from SOURCE_NAMES
+    sources: str | tuple[str, ...] = "auto"  # "auto" or names from the table in mglrud/sources/
     procfs: Procfs = Procfs()
     bpf: Bpf = Bpf()
     web_config_file: str = ""  # exporter-toolkit web config (mglrud/webconfig.py); empty: plain HTTP
@@ -360,6 +358,11 @@ def _targets(v: Any, aging: Aging) -> tuple[Target, ...]:
 
 
 def _sources(v: Any) -> str | tuple[str, ...]:
+    # The data sources `sources:` can name: the table of mglrud/sources/ (imported here, when
+    # used: the sources import this module); "auto" picks among them (sources/selection.py).
+    from mglrud.sources import names
+
+    SOURCE_NAMES = names()
     if v == "auto":
         return "auto"
     if not isinstance(v, list) or not v:

@@ -34,18 +34,15 @@ from typing import Callable, Iterable
 from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as om_format
 
-from mglrud.collectors import Published
-from mglrud.collectors.bpf import BpfCollector
-from mglrud.collectors.memcg import MemcgCollector
-from mglrud.collectors.procfs import ProcfsCollector
-from mglrud.collectors.selfmetrics import SelfCollector
+from mglrud import collectors
+from mglrud.collectors import Published, selfmetrics
 
 TEXT = text_format.CONTENT_TYPE_LATEST
 OPENMETRICS = om_format.CONTENT_TYPE_LATEST
 _EOF = b"# EOF\n"
 
-# SelfCollector's families that change between scrapes of one snapshot; everything
-# else the collectors yield depends on the snapshot alone.
+# selfmetrics' families that change between scrapes of one snapshot; every other family
+# collectors.families() yields depends on the snapshot alone.
 PER_SCRAPE = ("mglrud_build_info", "mglrud_snapshot_age_seconds")
 # gzip level: the cached part is compressed once per snapshot; 6 is zlib's default
 # trade-off (9 costs about twice the CPU for a few per cent on this text).
@@ -64,22 +61,20 @@ class _Families:
 
 # ---------------------------------------------------------------- the seam to collectors/
 
-def _collectors(published: Published, wall: Callable[[], float]):
-    # The order is /metrics' order (build_registry's): changing it changes the golden files.
-    return (SelfCollector(published, wall), MemcgCollector(published), ProcfsCollector(published),
-            BpfCollector(published))
-
-
 def scrape_families(snapshot, wall: Callable[[], float]) -> list:
     """Part 1: the families that change between scrapes of one snapshot."""
-    return [f for f in SelfCollector(Published(snapshot), wall).collect() if f.name in PER_SCRAPE]
+    out = []
+    for f in selfmetrics.families(snapshot, wall()):  # lazy: stop before the snapshot's own families
+        if f.name in PER_SCRAPE:
+            out.append(f)
+            if len(out) == len(PER_SCRAPE):
+                break
+    return out
 
 
 def snapshot_families(snapshot) -> list:
-    """Part 2: every family derived from the snapshot alone, in /metrics order."""
-    fixed = Published(snapshot)
-    return [f for c in _collectors(fixed, lambda: snapshot.taken_at) for f in c.collect()
-            if f.name not in PER_SCRAPE]
+    """Part 2: every family derived from the snapshot alone, in /metrics order (collectors.families')."""
+    return [f for f in collectors.families(snapshot, snapshot.taken_at) if f.name not in PER_SCRAPE]
 
 
 def encode(families: Iterable, openmetrics: bool) -> bytes:

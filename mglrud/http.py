@@ -37,7 +37,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-from mglrud import __version__, report
+from mglrud import __version__, snapshot_json
 from mglrud.exposition import Exposition
 from mglrud.webconfig import BasicAuth, WebConfig, WebConfigSource
 
@@ -166,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
             if snap is None:
                 self._send(503, "text/plain; charset=utf-8", b"no snapshot yet\n", body)
             else:
-                self._send(200, "application/json", report.to_json(snap).encode(), body)
+                self._send(200, "application/json", snapshot_json.to_json(snap).encode(), body)
         elif path == "/-/healthy":
             code, text = self.site.health()
             self._send(code, "text/plain; charset=utf-8", text.encode(), body)

@@ -17,15 +17,20 @@ from dataclasses import dataclass
 
 from mglrud.config import Target, memcg_matches
 from mglrud.fs import FS
-from mglrud.model import GenHistogram
+from mglrud.model.lru_gen import GenHistogram
+
+
+# A command line is matched on its first CMDLINE_MAX bytes only: the regex of a cmdline target
+# runs on text any local user controls, and a search can be quadratic in its length.
+CMDLINE_MAX = 4096
 
 
 @dataclass(frozen=True)
 class Proc:
     pid: int
     comm: str
-    cmdline: str  # NUL separators shown as spaces
-    cgroup: str  # cgroup v2 path
+    cmdline: str  # NUL separators shown as spaces; at most CMDLINE_MAX bytes of it
+    cgroup: str | None  # cgroup v2 path; None on a cgroup v1-only host (no "0::" line)
 
 
 @dataclass(frozen=True)
@@ -63,25 +68,51 @@ def proc_cgroup(text: str) -> str | None:
 def read_proc(fs: FS, pid: int, cmdline: bool) -> Proc | None:
     """None when the process exited meanwhile or is not readable."""
     try:
-        cgroup = proc_cgroup(fs.proc(pid, "cgroup").read_text())
         comm = fs.proc(pid, "comm").read_text().rstrip("\n")
-        cmd = fs.proc(pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip() \
-            if cmdline else ""
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    except OSError:  # ESRCH and friends when the task is being torn down
-        return None
-    if cgroup is None:
+        cgroup = proc_cgroup(fs.proc(pid, "cgroup").read_text())
+        cmd = ""
+        if cmdline:
+            with open(fs.proc(pid, "cmdline"), "rb") as f:
+                cmd = f.read(CMDLINE_MAX).replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:  # exited meanwhile (ENOENT, ESRCH while torn down) or not readable
         return None
     return Proc(pid, comm, cmd, cgroup)
 
 
 def scan_procs(fs: FS, cmdline: bool) -> list[Proc]:
+    """Every process, in pid order; `cmdline` reads command lines too (only cmdline targets need them)."""
     try:
         pids = [int(p.name) for p in fs.proc().iterdir() if p.name.isdigit()]
     except OSError:
         return []
     return [p for p in (read_proc(fs, pid, cmdline) for pid in sorted(pids)) if p is not None]
+
+
+class ProcTable:
+    """One cycle's look at /proc, shared by every source: scanned once, when first needed.
+
+    A config of pid targets only never scans: those pids are read one by one.
+    """
+
+    def __init__(self, fs: FS, targets: tuple[Target, ...]):
+        self.fs = fs
+        self.cmdline = any(t.kind == "cmdline" for t in targets)
+        self._all: list[Proc] | None = None
+        self._pids: dict[int, Proc | None] = {}
+
+    def all(self) -> list[Proc]:
+        if self._all is None:
+            self._all = scan_procs(self.fs, self.cmdline)
+        return self._all
+
+    def of(self, t: Target) -> list[Proc]:
+        """The processes target `t` selects now (for a memcg target: those in its cgroups)."""
+        if t.kind == "pid" and self._all is None:
+            if t.value not in self._pids:
+                self._pids[t.value] = read_proc(self.fs, t.value, self.cmdline)
+            p = self._pids[t.value]
+            return [p] if p is not None else []
+        return [p for p in self.all() if selects(t, p)]
 
 
 def nearest_memcg(path: str, index: dict[str, int]) -> str | None:
@@ -94,7 +125,11 @@ def nearest_memcg(path: str, index: dict[str, int]) -> str | None:
         path = path.rsplit("/", 1)[0] or "/"
 
 
-def _selects(t: Target, p: Proc) -> bool:
+def selects(t: Target, p: Proc) -> bool:
+    """Whether target `t` covers process `p`; a memcg target covers the processes in the
+    cgroups it matches (a process of a cgroup v1-only host counts as in "/")."""
+    if t.kind == "memcg":
+        return memcg_matches(t.pattern, p.cgroup or "/")
     if t.kind == "pid":
         return p.pid == t.value
     if t.kind == "comm":
@@ -102,7 +137,7 @@ def _selects(t: Target, p: Proc) -> bool:
     if t.kind == "cmdline":
         return t.pattern.search(p.cmdline) is not None
     if t.kind == "unit":
-        return t.value in p.cgroup.split("/")
+        return p.cgroup is not None and t.value in p.cgroup.split("/")
     return False
 
 
@@ -124,21 +159,18 @@ def missing_memcgs(targets: tuple[Target, ...], fs: FS) -> list[tuple[str, str]]
     return out
 
 
-def resolve(targets: tuple[Target, ...], lruvecs: tuple[GenHistogram, ...], fs: FS) -> tuple[Resolution, ...]:
+def resolve(targets: tuple[Target, ...], lruvecs: tuple[GenHistogram, ...], fs: FS,
+            procs: ProcTable | None = None) -> tuple[Resolution, ...]:
+    """Every target's memcgs in this lru_gen read; `procs` is the cycle's shared /proc table."""
     index = memcg_index(lruvecs)
-    kinds = {t.kind for t in targets}
-    procs: list[Proc] = []
-    if kinds & {"comm", "cmdline", "unit"}:
-        procs = scan_procs(fs, cmdline="cmdline" in kinds)
-    elif "pid" in kinds:
-        procs = [p for p in (read_proc(fs, t.value, False) for t in targets if t.kind == "pid") if p]
+    procs = procs or ProcTable(fs, targets)
     out = []
     for t in targets:
         if t.kind == "memcg":
             found = tuple(path for path in index if memcg_matches(t.pattern, path))
             problem = "" if found else f"no memcg in lru_gen matches {t.value}"
         else:
-            paths = [nearest_memcg(p.cgroup, index) for p in procs if _selects(t, p)]
+            paths = [nearest_memcg(p.cgroup, index) for p in procs.of(t) if p.cgroup is not None]
             found = tuple(sorted({p for p in paths if p is not None}))
             problem = "" if found else f"no running process with {t.kind} {t.value}"
         out.append(Resolution(t, found, problem))

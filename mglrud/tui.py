@@ -90,13 +90,13 @@ class OwnSession:
         return self.cfg.targets[0].interval
 
     def poll(self) -> dict:
-        from mglrud import report
+        from mglrud import snapshot_json
 
         with self.lock:
             # Like the daemon: the first cycle only reads, later ones age what is due.
             snap = self.engine.cycle(age=not self.first)
             self.first = False
-        return report.to_dict(snap)
+        return snapshot_json.to_dict(snap)
 
     def aging(self, snap: dict | None) -> str:
         return f"{self.interval:g}s"
@@ -109,17 +109,11 @@ class OwnSession:
                                            aging=dataclasses.replace(self.cfg.aging, interval=seconds))
             self.engine.configure(self.cfg)
             # configure() keeps the schedule; a shorter interval should not wait out the old one.
-            e, now = self.engine, self.engine.clock()
-            for path, due in e.next_due.items():
-                e.next_due[path] = min(due, now + seconds)
-            if e.procfs is not None:
-                for name, due in e.procfs.next_due.items():
-                    e.procfs.next_due[name] = min(due, now + seconds)
+            self.engine.reschedule(seconds)
         return f"aging interval now {seconds:g}s"
 
     def close(self) -> None:
-        if self.engine.bpf is not None:
-            self.engine.bpf.close()
+        self.engine.close()
 
 
 def own_config(args, aging: float):

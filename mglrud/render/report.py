@@ -1,6 +1,6 @@
 """`mglrud report`: a table per mapping of one target or process, from the daemon's /snapshot.json.
 
-Input is the decoded JSON (mglrud/report.py to_dict; docs/metrics.md "/snapshot.json"),
+Input is the decoded JSON (mglrud/snapshot_json.py to_dict; docs/metrics.md "/snapshot.json"),
 so this works against any running daemon and against captured snapshots alike.
 The biggest resident-but-never-accessed allocations come first: that is what the
 report is for (issue 8).

@@ -26,6 +26,7 @@ check`, the log) and the other sources carry on.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import struct
@@ -34,11 +35,13 @@ from collections import Counter
 from pathlib import Path
 
 from mglrud import bpf_loader, bpfsys
-from mglrud import hotness as H
-from mglrud.config import Bpf, Target, memcg_matches
+from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
 from mglrud.model import SourceStatus
-from mglrud.targets import _selects, read_proc, scan_procs
+from mglrud.model import hotness as H
+from mglrud.sources.base import Inputs, Part, Probe
+from mglrud.sources.smaps import is_shmem, parse_smaps
+from mglrud.targets import ProcTable
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +178,9 @@ class Program:
 
 # ---------------------------------------------------------------- targets
 
-def target_processes(targets: tuple[Target, ...], fs: FS) -> dict[str, tuple[int, ...]]:
+def target_processes(targets: tuple[Target, ...], procs: ProcTable) -> dict[str, tuple[int, ...]]:
     """Process targets -> their tgids now."""
-    kinds = {t.kind for t in targets}
-    if kinds & {"comm", "cmdline", "unit"}:
-        procs = scan_procs(fs, cmdline="cmdline" in kinds)
-    else:
-        procs = [p for p in (read_proc(fs, t.value, False) for t in targets if t.kind == "pid") if p]
-    return {t.name: tuple(p.pid for p in procs if _selects(t, p)) for t in targets if t.kind != "memcg"}
+    return {t.name: tuple(p.pid for p in procs.of(t)) for t in targets if t.kind != "memcg"}
 
 
 def target_memcgs(targets: tuple[Target, ...], index: dict[str, int]) -> dict[str, tuple[int, ...]]:
@@ -207,8 +205,6 @@ def node_of_pfn(fs: FS):
 def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes):
     """(mapped spans [(start, end)], {(region, node, lru): pages} or None, why not) of one
     process; None if it is gone. The spans (from smaps) are there even when pagemap is not."""
-    from mglrud.sources.procfs import is_shmem, parse_smaps
-
     try:
         vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text()) if e.rss > 0]
     except (OSError, ValueError):
@@ -241,6 +237,7 @@ class BpfHotnessSource:
         self.cfg, self.fs, self.loader, self.wall = cfg, fs, loader, wall
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.program = None
+        self._started = False  # start() tried (configure() starts it once)
         self.reason = "not started"
         self.state: dict = {}
         self.accessed: dict[str, Counter] = {}  # target -> (node, lru) -> bytes, cumulative
@@ -265,6 +262,38 @@ class BpfHotnessSource:
                  getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
         return True
 
+    # ------------------------------------------------------------ the Source protocol (sources/base.py)
+
+    @classmethod
+    def make(cls, config: Config, fs: FS, clock, wall) -> "BpfHotnessSource":
+        return cls(config.bpf, fs)
+
+    def configure(self, config: Config, probe: Probe, why: str) -> None:
+        """Compile and attach on first use (~1 s; ~15 s under TCG); a reload that changes bpf:
+        recompiles, and the counters go on from the old program's (carry_over)."""
+        if self._started and self.cfg != config.bpf:
+            self.close()
+            # the new program's maps start from zero: its counts go on from these
+            self.stats_base, self.state, self._had = self.stats, {}, {}
+            self.cfg, self._started = config.bpf, False
+        if not self._started:
+            self._started = True
+            self.start()
+
+    def reschedule(self, within: float) -> None:
+        pass
+
+    def due_in(self) -> float:
+        return float("inf")
+
+    def before_aging(self, inputs: Inputs) -> None:
+        self.fs = inputs.fs
+        self.prepare(inputs.config.targets, inputs.index, inputs.procs)
+
+    def part(self, inputs: Inputs) -> Part:
+        data = self.cycle(inputs.config.targets, inputs.index, inputs.procs)
+        return Part((self.status(),), {"hotness": data})
+
     def carry_over(self, old: "BpfHotnessSource") -> None:
         """Continue the counters of the source this one replaces (a reload that changed bpf:
         recompiles the program, whose maps start from zero): exported counters never go down."""
@@ -280,10 +309,10 @@ class BpfHotnessSource:
     def status(self) -> SourceStatus:
         return SourceStatus(NAME, self.program is not None, self.reason)
 
-    def prepare(self, targets: tuple[Target, ...], index: dict[str, int]) -> None:
+    def prepare(self, targets: tuple[Target, ...], index: dict[str, int], procs: ProcTable | None = None) -> None:
         """Resolve the targets and load them into the program's target maps, before
         aging, so that the aging about to run is counted."""
-        self._procs = target_processes(targets, self.fs)
+        self._procs = target_processes(targets, procs or ProcTable(self.fs, targets))
         self._memcgs = target_memcgs(targets, index)
         if self.program is None:
             return
@@ -299,10 +328,11 @@ class BpfHotnessSource:
         self.close()
         self.reason = reason
 
-    def cycle(self, targets: tuple[Target, ...], index: dict[str, int]) -> H.HotnessData | None:
+    def cycle(self, targets: tuple[Target, ...], index: dict[str, int],
+              procs: ProcTable | None = None) -> H.HotnessData | None:
         """Read the counts (after aging) and build this cycle's HotnessData."""
         if self._procs is None:
-            self.prepare(targets, index)
+            self.prepare(targets, index, procs)
         procs, memcgs = self._procs, self._memcgs
         self._procs = None
         if self.program is None:
@@ -431,3 +461,27 @@ class BpfHotnessSource:
         ranges = H.bucket_ranges(spans, cfg.heat_buckets)
         return tuple(H.HeatBucket(tuple(r), h, round(a)) for r, h, a in zip(ranges, heat, acc))
 
+
+def probe(fs: FS) -> Probe:
+    """The tracepoint of mglrud's kernel patch and bcc; whether the program compiles
+    and attaches is only known when the source starts (sources/bpf_hotness.py)."""
+    event = fs.tracefs("events", "vmscan", "mm_vmscan_lru_gen_young")
+    try:
+        found = event.is_dir()
+    except PermissionError:
+        return Probe("bpf", False, f"{event} is not readable: run mglrud as root")
+    if not found:
+        return Probe("bpf", False, f"no tracepoint {event}: a kernel without mglrud's patch (kernel-patch/), "
+                                   f"or tracefs not mounted")
+    # Found, not imported: importing bcc maps LLVM into the daemon for good (~40 MiB resident);
+    # only the short-lived loader child imports it (mglrud/bpf_loader.py), and says so if it fails.
+    try:
+        spec = importlib.util.find_spec("bcc")  # Debian's python3-bpfcc, not PyPI's "bcc"
+    except (ImportError, ValueError) as e:
+        spec, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = "no module named bcc"
+    if spec is None:
+        return Probe("bpf", False, f"the tracepoint is present, but bcc cannot be found ({why}): "
+                                   f"apt install python3-bpfcc, run with /usr/bin/python3")
+    return Probe("bpf", True, f"{event} present and bcc installed")

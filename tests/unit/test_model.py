@@ -2,7 +2,7 @@
 
 import math
 
-from mglrud.model import GenHistogram, Generation, cold_pages, idle_histogram, idle_lower_bounds
+from mglrud.model.lru_gen import GenHistogram, Generation, cold_pages, idle_histogram, idle_lower_bounds
 
 # Four generations, oldest first, as after regular aging every ~2 s.
 H = GenHistogram(5, "/m", 0, (
