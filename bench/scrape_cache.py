@@ -23,9 +23,11 @@ import dataclasses
 import http.client as httpclient
 import os
 import platform
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +61,29 @@ def big_snapshot(tmp: Path, memcgs: int):
     cfg = loads(CONFIG + f"paths: {{debugfs: '{tmp / 'debugfs'}', procfs: '{tmp / 'proc'}', "
                          f"sysfs: '{tmp / 'sys'}', cgroupfs: '{tmp / 'cgroup'}'}}\n")
     return Engine(cfg, writer=RecordingWriter()).cycle(age=False)
+
+
+def bare_server(body: bytes) -> tuple[socket.socket, threading.Thread]:
+    """The floor: a socket that answers every connection with BODY's bytes, nothing rendered or parsed."""
+    head = (f"HTTP/1.0 200 OK\r\nContent-Type: {exposition.TEXT}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+
+    def loop():
+        while True:
+            try:
+                c, _ = sock.accept()
+            except OSError:
+                return
+            with c:
+                c.recv(65536)
+                c.sendall(head + body)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return sock, t
 
 
 class Uncached(exposition.RenderCache):
@@ -101,8 +126,9 @@ def run(memcgs: int, runs: int) -> tuple[list[str], dict]:
     before_srv, _ = http.serve("127.0.0.1", 0, published, exposition=exposition.Exposition(published))
     before_srv.site.exposition.cache = Uncached()
     after_srv, _ = http.serve("127.0.0.1", 0, published, exposition=exp)
+    bare, _ = bare_server(body)
     t: dict[str, list[float]] = {k: [] for k in ("render", "cached", "first", "get_before", "get_after",
-                                                 "get_before_gz", "get_after_gz")}
+                                                 "get_before_gz", "get_after_gz", "get_bare")}
     sizes = {}
     try:
         for i in range(runs):  # interleaved, so load changes hit both sides alike
@@ -117,7 +143,8 @@ def run(memcgs: int, runs: int) -> tuple[list[str], dict]:
             t0 = time.perf_counter()
             e2.metrics()
             t["first"].append(time.perf_counter() - t0)
-            for key, port, gz in (("get_before", before_srv.server_port, False),
+            for key, port, gz in (("get_bare", bare.getsockname()[1], False),
+                                  ("get_before", before_srv.server_port, False),
                                   ("get_after", after_srv.server_port, False),
                                   ("get_before_gz", before_srv.server_port, True),
                                   ("get_after_gz", after_srv.server_port, True)):
@@ -128,6 +155,7 @@ def run(memcgs: int, runs: int) -> tuple[list[str], dict]:
         for s in (before_srv, after_srv):
             s.shutdown()
             s.server_close()
+        bare.close()
     m = {k: ms(v) for k, v in t.items()}
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
@@ -146,6 +174,7 @@ def run(memcgs: int, runs: int) -> tuple[list[str], dict]:
         f"| GET /metrics, Accept-Encoding: gzip | {m['get_before_gz']:.1f} ms | {m['get_after_gz']:.1f} ms | "
         f"{m['get_before_gz'] / m['get_after_gz']:.1f}x |",
         f"| first scrape of a new snapshot (renders it; in process) | — | {m['first']:.1f} ms | |",
+        f"| the floor: the same bytes from a bare socket (no HTTP parsing, no rendering) | | {m['get_bare']:.1f} ms | |",
         "",
         "before = mglrud's HTTP server with the cache bypassed (every scrape renders, as before this change);",
         "after = the same server serving the cached bytes; per-scrape families (build info, snapshot age)",
