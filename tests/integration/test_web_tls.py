@@ -249,3 +249,35 @@ def test_client_allowed_sans(tmp_path):
             srv.server_close()
     assert results["prometheus.test"] == 200
     assert results["other.test"] != 200 and not isinstance(results["other.test"], int), results
+
+
+def test_half_finished_tls_handshakes_hold_no_thread_and_are_cut_off(tmp_path, monkeypatch):
+    """30 connections that start a TLS handshake and stall (slowloris on TLS): scrapes with a
+    client certificate keep answering, and each stalled one is closed at the request deadline."""
+    from mglrud import http as mhttp, webconfig
+    from mglrud.collectors import Published
+
+    monkeypatch.setattr(mhttp, "REQUEST_TIMEOUT", 2.0)
+    ca = CA.make(tmp_path / "ca")
+    path = tmp_path / "web.yml"
+    path.write_text(_web_config(ca, {}).replace("basic_auth_users:\n", ""))
+    srv, _ = mhttp.serve("127.0.0.1", 0, Published(),
+                         web=webconfig.WebConfigSource(str(path), webconfig.load(str(path))))
+    stalled = []
+    try:
+        for _ in range(30):
+            s = socket.create_connection(("127.0.0.1", srv.server_port), timeout=30)
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello, no more
+            stalled.append(s)
+        for _ in range(10):
+            assert _get(srv.server_port, _client_context(ca), path="/-/ready")[0] == 503  # no snapshot: 503, served
+        for s in stalled:
+            try:
+                assert s.recv(4096) == b""  # closed by the deadline, without an answer
+            except ConnectionResetError:
+                pass
+    finally:
+        for s in stalled:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
