@@ -105,3 +105,25 @@ def test_bad_web_listen_address_one_line_exit_2(argv, line, capsys):
     assert cli.main(["run", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"mglrud: config: {line}") and err.count("\n") == 1, err
+
+
+def test_web_config_file_key_in_the_config_and_the_flag_overriding_it(tmp_path, capsys):
+    from mglrud.config import loads
+
+    assert loads("web_config_file: /etc/mglrud/web.yml\n").web_config_file == "/etc/mglrud/web.yml"
+    assert loads("{}\n").web_config_file == ""
+    with pytest.raises(ConfigError, match="^web_config_file: must be an absolute path"):
+        loads("web_config_file: web.yml\n")
+    bad = tmp_path / "bad-web.yml"
+    bad.write_text("basic_auth_users: {u: plaintext}\n")
+    good = tmp_path / "good-web.yml"
+    good.write_text("basic_auth_users: {}\n")
+    cfg = tmp_path / "mglrud.yaml"
+    cfg.write_text(f"web_config_file: {bad}\n")
+    # the config's file is checked at start, one line naming it and the key
+    assert cli.main(["check", "-c", str(cfg)]) == 2
+    assert capsys.readouterr().err == (f"mglrud: config: {bad}: basic_auth_users.u: is not a bcrypt hash (like "
+                                       f"$2y$10$ and 53 characters; make one with `htpasswd -nBC 10 USER`)\n")
+    # --web.config.file wins over the key
+    args = cli._parser().parse_args(["run", "-c", str(cfg), "--web.config.file", str(good)])
+    assert cli.load_config(args).web_config_file == str(good)
