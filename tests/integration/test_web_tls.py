@@ -257,7 +257,9 @@ def test_half_finished_tls_handshakes_hold_no_thread_and_are_cut_off(tmp_path, m
     from mglrud import http as mhttp, webconfig
     from mglrud.collectors import Published
 
-    monkeypatch.setattr(mhttp, "REQUEST_TIMEOUT", 2.0)
+    from mglrud import listener
+
+    monkeypatch.setattr(listener, "REQUEST_TIMEOUT", 2.0)
     ca = CA.make(tmp_path / "ca")
     path = tmp_path / "web.yml"
     path.write_text(_web_config(ca, {}).replace("basic_auth_users:\n", ""))

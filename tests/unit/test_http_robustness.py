@@ -8,13 +8,13 @@ import urllib.request
 
 import pytest
 
-from mglrud import http
+from mglrud import http, listener
 from mglrud.collectors import Published
 
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(listener, "REQUEST_TIMEOUT", 0.5)
     published = Published()
     srv, _ = http.serve("127.0.0.1", 0, published)
     yield srv.server_port
@@ -106,7 +106,7 @@ def _closed_by_server(s: socket.socket) -> bool:
 
 
 def test_scrapes_answer_while_30_slowloris_sockets_dribble_and_those_are_cut_off(monkeypatch):
-    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 2.0)
+    monkeypatch.setattr(listener, "REQUEST_TIMEOUT", 2.0)
     published = Published()
     srv, _ = http.serve("127.0.0.1", 0, published)
     port = srv.server_port
@@ -138,8 +138,8 @@ def test_scrapes_answer_while_30_slowloris_sockets_dribble_and_those_are_cut_off
 
 
 def test_connections_beyond_the_cap_wait_in_the_backlog_and_are_then_answered(monkeypatch, caplog):
-    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 1.0)
-    monkeypatch.setattr(http, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(listener, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(listener, "MAX_CONNECTIONS", 4)
     published = Published()
     srv, _ = http.serve("127.0.0.1", 0, published)
     port = srv.server_port

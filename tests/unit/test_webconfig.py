@@ -7,7 +7,7 @@ import base64
 import bcrypt
 import pytest
 
-from mglrud import cli, webconfig
+from mglrud import basicauth, cli, webconfig
 from mglrud.config import ConfigError
 
 P = "/etc/mglrud/web.yml"
@@ -71,7 +71,7 @@ def _header(user: str, password: str) -> str:
 
 def test_basic_auth_bcrypt_cache_and_decoy(monkeypatch):
     users = {"prometheus": bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()}
-    auth = webconfig.BasicAuth()
+    auth = basicauth.BasicAuth()
     calls = []
     real = bcrypt.checkpw
     monkeypatch.setattr(bcrypt, "checkpw", lambda p, h: calls.append(h) or real(p, h))
