@@ -15,7 +15,8 @@ import os
 import sys
 
 from mglrud import __version__, check, client, snapshot_json, systemd, tui, webconfig
-from mglrud.config import DEFAULT_PORT, Config, ConfigError, load
+from mglrud.config import DEFAULT_PORT, DEFAULT_URL, Config, ConfigError, load
+from mglrud.render.heatmap import OVERLAYS
 from mglrud.fs import FS
 
 PATH_FLAGS = ("procfs", "sysfs", "debugfs", "cgroupfs", "tracefs")
@@ -48,9 +49,64 @@ def _parser() -> argparse.ArgumentParser:
     snap = sub.add_parser("snapshot", parents=[common], help="run one cycle and print it")
     snap.add_argument("--json", action="store_true", help="print the JSON of /snapshot.json")
     snap.add_argument("--no-age", action="store_true", help="only read; do not age the targets first")
-    client.add_report_parser(sub)  # reads a running daemon: no config, no kernel access
-    tui.add_parser(sub)  # a daemon's snapshots, or its own session of the daemon's cycle
+    _report_parser(sub)  # reads a running daemon: no config, no kernel access
+    _heatmap_parser(sub)  # a daemon's snapshots, or its own session of the daemon's cycle
     return p
+
+
+def _report_parser(sub) -> None:
+    rep = sub.add_parser("report", help="per-mapping table from a running daemon, biggest never-accessed first")
+    who = rep.add_mutually_exclusive_group(required=True)
+    who.add_argument("--target", metavar="NAME", help="a configured target's name")
+    who.add_argument("--pid", type=int, metavar="PID", help="a process of a configured target")
+    rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+
+
+def _heatmap_parser(sub) -> None:
+    hm = sub.add_parser(
+        "heatmap", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="live address x time heatmap of one target or process (or --png FILE)",
+        description="Live address x time heatmap: rows are address ranges (hex start, mapping), columns "
+                    "aggregation intervals, newest right. Reads a running daemon's /snapshot.json; with none "
+                    "reachable (or --own) runs its own session of the daemon's sources for just this pid/target. "
+                    "The status line says which.",
+        epilog="keys: q quit; o next overlay, 1 heat, 2 node, 3 lru (anon/file); [ ] shorter/longer "
+               "aggregation interval; a A shorter/longer aging interval (own session only: attached, the "
+               "aging interval is the daemon's config); up/down (k/j) select a row; z or enter zoom into the "
+               "selected row's address range; Z, u or backspace zoom out; p or space pause.\n"
+               "Without colour (NO_COLOR, TERM=dumb, --no-color) the glyphs carry the map: heat . : - = + * # % @, "
+               "node digits, a/f for anon/file, ? not measured yet, blank not resident.\n"
+               "A column merges the snapshots of its interval (hottest wins); an interval without one gets no "
+               "column. Exit status: 0, or 1 with one line (no such process, target or pid unknown to the "
+               "daemon, unwritable --png path).")
+    who = hm.add_mutually_exclusive_group(required=True)
+    who.add_argument("--target", metavar="NAME", help="a configured target's name")
+    who.add_argument("--pid", type=int, metavar="PID", help="one process")
+    hm.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+    hm.add_argument("--own", action="store_true", help="run an own session even if a daemon answers")
+    hm.add_argument("--config", "-c", metavar="FILE",
+                    help="own session: config to take the target (--target) and source settings from")
+    hm.add_argument("--aging", type=_seconds, default=5.0, metavar="SECONDS",
+                    help="own session: the aging interval to start with (default 5)")
+    hm.add_argument("--aggregate", type=_seconds, default=2.0, metavar="SECONDS",
+                    help="seconds per column to start with (default 2)")
+    hm.add_argument("--poll", type=_seconds, default=1.0, metavar="SECONDS",
+                    help="seconds between reads of the daemon or cycles of the own session (default 1)")
+    hm.add_argument("--no-color", action="store_true", help="glyphs only (also NO_COLOR or TERM=dumb)")
+    hm.add_argument("--png", metavar="FILE", help="write the heatmap as a PNG image and exit")
+    hm.add_argument("--columns", type=int, default=1, metavar="N",
+                    help="--png: aggregation intervals to show (default 1: the latest snapshot)")
+    hm.add_argument("--overlay", choices=OVERLAYS, default="heat", help="--png: the overlay (default heat)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600 seconds, got {text!r}")
+    return v
 
 
 def load_config(args: argparse.Namespace) -> Config:

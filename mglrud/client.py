@@ -12,10 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mglrud.config import DEFAULT_PORT
+from mglrud.config import DEFAULT_URL
 from mglrud.render import report
-
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 class FetchError(Exception):
@@ -35,14 +33,6 @@ def fetch_snapshot(url: str, timeout: float = 10.0) -> dict:
         raise FetchError(f"cannot reach {full} ({reason}); start `mglrud run` or pass --url") from None
     except ValueError as e:
         raise FetchError(f"{full} did not return JSON ({e}); is this a mglrud daemon?") from None
-
-
-def add_report_parser(sub) -> None:
-    rep = sub.add_parser("report", help="per-mapping table from a running daemon, biggest never-accessed first")
-    who = rep.add_mutually_exclusive_group(required=True)
-    who.add_argument("--target", metavar="NAME", help="a configured target's name")
-    who.add_argument("--pid", type=int, metavar="PID", help="a process of a configured target")
-    rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
 
 
 def read_maps(pid: int, procfs: str = "/proc") -> list[tuple[int, int, str]]:

@@ -24,6 +24,7 @@ import yaml
 MAX_NR_GENS = 4
 
 DEFAULT_PORT = 9746
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"  # where `mglrud report` and `heatmap` find the daemon
 LOG_LEVELS = ("debug", "info", "warning", "error")
 UNIT_SUFFIXES = (".service", ".scope", ".slice", ".socket", ".mount", ".swap", ".target")
 SELECTORS = ("memcg", "pid", "comm", "cmdline", "unit")

@@ -78,7 +78,7 @@ from mglrud.sources.base import Inputs, Part, Probe
 from mglrud.sources.smaps import ParseError, lru_split, mapping_name, parse_numa_maps, parse_smaps
 from mglrud.model.procfs import (MappingHeat, ProcessHeat, ProcfsData, ProcfsStats,
                              ProcfsTarget)
-from mglrud.targets import ProcTable, selects
+from mglrud.targets import Candidate, ProcTable, Selection, select, start_time
 
 log = logging.getLogger(__name__)
 
@@ -93,70 +93,6 @@ REASONS = ("exited", "eperm", "parse", "other")
 DEFAULT_MAX_PROCESSES = 5
 ATTEMPTS_PER_PROCESS = 4  # candidates tried per process read, at most
 DEFAULT_TOP_MAPPINGS = 10
-
-# ---------------------------------------------------------------- process selection
-
-@dataclass(frozen=True)
-class Candidate:
-    pid: int
-    comm: str
-    rss_bytes: int
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A target and its processes, largest resident set first."""
-
-    target: Target
-    candidates: tuple[Candidate, ...]
-    problem: str = ""
-
-
-def read_rss(fs: FS, pid: int, page_size: int) -> int:
-    """Resident bytes from /proc/PID/statm (cheap: no page-table walk); 0 when gone or a kernel thread."""
-    try:
-        return int(fs.proc(pid, "statm").read_text().split()[1]) * page_size
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def start_time(fs: FS, pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: with the pid, it tells a process from a later one with the same pid."""
-    try:
-        text = fs.proc(pid, "stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) is in parentheses and may itself contain ") ".
-    rest = text[text.rfind(")") + 2:].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def select(targets: Iterable[Target], fs: FS, exclude: Iterable[int] = (),
-           page_size: int | None = None, procs: ProcTable | None = None) -> tuple[Selection, ...]:
-    """Every target's processes, largest RSS first; mglrud itself (`exclude`) and kernel threads left out.
-    `procs` is the cycle's shared /proc table (a fresh one when not given)."""
-    targets = tuple(targets)
-    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
-    procs = procs or ProcTable(fs, targets)
-    skip = set(exclude)
-    rss: dict[int, int] = {}
-    out = []
-    for t in targets:
-        chosen = []
-        for p in procs.all():
-            if p.pid not in skip and selects(t, p):
-                if p.pid not in rss:
-                    rss[p.pid] = read_rss(fs, p.pid, page_size)
-                if rss[p.pid] > 0:
-                    chosen.append(Candidate(p.pid, p.comm, rss[p.pid]))
-        chosen.sort(key=lambda c: (-c.rss_bytes, c.pid))
-        problem = "" if chosen else f"no running process with {t.kind} {t.value}"
-        out.append(Selection(t, tuple(chosen), problem))
-    return tuple(out)
-
 
 # ---------------------------------------------------------------- the I/O edge
 

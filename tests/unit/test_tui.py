@@ -59,7 +59,7 @@ def test_no_daemon_means_an_own_session_config_for_just_that_pid_or_target(tmp_p
 
 def test_open_feed_falls_back_to_an_own_session_and_says_why(monkeypatch):
     made = []
-    monkeypatch.setattr(tui, "OwnSession", lambda cfg, why: made.append((cfg, why)) or "session")
+    monkeypatch.setattr(tui.feeds, "OwnSession", lambda cfg, why: made.append((cfg, why)) or "session")
     assert tui.open_feed(args(pid=PID_SELF)) == ("session", None)
     assert made[0][1] == "no daemon at http://127.0.0.1:1"
     feed, first = tui.open_feed(args(pid=PID_SELF, own=True))
