@@ -11,9 +11,10 @@ import argparse
 import dataclasses
 import ipaddress
 import logging
+import os
 import sys
 
-from mglrud import __version__, check, client, snapshot_json, systemd, tui
+from mglrud import __version__, check, client, snapshot_json, systemd, tui, webconfig
 from mglrud.config import DEFAULT_PORT, DEFAULT_URL, Config, ConfigError, load
 from mglrud.render.heatmap import OVERLAYS
 from mglrud.fs import FS
@@ -29,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
                             help=f"where {name} is mounted (overrides paths.{name})")
     common.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warning", "error"),
                         help="overrides log.level")
+    common.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        help="exporter-toolkit web config: TLS, basic auth, headers (overrides web_config_file)")
 
     p = argparse.ArgumentParser(prog="mglrud", description="Age memcgs through the multi-gen LRU and "
                                                            "export their generations to Prometheus.")
@@ -39,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="overrides listen.address (default 127.0.0.1)")
     run.add_argument("--listen.port", dest="listen_port", type=int, metavar="PORT",
                      help=f"overrides listen.port (default {DEFAULT_PORT}; 0 picks a free port)")
+    run.add_argument("--web.listen-address", dest="web_listen_address", metavar="HOST:PORT",
+                     help="address and port as node_exporter takes them: 127.0.0.1:9746, [::1]:9746, "
+                          ":9746 (every IPv4 address); overrides listen.address and listen.port")
     sub.add_parser("check", parents=[common], help="preflight: what works here and why not; exit 0/1")
     snap = sub.add_parser("snapshot", parents=[common], help="run one cycle and print it")
     snap.add_argument("--json", action="store_true", help="print the JSON of /snapshot.json")
@@ -124,11 +130,36 @@ def load_config(args: argparse.Namespace) -> Config:
         if not 0 <= args.listen_port <= 65535:
             raise ConfigError("--listen.port", f"must be from 0 to 65535, got {args.listen_port}")
         listen["port"] = args.listen_port
+    if getattr(args, "web_listen_address", None):
+        if listen:
+            raise ConfigError("--web.listen-address", "give it or --listen.address/--listen.port, not both")
+        listen = parse_listen_address(args.web_listen_address)
     if listen:
         cfg = dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, **listen))
+    if getattr(args, "web_config_file", None):
+        cfg = dataclasses.replace(cfg, web_config_file=os.path.abspath(args.web_config_file))
+    if cfg.web_config_file:
+        webconfig.load(cfg.web_config_file)  # every problem now, as one line naming the key
     if args.log_level:
         cfg = dataclasses.replace(cfg, log_level=args.log_level)
     return cfg
+
+
+def parse_listen_address(value: str) -> dict:
+    """node_exporter's --web.listen-address: HOST:PORT, [V6]:PORT or :PORT -> listen.address, listen.port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("--web.listen-address", f"must be HOST:PORT like 127.0.0.1:{DEFAULT_PORT}, "
+                                                  f"[::1]:{DEFAULT_PORT} or :{DEFAULT_PORT}, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError("--web.listen-address", f"the host must be an IP address like 127.0.0.1 or [::1], "
+                                                  f"got {value!r}") from None
+    return {"address": host, "port": int(port)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return Daemon(cfg, lambda: load_config(args)).run()
+    except ConfigError as e:  # the web config file changed for the worse since load_config read it
+        print(f"mglrud: config: {e}", file=sys.stderr)
+        return 2
     except ListenError as e:
         # A port in use or an address the host lacks is the config's to fix: exit 2 like
         # any bad config (and the unit's RestartPreventExitStatus=2 stops a restart loop).

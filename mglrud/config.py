@@ -127,6 +127,7 @@ class Config:
     sources: str | tuple[str, ...] = "auto"  # "auto" or names from the table in mglrud/sources/
     procfs: Procfs = Procfs()
     bpf: Bpf = Bpf()
+    web_config_file: str = ""  # exporter-toolkit web config (mglrud/webconfig.py); empty: plain HTTP
 
 
 DEFAULT_TARGETS = [{"name": "all", "memcg": "/**"}]
@@ -417,7 +418,16 @@ def _bpf(v: Any) -> Bpf:
     )
 
 
-TOP_KEYS = ("listen", "aging", "snapshot", "metrics", "targets", "paths", "log", "sources", "procfs", "bpf")
+TOP_KEYS = ("listen", "aging", "snapshot", "metrics", "targets", "paths", "log", "sources", "procfs", "bpf",
+            "web_config_file")
+
+
+def _web_config_file(v: Any) -> str:
+    if v is None or v == "":
+        return ""
+    if not isinstance(v, str) or not v.startswith("/") or "\0" in v:
+        raise ConfigError("web_config_file", f"must be an absolute path to an exporter-toolkit web config, got {v!r}")
+    return v
 
 
 def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
@@ -447,6 +457,7 @@ def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
         sources=_sources(doc["sources"]) if "sources" in doc else Config.sources,
         procfs=_procfs(doc.get("procfs")),
         bpf=_bpf(doc.get("bpf")),
+        web_config_file=_web_config_file(doc.get("web_config_file")),
     )
 
 
