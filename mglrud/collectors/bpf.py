@@ -1,4 +1,4 @@
-"""Per-target access heat from the BPF source (mglrud/sources/bpf_hotness.py, mglrud/hotness.py).
+"""Per-target access heat from the BPF source (mglrud/sources/bpf_hotness.py, mglrud/model/hotness.py).
 
 Cardinality is bounded by the config, never by the workload: per process
 target one histogram of heat over address offset (bpf.heat_buckets buckets,

@@ -187,7 +187,7 @@ def render(g: Grid, overlay: str = "heat", columns: int | None = None, label_wid
 
 # ---------------------------------------------------------------- the live view (mglrud heatmap)
 #
-# The TUI (mglrud/tui.py) and the PNG (render/png.py) draw the same View: the grid's
+# The TUI (mglrud/tui/) and the PNG (render/png.py) draw the same View: the grid's
 # snapshots bucketed into aggregation intervals (columns), its rows cut to an address
 # window (zoom) and merged into at most `height` bands. Every function here is pure.
 

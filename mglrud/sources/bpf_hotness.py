@@ -9,7 +9,7 @@ module has it compiled and attached once, by a short-lived child process
 (mglrud/bpf_loader.py, which keeps bcc and LLVM out of the daemon's memory),
 tells it the targets through two maps (target_tgids, target_memcgs), reads its
 maps once per cycle with bpf(2) (mglrud/bpfsys.py) and hands the raw
-counts to the pure functions of mglrud/hotness.py. Residency comes from
+counts to the pure functions of mglrud/model/hotness.py. Residency comes from
 /proc/PID/smaps (which mappings hold pages) and /proc/PID/pagemap (which pages,
 on which node; Documentation/admin-guide/mm/pagemap.rst).
 

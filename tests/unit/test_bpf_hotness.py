@@ -1,4 +1,4 @@
-"""The BPF hotness source's math (mglrud/hotness.py) and its source/collector, on the host.
+"""The BPF hotness source's math (mglrud/model/hotness.py) and its source/collector, on the host.
 
 Map dumps, smaps, pagemap and zoneinfo in tests/fixtures/bpf/ were captured in
 the test guest by tests/vm/capture_bpf_fixtures.py: a workload mapping 64 MiB

@@ -1,4 +1,4 @@
-"""model.py: cold bytes and the idle-age histogram from generations (the lower-bound rule)."""
+"""model/lru_gen.py: cold bytes and the idle-age histogram from generations (the lower-bound rule)."""
 
 import math
 

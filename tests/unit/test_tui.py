@@ -1,4 +1,4 @@
-"""mglrud/tui.py without a terminal: which mode, the checks behind its one-line errors, the history of
+"""mglrud/tui/ without a terminal: which mode, the checks behind its one-line errors, the history of
 snapshots, and the own session's live aging interval (an Engine on a synthetic lru_gen, recorded writes)."""
 
 import argparse
