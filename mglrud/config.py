@@ -58,6 +58,11 @@ class Metrics:
     cold_thresholds: tuple[float, ...] = (30.0, 60.0, 120.0)
     # Empty means: use cold_thresholds as the histogram's bucket edges.
     idle_age_buckets: tuple[float, ...] = ()
+    # Cardinality controls (docs/fleet.md). `disable`: full family names not rendered
+    # (collectors/__init__.py FAMILIES maps the short keys the config accepts to them).
+    disable: frozenset[str] = frozenset()
+    max_memcgs_per_target: int = 0  # 0: no cap; else the largest by resident bytes are exported
+    keep_empty_memcgs: bool = False  # export memcgs with no pages on any LRU
 
     @property
     def buckets(self) -> tuple[float, ...]:
@@ -93,7 +98,9 @@ class Procfs:
 
     max_processes: int = 5  # per target: the largest by RSS
     top_mappings: int = 10  # per target: own series; the rest summed as mapping="other"
-    clear_refs: bool = True
+    # Off by default: writing clear_refs clears the accessed bits reclaim uses and takes the
+    # target's mmap lock for writing; without it the source reads smaps only (docs/config.md).
+    clear_refs: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,7 +277,8 @@ def _aging(v: Any) -> Aging:
 
 
 def _metrics(v: Any, aging: Aging) -> Metrics:
-    v = _mapping(v, "metrics", ("cold_thresholds", "idle_age_buckets"))
+    v = _mapping(v, "metrics", ("cold_thresholds", "idle_age_buckets", "disable", "max_memcgs_per_target",
+                                "keep_empty_memcgs"))
     thresholds = (_durations(v["cold_thresholds"], "metrics.cold_thresholds")
                   if "cold_thresholds" in v else Metrics.cold_thresholds)
     reach = (MAX_NR_GENS - 1) * aging.interval
@@ -283,7 +291,33 @@ def _metrics(v: Any, aging: Aging) -> Metrics:
                 f"raise aging.interval or lower this threshold")
     buckets = (_durations(v["idle_age_buckets"], "metrics.idle_age_buckets")
                if "idle_age_buckets" in v else ())
-    return Metrics(thresholds, buckets)
+    return Metrics(thresholds, buckets,
+                   disable=_disable(v.get("disable", [])),
+                   max_memcgs_per_target=_int(v.get("max_memcgs_per_target", Metrics.max_memcgs_per_target),
+                                              "metrics.max_memcgs_per_target", 0, 1_000_000),
+                   keep_empty_memcgs=_bool(v.get("keep_empty_memcgs", Metrics.keep_empty_memcgs),
+                                           "metrics.keep_empty_memcgs"))
+
+
+def _disable(v: Any) -> frozenset[str]:
+    """`metrics.disable`: short keys (generation, idle_age, ...) or full family names -> full names."""
+    # The real family names, from the collectors (imported here, when used, as _sources does).
+    from mglrud.collectors import FAMILIES
+
+    if not isinstance(v, list):
+        raise ConfigError("metrics.disable", f"must be a list of metric families like [generation, idle_age], "
+                                             f"got {v!r}")
+    full = set(FAMILIES.values())
+    out = set()
+    for i, name in enumerate(v):
+        if name in FAMILIES:
+            out.add(FAMILIES[name])
+        elif name in full:
+            out.add(name)
+        else:
+            raise ConfigError(f"metrics.disable[{i}]", f"must be one of {', '.join(FAMILIES)} (or the full "
+                                                       f"family name, see docs/metrics.md), got {name!r}")
+    return frozenset(out)
 
 
 def _paths(v: Any) -> Paths:

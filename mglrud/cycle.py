@@ -133,6 +133,7 @@ class Engine:
             page_size=self.page_size,
             cold_thresholds=cfg.metrics.cold_thresholds,
             idle_age_buckets=cfg.metrics.buckets,
+            disabled_families=cfg.metrics.disable,
             targets=self._target_states(resolutions),
             sources=tuple(statuses),
             aging=self.aging.stats(),
