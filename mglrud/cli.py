@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         rows, usable = check.run(FS(cfg.paths))
         sys.stdout.write(check.format_table(rows, usable))
-        sys.stdout.write(check.format_sources(FS(cfg.paths), cfg.sources))
+        sys.stdout.write(check.format_sources(FS(cfg.paths), cfg.sources, cfg.procfs.clear_refs))
         sys.stdout.write(check.format_bpf(check.bpf_program(FS(cfg.paths), cfg.bpf)))
         return 0 if usable else 1
 
