@@ -45,12 +45,15 @@ def families(snap):
         return
     page = snap.page_size
     labels = ["memcg", "node", "lru"]
+    # Literal names, as in every collector (tests/unit/test_grafana_dashboards.py reads them from
+    # the source); FAMILIES must name the same ones (tests/unit/test_cardinality.py).
+    resident = GaugeMetricFamily("mglrud_memcg_resident_bytes", HELP["resident"], labels=labels)
+    gen_bytes = GaugeMetricFamily("mglrud_memcg_generation_bytes", HELP["generation"], labels=labels + ["gen"])
+    gen_age = GaugeMetricFamily("mglrud_memcg_generation_age_seconds", HELP["age"],
+                                labels=["memcg", "node", "gen"])
+    cold = GaugeMetricFamily("mglrud_memcg_cold_bytes", HELP["cold"], labels=labels + ["threshold"])
+    idle = GaugeHistogramMetricFamily("mglrud_memcg_idle_age_seconds", HELP["idle"], labels=labels)
     F = FAMILIES
-    resident = GaugeMetricFamily(F["resident"], HELP["resident"], labels=labels)
-    gen_bytes = GaugeMetricFamily(F["generation"], HELP["generation"], labels=labels + ["gen"])
-    gen_age = GaugeMetricFamily(F["generation_age"], HELP["age"], labels=["memcg", "node", "gen"])
-    cold = GaugeMetricFamily(F["cold"], HELP["cold"], labels=labels + ["threshold"])
-    idle = GaugeHistogramMetricFamily(F["idle_age"], HELP["idle"], labels=labels)
     # metrics.disable: skip the work too, not only the output (10k memcgs x nodes x lrus).
     off = getattr(snap, "disabled_families", frozenset())
     want = {k: F[k] not in off for k in F}
