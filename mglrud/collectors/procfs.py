@@ -91,7 +91,9 @@ def families(snap):
             idles = [m.idle_seconds for m, span in g.mappings if m.idle_seconds is not None and span is not None]
             if idles:
                 idle.add_metric(labels, min(idles))
-            for th in thresholds:
+            # Without clear_refs nothing is measured idle, ever: no cold series rather than
+            # a 0 that reads as "nothing is cold".
+            for th in thresholds if data.clear_refs else ():
                 per_lru = dict.fromkeys(LRUS, 0)
                 for m, span in g.mappings:
                     for lru, b in lru_share(m, cold_bytes(m, th, span)).items():
