@@ -15,6 +15,7 @@ Writes bench/results/series.txt.
 from __future__ import annotations
 
 import argparse
+import os
 import datetime
 import platform
 import shutil
@@ -107,13 +108,16 @@ def main() -> int:
         paths = synthetic(Path(tmp), args.memcgs)
         out += [f"## SYNTHETIC: {args.memcgs} memcgs x 2 nodes x 4 generations, one in three empty "
                 f"(kernel lru_gen format, real parser)", "",
-                "| setting | series per host | of which mglrud_memcg_* | memcgs exported | render seconds |",
+                "| setting | series per host | of which mglrud_memcg_* | memcgs exported | cycle + render, wall s |",
                 "|---|---|---|---|---|"]
         for label, metrics in SYNTH_SETTINGS:
             t0 = time.perf_counter()
             total, memcg, n = count(paths, metrics)
             out.append(f"| {label} | {total} | {memcg} | {n} | {time.perf_counter() - t0:.1f} |")
         out.append("")
+    out.append(f"cycle + render = one Engine cycle (read and parse lru_gen, resolve targets) plus one "
+               f"generate_latest; wall time on a shared machine, load average at end "
+               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     text = "\n".join(out)
     print(text)
     dest = REPO / "bench" / "results" / "series.txt"
