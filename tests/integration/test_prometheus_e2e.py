@@ -165,7 +165,10 @@ def replay_config(memcg: str) -> dict:
 def procfs_config(target: str, pid: int) -> dict:
     return {"aging": {"interval": "2s"}, "snapshot": {"interval": "1s"},
             "metrics": {"cold_thresholds": yaml.safe_load(THRESHOLDS), "idle_age_buckets": ["1s", "2s", "5s"]},
-            "sources": ["procfs"], "targets": [{"name": target, "pid": pid}]}
+            "sources": ["procfs"], "targets": [{"name": target, "pid": pid}],
+            # explicitly (off by default): the process dashboard and MglrudTargetColdMemoryHigh need
+            # accessed and cold bytes
+            "procfs": {"clear_refs": True}}
 
 
 class PromAPI:
