@@ -186,7 +186,8 @@ def probe(fs: FS) -> Probe:
 class LruGenSource(Passive):
     """The generations of the target memcgs. lru_gen is read once per cycle, before and again
     after aging, by the Engine (it is also what the Engine ages through): this source only
-    picks the target memcgs' lruvecs out of that read."""
+    picks the target memcgs' lruvecs out of that read, less what the cardinality controls
+    leave out (select(), metrics.max_memcgs_per_target and metrics.keep_empty_memcgs)."""
 
     name = NAME
 
