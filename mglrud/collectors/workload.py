@@ -1,0 +1,32 @@
+"""`mglrud_memcg_info`: one info series per memcg naming its workload (mglrud/workload.py).
+
+One series per memcg, not new labels on every memcg series: the unit, pod UID,
+container ID and QoS class are joined in PromQL where they are wanted
+(`* on (job, instance, memcg) group_left (pod_uid) mglrud_memcg_info`; the
+recording rules in deploy/prometheus/rules/mglrud-kubernetes.rules.yml do it
+with kube-state-metrics' pods), so the other families keep their cardinality
+and their series do not change when a path is parsed differently.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client.core import InfoMetricFamily
+
+from mglrud import workload
+
+NAME = "mglrud_memcg"  # client_python appends _info
+HELP = ("Workload of each memcg, parsed from its cgroup path (value always 1): the innermost systemd unit, "
+        "the Kubernetes pod UID and QoS class (kubelet, systemd or cgroupfs driver), the container ID "
+        "(containerd, CRI-O, docker, podman). Empty where the path does not say. Join on memcg.")
+INFO_LABELS = ("unit", "pod_uid", "container_id", "qos_class")
+
+
+def memcg_info(memcgs: Iterable[str]) -> InfoMetricFamily:
+    """The info family for these memcg paths (duplicates, e.g. one per NUMA node, are merged)."""
+    family = InfoMetricFamily(NAME, HELP, labels=["memcg"])
+    for path in sorted(set(memcgs)):
+        w = workload.parse(path)
+        family.add_metric([path], {k: getattr(w, k) for k in INFO_LABELS})
+    return family
