@@ -16,7 +16,6 @@ from prometheus_client.core import InfoMetricFamily
 
 from mglrud import workload
 
-NAME = "mglrud_memcg"  # client_python appends _info
 HELP = ("Workload of each memcg, parsed from its cgroup path (value always 1): the innermost systemd unit, "
         "the Kubernetes pod UID and QoS class (kubelet, systemd or cgroupfs driver), the container ID "
         "(containerd, CRI-O, docker, podman). Empty where the path does not say. Join on memcg.")
@@ -25,7 +24,7 @@ INFO_LABELS = ("unit", "pod_uid", "container_id", "qos_class")
 
 def memcg_info(memcgs: Iterable[str]) -> InfoMetricFamily:
     """The info family for these memcg paths (duplicates, e.g. one per NUMA node, are merged)."""
-    family = InfoMetricFamily(NAME, HELP, labels=["memcg"])
+    family = InfoMetricFamily("mglrud_memcg", HELP, labels=["memcg"])  # client_python appends _info
     for path in sorted(set(memcgs)):
         w = workload.parse(path)
         family.add_metric([path], {k: getattr(w, k) for k in INFO_LABELS})
