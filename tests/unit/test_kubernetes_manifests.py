@@ -157,6 +157,8 @@ def test_daemonset(rendered, overlay, caps):
     sc = c["securityContext"]
     assert sc["capabilities"]["drop"] == ["ALL"] and set(sc["capabilities"]["add"]) == caps
     assert sc["readOnlyRootFilesystem"] is True and sc["runAsUser"] == 0
+    assert sc["appArmorProfile"] == {"type": "Unconfined"}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
     assert c["readinessProbe"]["httpGet"]["path"] == "/-/ready"
     mounts = {m["name"]: m for m in c["volumeMounts"]}
