@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mglrud import cgroupns
 from mglrud.fs import FS, FileWriter
-from mglrud.sources import lru_gen, selection
+from mglrud.sources import bpf_hotness, lru_gen, selection
 
 # Bits of /sys/kernel/mm/lru_gen/enabled (multigen_lru.rst, "Runtime options").
 ENABLED_BITS = {0x1: "core", 0x2: "mm_walk", 0x4: "nonleaf_young"}
@@ -171,11 +171,10 @@ def bpf_program(fs: FS, cfg) -> Row:
     """Compile and attach the BPF source's program, then detach (ebpf_exporter's --config.check):
     the only way to know that bcc can build it against this kernel. Tried only where the
     tracepoint exists and bcc imports, so never on a stock kernel."""
-    from mglrud.sources import bpf_hotness
-
     name = "bpf program"
-    if not selection.probe_bpf(fs).usable:
-        return Row(name, False, f"not tried: {selection.probe_bpf(fs).detail}")
+    probe = bpf_hotness.probe(fs)
+    if not probe.usable:
+        return Row(name, False, f"not tried: {probe.detail}")
     try:
         prog = bpf_hotness.Program(cfg, fs)
     except bpf_hotness.Unavailable as e:

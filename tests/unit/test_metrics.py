@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FIXTURES, captured_roots, copy_root, paths_for
-from mglrud import report
+from mglrud import snapshot_json as report
 from mglrud.collectors import Published, build_registry
 from mglrud.config import loads
 from mglrud.cycle import Engine
