@@ -6,6 +6,9 @@ container ID and QoS class are joined in PromQL where they are wanted
 recording rules in deploy/prometheus/rules/mglrud-kubernetes.rules.yml do it
 with kube-state-metrics' pods), so the other families keep their cardinality
 and their series do not change when a path is parsed differently.
+
+Wiring: `families(snap)` follows the other family modules; add this module to
+the tuple in collectors/__init__.py's families() next to memcg.
 """
 
 from __future__ import annotations
@@ -29,3 +32,10 @@ def memcg_info(memcgs: Iterable[str]) -> InfoMetricFamily:
         w = workload.parse(path)
         family.add_metric([path], {k: getattr(w, k) for k in INFO_LABELS})
     return family
+
+
+def families(snap):
+    """The collectors' seam (mglrud/collectors/__init__.py): the info family of the Snapshot's memcgs."""
+    if snap is None or not snap.lruvecs:
+        return
+    yield memcg_info(h.memcg_path for h in snap.lruvecs)

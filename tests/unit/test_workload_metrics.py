@@ -10,7 +10,7 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO
-from mglrud.collectors.workload import HELP, memcg_info
+from mglrud.collectors.workload import HELP, families, memcg_info
 from mglrud.sources import lru_gen
 
 FIX = REPO / "tests" / "fixtures" / "workload"
@@ -59,3 +59,12 @@ def test_empty_family_without_memcgs():
 def test_documented():
     doc = (REPO / "docs" / "metrics.md").read_text()
     assert f"| `mglrud_memcg_info` | gauge (info) | memcg, unit, pod_uid, container_id, qos_class | {HELP} |" in doc
+
+
+def test_families_of_a_snapshot():
+    """The seam the other family modules have: one family for the snapshot's memcgs, none before data."""
+    from types import SimpleNamespace
+    lruvecs = lru_gen.parse((FIX / "lru_gen.kubelet-cgroupfs-crio").read_text())
+    [family] = families(SimpleNamespace(lruvecs=lruvecs))
+    assert {s.labels["memcg"] for s in family.samples} == {h.memcg_path for h in lruvecs}
+    assert list(families(None)) == [] and list(families(SimpleNamespace(lruvecs=()))) == []
