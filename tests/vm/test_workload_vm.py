@@ -10,8 +10,9 @@ mglrud_memcg_info from its memcg paths: each container's series must carry its p
 UID (with dashes), container ID, QoS class and unit, and its memcg must hold the
 workload's memory.
 
-The daemon does not export mglrud_memcg_info yet (collectors/workload.py is wired in
-by the collectors' restructuring); then this should read it from /metrics.
+The daemon does not export mglrud_memcg_info yet (collectors/workload.py's families()
+is one name to add in collectors/__init__.py); once it does, this should read it from
+the daemon's /metrics (tests/daemonproc.py) instead of rendering the family itself.
 
 Runs inside the guest (kernel-patch/vm-run.sh -- -k test_workload_vm); skipped elsewhere.
 """
