@@ -1,4 +1,4 @@
-"""`mglrud_memcg_info`: one info series per memcg naming its workload (mglrud/workload.py).
+"""`mglrud_memcg_info`: one info series per memcg naming its workload (mglrud/model/workload.py).
 
 One series per memcg, not new labels on every memcg series: the unit, pod UID,
 container ID and QoS class are joined in PromQL where they are wanted
@@ -17,7 +17,7 @@ from typing import Iterable
 
 from prometheus_client.core import InfoMetricFamily
 
-from mglrud import workload
+from mglrud.model import workload
 
 HELP = ("Workload of each memcg, parsed from its cgroup path (value always 1): the innermost systemd unit, "
         "the Kubernetes pod UID and QoS class (kubelet, systemd or cgroupfs driver), the container ID "

@@ -1,8 +1,8 @@
-"""mglrud.workload: cgroup v2 paths -> systemd unit, container, Kubernetes pod and QoS class.
+"""mglrud.model.workload: cgroup v2 paths -> systemd unit, container, Kubernetes pod and QoS class.
 
 The fixtures (tests/fixtures/workload/, README there) are lru_gen files of
 nine cgroup layouts, each memcg with the identity it must get, written by
-make_fixtures.py from the writers' naming rules (not from mglrud.workload).
+make_fixtures.py from the writers' naming rules (not from mglrud.model.workload).
 """
 
 import ast
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from mglrud import workload
+from mglrud.model import workload
 from mglrud.sources import lru_gen
 
 FIX = REPO / "tests" / "fixtures" / "workload"
