@@ -314,6 +314,8 @@ def _disable(v: Any) -> frozenset[str]:
             out.add(FAMILIES[name])
         elif name in full:
             out.add(name)
+        elif isinstance(name, str) and name.removesuffix("_info") in full:  # info families, as exposed
+            out.add(name.removesuffix("_info"))
         else:
             raise ConfigError(f"metrics.disable[{i}]", f"must be one of {', '.join(FAMILIES)} (or the full "
                                                        f"family name, see docs/metrics.md), got {name!r}")

@@ -14,13 +14,13 @@ from typing import Callable
 
 from prometheus_client.core import CollectorRegistry
 
-from mglrud.collectors import bpf, memcg, procfs, selfmetrics
+from mglrud.collectors import bpf, memcg, procfs, selfmetrics, workload
 from mglrud.model import Snapshot
 
 # `metrics.disable` keys -> family names: the per-memcg, per-mapping and per-target data
 # families. mglrud's own families (selfmetrics.py, the sources' counters) cannot be
 # switched off: the alert rules and `up`-style checks stand on them.
-FAMILIES: dict[str, str] = {**memcg.FAMILIES, **procfs.FAMILIES, **bpf.FAMILIES}
+FAMILIES: dict[str, str] = {**memcg.FAMILIES, **workload.FAMILIES, **procfs.FAMILIES, **bpf.FAMILIES}
 
 
 class Published:
@@ -49,7 +49,7 @@ def families(snap: Snapshot | None, now: float):
     # render-once cache in exposition.py relies on that) and a reload applies it from the
     # next snapshot on, like cold_thresholds.
     off = getattr(snap, "disabled_families", frozenset())
-    for module in (memcg, procfs, bpf):
+    for module in (memcg, workload, procfs, bpf):
         yield from (f for f in module.families(snap) if f.name not in off)
 
 

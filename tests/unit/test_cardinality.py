@@ -52,6 +52,9 @@ def test_disable_takes_short_keys_and_family_names():
     assert cfg.metrics.disable == {"mglrud_memcg_generation_bytes", "mglrud_memcg_idle_age_seconds",
                                    "mglrud_mapping_cold_bytes"}
     assert loads("").metrics.disable == frozenset()
+    # an info family: its family name lacks the _info the exposition adds; both spellings work
+    assert loads("metrics: {disable: [memcg_info]}").metrics.disable == {"mglrud_memcg"}
+    assert loads("metrics: {disable: [mglrud_memcg_info]}").metrics.disable == {"mglrud_memcg"}
 
 
 def test_every_disable_key_names_a_family_the_collectors_render(tmp_path):
