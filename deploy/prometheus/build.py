@@ -40,12 +40,14 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
 OUT = HERE / "rules"
 
-# The `_config` defaults. The runbook base is the project's README as published; a fleet with
-# its own runbooks (or its own mirror) sets --runbook-url.
+# The `_config` defaults. The project has no published home yet, so the runbook base is a
+# reserved .invalid name (RFC 2606): a link that cannot resolve, rather than one that points at
+# a guessed site somebody else could own. Set --runbook-url to where your copy of README.md's
+# runbook is published.
 DEFAULTS = {
     "selector": 'job="mglrud"',
     "cluster_label": "cluster",
-    "runbook_url": "https://github.com/mglrud/mglrud/blob/main/README.md",
+    "runbook_url": "https://mglrud.invalid/README.md",
 }
 
 _MATCHER = re.compile(r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*')
