@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import logging
 import sys
 
 from mglrud import __version__, check, client, report, systemd, tui
-from mglrud.config import DEFAULT_PORT, Config, ConfigError, load
+from mglrud.config import DEFAULT_PORT, Config, ConfigError, escape, listen_address, load
 from mglrud.fs import FS
 
 PATH_FLAGS = ("procfs", "sysfs", "debugfs", "cgroupfs", "tracefs")
@@ -52,18 +51,13 @@ def load_config(args: argparse.Namespace) -> Config:
     cfg = load(args.config)
     paths = {n: getattr(args, f"path_{n}") for n in PATH_FLAGS if getattr(args, f"path_{n}", None)}
     for name, value in paths.items():
-        if not value.startswith("/"):
+        if not value.startswith("/") or not value.isprintable():
             raise ConfigError(f"--path.{name}", f"must be an absolute path, got {value!r}")
     if paths:
         cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, **paths))
     listen = {}
     if getattr(args, "listen_address", None):
-        try:
-            ipaddress.ip_address(args.listen_address)
-        except ValueError:
-            raise ConfigError("--listen.address", f"must be an IP address like 127.0.0.1 or ::1, "
-                                                  f"got {args.listen_address!r}") from None
-        listen["address"] = args.listen_address
+        listen["address"] = listen_address(args.listen_address, "--listen.address")
     if getattr(args, "listen_port", None) is not None:
         if not 0 <= args.listen_port <= 65535:
             raise ConfigError("--listen.port", f"must be from 0 to 65535, got {args.listen_port}")
@@ -73,6 +67,11 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.log_level:
         cfg = dataclasses.replace(cfg, log_level=args.log_level)
     return cfg
+
+
+def load_failure(path: str | None, e: BaseException) -> str:
+    """One printable line for an exception other than ConfigError out of loading a config."""
+    return str(ConfigError(path or "(built-in defaults)", f"cannot load: {type(e).__name__}: {e}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mglrud: config: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a loader bug must still be one line and exit 2, not a traceback
+        print(f"mglrud: config: {load_failure(args.config, e)}", file=sys.stderr)
+        return 2
     # Under systemd, the journal with priorities (python3-systemd); else stderr with timestamps.
     journal = systemd.journal_handler() if args.command == "run" else None
     if journal is not None:
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from mglrud.targets import missing_memcgs
 
     for key, problem in missing_memcgs(cfg.targets, FS(cfg.paths)):
+        key, problem = escape(key), escape(problem)  # the memcg glob is the config's text
         if args.command == "check":  # the preflight of a config: a typo is an error
             print(f"mglrud: config: {key}: {problem}", file=sys.stderr)
             return 2

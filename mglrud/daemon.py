@@ -16,7 +16,7 @@ from typing import Callable
 
 from mglrud import systemd
 from mglrud.collectors import Published, build_registry
-from mglrud.config import Config, ConfigError
+from mglrud.config import Config, ConfigError, escape
 from mglrud.cycle import Engine
 from mglrud.http import serve
 
@@ -60,6 +60,13 @@ class Daemon:
         except ConfigError as e:
             log.error("reload failed, keeping the running config: config: %s", e)
             self.reload_problem = f"reload failed, previous config in force: {e}"
+        except Exception as e:
+            # Anything else out of the loader (a bug, MemoryError, an I/O error) must not kill
+            # the daemon: exit 1 is not in RestartPreventExitStatus=2, so systemd would restart
+            # it into the same file in a loop. The old config stays, as for a ConfigError.
+            problem = escape(f"{type(e).__name__}: {e}")[:300]
+            log.error("reload failed, keeping the running config: cannot load: %s", problem)
+            self.reload_problem = f"reload failed, previous config in force: {problem}"
         else:
             self.reload_problem = ""
             if (new.listen.address, new.listen.port) != (self.config.listen.address, self.config.listen.port):
