@@ -667,6 +667,10 @@ def loads(text: str, source: str = "(string)") -> Config:
         raise ConfigError(source, f"is not valid YAML: {where}{e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(source, f"is not valid YAML: {e}") from None
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError, OverflowError) as e:
+        # PyYAML's constructors of explicitly tagged scalars raise these for bad text
+        # (`!!int ''`, `!!bool x`, `!!timestamp x`): found by tests/unit/test_config_fuzz.py.
+        raise ConfigError(source, f"is not valid YAML: a tagged value cannot be read ({type(e).__name__}: {e})") from None
     if doc is None:
         raise ConfigError(source, "is empty (being written?); leave out --config for the built-in defaults, "
                                   "or write {}")
