@@ -5,8 +5,9 @@ interpreter's C-level handler write each signal's number to a socket the loop
 waits on with select(2) (SIGTERM/SIGINT: stop, SIGHUP: reload), and the Python
 handlers do nothing at all. A handler that set a threading.Event could deadlock:
 it runs in the main thread between bytecodes, possibly while that thread holds
-the Event's lock inside wait() (the signal module's documentation warns of it). A reload parses and validates the whole new
-config before swapping it in; a bad one is logged and the old one stays.
+the Event's lock inside wait() (the signal module's documentation warns of it).
+A reload parses and validates the whole new config before swapping it in; a bad
+one (whatever the loader raises) is logged and the old one stays.
 """
 
 from __future__ import annotations
