@@ -12,7 +12,9 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,11 +32,17 @@ def _limits():
 
 
 def _check(path, command="check", timeout=30):
-    """`mglrud COMMAND -c PATH` as the unit runs it: (exit status, stdout, stderr, seconds)."""
+    """`mglrud COMMAND -c PATH` as the unit runs it: (exit status, stdout, stderr, seconds).
+
+    Every kernel path points into an empty directory: should a regression let a config through,
+    `run` must not read (or clear_refs) the host's processes with the default targets."""
+    empty = Path(tempfile.mkdtemp(prefix="mglrud-empty-"))
+    flags = [f"--path.{k}={empty / k}" for k in ("procfs", "sysfs", "debugfs", "cgroupfs", "tracefs")]
     started = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "mglrud", command, "-c", str(path)], cwd=REPO,
+    p = subprocess.run([sys.executable, "-m", "mglrud", command, "-c", str(path), *flags], cwd=REPO,
                        capture_output=True, text=True, timeout=timeout, preexec_fn=_limits,
                        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+    empty.rmdir()
     return p.returncode, p.stdout, p.stderr, time.monotonic() - started
 
 
