@@ -40,7 +40,7 @@ MAX_INT_DIGITS = 40  # a longer integer is shown by its length, never converted 
 MAX_TARGETS = 1000  # each target is series per memcg or process: far beyond any host's need
 MIN_INTERVAL = 1.0  # seconds, for aging, snapshot and target intervals and the BPF half-life
 MIN_DURATION = 0.001  # seconds, any other duration: the finest unit a duration takes
-_MAX_KEY_CHARS, _MAX_MESSAGE_CHARS = 120, 256
+_MAX_KEY_CHARS, _MAX_MESSAGE_CHARS = 256, 320  # a path can be the key
 
 
 def escape(text: str) -> str:

@@ -68,7 +68,7 @@ CASES = st.one_of(
 def _check_error(e: ConfigError) -> None:
     line = str(e)
     assert line.isprintable(), repr(line)
-    assert len(line) < 500, len(line)
+    assert len(line) < 700, len(line)
 
 
 @seed(18)
