@@ -11,6 +11,12 @@ maps and the perf event that holds the program on the tracepoint. File
 descriptors cross over a unix socket as SCM_RIGHTS (man 7 unix); the daemon then
 reads the maps with the bpf(2) system call (mglrud/bpfsys.py).
 
+The child runs as root, so only mglrud's own code may run in it: it starts as
+`python3 -I -c ...` (isolated mode: PYTHON* variables, the user site and the working
+directory are all left out of sys.path; `-m` would put the cwd first) with the package's
+own directory added explicitly, and compiles only a program file that root alone can
+change (mglrud/filetrust.py).
+
 The child must not run bcc's cleanup: bcc's atexit handler disables the
 tracepoint's perf event, and the event is shared with the daemon's descriptor. It
 leaves with os._exit() once the descriptors are sent.
