@@ -246,3 +246,17 @@ def test_reload_of_a_bad_file_keeps_the_old_config(tmp_path, name, caplog):
     d._reload()
     assert d.config is old and engine.configured == []
     assert "\n" not in d.reload_problem and d.reload_problem.isprintable()
+
+
+@pytest.mark.parametrize("address,want", [
+    ("fe80::1%lo", "--listen.address: must not carry a %zone (a scoped link-local address), got 'fe80::1%lo'"),
+    ("ff02::1", "--listen.address: ff02::1 is a multicast address: mglrud listens on a unicast one"),
+])
+def test_the_command_line_address_is_held_to_the_same_rule(tmp_path, address, want):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    flags = [f"--path.{k}={empty / k}" for k in ("procfs", "sysfs", "debugfs", "cgroupfs", "tracefs")]
+    p = subprocess.run([sys.executable, "-m", "mglrud", "run", "--listen.address", address, "--listen.port", "0",
+                        *flags], cwd=REPO, capture_output=True, text=True, timeout=60, preexec_fn=_limits)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert _one_clean_line(p.stderr).startswith(E + want)
