@@ -83,8 +83,8 @@ def test_sighup_then_sigterm_wake_a_sleeping_loop_at_once():
         stopped = time.monotonic()
     finally:
         t.join()
-    assert len(reloads) == 1 and reloads[0] - sent["hup"] < 0.5, "SIGHUP did not wake the loop"
-    assert stopped - sent["term"] < 0.5, "SIGTERM did not wake the loop"
+    assert len(reloads) == 1 and reloads[0] - sent["hup"] < 2, "SIGHUP did not wake the loop (it sleeps an hour)"
+    assert stopped - sent["term"] < 2, "SIGTERM did not wake the loop (it sleeps an hour)"
     assert d.config is new and engine.configured == [new]
     # Everything run() changed is put back (the test process keeps its own handlers).
     assert {s: signal.getsignal(s) for s in before} == before
