@@ -670,7 +670,8 @@ def loads(text: str, source: str = "(string)") -> Config:
     except (ValueError, IndexError, KeyError, AttributeError, TypeError, OverflowError) as e:
         # PyYAML's constructors of explicitly tagged scalars raise these for bad text
         # (`!!int ''`, `!!bool x`, `!!timestamp x`): found by tests/unit/test_config_fuzz.py.
-        raise ConfigError(source, f"is not valid YAML: a tagged value cannot be read ({type(e).__name__}: {e})") from None
+        raise ConfigError(source, f"is not valid YAML: a tagged value cannot be read "
+                                  f"({type(e).__name__}: {e})") from None
     if doc is None:
         raise ConfigError(source, "is empty (being written?); leave out --config for the built-in defaults, "
                                   "or write {}")

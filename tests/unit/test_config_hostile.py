@@ -164,8 +164,9 @@ def test_path_with_control_characters_is_escaped(tmp_path, capsys):
     path = tmp_path / "evil\x1b[31m\nname.yaml"
     path.write_text("")
     assert cli.main(["check", "-c", str(path)]) == 2
-    assert _one_clean_line(capsys.readouterr().err) == f"{E}{tmp_path}/evil\\x1b[31m\\nname.yaml: is empty (being written?); " \
-                                   f"leave out --config for the built-in defaults, or write {{}}"
+    assert _one_clean_line(capsys.readouterr().err) == (
+        f"{E}{tmp_path}/evil\\x1b[31m\\nname.yaml: is empty (being written?); "
+        f"leave out --config for the built-in defaults, or write {{}}")
 
 
 def test_a_long_value_is_shortened_in_the_message():
