@@ -103,7 +103,8 @@ CASES = [
      "targets: at most 1000 targets, got 2000"),
     ("empty", "", "PATH: is empty"),
     ("only-comments", "# nothing yet\n", "PATH: is empty"),
-    ("truncated", "listen: {port: 9746}\ntargets:\n  - {name: a, memcg: /sys", "PATH: does not end with a newline"),
+    # cut in the middle of a value, and still valid YAML: /system.slice/foo instead of .../foo.service
+    ("truncated", "targets:\n  - name: a\n    memcg: /system.slice/foo", "PATH: does not end with a newline"),
 ]
 
 
