@@ -8,12 +8,17 @@ the full run is MGLRUD_FUZZ_EXAMPLES=10000 (README, Reliability, has its time).
 
 import math
 import os
+import tempfile
 import time
 import tracemalloc
 
 import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis caches Unicode tables in its home directory (./.hypothesis by default): not in the checkout.
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "mglrud-hypothesis"))
 
 from mglrud.config import SELECTORS, TOP_KEYS, ConfigError, from_dict, loads
 
