@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -30,10 +31,50 @@ UNIT_SUFFIXES = (".service", ".scope", ".slice", ".socket", ".mount", ".swap", "
 SELECTORS = ("memcg", "pid", "comm", "cmdline", "unit")
 
 
+# Bounds on what a config file may make the loader do (issue 18): a config is a few KiB
+# and a few levels deep; anything far beyond is an accident or an attack, refused in
+# bounded time and memory before it is validated.
+MAX_CONFIG_BYTES = 256 << 10
+MAX_DEPTH = 32  # nesting of lists and mappings, aliases expanded; mglrud's own schema needs 4
+MAX_VALUES = 100_000  # scalars, lists and mappings, aliases expanded ("billion laughs")
+MAX_INT_DIGITS = 40  # a longer integer is shown by its length, never converted (int() limits at 4300)
+MAX_TARGETS = 1000  # each target is series per memcg or process: far beyond any host's need
+MIN_INTERVAL = 1.0  # seconds, for aging, snapshot and target intervals and the BPF half-life
+MIN_DURATION = 0.001  # seconds, any other duration: the finest unit a duration takes
+_MAX_KEY_CHARS, _MAX_MESSAGE_CHARS = 256, 320  # a path can be the key
+
+
+def escape(text: str) -> str:
+    """`text` with every character that is not printable (control characters, NUL, newlines,
+    ANSI escapes, bidi overrides) as a Python escape, so that a message stays one honest line."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable():
+            out.append(c)
+        elif c in "\n\r\t":
+            out.append(repr(c)[1:-1])
+        else:
+            n = ord(c)
+            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+    return "".join(out)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class ConfigError(Exception):
-    """A configuration value is wrong; `key` is its dotted path."""
+    """A configuration value is wrong; `key` is its dotted path.
+
+    Both parts are escaped and shortened: str(e) is one printable line of bounded length
+    whatever the file held (a key with a newline must not forge a second log line).
+    """
 
     def __init__(self, key: str, message: str):
+        key = _shorten(escape(str(key)), _MAX_KEY_CHARS)
+        message = _shorten(escape(str(message)), _MAX_MESSAGE_CHARS)
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
@@ -147,8 +188,8 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION = 7 * 24 * 3600.0
 
 
-def parse_duration(text: Any, key: str) -> float:
-    """'30s', '5m', '1h', '1m30s', '500ms' -> seconds (> 0)."""
+def parse_duration(text: Any, key: str, minimum: float = MIN_DURATION) -> float:
+    """'30s', '5m', '1h', '1m30s', '500ms' -> seconds (at least `minimum`)."""
     if isinstance(text, bool) or not isinstance(text, str):
         raise ConfigError(key, f"must be a duration with a unit like 30s, 5m or 1h, got {text!r}")
     if text.startswith("-"):
@@ -163,6 +204,8 @@ def parse_duration(text: Any, key: str) -> float:
         raise ConfigError(key, f"must be a duration with a unit like 30s, 5m or 1h, got {text!r}")
     if total <= 0:
         raise ConfigError(key, f"must be longer than zero, got {text!r}")
+    if total < minimum:  # 0.000001ms would age (and clear_refs) as fast as the loop can spin
+        raise ConfigError(key, f"must be at least {format_duration(minimum)}, got {text!r}")
     if total > MAX_DURATION:  # beyond any sensible schedule, and past what timers accept
         raise ConfigError(key, f"must be at most {format_duration(MAX_DURATION)}, got {text!r}")
     return total
@@ -192,6 +235,15 @@ def _bool(v: Any, key: str) -> bool:
 def _str(v: Any, key: str) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigError(key, f"must be a non-empty string, got {v!r}")
+    return v
+
+
+def _text(v: Any, key: str) -> str:
+    """A non-empty string of printable characters: no NUL (the kernel's strings end there),
+    no newline (lru_gen and /proc are line formats), no escape or bidi control characters."""
+    v = _str(v, key)
+    if not v.isprintable():
+        raise ConfigError(key, f"must not contain control or invisible characters, got {v!r}")
     return v
 
 
@@ -254,20 +306,33 @@ def memcg_matches(pattern: re.Pattern, path: str) -> bool:
 
 # ---------------------------------------------------------------- sections
 
+def listen_address(address: Any, key: str = "listen.address") -> str:
+    """An IP address mglrud can listen on: unicast, without an IPv6 %zone."""
+    address = _str(address, key)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(key, f"must be an IP address like 127.0.0.1 or ::1, got {address!r}") from None
+    if getattr(ip, "scope_id", None):
+        raise ConfigError(key, f"must not carry a %zone (a scoped link-local address), got {address!r}; "
+                               f"use a global or loopback address")
+    if ip.is_multicast:
+        raise ConfigError(key, f"{address} is a multicast address: mglrud listens on a unicast one")
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise ConfigError(key, f"{address} is the broadcast address: mglrud listens on a unicast one")
+    return address
+
+
 def _listen(v: Any) -> Listen:
     v = _mapping(v, "listen", ("address", "port"))
-    address = _str(v.get("address", Listen.address), "listen.address")
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise ConfigError("listen.address", f"must be an IP address like 127.0.0.1 or ::1, got {address!r}") from None
+    address = listen_address(v.get("address", Listen.address))
     port = _int(v.get("port", Listen.port), "listen.port", 1, 65535)
     return Listen(address, port)
 
 
 def _aging(v: Any) -> Aging:
     v = _mapping(v, "aging", ("interval", "can_swap", "force_scan", "dry_run"))
-    interval = parse_duration(v["interval"], "aging.interval") if "interval" in v else Aging.interval
+    interval = parse_duration(v["interval"], "aging.interval", MIN_INTERVAL) if "interval" in v else Aging.interval
     return Aging(
         interval=interval,
         can_swap=_bool(v.get("can_swap", Aging.can_swap), "aging.can_swap"),
@@ -331,7 +396,7 @@ def _paths(v: Any) -> Paths:
             p = _str(v[name], f"paths.{name}")
             if not p.startswith("/") or "\0" in p:
                 raise ConfigError(f"paths.{name}", f"must be an absolute path, got {p!r}")
-            out[name] = p
+            out[name] = _text(p, f"paths.{name}")
     return Paths(**out)
 
 
@@ -349,7 +414,7 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
     if kind == "pid":
         value: str | int = _int(raw, k, 1, 2**22)
     else:
-        value = _str(raw, k)
+        value = _text(raw, k)
     if kind == "memcg":
         if not value.startswith("/"):
             raise ConfigError(k, f"must be a cgroup v2 path starting with '/', like /system.slice/*.service, got {value!r}")
@@ -371,12 +436,13 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
     elif kind == "unit" and ("/" in value or not value.endswith(UNIT_SUFFIXES)):
         raise ConfigError(k, f"must be a systemd unit name like nginx.service (ending in one of "
                              f"{', '.join(UNIT_SUFFIXES)}), got {value!r}")
-    name = _str(v["name"], f"{key}.name") if "name" in v else f"{kind}:{value}"
+    name = _text(v["name"], f"{key}.name") if "name" in v else f"{kind}:{value}"
     return Target(
         name=name,
         kind=kind,
         value=value,
-        interval=parse_duration(v["interval"], f"{key}.interval") if "interval" in v else aging.interval,
+        interval=(parse_duration(v["interval"], f"{key}.interval", MIN_INTERVAL)
+                  if "interval" in v else aging.interval),
         can_swap=_bool(v.get("can_swap", aging.can_swap), f"{key}.can_swap"),
         force_scan=_bool(v.get("force_scan", aging.force_scan), f"{key}.force_scan"),
         pattern=pattern,
@@ -386,11 +452,15 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
 def _targets(v: Any, aging: Aging) -> tuple[Target, ...]:
     if not isinstance(v, list) or not v:
         raise ConfigError("targets", "must be a non-empty list; leave the key out to age every memcg")
+    if len(v) > MAX_TARGETS:
+        raise ConfigError("targets", f"at most {MAX_TARGETS} targets, got {len(v)} (each one adds series; "
+                                     f"a memcg glob or a cmdline regex covers many)")
     out = [_target(t, i, aging) for i, t in enumerate(v)]
+    first: dict[str, int] = {}
     for i, t in enumerate(out):
-        for j in range(i):
-            if out[j].name == t.name:
-                raise ConfigError(f"targets[{i}].name", f"{t.name!r} is already the name of targets[{j}]")
+        j = first.setdefault(t.name, i)
+        if j != i:
+            raise ConfigError(f"targets[{i}].name", f"{t.name!r} is already the name of targets[{j}]")
     return tuple(out)
 
 
@@ -421,7 +491,7 @@ def _procfs(v: Any) -> Procfs:
     )
 
 
-_SIZE = re.compile(r"(\d+)([KMG]i?B?|)")
+_SIZE = re.compile(r"(\d{1,15})([KMG]i?B?|)")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -444,9 +514,12 @@ def _bpf(v: Any) -> Bpf:
     program = v.get("program", Bpf.program)
     if program != "" and (not isinstance(program, str) or not program.startswith("/")):
         raise ConfigError("bpf.program", f"must be an absolute path to a .bpf.c file, got {program!r}")
+    if program:
+        _text(program, "bpf.program")
     return Bpf(
         region_size=size,
-        half_life=parse_duration(v["half_life"], "bpf.half_life") if "half_life" in v else Bpf.half_life,
+        half_life=(parse_duration(v["half_life"], "bpf.half_life", MIN_INTERVAL)
+                   if "half_life" in v else Bpf.half_life),
         heat_buckets=_int(v.get("heat_buckets", Bpf.heat_buckets), "bpf.heat_buckets", 4, 256),
         max_regions=_int(v.get("max_regions", Bpf.max_regions), "bpf.max_regions", 1024, 1 << 22),
         max_processes=_int(v.get("max_processes", Bpf.max_processes), "bpf.max_processes", 1, 1000),
@@ -483,7 +556,7 @@ def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
     return Config(
         listen=_listen(doc.get("listen")),
         aging=aging,
-        snapshot_interval=(parse_duration(snap["interval"], "snapshot.interval")
+        snapshot_interval=(parse_duration(snap["interval"], "snapshot.interval", MIN_INTERVAL)
                            if "interval" in snap else Config.snapshot_interval),
         metrics=_metrics(doc.get("metrics"), aging),
         targets=_targets(doc.get("targets", DEFAULT_TARGETS), aging),
@@ -497,43 +570,218 @@ def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
     )
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+# libyaml's parser when PyYAML has it (Debian's does): 4x faster than the pure-Python one, and
+# its composer recurses in C, so nesting is bounded by the event pass below before it runs.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_BaseLoader):
+    """SafeLoader that refuses duplicate and unhashable keys instead of keeping the last one or
+    raising TypeError, and that never converts an integer longer than MAX_INT_DIGITS."""
+
+
+class _Huge:
+    """An integer too long to convert (Python refuses beyond 4300 digits, and no key wants one):
+    validation refuses it like any value of the wrong type, and messages show only its length."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+    __str__ = __repr__
 
 
 def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for k, _ in node.value:
         key = loader.construct_object(k, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.MarkedYAMLError(problem="a list or mapping cannot be a key here",
+                                       problem_mark=k.start_mark) from None
         if key in seen:
             raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}", problem_mark=k.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep)
 
 
+def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode):
+    value = loader.construct_scalar(node)
+    if len(value) > MAX_INT_DIGITS:
+        body = value.replace("_", "").lstrip("+-")
+        prefix = 2 if body[:2].lower() in ("0x", "0o", "0b") else 0
+        return _Huge(sum(c.isalnum() for c in body[prefix:]))
+    return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _check_events(text: str) -> bool:
+    """Walk the parser's events (libyaml's parser keeps a stack, it does not recurse) and
+    refuse nesting deeper than MAX_DEPTH before anything recursive sees the document.
+    Returns whether the document uses aliases."""
+    depth, aliases = 0, False
+    loader = _BaseLoader(text)
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _TooBig(f"nested deeper than {MAX_DEPTH} levels at line {event.start_mark.line + 1}, "
+                                  f"column {event.start_mark.column + 1}")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            elif isinstance(event, yaml.AliasEvent):
+                aliases = True
+    finally:
+        loader.dispose()
+    return aliases
+
+
+def _check_graph(root: yaml.Node, aliases: bool) -> None:
+    """Size and depth of the document with every alias expanded, counted over the node graph
+    with each shared node counted once per use (memoised, not expanded): a billion-laughs
+    document is refused here, in time proportional to its text. Iterative, so no
+    RecursionError; an alias to an enclosing node (a cycle) is refused too."""
+    def children(node):
+        if isinstance(node, yaml.SequenceNode):
+            return node.value
+        if isinstance(node, yaml.MappingNode):
+            return [x for pair in node.value for x in pair]
+        return ()
+
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        if done:
+            open_.discard(nid)
+            kids = children(node)
+            size[nid] = 1 + sum(size[id(c)] for c in kids)
+            depth[nid] = 1 + max((depth[id(c)] for c in kids), default=0)
+            if size[nid] > MAX_VALUES:
+                raise _TooBig(f"YAML aliases expand to more than {MAX_VALUES} values (an alias bomb?)" if aliases
+                              else f"holds more than {MAX_VALUES} values: not a config file?")
+            if depth[nid] > MAX_DEPTH:
+                raise _TooBig(f"nested deeper than {MAX_DEPTH} levels once its aliases are expanded")
+            continue
+        if nid in size:
+            continue
+        if nid in open_:
+            raise _TooBig(f"an alias at line {node.start_mark.line + 1} refers to itself (a recursive document)")
+        open_.add(nid)
+        stack.append((node, True))
+        for c in children(node):
+            if id(c) in open_:
+                raise _TooBig(f"an alias at line {node.start_mark.line + 1} refers to itself (a recursive document)")
+            if id(c) not in size:
+                stack.append((c, False))
+
+
+def _parse(text: str) -> Any:
+    """YAML text -> Python values, in bounded time and memory (see the MAX_* bounds)."""
+    aliases = _check_events(text)
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_graph(node, aliases)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def loads(text: str, source: str = "(string)") -> Config:
+    """Parse and validate a config text. An empty document is refused: a file caught while it is
+    being written must not turn into the built-in defaults (which age every memcg)."""
     try:
-        doc = yaml.load(text, Loader=_StrictLoader)
+        doc = _parse(text)
+    except _TooBig as e:
+        raise ConfigError(source, str(e)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, f"is not valid YAML: {where}{e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(source, f"is not valid YAML: {e}") from None
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError, OverflowError) as e:
+        # PyYAML's constructors of explicitly tagged scalars raise these for bad text
+        # (`!!int ''`, `!!bool x`, `!!timestamp x`): found by tests/unit/test_config_fuzz.py.
+        raise ConfigError(source, f"is not valid YAML: a tagged value cannot be read "
+                                  f"({type(e).__name__}: {e})") from None
+    if doc is None:
+        raise ConfigError(source, "is empty (being written?); leave out --config for the built-in defaults, "
+                                  "or write {}")
     return from_dict(doc, source)
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def read_config_file(path: str) -> str:
+    """The text of a regular file of at most MAX_CONFIG_BYTES. Opened non-blocking, so a FIFO
+    is refused at once rather than waited on; /dev/zero is refused before a byte is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(path, f"cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(path, "cannot read: Is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "an unknown kind of file")
+            raise ConfigError(path, f"is not a regular file ({kind})")
+        limit = f"is larger than {MAX_CONFIG_BYTES >> 10} KiB"
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"{limit} ({st.st_size} bytes): not a config file?")
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:  # the file may grow while it is read
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"{limit}: not a config file?")
+    except OSError as e:
+        raise ConfigError(path, f"cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, f"is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}") from None
+    if text.strip() and not text.endswith("\n"):
+        raise ConfigError(path, "does not end with a newline: truncated, or still being written?")
+    return text
 
 
 def load(path: str | None) -> Config:
     """Read and validate a config file; None gives the built-in defaults."""
     if path is None:
         return from_dict(None)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(path, f"cannot read: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(path, f"is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}") from None
-    return loads(text, path)
+    cfg = loads(read_config_file(path), path)
+    if cfg.bpf.program:
+        from mglrud.filetrust import untrusted
+
+        problem = untrusted(cfg.bpf.program)
+        if problem:
+            raise ConfigError("bpf.program", problem)
+    return cfg

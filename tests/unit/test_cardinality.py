@@ -51,7 +51,7 @@ def test_disable_takes_short_keys_and_family_names():
     cfg = loads("metrics: {disable: [generation, idle_age, mglrud_mapping_cold_bytes]}")
     assert cfg.metrics.disable == {"mglrud_memcg_generation_bytes", "mglrud_memcg_idle_age_seconds",
                                    "mglrud_mapping_cold_bytes"}
-    assert loads("").metrics.disable == frozenset()
+    assert loads("{}\n").metrics.disable == frozenset()
     # an info family: its family name lacks the _info the exposition adds; both spellings work
     assert loads("metrics: {disable: [memcg_info]}").metrics.disable == {"mglrud_memcg"}
     assert loads("metrics: {disable: [mglrud_memcg_info]}").metrics.disable == {"mglrud_memcg"}
