@@ -39,6 +39,7 @@ from mglrud.config import Bpf, Target, memcg_matches
 from mglrud.fs import FS
 from mglrud.model import SourceStatus
 from mglrud.targets import _selects, read_proc, scan_procs
+from mglrud.sources import bpf_probe
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ def pick_event(cfg: Bpf, fs: FS) -> str | None:
 KEY = struct.Struct("<QIHBB")  # region, tgid, memcg_id, node, lru
 VAL = struct.Struct("<QQQ")  # pages, events, last_ns
 U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
-MAPS = ["heat", "stats", "target_tgids", "target_memcgs"]
+MAPS = ["heat", "stats", "target_tgids", "target_memcgs", "config"]
 STATS = ("events", "matched", "dropped")
+# stats[3..5]: base pages of targets found young, by who cleared the bit (bpf/hotness.bpf.c)
+HARVESTERS = ("aging", "reclaim", "other")
 
 
 class Program:
@@ -97,18 +100,31 @@ class Program:
     def __init__(self, cfg: Bpf, fs: FS, event: str | None = None):
         # `event` forces one of the two tracepoints (benchmarks compare them)
         self.event = event or pick_event(cfg, fs)
-        if self.event is None:
-            raise Unavailable(f"{fs.tracefs(*EVENT)} missing: the kernel lacks mglrud's tracepoint "
-                              f"(kernel-patch/), or tracefs is not mounted")
+        attach, flags = "tracepoint", cflags(cfg, self.event == RANGE_EVENT[-1])
+        if self.event is None or self.event in bpf_probe.MODES:
+            # no tracepoint: the accessed-bit probe of a stock kernel (docs/stock-kernel.md)
+            check = bpf_probe.probe(fs)
+            if not check.usable:
+                raise Unavailable(f"{fs.tracefs(*EVENT)} missing (the kernel lacks mglrud's tracepoint, "
+                                  f"kernel-patch/, or tracefs is not mounted), and {check.detail}")
+            attach = self.event or check.mode
+            flags = cflags(cfg) + [f"-DVMEMMAP_BASE={check.vmemmap_base:#x}ULL"]
         path = program_path(cfg)
         if not path.is_file():
             raise Unavailable(f"BPF program {path} not found (bpf.program)")
         started = time.monotonic()
+        answer: dict = {}
         try:
             fds, self._held, self.child_seconds = bpf_loader.load(
-                path, cflags(cfg, self.event == RANGE_EVENT[-1]), self.event, MAPS)
+                path, flags, self.event or attach, MAPS, attach=attach, answer_out=answer)
         except bpf_loader.LoadError as e:
             raise Unavailable(str(e)) from None
+        if attach != "tracepoint":
+            # the event label of mglrud_bpf_attached: how the program is attached
+            self.event = answer.get("mode", attach)
+            self.fallback = answer.get("fallback", "")
+            if self.fallback:
+                log.warning("source bpf: fexit unavailable, attached as kprobe+kretprobe: %s", self.fallback)
         self.maps: dict[str, bpfsys.Map] = {}
         try:
             for name in MAPS:
@@ -131,6 +147,8 @@ class Program:
         self.capacity = cfg.max_regions
 
     def set_targets(self, tgids: set[int], memcg_ids: set[int]) -> None:
+        # this process writes lru_gen: the harvests it causes are the aging's (the program's harvester())
+        self.maps["config"].update(U32.pack(0), U32.pack(os.getpid()))
         for name, want in (("target_tgids", tgids), ("target_memcgs", memcg_ids)):
             table = self.maps[name]
             have = {U32.unpack(k)[0] for k in table.keys()}
@@ -151,7 +169,10 @@ class Program:
         zero = bytes(stats.slot * stats.ncpus)  # an array has every key; never absent in practice
         out = {"stats": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(i)) or zero)]
                          for i, n in enumerate(STATS)},
-               "heat": cells}
+               "heat": cells,
+               "harvest": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(len(STATS) + i))
+                                                                               or zero)]
+                           for i, n in enumerate(HARVESTERS)}}
         out["mono_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return out
 

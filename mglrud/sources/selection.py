@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from mglrud.config import SOURCE_NAMES
 from mglrud.fs import FS
-from mglrud.sources import lru_gen
+from mglrud.sources import bpf_probe, lru_gen
 
 SOURCES = SOURCE_NAMES
 AUTO = "auto"
@@ -63,8 +63,12 @@ def probe_bpf(fs: FS) -> Probe:
     except PermissionError:
         return Probe("bpf", False, f"{event} is not readable: run mglrud as root")
     if not found:
-        return Probe("bpf", False, f"no tracepoint {event}: a kernel without mglrud's patch (kernel-patch/), "
-                                   f"or tracefs not mounted")
+        # a kernel without mglrud's patch: the accessed-bit probe (sources/bpf_probe.py) where it can run
+        check = bpf_probe.probe(fs)
+        if check.usable:
+            return Probe("bpf", True, check.detail)
+        return Probe("bpf", False, f"no tracepoint {event} (a kernel without mglrud's patch, kernel-patch/, "
+                                   f"or tracefs not mounted), and {check.detail}")
     # Found, not imported: importing bcc maps LLVM into the daemon for good (~40 MiB resident);
     # only the short-lived loader child imports it (mglrud/bpf_loader.py), and says so if it fails.
     try:
