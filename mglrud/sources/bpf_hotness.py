@@ -26,6 +26,7 @@ check`, the log) and the other sources carry on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import struct
@@ -267,6 +268,8 @@ class BpfHotnessSource:
         self.accessed: dict[str, Counter] = {}  # target -> (node, lru) -> bytes, cumulative
         self.stats = (0, 0, 0)
         self.stats_base = (0, 0, 0)  # counts of the programs before this one (see carry_over)
+        self.harvested = tuple((n, 0) for n in HARVESTERS)  # this program's, latest read
+        self.harvest_base = (0,) * len(HARVESTERS)
         self._procs: dict | None = None
         self._memcgs: dict = {}
         # target name -> (tgids, memcg ids) it had at the previous read: whose cells it may still
@@ -290,6 +293,7 @@ class BpfHotnessSource:
         """Continue the counters of the source this one replaces (a reload that changed bpf:
         recompiles the program, whose maps start from zero): exported counters never go down."""
         self.stats_base = old.stats
+        self.harvest_base = tuple(b + v for b, (_, v) in zip(old.harvest_base, old.harvested))
         self.accessed = {name: Counter(c) for name, c in old.accessed.items()}
 
     def close(self) -> None:
@@ -336,6 +340,7 @@ class BpfHotnessSource:
             self._fail(f"reading the BPF maps failed: {e}")
             return None
         raw = H.raw_from_dump(dump)
+        self.harvested = tuple((n, sum(dump.get("harvest", {}).get(n, ()))) for n in HARVESTERS)
         stale = [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
         # tgid 0: an mm with no owner task (the tracepoint's convention); kept, it cannot be looked up
         alive = {t for t in {k.tgid for k in raw.cells} - tgids if t == 0 or self.fs.proc(t).exists()}
@@ -347,6 +352,8 @@ class BpfHotnessSource:
         # what the kernel counted for it meanwhile (reclaim's look-around, aging by others) is
         # still in its cells, read now for the last time
         data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale))
+        data = dataclasses.replace(data, harvested=tuple((n, b + v) for (n, v), b in
+                                                         zip(self.harvested, self.harvest_base)))
         self._had = {t.name: (frozenset(procs.get(t.name, ())), frozenset(memcgs.get(t.name, ()))) for t in targets}
         if stale:
             self.program.delete(stale)
