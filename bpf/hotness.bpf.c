@@ -51,10 +51,12 @@
  *   HEAT_HARVESTERS which harvester classes count in heat (see above)
  */
 
+/* struct task_struct: the harvester is the current task's (flags) */
+#include <linux/sched.h>
+
 #if defined(MGLRUD_ATTACH_FEXIT) || defined(MGLRUD_ATTACH_KPROBE)
 #define MGLRUD_PROBE 1
 #include <linux/mm_types.h>
-#include <linux/sched.h>
 #include <linux/memcontrol.h>
 #include <linux/page-flags.h>
 #endif
