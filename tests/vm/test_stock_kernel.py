@@ -34,8 +34,8 @@ def stock_mglru(monkeypatch):
     assert not TRACEPOINT.exists(), f"{TRACEPOINT} exists: run the stock tier on Debian's kernel (--variant stock)"
     before = ENABLED.read_text().strip()
     ENABLED.write_text("y")
-    # bcc compiles against the full kernel headers here: ~1 min under an idle TCG guest, 5 on a busy host
-    monkeypatch.setattr(bh, "WAIT", 900)
+    # bcc compiles against the full kernel headers here: ~1 min under an idle TCG guest, over 10 on a host shared by four guests
+    monkeypatch.setattr(bh, "WAIT", 1800)
     yield
     ENABLED.write_text("n" if int(before, 16) == 0 else "y")
 
@@ -44,41 +44,33 @@ def attached(text: str) -> str:
     return ",".join(lab["event"] for lab, v in samples(text, "mglrud_bpf_program_attached") if v == 1)
 
 
-def test_hot_block_on_the_stock_kernel(memcgs, workloads, daemons, tmp_path):
-    started = []
-
-    def start(*args, **kw):
-        started.append(daemons(*args, **kw))
-        return started[-1]
-
-    bh.test_hot_block_is_exactly_the_hot_buckets(memcgs, workloads, start, tmp_path)
-    text = started[0].metrics()
-    assert attached(text) == "fexit", attached(text)
-    h = harvested(text)
-    assert h.get("aging", 0) > 0, h
-
-
 def harvested(text: str) -> dict[str, float]:
     return {lab["harvester"]: v for lab, v in samples(text, "mglrud_bpf_harvested_bytes_total")}
 
 
-def test_reclaim_harvests_are_labelled_and_not_heat(memcgs, workloads, daemons, tmp_path):
+def test_probe_through_the_daemon(memcgs, workloads, daemons, tmp_path):
+    """One daemon (bcc compiles for minutes in a busy TCG guest), two targets: the hot block,
+    and a file mapping read in a loop in a cgroup whose memory.max is half of it."""
+    size, hot = 64 << 20, 16 << 20
+    w = workloads("--size", f"{size >> 20}M", "--hot", f"{hot >> 20}M", cgroup=memcgs("stock-hot"))
     fd = os.open(bh.FILE, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
     cg = memcgs("stock-reclaim")
     (cg / "memory.max").write_text(str(24 << 20))
-    size = 48 << 20
-    w = workloads("--size", f"{size >> 20}M", "--hot", f"{size >> 20}M", "--file", bh.FILE, "--readonly", cgroup=cg)
-    d = daemons(tmp_path, f"[{{name: squeezed, pid: {w.pid}}}]")
-    text = d.wait_metrics(lambda t: harvested(t).get("reclaim", 0) > 0 and harvested(t).get("aging", 0) > 0,
-                          "reclaim and aging harvests", wait=900, every=2.0)
-    text = d.wait_agings(2, "two more agings")
+    fsize = 48 << 20
+    squeezed = workloads("--size", f"{fsize >> 20}M", "--hot", f"{fsize >> 20}M", "--file", bh.FILE, "--readonly",
+                         cgroup=cg)
+    d = daemons(tmp_path, f"[{{name: hotblock, pid: {w.pid}}}, {{name: squeezed, pid: {squeezed.pid}}}]")
+
+    bh.check_hot_block(d, w, size, hot)
+    text = d.wait_metrics(lambda t: harvested(t).get("reclaim", 0) > 0, "reclaim harvests", every=2.0)
+    text = d.wait_agings(1, "one more aging")
     assert attached(text) == "fexit", attached(text)
     h = harvested(text)
-    acc = sum(v for lab, v in samples(text, "mglrud_target_accessed_bytes_total") if lab["target"] == "squeezed")
-    events = (cg / "memory.events").read_text()
-    print(f"harvested {h}, target accessed bytes {acc}; memory.events: {events.split()}")
+    acc = sum(v for lab, v in samples(text, "mglrud_target_accessed_bytes_total"))
+    print(f"harvested {h}, targets' accessed bytes {acc}; {cg.name} memory.events: "
+          f"{(cg / 'memory.events').read_text().split()}")
     assert h["reclaim"] > 0 and h["aging"] > 0, h
-    # heat counts the aging's harvests only: the target's accessed bytes are those, to the byte
+    # heat counts the aging's harvests only: the targets' accessed bytes are those, to the byte
     assert acc == h["aging"], (acc, h)
