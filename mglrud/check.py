@@ -181,7 +181,9 @@ def format_sources(fs: FS, requested: str | tuple[str, ...], clear_refs: bool = 
 def bpf_program(fs: FS, cfg) -> Row:
     """Compile and attach the BPF source's program, then detach (ebpf_exporter's --config.check):
     the only way to know that bcc can build it against this kernel. Tried only where the
-    tracepoint exists and bcc imports, so never on a stock kernel."""
+    tracepoint (or, on a stock kernel, the accessed-bit probe: sources/bpf_probe.py) and bcc are there."""
+    from mglrud.sources import bpf_probe  # noqa: F401
+
     name = "bpf program"
     probe = bpf_hotness.probe(fs)
     if not probe.usable:
@@ -191,7 +193,10 @@ def bpf_program(fs: FS, cfg) -> Row:
     except bpf_hotness.Unavailable as e:
         return Row(name, False, str(e))
     prog.close()
-    return Row(name, True, f"{bpf_hotness.program_path(cfg)} compiled and attached to vmscan:{prog.event} "
+    where = f"vmscan:{prog.event}"
+    if prog.event in bpf_probe.MODES:  # no tracepoint: the probe on the accessed-bit helpers
+        where = f"{' and '.join(bpf_probe.FUNCS)} as {prog.event}"
+    return Row(name, True, f"{bpf_hotness.program_path(cfg)} compiled and attached to {where} "
                            f"in {prog.compile_seconds:.1f}s (then detached)")
 
 

@@ -99,7 +99,15 @@ def families(snap):
     region = GaugeMetricFamily("mglrud_bpf_region_bytes", "Size of the regions heat is counted in "
                                "(bpf.region_size).", value=data.region_size)
     attached = GaugeMetricFamily("mglrud_bpf_program_attached", "1 while bpf/hotness.bpf.c is attached; "
-                                 "`event` is the tracepoint (the range event when the kernel has it).",
+                                 "`event` is the tracepoint (the range event when the kernel has it), or, "
+                                 "without mglrud's patch, fexit or kretprobe (the accessed-bit probe).",
                                  labels=["event"])
     attached.add_metric([data.event or "unknown"], 1)
-    yield from (ev, matched, dropped, entries, cap, region, attached)
+    harvested = CounterMetricFamily("mglrud_bpf_harvested_bytes", "Bytes of targets' pages found accessed, "
+                                    "by who cleared the accessed bit: aging (mglrud's lru_gen writes), "
+                                    "reclaim (kswapd, direct or memcg reclaim), other (clear_refs, page_idle, "
+                                    "DAMON...). Only aging counts in heat on the probe (docs/stock-kernel.md).",
+                                    labels=["harvester"])
+    for who, pages in data.harvested:
+        harvested.add_metric([who], pages * data.page_size)
+    yield from (ev, matched, dropped, entries, cap, region, attached, harvested)

@@ -389,4 +389,8 @@ class HotnessData:
     map_entries: int = 0
     map_capacity: int = 0
     notes: tuple[str, ...] = field(default=())  # e.g. processes whose residency could not be read
-    event: str = ""  # the tracepoint the program is attached to
+    event: str = ""  # the tracepoint the program is attached to, or "fexit"/"kretprobe" (the probe)
+    # base pages of targets found young since the program was loaded, by who cleared the
+    # accessed bit: (("aging", n), ("reclaim", n), ("other", n)); docs/stock-kernel.md
+    harvested: tuple[tuple[str, int], ...] = ()
+

@@ -26,6 +26,7 @@ check`, the log) and the other sources carry on.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -39,6 +40,7 @@ from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
 from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
+from mglrud.sources import bpf_probe
 from mglrud.sources.base import Inputs, Part, Probe
 from mglrud.sources.bpf_heat import HeatBuilder
 from mglrud.targets import ProcTable
@@ -84,8 +86,10 @@ def pick_event(cfg: Bpf, fs: FS) -> str | None:
 KEY = struct.Struct("<QIHBB")  # region, tgid, memcg_id, node, lru
 VAL = struct.Struct("<QQQ")  # pages, events, last_ns
 U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
-MAPS = ["heat", "stats", "target_tgids", "target_memcgs"]
+MAPS = ["heat", "stats", "target_tgids", "target_memcgs", "config"]
 STATS = ("events", "matched", "dropped")
+# stats[3..5]: base pages of targets found young, by who cleared the bit (bpf/hotness.bpf.c)
+HARVESTERS = ("aging", "reclaim", "other")
 
 
 class Program:
@@ -97,18 +101,31 @@ class Program:
     def __init__(self, cfg: Bpf, fs: FS, event: str | None = None):
         # `event` forces one of the two tracepoints (benchmarks compare them)
         self.event = event or pick_event(cfg, fs)
-        if self.event is None:
-            raise Unavailable(f"{fs.tracefs(*EVENT)} missing: the kernel lacks mglrud's tracepoint "
-                              f"(kernel-patch/), or tracefs is not mounted")
+        attach, flags = "tracepoint", cflags(cfg, self.event == RANGE_EVENT[-1])
+        if self.event is None or self.event in bpf_probe.MODES:
+            # no tracepoint: the accessed-bit probe of a stock kernel (docs/stock-kernel.md)
+            check = bpf_probe.probe(fs)
+            if not check.usable:
+                raise Unavailable(f"{fs.tracefs(*EVENT)} missing (the kernel lacks mglrud's tracepoint, "
+                                  f"kernel-patch/, or tracefs is not mounted), and {check.detail}")
+            attach = self.event or check.mode
+            flags = cflags(cfg) + [f"-DVMEMMAP_BASE={check.vmemmap_base:#x}ULL"]
         path = program_path(cfg)
         if not path.is_file():
             raise Unavailable(f"BPF program {path} not found (bpf.program)")
         started = time.monotonic()
+        answer: dict = {}
         try:
             fds, self._held, self.child_seconds = bpf_loader.load(
-                path, cflags(cfg, self.event == RANGE_EVENT[-1]), self.event, MAPS)
+                path, flags, self.event or attach, MAPS, attach=attach, answer_out=answer)
         except bpf_loader.LoadError as e:
             raise Unavailable(str(e)) from None
+        if attach != "tracepoint":
+            # the event label of mglrud_bpf_attached: how the program is attached
+            self.event = answer.get("mode", attach)
+            self.fallback = answer.get("fallback", "")
+            if self.fallback:
+                log.warning("source bpf: fexit unavailable, attached as kprobe+kretprobe: %s", self.fallback)
         self.maps: dict[str, bpfsys.Map] = {}
         try:
             for name in MAPS:
@@ -131,6 +148,8 @@ class Program:
         self.capacity = cfg.max_regions
 
     def set_targets(self, tgids: set[int], memcg_ids: set[int]) -> None:
+        # this process writes lru_gen: the harvests it causes are the aging's (the program's harvester())
+        self.maps["config"].update(U32.pack(0), U32.pack(os.getpid()))
         for name, want in (("target_tgids", tgids), ("target_memcgs", memcg_ids)):
             table = self.maps[name]
             have = {U32.unpack(k)[0] for k in table.keys()}
@@ -151,7 +170,10 @@ class Program:
         zero = bytes(stats.slot * stats.ncpus)  # an array has every key; never absent in practice
         out = {"stats": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(i)) or zero)]
                          for i, n in enumerate(STATS)},
-               "heat": cells}
+               "heat": cells,
+               "harvest": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(len(STATS) + i))
+                                                                               or zero)]
+                           for i, n in enumerate(HARVESTERS)}}
         out["mono_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return out
 
@@ -199,6 +221,8 @@ class BpfHotnessSource(HeatBuilder):
         self.accessed: dict[str, Counter] = {}  # target -> (node, lru) -> bytes, cumulative
         self.stats = (0, 0, 0)
         self.stats_base = (0, 0, 0)  # counts of the programs before this one (see carry_over)
+        self.harvested = tuple((n, 0) for n in HARVESTERS)  # this program's, latest read
+        self.harvest_base = (0,) * len(HARVESTERS)
         self._procs: dict | None = None
         self._memcgs: dict = {}
         # target name -> (tgids, memcg ids) it had at the previous read: whose cells it may still
@@ -231,6 +255,8 @@ class BpfHotnessSource(HeatBuilder):
             self.close()
             # the new program's maps start from zero: its counts go on from these
             self.stats_base, self.state, self._had = self.stats, {}, {}
+            self.harvest_base = tuple(b + v for b, (_, v) in zip(self.harvest_base, self.harvested))
+            self.harvested = tuple((n, 0) for n, _ in self.harvested)
             self.cfg, self._started = config.bpf, False
         if not self._started:
             self._started = True
@@ -254,6 +280,7 @@ class BpfHotnessSource(HeatBuilder):
         """Continue the counters of the source this one replaces (a reload that changed bpf:
         recompiles the program, whose maps start from zero): exported counters never go down."""
         self.stats_base = old.stats
+        self.harvest_base = tuple(b + v for b, (_, v) in zip(old.harvest_base, old.harvested))
         self.accessed = {name: Counter(c) for name, c in old.accessed.items()}
 
     def close(self) -> None:
@@ -301,6 +328,7 @@ class BpfHotnessSource(HeatBuilder):
             self._fail(f"reading the BPF maps failed: {e}")
             return None
         raw = H.raw_from_dump(dump)
+        self.harvested = tuple((n, sum(dump.get("harvest", {}).get(n, ()))) for n in HARVESTERS)
         stale = [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
         # tgid 0: an mm with no owner task (the tracepoint's convention); kept, it cannot be looked up
         alive = {t for t in {k.tgid for k in raw.cells} - tgids if t == 0 or self.fs.proc(t).exists()}
@@ -312,6 +340,8 @@ class BpfHotnessSource(HeatBuilder):
         # what the kernel counted for it meanwhile (reclaim's look-around, aging by others) is
         # still in its cells, read now for the last time
         data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale))
+        data = dataclasses.replace(data, harvested=tuple((n, b + v) for (n, v), b in
+                                                         zip(self.harvested, self.harvest_base)))
         self._had = {t.name: (frozenset(procs.get(t.name, ())), frozenset(memcgs.get(t.name, ()))) for t in targets}
         if stale:
             self.program.delete(stale)
@@ -321,7 +351,8 @@ class BpfHotnessSource(HeatBuilder):
 
 
 def probe(fs: FS) -> Probe:
-    """The tracepoint of mglrud's kernel patch and bcc; whether the program compiles
+    """The tracepoint of mglrud's kernel patch (else, on a stock kernel, the accessed-bit probe)
+    and bcc; whether the program compiles
     and attaches is only known when the source starts (sources/bpf_hotness.py)."""
     event = fs.tracefs("events", "vmscan", "mm_vmscan_lru_gen_young")
     try:
@@ -329,8 +360,12 @@ def probe(fs: FS) -> Probe:
     except PermissionError:
         return Probe("bpf", False, f"{event} is not readable: run mglrud as root")
     if not found:
-        return Probe("bpf", False, f"no tracepoint {event}: a kernel without mglrud's patch (kernel-patch/), "
-                                   f"or tracefs not mounted")
+        # a kernel without mglrud's patch: the accessed-bit probe (sources/bpf_probe.py) where it can run
+        check = bpf_probe.probe(fs)
+        if check.usable:
+            return Probe("bpf", True, check.detail)
+        return Probe("bpf", False, f"no tracepoint {event} (a kernel without mglrud's patch, kernel-patch/, "
+                                   f"or tracefs not mounted), and {check.detail}")
     # Found, not imported: importing bcc maps LLVM into the daemon for good (~40 MiB resident);
     # only the short-lived loader child imports it (mglrud/bpf_loader.py), and says so if it fails.
     try:

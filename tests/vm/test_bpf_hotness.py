@@ -83,6 +83,12 @@ def test_hot_block_is_exactly_the_hot_buckets(memcgs, workloads, daemons, tmp_pa
     size, hot = 64 << 20, 16 << 20
     w = workloads("--size", f"{size >> 20}M", "--hot", f"{hot >> 20}M", cgroup=cg)
     d = daemons(tmp_path, f"[{{name: hotblock, pid: {w.pid}}}]")
+    check_hot_block(d, w, size, hot)
+
+
+def check_hot_block(d: DaemonProc, w, size: int, hot: int) -> None:
+    """Target `hotblock` (the workload w touching the first HOT of SIZE bytes): its hot
+    buckets are exactly the hot block's, its regions anon on node 0 with residency."""
     text = d.wait_agings(10, "hot block")
     heat = offset_heat(text, "hotblock")
     snap = d.snapshot()["hotness"]
