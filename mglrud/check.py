@@ -3,6 +3,7 @@
 Looks at /sys/kernel/mm/lru_gen/enabled and /sys/kernel/debug/lru_gen
 (Documentation/admin-guide/mm/multigen_lru.rst), the tracepoint of mglrud's
 kernel patch (tracefs events/vmscan/mm_vmscan_lru_gen_young), bcc (Debian's python3-bpfcc),
+the optional urwid, Pillow and python3-systemd (mglrud/optional.py),
 cgroup v2 (Documentation/admin-guide/cgroup-v2.rst) and privileges.
 Exit status 0 when lru_gen can be read and aged, 1 otherwise.
 """
@@ -13,6 +14,7 @@ import errno
 import os
 from dataclasses import dataclass
 
+from mglrud import optional
 from mglrud.fs import FS, FileWriter
 from mglrud.sources import lru_gen, selection
 
@@ -108,6 +110,16 @@ def _bcc() -> Row:
     return Row("bcc importable", True, getattr(bcc, "__file__", "bcc"))
 
 
+def _optional() -> list[Row]:
+    """The Recommends other than bcc (its own row above): features, not whether mglrud can age."""
+    rows = []
+    for module, label in (("urwid", "urwid importable"), ("PIL", "Pillow importable"),
+                          ("systemd", "python3-systemd importable")):
+        problem = optional.missing(module)
+        rows.append(Row(label, problem is None, problem or f"{optional.OPTIONAL[module][1]}: available"))
+    return rows
+
+
 def _privileges(fs: FS) -> Row:
     if os.geteuid() == 0:
         return Row("privileges", True, "root")
@@ -134,7 +146,7 @@ def run(fs: FS) -> tuple[list[Row], bool]:
     enabled = _enabled(fs)
     readable, lruvecs = _readable(fs)
     writable = _writable(fs, lruvecs) if readable.ok else Row("debugfs lru_gen writable", False, "not readable")
-    rows = [enabled, readable, writable, _cgroup2(fs), _tracepoint(fs), _bcc(), _privileges(fs)]
+    rows = [enabled, readable, writable, _cgroup2(fs), _tracepoint(fs), _bcc(), _privileges(fs), *_optional()]
     return rows, enabled.ok and readable.ok and writable.ok
 
 

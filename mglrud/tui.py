@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from mglrud import client
+from mglrud import optional
 from mglrud.render import heatmap as HM
 
 AGING_STEPS = (1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0)
@@ -457,6 +458,8 @@ def main(args) -> int:
             check_writable(args.png)
             if args.columns < 1:
                 raise HeatmapError(f"--columns must be at least 1, got {args.columns}")
+        if problem := optional.missing("PIL" if args.png else "urwid"):  # before anything is aged
+            raise HeatmapError(problem)
         feed, first = open_feed(args)
         if args.png:
             return png_main(args, feed, first)

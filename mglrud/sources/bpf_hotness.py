@@ -38,6 +38,7 @@ from mglrud import hotness as H
 from mglrud.config import Bpf, Target, memcg_matches
 from mglrud.fs import FS
 from mglrud.model import SourceStatus
+from mglrud.programs import bpf_program
 from mglrud.targets import _selects, read_proc, scan_procs
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young")
 # (patch 3 of kernel-patch/): what the program attaches to when the kernel has it, because
 # a program on the per-entry event multiplies the time of an aging pass.
 RANGE_EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young_range")
-DEFAULT_PROGRAM = Path(__file__).resolve().parents[2] / "bpf" / "hotness.bpf.c"
+DEFAULT_PROGRAM = bpf_program("hotness.bpf.c")  # package data in a wheel, bpf/ in a checkout
 MAX_TGIDS = 4096
 MAX_MEMCGS = 4096
 # A process whose mapped-and-resident address space is larger than this is not
