@@ -171,8 +171,10 @@ else
     # py3compile's bytecode, deb-systemd-helper's state.
     left=()
     while read -r f; do
-        [ -z "$f" ] && continue
-        if [ -L "$f" ] || [ -f "$f" ]; then left+=("$f"); fi
+        # Directories (and /lib, a symlink to one on merged /usr) are shared; the package's own
+        # are in the list below.
+        [ -z "$f" ] || [ -d "$f" ] && continue
+        if [ -L "$f" ] || [ -e "$f" ]; then left+=("$f"); fi
     done < "$OUT/deb-files.txt"
     for d in /etc/mglrud /usr/share/mglrud /usr/share/doc/mglrud /usr/lib/python3/dist-packages/mglrud \
              /etc/systemd/system/multi-user.target.wants/mglrud.service \
