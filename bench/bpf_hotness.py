@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO / "tests" / "vm"))
 
 import lrugen  # noqa: E402
 
-from mglrud import hotness as H  # noqa: E402
+from mglrud.model import hotness as H  # noqa: E402
 from mglrud.config import Bpf, Paths  # noqa: E402
 from mglrud.fs import FS  # noqa: E402
 from mglrud.sources.bpf_hotness import Program  # noqa: E402

@@ -347,7 +347,7 @@ def run_damon(w: Workload, pats, window: float, conf: tuple[int, int, int, int],
 def run_mglrud(w: Workload, pats, window: float, mid: int) -> tuple[dict, float, str]:
     import lrugen
 
-    from mglrud import hotness as H
+    from mglrud.model import hotness as H
     from mglrud.config import Bpf, Paths
     from mglrud.fs import FS
     from mglrud.sources.bpf_hotness import Program

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from mglrud.config import Paths  # noqa: E402
 from mglrud.fs import FS  # noqa: E402
-from mglrud.sources import procfs  # noqa: E402
+from mglrud.sources import procfs, smaps  # noqa: E402
 
 WORKLOAD = REPO / "tests" / "integration" / "procfs_workload.py"
 GB = 1 << 30
@@ -71,7 +71,7 @@ def measure(total: int, intervals: int, pause: float) -> dict:
                 t_smaps, text = timed(lambda: (fs.proc(pid, "smaps")).read_text())
                 t_numa, _ = timed(lambda: (fs.proc(pid, "numa_maps")).read_text())
                 t_clear, _ = timed(lambda: procfs._clear_refs(fs, pid))
-                entries = procfs.parse_smaps(text)
+                entries = smaps.parse_smaps(text)
                 rss = sum(e.rss for e in entries)
                 ref = sum(e.referenced for e in entries)
                 rows.append((t_smaps, t_numa, t_clear, rss, ref))

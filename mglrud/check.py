@@ -3,8 +3,9 @@
 Looks at /sys/kernel/mm/lru_gen/enabled and /sys/kernel/debug/lru_gen
 (Documentation/admin-guide/mm/multigen_lru.rst), the tracepoint of mglrud's
 kernel patch (tracefs events/vmscan/mm_vmscan_lru_gen_young), bcc (Debian's python3-bpfcc),
-the optional urwid, Pillow and python3-systemd (mglrud/optional.py),
-cgroup v2 (Documentation/admin-guide/cgroup-v2.rst) and privileges.
+cgroup v2 (Documentation/admin-guide/cgroup-v2.rst), the cgroup namespace
+(mglrud/cgroupns.py), privileges and the optional urwid, Pillow and python3-systemd
+(mglrud/optional.py).
 Exit status 0 when lru_gen can be read and aged, 1 otherwise.
 """
 
@@ -14,9 +15,9 @@ import errno
 import os
 from dataclasses import dataclass
 
-from mglrud import optional
+from mglrud import cgroupns, optional
 from mglrud.fs import FS, FileWriter
-from mglrud.sources import lru_gen, selection
+from mglrud.sources import bpf_hotness, lru_gen, selection
 
 # Bits of /sys/kernel/mm/lru_gen/enabled (multigen_lru.rst, "Runtime options").
 ENABLED_BITS = {0x1: "core", 0x2: "mm_walk", 0x4: "nonleaf_young"}
@@ -142,11 +143,26 @@ def _cgroup2(fs: FS) -> Row:
     return Row("cgroup v2", True, f"{fs.paths.cgroupfs} with the memory controller")
 
 
+def _cgroup_namespace(fs: FS) -> Row:
+    """Not part of `usable`: lru_gen and memcg targets work in any namespace; process and unit targets do not."""
+    def read(path, link=False):
+        try:
+            return os.readlink(path) if link else path.read_text()
+        except OSError:
+            return None
+
+    private, detail = cgroupns.judge(read(fs.proc("self", "ns", "cgroup"), link=True),
+                                     read(fs.proc("self", "mountinfo")), read(fs.proc("1", "cgroup")),
+                                     fs.paths.cgroupfs)
+    return Row("cgroup namespace", private is not True, detail)
+
+
 def run(fs: FS) -> tuple[list[Row], bool]:
     enabled = _enabled(fs)
     readable, lruvecs = _readable(fs)
     writable = _writable(fs, lruvecs) if readable.ok else Row("debugfs lru_gen writable", False, "not readable")
-    rows = [enabled, readable, writable, _cgroup2(fs), _tracepoint(fs), _bcc(), _privileges(fs), *_optional()]
+    rows = [enabled, readable, writable, _cgroup2(fs), _cgroup_namespace(fs), _tracepoint(fs), _bcc(), _privileges(fs),
+            *_optional()]
     return rows, enabled.ok and readable.ok and writable.ok
 
 
@@ -167,11 +183,10 @@ def bpf_program(fs: FS, cfg) -> Row:
     """Compile and attach the BPF source's program, then detach (ebpf_exporter's --config.check):
     the only way to know that bcc can build it against this kernel. Tried only where the
     tracepoint exists and bcc imports, so never on a stock kernel."""
-    from mglrud.sources import bpf_hotness
-
     name = "bpf program"
-    if not selection.probe_bpf(fs).usable:
-        return Row(name, False, f"not tried: {selection.probe_bpf(fs).detail}")
+    probe = bpf_hotness.probe(fs)
+    if not probe.usable:
+        return Row(name, False, f"not tried: {probe.detail}")
     try:
         prog = bpf_hotness.Program(cfg, fs)
     except bpf_hotness.Unavailable as e:

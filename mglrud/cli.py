@@ -11,10 +11,12 @@ import argparse
 import dataclasses
 import ipaddress
 import logging
+import os
 import sys
 
-from mglrud import __version__, check, client, report, systemd, tui
-from mglrud.config import DEFAULT_PORT, Config, ConfigError, load
+from mglrud import __version__, check, client, snapshot_json, systemd, tui, webconfig
+from mglrud.config import DEFAULT_PORT, DEFAULT_URL, Config, ConfigError, load
+from mglrud.render.heatmap import OVERLAYS
 from mglrud.fs import FS
 
 PATH_FLAGS = ("procfs", "sysfs", "debugfs", "cgroupfs", "tracefs")
@@ -28,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
                             help=f"where {name} is mounted (overrides paths.{name})")
     common.add_argument("--log.level", dest="log_level", choices=("debug", "info", "warning", "error"),
                         help="overrides log.level")
+    common.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        help="exporter-toolkit web config: TLS, basic auth, headers (overrides web_config_file)")
 
     p = argparse.ArgumentParser(prog="mglrud", description="Age memcgs through the multi-gen LRU and "
                                                            "export their generations to Prometheus.")
@@ -38,13 +42,71 @@ def _parser() -> argparse.ArgumentParser:
                      help="overrides listen.address (default 127.0.0.1)")
     run.add_argument("--listen.port", dest="listen_port", type=int, metavar="PORT",
                      help=f"overrides listen.port (default {DEFAULT_PORT}; 0 picks a free port)")
+    run.add_argument("--web.listen-address", dest="web_listen_address", metavar="HOST:PORT",
+                     help="address and port as node_exporter takes them: 127.0.0.1:9746, [::1]:9746, "
+                          ":9746 (every IPv4 address); overrides listen.address and listen.port")
     sub.add_parser("check", parents=[common], help="preflight: what works here and why not; exit 0/1")
     snap = sub.add_parser("snapshot", parents=[common], help="run one cycle and print it")
     snap.add_argument("--json", action="store_true", help="print the JSON of /snapshot.json")
     snap.add_argument("--no-age", action="store_true", help="only read; do not age the targets first")
-    client.add_report_parser(sub)  # reads a running daemon: no config, no kernel access
-    tui.add_parser(sub)  # a daemon's snapshots, or its own session of the daemon's cycle
+    _report_parser(sub)  # reads a running daemon: no config, no kernel access
+    _heatmap_parser(sub)  # a daemon's snapshots, or its own session of the daemon's cycle
     return p
+
+
+def _report_parser(sub) -> None:
+    rep = sub.add_parser("report", help="per-mapping table from a running daemon, biggest never-accessed first")
+    who = rep.add_mutually_exclusive_group(required=True)
+    who.add_argument("--target", metavar="NAME", help="a configured target's name")
+    who.add_argument("--pid", type=int, metavar="PID", help="a process of a configured target")
+    rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+
+
+def _heatmap_parser(sub) -> None:
+    hm = sub.add_parser(
+        "heatmap", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="live address x time heatmap of one target or process (or --png FILE)",
+        description="Live address x time heatmap: rows are address ranges (hex start, mapping), columns "
+                    "aggregation intervals, newest right. Reads a running daemon's /snapshot.json; with none "
+                    "reachable (or --own) runs its own session of the daemon's sources for just this pid/target. "
+                    "The status line says which.",
+        epilog="keys: q quit; o next overlay, 1 heat, 2 node, 3 lru (anon/file); [ ] shorter/longer "
+               "aggregation interval; a A shorter/longer aging interval (own session only: attached, the "
+               "aging interval is the daemon's config); up/down (k/j) select a row; z or enter zoom into the "
+               "selected row's address range; Z, u or backspace zoom out; p or space pause.\n"
+               "Without colour (NO_COLOR, TERM=dumb, --no-color) the glyphs carry the map: heat . : - = + * # % @, "
+               "node digits, a/f for anon/file, ? not measured yet, blank not resident.\n"
+               "A column merges the snapshots of its interval (hottest wins); an interval without one gets no "
+               "column. Exit status: 0, or 1 with one line (no such process, target or pid unknown to the "
+               "daemon, unwritable --png path).")
+    who = hm.add_mutually_exclusive_group(required=True)
+    who.add_argument("--target", metavar="NAME", help="a configured target's name")
+    who.add_argument("--pid", type=int, metavar="PID", help="one process")
+    hm.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+    hm.add_argument("--own", action="store_true", help="run an own session even if a daemon answers")
+    hm.add_argument("--config", "-c", metavar="FILE",
+                    help="own session: config to take the target (--target) and source settings from")
+    hm.add_argument("--aging", type=_seconds, default=5.0, metavar="SECONDS",
+                    help="own session: the aging interval to start with (default 5)")
+    hm.add_argument("--aggregate", type=_seconds, default=2.0, metavar="SECONDS",
+                    help="seconds per column to start with (default 2)")
+    hm.add_argument("--poll", type=_seconds, default=1.0, metavar="SECONDS",
+                    help="seconds between reads of the daemon or cycles of the own session (default 1)")
+    hm.add_argument("--no-color", action="store_true", help="glyphs only (also NO_COLOR or TERM=dumb)")
+    hm.add_argument("--png", metavar="FILE", help="write the heatmap as a PNG image and exit")
+    hm.add_argument("--columns", type=int, default=1, metavar="N",
+                    help="--png: aggregation intervals to show (default 1: the latest snapshot)")
+    hm.add_argument("--overlay", choices=OVERLAYS, default="heat", help="--png: the overlay (default heat)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600 seconds, got {text!r}")
+    return v
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -68,11 +130,36 @@ def load_config(args: argparse.Namespace) -> Config:
         if not 0 <= args.listen_port <= 65535:
             raise ConfigError("--listen.port", f"must be from 0 to 65535, got {args.listen_port}")
         listen["port"] = args.listen_port
+    if getattr(args, "web_listen_address", None):
+        if listen:
+            raise ConfigError("--web.listen-address", "give it or --listen.address/--listen.port, not both")
+        listen = parse_listen_address(args.web_listen_address)
     if listen:
         cfg = dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, **listen))
+    if getattr(args, "web_config_file", None):
+        cfg = dataclasses.replace(cfg, web_config_file=os.path.abspath(args.web_config_file))
+    if cfg.web_config_file:
+        webconfig.load(cfg.web_config_file)  # every problem now, as one line naming the key
     if args.log_level:
         cfg = dataclasses.replace(cfg, log_level=args.log_level)
     return cfg
+
+
+def parse_listen_address(value: str) -> dict:
+    """node_exporter's --web.listen-address: HOST:PORT, [V6]:PORT or :PORT -> listen.address, listen.port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("--web.listen-address", f"must be HOST:PORT like 127.0.0.1:{DEFAULT_PORT}, "
+                                                  f"[::1]:{DEFAULT_PORT} or :{DEFAULT_PORT}, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError("--web.listen-address", f"the host must be an IP address like 127.0.0.1 or [::1], "
+                                                  f"got {value!r}") from None
+    return {"address": host, "port": int(port)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "snapshot":
         engine = Engine(cfg)
         snap = engine.cycle(age=not args.no_age, age_all=True)
-        sys.stdout.write(report.to_json(snap) if args.json else report.to_table(snap))
+        from mglrud.render.snapshot_table import to_table
+
+        sys.stdout.write(snapshot_json.to_json(snap) if args.json else to_table(snap))
         # The sources chosen for this machine (sources:), e.g. procfs where there is no MGLRU.
         chosen = [s for s in snap.sources if s.name in engine.choice.active]
         return 0 if chosen and all(s.up for s in chosen) else 1
@@ -123,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return Daemon(cfg, lambda: load_config(args)).run()
+    except ConfigError as e:  # the web config file changed for the worse since load_config read it
+        print(f"mglrud: config: {e}", file=sys.stderr)
+        return 2
     except ListenError as e:
         # A port in use or an address the host lacks is the config's to fix: exit 2 like
         # any bad config (and the unit's RestartPreventExitStatus=2 stops a restart loop).

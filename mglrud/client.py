@@ -12,43 +12,36 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mglrud.config import DEFAULT_PORT
 from mglrud.render import report
-
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+from mglrud.snapshot_json import SchemaError, SnapshotDoc, from_dict, read
 
 
 class FetchError(Exception):
     pass
 
 
-def fetch_snapshot(url: str, timeout: float = 10.0) -> dict:
-    """GET URL/snapshot.json from a running `mglrud run`; raises FetchError with what to do."""
+def fetch_snapshot(url: str, timeout: float = 10.0) -> SnapshotDoc:
+    """GET URL/snapshot.json from a running `mglrud run`, read through the typed reader;
+    raises FetchError with what to do."""
     full = url.rstrip("/") + "/snapshot.json"
     try:
         with urllib.request.urlopen(full, timeout=timeout) as r:
-            return json.loads(r.read())
+            return from_dict(json.loads(r.read()))
     except urllib.error.HTTPError as e:
         raise FetchError(f"{full}: HTTP {e.code}; is this a mglrud daemon?") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise FetchError(f"cannot reach {full} ({reason}); start `mglrud run` or pass --url") from None
+    except SchemaError as e:
+        raise FetchError(f"{full} is not a mglrud snapshot ({e}); is this a mglrud daemon?") from None
     except ValueError as e:
         raise FetchError(f"{full} did not return JSON ({e}); is this a mglrud daemon?") from None
-
-
-def add_report_parser(sub) -> None:
-    rep = sub.add_parser("report", help="per-mapping table from a running daemon, biggest never-accessed first")
-    who = rep.add_mutually_exclusive_group(required=True)
-    who.add_argument("--target", metavar="NAME", help="a configured target's name")
-    who.add_argument("--pid", type=int, metavar="PID", help="a process of a configured target")
-    rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
 
 
 def read_maps(pid: int, procfs: str = "/proc") -> list[tuple[int, int, str]]:
     """/proc/PID/maps as (start, end, name), named as the /proc source names mappings; [] when unreadable
     (the process exited, or it runs on another host than the daemon)."""
-    from mglrud.sources.procfs import mapping_name
+    from mglrud.sources.smaps import mapping_name
 
     out = []
     try:
@@ -63,10 +56,10 @@ def read_maps(pid: int, procfs: str = "/proc") -> list[tuple[int, int, str]]:
     return out
 
 
-def hotness_maps(snap: dict, target: str | None, pid: int | None) -> dict[int, list[tuple[int, int, str]]]:
+def hotness_maps(snap: SnapshotDoc | dict, target: str | None,
+                 pid: int | None) -> dict[int, list[tuple[int, int, str]]]:
     """/proc/PID/maps of the processes the BPF part of a snapshot has regions of (for names and per-mapping rows)."""
-    hot = snap.get("hotness") or {}
-    tgids = {r["tgid"] for t in hot.get("targets", ()) if target in (None, t["name"]) for r in t["regions"]}
+    tgids = {tgid for tgid, _ in read(snap).regions(target)}
     return {p: read_maps(p) for p in tgids if pid in (None, p)}
 
 

@@ -24,6 +24,7 @@ import yaml
 MAX_NR_GENS = 4
 
 DEFAULT_PORT = 9746
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"  # where `mglrud report` and `heatmap` find the daemon
 LOG_LEVELS = ("debug", "info", "warning", "error")
 UNIT_SUFFIXES = (".service", ".scope", ".slice", ".socket", ".mount", ".swap", ".target")
 SELECTORS = ("memcg", "pid", "comm", "cmdline", "unit")
@@ -111,8 +112,6 @@ class Bpf:
         return self.region_size.bit_length() - 1
 
 
-# The data sources `sources:` can name (sources/selection.py); "auto" picks among them.
-SOURCE_NAMES = ("bpf", "lru_gen", "procfs")
 
 
 @dataclass(frozen=True)
@@ -125,9 +124,10 @@ class Config:
     paths: Paths = Paths()
     log_level: str = "info"
     source: str = "(built-in defaults)"
-    sources: str | tuple[str, ...] = "auto"  # "auto" or names from SOURCE_NAMES
+    sources: str | tuple[str, ...] = "auto"  # "auto" or names from the table in mglrud/sources/
     procfs: Procfs = Procfs()
     bpf: Bpf = Bpf()
+    web_config_file: str = ""  # exporter-toolkit web config (mglrud/webconfig.py); empty: plain HTTP
 
 
 DEFAULT_TARGETS = [{"name": "all", "memcg": "/**"}]
@@ -359,6 +359,11 @@ def _targets(v: Any, aging: Aging) -> tuple[Target, ...]:
 
 
 def _sources(v: Any) -> str | tuple[str, ...]:
+    # The data sources `sources:` can name: the table of mglrud/sources/ (imported here, when
+    # used: the sources import this module); "auto" picks among them (sources/selection.py).
+    from mglrud.sources import names
+
+    SOURCE_NAMES = names()
     if v == "auto":
         return "auto"
     if not isinstance(v, list) or not v:
@@ -413,7 +418,16 @@ def _bpf(v: Any) -> Bpf:
     )
 
 
-TOP_KEYS = ("listen", "aging", "snapshot", "metrics", "targets", "paths", "log", "sources", "procfs", "bpf")
+TOP_KEYS = ("listen", "aging", "snapshot", "metrics", "targets", "paths", "log", "sources", "procfs", "bpf",
+            "web_config_file")
+
+
+def _web_config_file(v: Any) -> str:
+    if v is None or v == "":
+        return ""
+    if not isinstance(v, str) or not v.startswith("/") or "\0" in v:
+        raise ConfigError("web_config_file", f"must be an absolute path to an exporter-toolkit web config, got {v!r}")
+    return v
 
 
 def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
@@ -443,6 +457,7 @@ def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
         sources=_sources(doc["sources"]) if "sources" in doc else Config.sources,
         procfs=_procfs(doc.get("procfs")),
         bpf=_bpf(doc.get("bpf")),
+        web_config_file=_web_config_file(doc.get("web_config_file")),
     )
 
 

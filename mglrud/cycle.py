@@ -1,44 +1,41 @@
-"""One cycle of the daemon: read lru_gen, resolve targets, age what is due, build a Snapshot.
+"""One cycle of the daemon: read what the sources share, age what is due, assemble a Snapshot.
 
-Which sources run is chosen by sources/selection.py (`sources:` in the config):
-on a kernel without MGLRU, `auto` runs the /proc source instead of lru_gen, and
-keeps probing for lru_gen each cycle so that it takes over once it can be read.
+The Engine knows sources only through the Source protocol (sources/base.py) and
+the table in sources/__init__.py; which of them run is chosen by
+sources/selection.py (`sources:` in the config). Per cycle it:
 
-Used by the daemon's loop and, once, by `mglrud snapshot`. The Engine keeps
-the only mutable state: the aging schedule and the cumulative aging counters
-that become immutable AgingStats in each Snapshot.
+1. reads what several sources use once: lru_gen's generations (the memcgs there
+   are, and what aging writes to) and, when first asked for, the /proc process
+   table (targets.ProcTable);
+2. resolves targets to memcgs and lets each source prepare (`before_aging`:
+   the BPF source loads its target maps, so that the aging about to run is counted);
+3. ages the memcgs that are due (mglrud/aging.py), and reads lru_gen again;
+4. asks each source for its part and assembles the immutable Snapshot.
 
-Many memcgs are spread over the aging interval rather than aged together: each
-memcg gets a fixed phase inside its interval from a hash of its path, so the
-page-table walks (the cost of aging) are spread evenly and stay in the same
-place from cycle to cycle.
+Used by the daemon's loop, by `mglrud snapshot` (once) and by the heatmap's own
+session. The Engine and its sources keep the only mutable state: the aging
+schedule, the counters, the sources' own intervals and counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
-import zlib
-from collections import Counter
 from typing import Callable
 
+from mglrud import sources
+from mglrud.aging import Aging
 from mglrud.config import Config, Target
 from mglrud.fs import FS, Writer, make_writer
-from mglrud.model import AgingStats, GenHistogram, Snapshot, SourceStatus, TargetState
-from mglrud.sources import bpf_hotness, lru_gen, procfs, selection
-from mglrud.targets import memcg_index, resolve
+from mglrud.model import Snapshot, SourceStatus, TargetState
+from mglrud.model.lru_gen import GenHistogram
+from mglrud.sources import lru_gen, selection
+from mglrud.sources.base import Inputs, Source
+from mglrud.targets import ProcTable, Resolution, memcg_index, resolve
 
 log = logging.getLogger(__name__)
-
-# Aging a memcg costs one page-table walk over its processes: milliseconds to seconds.
-DURATION_EDGES = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Memcgs due within this many seconds are aged in the same wake-up.
-SLACK = 0.25
-
-
-def phase(path: str, interval: float) -> float:
-    return zlib.crc32(path.encode()) / 2**32 * interval
 
 
 class Engine:
@@ -47,17 +44,10 @@ class Engine:
         self.clock, self.wall = clock, wall
         self._fixed_writer = writer
         self.page_size = os.sysconf("SC_PAGE_SIZE")
-        self.runs = 0
-        self.errors: Counter[str] = Counter({r: 0 for r in lru_gen.REASONS})
-        self.duration_counts = [0] * (len(DURATION_EDGES) + 1)
-        self.duration_sum = 0.0
-        self.last_success: dict[str, float] = {}
-        self.next_due: dict[str, float] = {}
-        self._problems: dict[str, str] = {}
-        self.procfs: procfs.ProcfsSource | None = None
+        self.aging = Aging(clock, wall)
+        self.sources: dict[str, Source] = {}  # the chosen ones, in table order
         self.choice: selection.Choice | None = None
-        self.bpf: bpf_hotness.BpfHotnessSource | None = None
-        self._bpf_retired: bpf_hotness.BpfHotnessSource | None = None
+        self._problems: dict[str, str] = {}
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -68,190 +58,101 @@ class Engine:
         self._choose()
 
     def _choose(self) -> None:
-        """Pick the sources (sources/selection.py) and set up the /proc source if it is one."""
-        self.probes = selection.probe_all(self.fs)
-        choice = selection.choose(self.config.sources, self.probes)
+        """Probe, choose (sources/selection.py), and start, reconfigure or stop sources to match."""
+        table = sources.TABLE
+        self.probes = selection.probe_all(self.fs, table)
+        choice = selection.choose(self.config.sources, self.probes, table)
         if self.choice is None or choice.active != self.choice.active:
             log.info("sources: %s", "; ".join(f"{name}: {why}" for name, why in choice.why))
         self.choice = choice
-        self._choose_bpf()
-        p = self.config.procfs
-        if "procfs" not in choice.active:
-            self.procfs = None
-        elif self.procfs is None:
-            self.procfs = procfs.ProcfsSource(self.fs, max_processes=p.max_processes, top_mappings=p.top_mappings,
-                                              clear_refs=p.clear_refs, clock=self.clock, wall=self.wall)
-        else:  # a reload: keep its intervals and idle times
-            self.procfs.fs = self.fs
-            self.procfs.reconfigure(max_processes=p.max_processes, top_mappings=p.top_mappings,
-                                    clear_refs=p.clear_refs)
+        for name in [n for n in self.sources if n not in choice.active]:
+            self.sources.pop(name).close()
+        for e in table:
+            if e.name in choice.active:
+                if e.name not in self.sources:
+                    self.sources[e.name] = e.make(self.config, self.fs, self.clock, self.wall)
+                self.sources[e.name].configure(self.config, self.probes[e.name], choice.reason(e.name))
+        self.sources = {e.name: self.sources[e.name] for e in table if e.name in self.sources}
 
     def due_in(self) -> float:
-        """Seconds until the next memcg (or /proc target) is due (inf when none is scheduled)."""
-        lru = min(self.next_due.values(), default=float("inf")) - self.clock()
-        return min(lru, self.procfs.due_in()) if self.procfs else lru
+        """Seconds until the next memcg is due for aging, or a source for a read (inf: nothing scheduled)."""
+        return min([self.aging.due_in()] + [s.due_in() for s in self.sources.values()])
+
+    def reschedule(self, within: float) -> None:
+        """Everything scheduled later than `within` seconds from now becomes due by then
+        (the heatmap's own session after a shorter aging interval)."""
+        self.aging.reschedule(within)
+        for s in self.sources.values():
+            s.reschedule(within)
+
+    def close(self) -> None:
+        for s in self.sources.values():
+            s.close()
 
     # ------------------------------------------------------------ the cycle
 
     def cycle(self, age: bool = True, age_all: bool = False) -> Snapshot:
         cfg = self.config
-        if cfg.sources == selection.AUTO and "lru_gen" not in self.choice.active:
+        if selection.reprobe(cfg.sources, self.choice):
             self._choose()  # debugfs may have been mounted since: lru_gen then takes over
-        if "lru_gen" not in self.choice.active:
-            lruvecs = ()
-            status = SourceStatus(lru_gen.NAME, False, self.choice.reason("lru_gen"))
-        else:
-            try:
-                lruvecs = lru_gen.read(self.fs)
-                status = SourceStatus(lru_gen.NAME, True)
-            except lru_gen.Unavailable as e:
-                lruvecs = ()
-                status = SourceStatus(lru_gen.NAME, False, str(e))
-                if age:
-                    self.errors[e.reason] += 1
-                self._note("source lru_gen", str(e))
-        resolutions = resolve(cfg.targets, lruvecs, self.fs) if lruvecs else ()
+        procs = ProcTable(self.fs, cfg.targets)
+        lruvecs, status = self._read_lru_gen(count_errors=age)
+        resolutions = resolve(cfg.targets, lruvecs, self.fs, procs) if lruvecs else ()
         owner: dict[str, Target] = {}
         for r in resolutions:
             for path in r.memcgs:
                 owner.setdefault(path, r.target)
             self._note(f"target {r.target.name}", r.problem)
-        self._reschedule(owner)
+        self.aging.schedule(owner)
 
-        if self.bpf is not None:
-            self.bpf.prepare(cfg.targets, memcg_index(lruvecs))  # before aging, so that it is counted
+        inputs = Inputs(cfg, self.fs, procs, lruvecs, memcg_index(lruvecs), owner, age, age_all)
+        for s in self.sources.values():
+            s.before_aging(inputs)
         if age and lruvecs:
-            now = self.clock()
-            due = [p for p in owner if age_all or self.next_due[p] <= now + SLACK]
+            due = self.aging.due(owner, age_all)
             if due:
-                self._age(due, lruvecs, owner, resolutions)
+                self.aging.age(due, lruvecs, owner, resolutions, self.writer, lambda: lru_gen.read(self.fs))
                 try:
                     lruvecs = lru_gen.read(self.fs)
                 except lru_gen.Unavailable as e:
                     lruvecs, status = (), SourceStatus(lru_gen.NAME, False, str(e))
+                inputs = dataclasses.replace(inputs, lruvecs=lruvecs, index=memcg_index(lruvecs))
 
-        index = memcg_index(lruvecs)
-        # .get: a memcg that went offline since the first read is no longer in the index.
-        shown = tuple(h for h in lruvecs if h.memcg_path in owner and index.get(h.memcg_path) == h.memcg_id)
-        procfs_data, more = self._read_procfs(age, age_all)
-        hotness, more = self._read_bpf(index, more)
+        # lru_gen's status comes first: it is what aging (and so every MGLRU source) stands on
+        statuses, data = [status], {}
+        for s in self.sources.values():
+            part = s.part(inputs)
+            statuses += part.statuses
+            data.update(part.data)
+            for st in part.statuses:
+                self._note(f"source {st.name}", st.reason)
+            for what, problem in part.notes:
+                self._note(what, problem)
         return Snapshot(
             taken_at=self.wall(),
             page_size=self.page_size,
             cold_thresholds=cfg.metrics.cold_thresholds,
             idle_age_buckets=cfg.metrics.buckets,
-            lruvecs=shown,
-            targets=self._target_states(resolutions, status),
-            sources=(status,) + more,
-            aging=self._stats(),
-            procfs=procfs_data,
-            hotness=hotness,
+            targets=self._target_states(resolutions),
+            sources=tuple(statuses),
+            aging=self.aging.stats(),
+            **data,
         )
 
     # ------------------------------------------------------------ helpers
 
-    def _read_procfs(self, age: bool, age_all: bool):
-        """The /proc source's data and the statuses of the sources besides lru_gen that were chosen or named.
+    def _read_lru_gen(self, count_errors: bool) -> tuple[tuple[GenHistogram, ...], SourceStatus]:
+        if lru_gen.NAME not in self.choice.active:
+            return (), SourceStatus(lru_gen.NAME, False, self.choice.reason(lru_gen.NAME))
+        try:
+            return lru_gen.read(self.fs), SourceStatus(lru_gen.NAME, True)
+        except lru_gen.Unavailable as e:
+            if count_errors:
+                self.aging.count_error(e.reason)
+            self._note("source lru_gen", str(e))
+            return (), SourceStatus(lru_gen.NAME, False, str(e))
 
-        Not aging (the daemon's first cycle, `snapshot --no-age`) reads without clear_refs.
-        """
-        statuses = []
-        for name in ("procfs",):  # bpf: _read_bpf
-            if name in self.choice.active and not (name == "procfs" and self.probes[name].usable):
-                statuses.append(SourceStatus(name, False, self.choice.reason(name)))
-                self._note(f"source {name}", self.choice.reason(name))
-        if self.procfs is None:
-            return None, tuple(statuses)
-        data = self.procfs.read(self.config.targets, force=age_all, clear=age)
-        for t in data.targets:
-            self._note(f"target {t.name} (procfs)", t.problem)
-        if self.probes["procfs"].usable:
-            statuses.append(SourceStatus(procfs.NAME, True))
-        return data, tuple(statuses)
-
-    def _choose_bpf(self) -> None:
-        """Start the BPF source when chosen (it compiles and attaches once, ~1 s; ~15 s under
-        TCG), restart it when a reload changes bpf:, stop it when no longer chosen."""
-        want = "bpf" in self.choice.active
-        if self.bpf is not None and (not want or self.bpf.cfg != self.config.bpf):
-            self.bpf.close()
-            self._bpf_retired, self.bpf = self.bpf, None  # its counters go on in the next one
-        if want and self.bpf is None:
-            self.bpf = bpf_hotness.BpfHotnessSource(self.config.bpf, self.fs)
-            if self._bpf_retired is not None:
-                self.bpf.carry_over(self._bpf_retired)
-                self._bpf_retired = None
-            self.bpf.start()
-        elif self.bpf is not None:
-            self.bpf.fs = self.fs
-
-    def _read_bpf(self, index: dict[str, int], statuses: tuple[SourceStatus, ...]):
-        """The BPF source's data and statuses with its own added (when it is chosen or named)."""
-        if self.bpf is None:
-            return None, statuses
-        data = self.bpf.cycle(self.config.targets, index)
-        status = self.bpf.status()
-        self._note("source bpf", status.reason)
-        return data, statuses + (status,)
-
-    def _reschedule(self, owner: dict[str, Target]) -> None:
-        now = self.clock()
-        for path in list(self.next_due):
-            if path not in owner:
-                del self.next_due[path]
-        for path, t in owner.items():
-            if path not in self.next_due:
-                self.next_due[path] = now + phase(path, t.interval)
-
-    def _age(self, due: list[str], lruvecs: tuple[GenHistogram, ...], owner: dict[str, Target],
-             resolutions) -> None:
-        index = memcg_index(lruvecs)
-
-        def reread() -> tuple[GenHistogram, ...]:
-            return lru_gen.read(self.fs)
-
-        for path in due:
-            t = owner[path]
-            ok = False
-            for h in lruvecs:
-                if h.memcg_path != path or h.memcg_id != index[path]:
-                    continue
-                res = lru_gen.age(h, self.writer, reread, t.can_swap, t.force_scan, self.clock)
-                self._observe(res)
-                ok = ok or res.ok
-            if ok:
-                stamp = self.wall()
-                for r in resolutions:
-                    if path in r.memcgs:
-                        self.last_success[r.target.name] = stamp
-            now = self.clock()
-            nxt = self.next_due[path] + t.interval
-            self.next_due[path] = nxt if nxt > now else now + t.interval
-
-    def _observe(self, res: lru_gen.AgingResult) -> None:
-        self.runs += 1
-        if not res.ok:
-            self.errors[res.reason] += 1
-            log.warning("aging %s node %d failed: %s (%s)", res.memcg_path, res.node, res.reason,
-                        "; ".join(res.commands))
-        else:
-            log.debug("aged %s node %d in %.3fs: %s", res.memcg_path, res.node, res.duration, res.commands[-1])
-        self.duration_sum += res.duration
-        for i, edge in enumerate(DURATION_EDGES):
-            if res.duration <= edge:
-                self.duration_counts[i] += 1
-        self.duration_counts[-1] += 1
-
-    def _stats(self) -> AgingStats:
-        return AgingStats(
-            runs=self.runs,
-            errors=tuple(sorted(self.errors.items())),
-            duration_edges=DURATION_EDGES,
-            duration_counts=tuple(self.duration_counts),
-            duration_sum=self.duration_sum,
-        )
-
-    def _target_states(self, resolutions, status: SourceStatus) -> tuple[TargetState, ...]:
+    def _target_states(self, resolutions: tuple[Resolution, ...]) -> tuple[TargetState, ...]:
         by_name = {r.target.name: r for r in resolutions}
         out = []
         for t in self.config.targets:
@@ -260,7 +161,7 @@ class Engine:
                 name=t.name, kind=t.kind, selector=str(t.value),
                 memcgs=r.memcgs if r else (),
                 problem=r.problem if r else "not resolved: source lru_gen is down",
-                last_success=self.last_success.get(t.name)))
+                last_success=self.aging.last_success.get(t.name)))
         return tuple(out)
 
     def _note(self, what: str, problem: str) -> None:

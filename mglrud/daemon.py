@@ -14,10 +14,14 @@ import threading
 import time
 from typing import Callable
 
-from mglrud import systemd
-from mglrud.collectors import Published, build_registry
+from prometheus_client import ProcessCollector
+
+from mglrud import systemd, webconfig
+from mglrud.collectors import Published
+from mglrud.collectors.reload import ReloadCollector, ReloadState
 from mglrud.config import Config, ConfigError
 from mglrud.cycle import Engine
+from mglrud.exposition import Exposition
 from mglrud.http import serve
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,8 @@ class Daemon:
         self.watchdog = systemd.Watchdog.from_env()
         self.reload_problem = ""  # shown in STATUS= until a reload succeeds
         self.serving = ""  # "address:port" once the HTTP server is up
+        self.reloads = ReloadState()  # mglrud_config_last_reload_*
+        self.server = None  # the HTTP server once serving
         self._status = ""
 
     def _on_signal(self, signum, _frame) -> None:
@@ -60,13 +66,22 @@ class Daemon:
         except ConfigError as e:
             log.error("reload failed, keeping the running config: config: %s", e)
             self.reload_problem = f"reload failed, previous config in force: {e}"
+            self.reloads.record(False)
         else:
             self.reload_problem = ""
+            self.reloads.record(True)
             if (new.listen.address, new.listen.port) != (self.config.listen.address, self.config.listen.port):
                 log.warning("listen address changes need a restart; still serving on %s:%d",
                             self.config.listen.address, self.config.listen.port)
+            if new.web_config_file != self.config.web_config_file:
+                # The file's own contents are re-read on change (http.py); a different file,
+                # possibly switching TLS on or off, is a different listener.
+                log.warning("web_config_file changes need a restart; still using %s",
+                            self.config.web_config_file or "no web config")
             self.config = new
             self.engine.configure(new)
+            if self.server is not None:  # /-/healthy measures staleness in snapshot intervals
+                self.server.site.snapshot_interval = new.snapshot_interval
             log.info("reloaded %s", new.source)
         self._status = ""  # resend STATUS= with READY=1
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -78,12 +93,19 @@ class Daemon:
         # so /metrics has data from the moment the port is open.
         self.published.publish(self.engine.cycle(age=False))
         cfg = self.config
+        # Checked by load_config already; loaded again here for the certificates' SSLContext.
+        web = (webconfig.WebConfigSource(cfg.web_config_file, webconfig.load(cfg.web_config_file))
+               if cfg.web_config_file else None)
+        exposition = Exposition(self.published, extra=(ReloadCollector(self.reloads), ProcessCollector(registry=None)))
         try:
-            server, _ = serve(cfg.listen.address, cfg.listen.port, build_registry(self.published), self.published)
+            server, _ = serve(cfg.listen.address, cfg.listen.port, self.published, exposition=exposition, web=web,
+                              snapshot_interval=cfg.snapshot_interval)
         except OSError as e:
             key = {errno.EADDRINUSE: "listen.port", errno.EADDRNOTAVAIL: "listen.address"}.get(e.errno, "")
             raise ListenError(f"cannot serve on {cfg.listen.address}:{cfg.listen.port}: {e.strerror}", key) from None
-        log.info("serving http://%s:%d/metrics and /snapshot.json", cfg.listen.address, server.server_port)
+        scheme = "https" if web is not None and web.current.tls is not None else "http"
+        self.server = server
+        log.info("serving %s://%s:%d/metrics and /snapshot.json", scheme, cfg.listen.address, server.server_port)
         self.serving = f"{cfg.listen.address}:{server.server_port}"
         self._status = self.status_line()
         systemd.notify("READY=1", f"STATUS={self._status}")

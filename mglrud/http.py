@@ -1,85 +1,184 @@
-"""HTTP: /metrics (Prometheus text format 0.0.4) and /snapshot.json (the latest Snapshot).
+"""HTTP(S): /metrics, /snapshot.json, /-/healthy, /-/ready and a landing page at /.
 
 Listens on 127.0.0.1:9746 unless configured otherwise (listen.address,
-listen.port); binding beyond loopback is the user's explicit choice. Requests
-only render the published Snapshot, so a scrape never ages anything.
+listen.port, --web.listen-address); binding beyond loopback is the user's
+explicit choice, and an exporter-toolkit web config (mglrud/webconfig.py) adds
+TLS, client certificates, basic auth and response headers. Requests only
+render the published Snapshot, so a scrape never ages anything.
+
+Connections are bounded, and so is the time each may take (mglrud/listener.py: one
+selector thread reads request heads under a total deadline, at most MAX_CONNECTIONS
+open, a few worker threads answer); a response has RESPONSE_TIMEOUT seconds in total
+to be sent, so a reader that stops reading is cut off.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import html
+import io
 import logging
-import socket
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from http.server import BaseHTTPRequestHandler
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from mglrud import report
+from mglrud import __version__, snapshot_json
+from mglrud.basicauth import BasicAuth
+from mglrud.exposition import Exposition
+from mglrud.listener import Server
+from mglrud.webconfig import WebConfig, WebConfigSource
 
 log = logging.getLogger(__name__)
 
-# Seconds a connection may stay silent: a client that connects and sends nothing
-# (or stops reading) must not hold its thread forever.
-REQUEST_TIMEOUT = 30.0
+# Seconds to send one response, in total (the limits before that are listener.py's).
+RESPONSE_TIMEOUT = 60.0
+# /-/healthy fails when the newest snapshot is older than this many snapshot intervals
+# (at least HEALTHY_FLOOR seconds: one slow cycle on a loaded host is not a sick daemon).
+HEALTHY_INTERVALS = 3
+HEALTHY_FLOOR = 30.0
 
-INDEX = b"""<html><head><title>mglrud</title></head><body><h1>mglrud</h1>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/snapshot.json">/snapshot.json</a></p></body></html>
-"""
+ENDPOINTS = (
+    ("/metrics", "Prometheus metrics (text 0.0.4, or OpenMetrics when asked; gzip when asked)"),
+    ("/snapshot.json", "the latest snapshot as JSON"),
+    ("/-/healthy", "200 while snapshots are fresh, 503 with the reason when the loop stalls"),
+    ("/-/ready", "200 once the first snapshot is published, 503 before"),
+)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # listen() backlog: socketserver's default of 5 drops connections when many scrapers
-    # (or a Prometheus HA pair plus dashboards) connect at once; they then wait for SYN
-    # retransmits, seconds each (bench/scrape_load.py).
-    request_queue_size = 128
+def landing_page() -> bytes:
+    rows = "".join(f'<li><a href="{p}">{p}</a>: {html.escape(d)}</li>\n' for p, d in ENDPOINTS)
+    return (f"<!DOCTYPE html>\n<html><head><title>mglrud</title></head><body>\n<h1>mglrud</h1>\n"
+            f"<p>Hot and cold memory per memcg and process, from the kernel's multi-gen LRU. "
+            f"Version {html.escape(__version__)}.</p>\n<ul>\n{rows}</ul>\n</body></html>\n").encode()
 
-    def handle_error(self, request, client_address):
-        # A scraper that gave up and closed its socket is not worth a traceback on stderr.
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            log.debug("http %s: %s", client_address[0], sys.exc_info()[1])
+
+class Site:
+    """What the handler serves; the same for every connection."""
+
+    def __init__(self, published, exposition: Exposition, web: WebConfigSource | None = None,
+                 snapshot_interval: float = 10.0, wall=time.time):
+        self.published = published
+        self.exposition = exposition
+        self.web = web
+        self.snapshot_interval = snapshot_interval
+        self.wall = wall
+        self.auth = BasicAuth()
+
+    def health(self) -> tuple[int, str]:
+        snap = self.published.current
+        if snap is None:
+            return 200, "Healthy: starting, no snapshot yet (see /-/ready)\n"
+        limit = max(HEALTHY_INTERVALS * self.snapshot_interval, HEALTHY_FLOOR)
+        age = self.wall() - snap.taken_at
+        if age > limit:
+            return 503, (f"Unhealthy: the newest snapshot is {age:.0f}s old, more than {limit:g}s "
+                         f"({HEALTHY_INTERVALS} x snapshot.interval {self.snapshot_interval:g}s, at least "
+                         f"{HEALTHY_FLOOR:g}s): the aging loop is stuck or failing; see the log\n")
+        return 200, f"Healthy: newest snapshot {max(age, 0.0):.1f}s old\n"
+
+    def ready(self) -> tuple[int, str]:
+        if self.published.current is None:
+            return 503, "Not ready: no snapshot yet\n"
+        return 200, "Ready\n"
+
+
+class _Writer(io.RawIOBase):
+    """wfile with a total deadline: a client that stops reading is cut off, not waited for."""
+
+    def __init__(self, sock, deadline: float):
+        self.sock = sock
+        self.deadline = deadline
+
+    def writable(self):
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        sent = 0
+        while sent < len(view):
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("response deadline passed")
+            self.sock.settimeout(left)
+            sent += self.sock.send(view[sent:sent + (256 << 10)])
+        return sent
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One request whose head was already read (by the selector thread) into `head`."""
+
+    server_version = f"mglrud/{__version__}"
+
+    def __init__(self, sock, address, head: bytes, site: Site, web: WebConfig | None):
+        self.site = site
+        self.web = web
+        self._head = head
+        super().__init__(sock, address, None)
+
+    def setup(self):
+        self.connection = self.request
+        self.rfile = io.BytesIO(self._head)
+        self.wfile = _Writer(self.request, time.monotonic() + RESPONSE_TIMEOUT)
+
+    def finish(self):
+        pass  # the worker closes the socket
+
+    def end_headers(self):
+        for name, value in self.web.headers if self.web else ():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def do_HEAD(self):
+        self.do_GET(body=False)
+
+    def do_GET(self, body: bool = True):
+        if self.web is not None and self.web.users and not self.site.auth.check(
+                self.web.user_hashes, self.headers.get("Authorization")):
+            self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n", body,
+                       extra=[("WWW-Authenticate", "Basic")])
             return
-        log.exception("http %s: request failed", client_address[0])
-
-
-def serve(address: str, port: int, registry, published) -> tuple[_Server, threading.Thread]:
-    """Bind now (so errors surface at start) and serve from a background thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = REQUEST_TIMEOUT
-
-        def do_GET(self):
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-            elif path == "/snapshot.json":
-                snap = published.current
-                if snap is None:
-                    self._send(503, "text/plain; charset=utf-8", b"no snapshot yet\n")
-                else:
-                    self._send(200, "application/json", report.to_json(snap).encode())
-            elif path == "/":
-                self._send(200, "text/html; charset=utf-8", INDEX)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            data, headers = self.site.exposition.metrics(self.headers.get("Accept"),
+                                                         self.headers.get("Accept-Encoding"))
+            self._send(200, headers[0][1], data, body, extra=headers[1:] + [("Vary", "Accept, Accept-Encoding")])
+        elif path == "/snapshot.json":
+            snap = self.site.published.current
+            if snap is None:
+                self._send(503, "text/plain; charset=utf-8", b"no snapshot yet\n", body)
             else:
-                self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics or /snapshot.json\n")
+                self._send(200, "application/json", snapshot_json.to_json(snap).encode(), body)
+        elif path == "/-/healthy":
+            code, text = self.site.health()
+            self._send(code, "text/plain; charset=utf-8", text.encode(), body)
+        elif path == "/-/ready":
+            code, text = self.site.ready()
+            self._send(code, "text/plain; charset=utf-8", text.encode(), body)
+        elif path == "/":
+            self._send(200, "text/html; charset=utf-8", landing_page(), body)
+        else:
+            self._send(404, "text/plain; charset=utf-8",
+                       b"not found; try /metrics, /snapshot.json, /-/healthy or /-/ready\n", body)
 
-        def _send(self, code: int, ctype: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def _send(self, code: int, ctype: str, data: bytes, body: bool = True, extra=()) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
 
-        def log_message(self, fmt, *args):
-            log.debug("http %s " + fmt, self.client_address[0], *args)
+    def log_message(self, fmt, *args):
+        log.debug("http %s " + fmt, self.client_address[0], *args)
 
-    server_class = _Server
-    if ipaddress.ip_address(address).version == 6:
-        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-    server = server_class((address, port), Handler)
+
+def serve(address: str, port: int, published, *, exposition: Exposition | None = None,
+          web: WebConfigSource | None = None, snapshot_interval: float = 10.0) -> tuple[Server, threading.Thread]:
+    """Bind now (so errors surface at start) and serve from a background thread."""
+    site = Site(published, exposition or Exposition(published), web, snapshot_interval)
+    server = Server(address, port, lambda sock, addr, head, cfg: Handler(sock, addr, head, site, cfg), web)
+    server.site = site
     thread = threading.Thread(target=server.serve_forever, name="mglrud-http", daemon=True)
     thread.start()
     return server, thread

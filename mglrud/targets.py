@@ -13,19 +13,26 @@ read that the ids are used with, never from a cache.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Iterable
 
 from mglrud.config import Target, memcg_matches
 from mglrud.fs import FS
-from mglrud.model import GenHistogram
+from mglrud.model.lru_gen import GenHistogram
+
+
+# A command line is matched on its first CMDLINE_MAX bytes only: the regex of a cmdline target
+# runs on text any local user controls, and a search can be quadratic in its length.
+CMDLINE_MAX = 4096
 
 
 @dataclass(frozen=True)
 class Proc:
     pid: int
     comm: str
-    cmdline: str  # NUL separators shown as spaces
-    cgroup: str  # cgroup v2 path
+    cmdline: str  # NUL separators shown as spaces; at most CMDLINE_MAX bytes of it
+    cgroup: str | None  # cgroup v2 path; None on a cgroup v1-only host (no "0::" line)
 
 
 @dataclass(frozen=True)
@@ -63,25 +70,51 @@ def proc_cgroup(text: str) -> str | None:
 def read_proc(fs: FS, pid: int, cmdline: bool) -> Proc | None:
     """None when the process exited meanwhile or is not readable."""
     try:
-        cgroup = proc_cgroup(fs.proc(pid, "cgroup").read_text())
         comm = fs.proc(pid, "comm").read_text().rstrip("\n")
-        cmd = fs.proc(pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip() \
-            if cmdline else ""
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    except OSError:  # ESRCH and friends when the task is being torn down
-        return None
-    if cgroup is None:
+        cgroup = proc_cgroup(fs.proc(pid, "cgroup").read_text())
+        cmd = ""
+        if cmdline:
+            with open(fs.proc(pid, "cmdline"), "rb") as f:
+                cmd = f.read(CMDLINE_MAX).replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:  # exited meanwhile (ENOENT, ESRCH while torn down) or not readable
         return None
     return Proc(pid, comm, cmd, cgroup)
 
 
 def scan_procs(fs: FS, cmdline: bool) -> list[Proc]:
+    """Every process, in pid order; `cmdline` reads command lines too (only cmdline targets need them)."""
     try:
         pids = [int(p.name) for p in fs.proc().iterdir() if p.name.isdigit()]
     except OSError:
         return []
     return [p for p in (read_proc(fs, pid, cmdline) for pid in sorted(pids)) if p is not None]
+
+
+class ProcTable:
+    """One cycle's look at /proc, shared by every source: scanned once, when first needed.
+
+    A config of pid targets only never scans: those pids are read one by one.
+    """
+
+    def __init__(self, fs: FS, targets: tuple[Target, ...]):
+        self.fs = fs
+        self.cmdline = any(t.kind == "cmdline" for t in targets)
+        self._all: list[Proc] | None = None
+        self._pids: dict[int, Proc | None] = {}
+
+    def all(self) -> list[Proc]:
+        if self._all is None:
+            self._all = scan_procs(self.fs, self.cmdline)
+        return self._all
+
+    def of(self, t: Target) -> list[Proc]:
+        """The processes target `t` selects now (for a memcg target: those in its cgroups)."""
+        if t.kind == "pid" and self._all is None:
+            if t.value not in self._pids:
+                self._pids[t.value] = read_proc(self.fs, t.value, self.cmdline)
+            p = self._pids[t.value]
+            return [p] if p is not None else []
+        return [p for p in self.all() if selects(t, p)]
 
 
 def nearest_memcg(path: str, index: dict[str, int]) -> str | None:
@@ -94,7 +127,11 @@ def nearest_memcg(path: str, index: dict[str, int]) -> str | None:
         path = path.rsplit("/", 1)[0] or "/"
 
 
-def _selects(t: Target, p: Proc) -> bool:
+def selects(t: Target, p: Proc) -> bool:
+    """Whether target `t` covers process `p`; a memcg target covers the processes in the
+    cgroups it matches (a process of a cgroup v1-only host counts as in "/")."""
+    if t.kind == "memcg":
+        return memcg_matches(t.pattern, p.cgroup or "/")
     if t.kind == "pid":
         return p.pid == t.value
     if t.kind == "comm":
@@ -102,8 +139,72 @@ def _selects(t: Target, p: Proc) -> bool:
     if t.kind == "cmdline":
         return t.pattern.search(p.cmdline) is not None
     if t.kind == "unit":
-        return t.value in p.cgroup.split("/")
+        return p.cgroup is not None and t.value in p.cgroup.split("/")
     return False
+
+
+# ---------------------------------------------------------------- the largest processes of a target
+
+@dataclass(frozen=True)
+class Candidate:
+    pid: int
+    comm: str
+    rss_bytes: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A target and its processes, largest resident set first."""
+
+    target: Target
+    candidates: tuple[Candidate, ...]
+    problem: str = ""
+
+
+def read_rss(fs: FS, pid: int, page_size: int) -> int:
+    """Resident bytes from /proc/PID/statm (cheap: no page-table walk); 0 when gone or a kernel thread."""
+    try:
+        return int(fs.proc(pid, "statm").read_text().split()[1]) * page_size
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def start_time(fs: FS, pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: with the pid, it tells a process from a later one with the same pid."""
+    try:
+        text = fs.proc(pid, "stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) is in parentheses and may itself contain ") ".
+    rest = text[text.rfind(")") + 2:].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def select(targets: Iterable[Target], fs: FS, exclude: Iterable[int] = (),
+           page_size: int | None = None, procs: ProcTable | None = None) -> tuple[Selection, ...]:
+    """Every target's processes, largest RSS first; mglrud itself (`exclude`) and kernel threads left out.
+    `procs` is the cycle's shared /proc table (a fresh one when not given)."""
+    targets = tuple(targets)
+    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
+    procs = procs or ProcTable(fs, targets)
+    skip = set(exclude)
+    rss: dict[int, int] = {}
+    out = []
+    for t in targets:
+        chosen = []
+        for p in procs.all():
+            if p.pid not in skip and selects(t, p):
+                if p.pid not in rss:
+                    rss[p.pid] = read_rss(fs, p.pid, page_size)
+                if rss[p.pid] > 0:
+                    chosen.append(Candidate(p.pid, p.comm, rss[p.pid]))
+        chosen.sort(key=lambda c: (-c.rss_bytes, c.pid))
+        problem = "" if chosen else f"no running process with {t.kind} {t.value}"
+        out.append(Selection(t, tuple(chosen), problem))
+    return tuple(out)
 
 
 def missing_memcgs(targets: tuple[Target, ...], fs: FS) -> list[tuple[str, str]]:
@@ -124,21 +225,18 @@ def missing_memcgs(targets: tuple[Target, ...], fs: FS) -> list[tuple[str, str]]
     return out
 
 
-def resolve(targets: tuple[Target, ...], lruvecs: tuple[GenHistogram, ...], fs: FS) -> tuple[Resolution, ...]:
+def resolve(targets: tuple[Target, ...], lruvecs: tuple[GenHistogram, ...], fs: FS,
+            procs: ProcTable | None = None) -> tuple[Resolution, ...]:
+    """Every target's memcgs in this lru_gen read; `procs` is the cycle's shared /proc table."""
     index = memcg_index(lruvecs)
-    kinds = {t.kind for t in targets}
-    procs: list[Proc] = []
-    if kinds & {"comm", "cmdline", "unit"}:
-        procs = scan_procs(fs, cmdline="cmdline" in kinds)
-    elif "pid" in kinds:
-        procs = [p for p in (read_proc(fs, t.value, False) for t in targets if t.kind == "pid") if p]
+    procs = procs or ProcTable(fs, targets)
     out = []
     for t in targets:
         if t.kind == "memcg":
             found = tuple(path for path in index if memcg_matches(t.pattern, path))
             problem = "" if found else f"no memcg in lru_gen matches {t.value}"
         else:
-            paths = [nearest_memcg(p.cgroup, index) for p in procs if _selects(t, p)]
+            paths = [nearest_memcg(p.cgroup, index) for p in procs.of(t) if p.cgroup is not None]
             found = tuple(sorted({p for p in paths if p is not None}))
             problem = "" if found else f"no running process with {t.kind} {t.value}"
         out.append(Resolution(t, found, problem))

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mglrud.collectors import Published, build_registry  # noqa: E402
+from mglrud.collectors import Published  # noqa: E402
 from mglrud.config import Paths, loads  # noqa: E402
 from mglrud.fs import FS  # noqa: E402
 from mglrud.http import serve  # noqa: E402
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mglrud-bpf-replay-") as tmp:
         snap, _ = replayed_snapshot(Path(tmp), taken_at=time.time())
     published = Published(snap)
-    server, _ = serve("127.0.0.1", args.port, build_registry(published), published)
+    server, _ = serve("127.0.0.1", args.port, published)
     print(f"serving http://127.0.0.1:{server.server_port}/metrics", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 120.0  # a bound for a busy machine (or a TCG guest compiling BPF), not a timing
-SERVING = re.compile(r"serving http://127\.0\.0\.1:(\d+)/")
+SERVING = re.compile(r"serving https?://127\.0\.0\.1:(\d+)/")
 
 
 def fixture_flags(root: Path) -> list[str]:

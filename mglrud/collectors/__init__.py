@@ -1,7 +1,10 @@
-"""Collectors: client_python custom collectors that render the latest Snapshot on each collect().
+"""Collectors: render the latest Snapshot as metric families, once per scrape.
 
 They never touch the kernel: aging changes kernel state, so it runs only in
 the daemon's loop, and a scrape only renders what the loop last published.
+One collector reads the published Snapshot once per scrape and hands that one
+object to every family module (memcg.py, procfs.py, bpf.py, selfmetrics.py), so
+a scrape never mixes two snapshots.
 """
 
 from __future__ import annotations
@@ -11,10 +14,7 @@ from typing import Callable
 
 from prometheus_client.core import CollectorRegistry
 
-from mglrud.collectors.bpf import BpfCollector
-from mglrud.collectors.memcg import MemcgCollector
-from mglrud.collectors.procfs import ProcfsCollector
-from mglrud.collectors.selfmetrics import SelfCollector
+from mglrud.collectors import bpf, memcg, procfs, selfmetrics, workload
 from mglrud.model import Snapshot
 
 
@@ -33,10 +33,24 @@ class Published:
         self._snapshot = snapshot
 
 
+def families(snap: Snapshot | None, now: float):
+    """Every metric family of one Snapshot, in /metrics order."""
+    yield from selfmetrics.families(snap, now)
+    if snap is None:
+        return
+    for module in (memcg, workload, procfs, bpf):
+        yield from module.families(snap)
+
+
+class SnapshotCollector:
+    def __init__(self, published: Published, wall: Callable[[], float]):
+        self.published, self.wall = published, wall
+
+    def collect(self):
+        yield from families(self.published.current, self.wall())  # one read: one snapshot per scrape
+
+
 def build_registry(published: Published, wall: Callable[[], float] = time.time) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(SelfCollector(published, wall))
-    registry.register(MemcgCollector(published))
-    registry.register(ProcfsCollector(published))
-    registry.register(BpfCollector(published))
+    registry.register(SnapshotCollector(published, wall))
     return registry

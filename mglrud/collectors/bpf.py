@@ -1,4 +1,4 @@
-"""Per-target access heat from the BPF source (mglrud/sources/bpf_hotness.py, mglrud/hotness.py).
+"""Per-target access heat from the BPF source (mglrud/sources/bpf_hotness.py, mglrud/model/hotness.py).
 
 Cardinality is bounded by the config, never by the workload: per process
 target one histogram of heat over address offset (bpf.heat_buckets buckets,
@@ -12,7 +12,7 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from mglrud import hotness as H
+from mglrud.model import hotness as H
 
 HELP = {
     "offset": "Access heat over the target's address space, as a gauge histogram whose bucket values are "
@@ -37,67 +37,60 @@ HELP = {
 }
 
 
-class BpfCollector:
-    def __init__(self, published):
-        self.published = published
+def families(snap):
+    """The metric families of one Snapshot (nothing before the source has data)."""
+    data: H.HotnessData | None = getattr(snap, "hotness", None) if snap is not None else None
+    if data is None:
+        return
+    page = data.page_size
+    offset = GaugeHistogramMetricFamily("mglrud_target_access_offset_ratio", HELP["offset"],
+                                        labels=["target"])
+    key = ["target", "node", "lru"]
+    idle = GaugeHistogramMetricFamily("mglrud_target_region_idle_age_seconds", HELP["idle"], labels=key)
+    cold = GaugeMetricFamily("mglrud_target_region_cold_bytes", HELP["cold"], labels=key + ["threshold"])
+    accessed = CounterMetricFamily("mglrud_target_accessed_bytes", HELP["accessed"], labels=key)
+    for t in data.targets:
+        if t.buckets:
+            n = len(t.buckets)
+            le = [floatToGoString(e) for e in H.bucket_edges(n)]
+            cum, buckets, gsum = 0.0, [], 0.0
+            for i, b in enumerate(t.buckets):
+                cum += b.heat
+                gsum += b.heat * (i + 0.5) / n
+                buckets.append((le[i] if i < n - 1 else "+Inf", cum))
+            offset.add_metric([t.name], buckets, gsum)
+        cells: dict[tuple[int, str], list] = {}
+        for r in t.regions:
+            cells.setdefault((r.node, r.lru), []).append(r)
+        for node, lru, b in t.accessed_bytes_total:
+            cells.setdefault((node, lru), [])
+        totals = {(n, l): b for n, l, b in t.accessed_bytes_total}
+        for (node, lru), rs in sorted(cells.items()):
+            labels = [t.name, str(node), lru]
+            buckets, total = H.idle_histogram(rs, snap.idle_age_buckets, page)
+            idle.add_metric(labels, [(floatToGoString(e), v) for e, v in buckets], total)
+            for th in snap.cold_thresholds:
+                cold.add_metric(labels + [floatToGoString(th)], H.cold_bytes(rs, th, page))
+            accessed.add_metric(labels, totals.get((node, lru), 0))
+    yield from (offset, idle, cold, accessed)
 
-    def collect(self):
-        snap = self.published.current
-        data: H.HotnessData | None = getattr(snap, "hotness", None) if snap is not None else None
-        if data is None:
-            return
-        page = data.page_size
-        offset = GaugeHistogramMetricFamily("mglrud_target_access_offset_ratio", HELP["offset"],
-                                            labels=["target"])
-        key = ["target", "node", "lru"]
-        idle = GaugeHistogramMetricFamily("mglrud_target_region_idle_age_seconds", HELP["idle"], labels=key)
-        cold = GaugeMetricFamily("mglrud_target_region_cold_bytes", HELP["cold"], labels=key + ["threshold"])
-        accessed = CounterMetricFamily("mglrud_target_accessed_bytes", HELP["accessed"], labels=key)
-        for t in data.targets:
-            if t.buckets:
-                n = len(t.buckets)
-                le = [floatToGoString(e) for e in H.bucket_edges(n)]
-                cum, buckets, gsum = 0.0, [], 0.0
-                for i, b in enumerate(t.buckets):
-                    cum += b.heat
-                    gsum += b.heat * (i + 0.5) / n
-                    buckets.append((le[i] if i < n - 1 else "+Inf", cum))
-                offset.add_metric([t.name], buckets, gsum)
-            cells: dict[tuple[int, str], list] = {}
-            for r in t.regions:
-                cells.setdefault((r.node, r.lru), []).append(r)
-            for node, lru, b in t.accessed_bytes_total:
-                cells.setdefault((node, lru), [])
-            totals = {(n, l): b for n, l, b in t.accessed_bytes_total}
-            for (node, lru), rs in sorted(cells.items()):
-                labels = [t.name, str(node), lru]
-                buckets, total = H.idle_histogram(rs, snap.idle_age_buckets, page)
-                idle.add_metric(labels, [(floatToGoString(e), v) for e, v in buckets], total)
-                for th in snap.cold_thresholds:
-                    cold.add_metric(labels + [floatToGoString(th)], H.cold_bytes(rs, th, page))
-                accessed.add_metric(labels, totals.get((node, lru), 0))
-        yield from (offset, idle, cold, accessed)
-
-        ev = CounterMetricFamily("mglrud_bpf_events", "Events of the tracepoint vmscan:mm_vmscan_lru_gen_young "
-                                 "the BPF program saw (young page-table entries found by aging, any process).")
-        ev.add_metric([], data.events)
-        matched = CounterMetricFamily("mglrud_bpf_matched_events", "Events of a target's processes or memcgs, "
-                                      "counted in the program's map.")
-        matched.add_metric([], data.matched)
-        dropped = CounterMetricFamily("mglrud_bpf_dropped_events", "Events of a target the program could not "
-                                      "count because its map was full (raise bpf.max_regions or region_size).")
-        dropped.add_metric([], data.dropped)
-        entries = GaugeMetricFamily("mglrud_bpf_map_entries", "Entries in the program's (tgid, memcg, region, "
-                                    "node, lru) map after the latest read; it holds at most "
-                                    "mglrud_bpf_map_capacity.")
-        entries.add_metric([], data.map_entries)
-        cap = GaugeMetricFamily("mglrud_bpf_map_capacity", "Size of the program's map (bpf.max_regions).")
-        cap.add_metric([], data.map_capacity)
-        region = GaugeMetricFamily("mglrud_bpf_region_bytes", "Size of the regions heat is counted in "
-                                   "(bpf.region_size).")
-        region.add_metric([], data.region_size)
-        attached = GaugeMetricFamily("mglrud_bpf_program_attached", "1 while bpf/hotness.bpf.c is attached; "
-                                     "`event` is the tracepoint (the range event when the kernel has it).",
-                                     labels=["event"])
-        attached.add_metric([data.event or "unknown"], 1)
-        yield from (ev, matched, dropped, entries, cap, region, attached)
+    ev = CounterMetricFamily("mglrud_bpf_events", "Events of the tracepoint vmscan:mm_vmscan_lru_gen_young "
+                             "the BPF program saw (young page-table entries found by aging, any process).",
+                             value=data.events)
+    matched = CounterMetricFamily("mglrud_bpf_matched_events", "Events of a target's processes or memcgs, "
+                                  "counted in the program's map.", value=data.matched)
+    dropped = CounterMetricFamily("mglrud_bpf_dropped_events", "Events of a target the program could not "
+                                  "count because its map was full (raise bpf.max_regions or region_size).",
+                                  value=data.dropped)
+    entries = GaugeMetricFamily("mglrud_bpf_map_entries", "Entries in the program's (tgid, memcg, region, "
+                                "node, lru) map after the latest read; it holds at most "
+                                "mglrud_bpf_map_capacity.", value=data.map_entries)
+    cap = GaugeMetricFamily("mglrud_bpf_map_capacity", "Size of the program's map (bpf.max_regions).",
+                            value=data.map_capacity)
+    region = GaugeMetricFamily("mglrud_bpf_region_bytes", "Size of the regions heat is counted in "
+                               "(bpf.region_size).", value=data.region_size)
+    attached = GaugeMetricFamily("mglrud_bpf_program_attached", "1 while bpf/hotness.bpf.c is attached; "
+                                 "`event` is the tracepoint (the range event when the kernel has it).",
+                                 labels=["event"])
+    attached.add_metric([data.event or "unknown"], 1)
+    yield from (ev, matched, dropped, entries, cap, region, attached)

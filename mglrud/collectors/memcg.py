@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from mglrud.model import LRUS, cold_pages, idle_histogram
+from mglrud.model.lru_gen import LRUS, cold_pages, idle_histogram
 
 HELP = {
     "resident": "Bytes on the multi-gen LRU of this memcg and node: the sum over its generations.",
@@ -30,34 +30,30 @@ HELP = {
 }
 
 
-class MemcgCollector:
-    def __init__(self, published):
-        self.published = published
-
-    def collect(self):
-        snap = self.published.current
-        if snap is None:
-            return
-        page = snap.page_size
-        labels = ["memcg", "node", "lru"]
-        resident = GaugeMetricFamily("mglrud_memcg_resident_bytes", HELP["resident"], labels=labels)
-        gen_bytes = GaugeMetricFamily("mglrud_memcg_generation_bytes", HELP["generation"], labels=labels + ["gen"])
-        gen_age = GaugeMetricFamily("mglrud_memcg_generation_age_seconds", HELP["age"],
-                                    labels=["memcg", "node", "gen"])
-        cold = GaugeMetricFamily("mglrud_memcg_cold_bytes", HELP["cold"], labels=labels + ["threshold"])
-        idle = GaugeHistogramMetricFamily("mglrud_memcg_idle_age_seconds", HELP["idle"], labels=labels)
-        for h in snap.lruvecs:
-            node = str(h.node)
-            youngest = len(h.generations) - 1
+def families(snap):
+    """The metric families of one Snapshot (nothing before the source has data)."""
+    if snap is None:
+        return
+    page = snap.page_size
+    labels = ["memcg", "node", "lru"]
+    resident = GaugeMetricFamily("mglrud_memcg_resident_bytes", HELP["resident"], labels=labels)
+    gen_bytes = GaugeMetricFamily("mglrud_memcg_generation_bytes", HELP["generation"], labels=labels + ["gen"])
+    gen_age = GaugeMetricFamily("mglrud_memcg_generation_age_seconds", HELP["age"],
+                                labels=["memcg", "node", "gen"])
+    cold = GaugeMetricFamily("mglrud_memcg_cold_bytes", HELP["cold"], labels=labels + ["threshold"])
+    idle = GaugeHistogramMetricFamily("mglrud_memcg_idle_age_seconds", HELP["idle"], labels=labels)
+    for h in snap.lruvecs:
+        node = str(h.node)
+        youngest = len(h.generations) - 1
+        for i, g in enumerate(h.generations):
+            gen_age.add_metric([h.memcg_path, node, str(youngest - i)], g.age_seconds)
+        for lru in LRUS:
+            key = [h.memcg_path, node, lru]
+            resident.add_metric(key, h.pages(lru) * page)
             for i, g in enumerate(h.generations):
-                gen_age.add_metric([h.memcg_path, node, str(youngest - i)], g.age_seconds)
-            for lru in LRUS:
-                key = [h.memcg_path, node, lru]
-                resident.add_metric(key, h.pages(lru) * page)
-                for i, g in enumerate(h.generations):
-                    gen_bytes.add_metric(key + [str(youngest - i)], g.pages(lru) * page)
-                for t in snap.cold_thresholds:
-                    cold.add_metric(key + [floatToGoString(t)], cold_pages(h, lru, t) * page)
-                buckets, page_seconds = idle_histogram(h, lru, snap.idle_age_buckets)
-                idle.add_metric(key, [(floatToGoString(le), n * page) for le, n in buckets], page_seconds * page)
-        yield from (resident, gen_bytes, gen_age, cold, idle)
+                gen_bytes.add_metric(key + [str(youngest - i)], g.pages(lru) * page)
+            for t in snap.cold_thresholds:
+                cold.add_metric(key + [floatToGoString(t)], cold_pages(h, lru, t) * page)
+            buckets, page_seconds = idle_histogram(h, lru, snap.idle_age_buckets)
+            idle.add_metric(key, [(floatToGoString(le), n * page) for le, n in buckets], page_seconds * page)
+    yield from (resident, gen_bytes, gen_age, cold, idle)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from mglrud.mappings import cold_bytes, group_mappings, idle_histogram, lru_share
-from mglrud.model import LRUS
+from mglrud.model.procfs import cold_bytes, group_mappings, idle_histogram, lru_share
+from mglrud.model.lru_gen import LRUS
 
 HELP = {
     "resident": "Resident bytes of the target's mappings (smaps Rss), by NUMA node (numa_maps) and LRU. "
@@ -47,74 +47,67 @@ HELP = {
 }
 
 
-class ProcfsCollector:
-    def __init__(self, published):
-        self.published = published
+def families(snap):
+    """The metric families of one Snapshot (nothing before the source has data)."""
+    data = getattr(snap, "procfs", None) if snap is not None else None
+    if data is None:
+        return
+    thresholds = snap.cold_thresholds
+    edges = snap.idle_age_buckets
+    top = data.top_mappings
+    key = ["target", "comm", "mapping"]
+    resident = GaugeMetricFamily("mglrud_mapping_resident_bytes", HELP["resident"], labels=key + ["node", "lru"])
+    accessed = GaugeMetricFamily("mglrud_mapping_accessed_bytes", HELP["accessed"], labels=key)
+    idle = GaugeMetricFamily("mglrud_mapping_idle_seconds", HELP["idle"], labels=key)
+    cold = GaugeMetricFamily("mglrud_mapping_cold_bytes", HELP["cold"], labels=key + ["lru", "threshold"])
+    idle_age = GaugeHistogramMetricFamily("mglrud_mapping_idle_age_seconds", HELP["idle_age"],
+                                          labels=["target", "lru"])
+    interval = GaugeMetricFamily("mglrud_procfs_interval_seconds", HELP["interval"], labels=["target"])
+    processes = GaugeMetricFamily("mglrud_target_processes", HELP["processes"], labels=["target"])
 
-    def collect(self):
-        snap = self.published.current
-        data = getattr(snap, "procfs", None) if snap is not None else None
-        if data is None:
-            return
-        thresholds = snap.cold_thresholds
-        edges = snap.idle_age_buckets
-        top = data.top_mappings
-        key = ["target", "comm", "mapping"]
-        resident = GaugeMetricFamily("mglrud_mapping_resident_bytes", HELP["resident"], labels=key + ["node", "lru"])
-        accessed = GaugeMetricFamily("mglrud_mapping_accessed_bytes", HELP["accessed"], labels=key)
-        idle = GaugeMetricFamily("mglrud_mapping_idle_seconds", HELP["idle"], labels=key)
-        cold = GaugeMetricFamily("mglrud_mapping_cold_bytes", HELP["cold"], labels=key + ["lru", "threshold"])
-        idle_age = GaugeHistogramMetricFamily("mglrud_mapping_idle_age_seconds", HELP["idle_age"],
-                                              labels=["target", "lru"])
-        interval = GaugeMetricFamily("mglrud_procfs_interval_seconds", HELP["interval"], labels=["target"])
-        processes = GaugeMetricFamily("mglrud_target_processes", HELP["processes"], labels=["target"])
+    for t in data.targets:
+        processes.add_metric([t.name], len(t.pids))
+        procs = tuple(p for p in data.processes if p.target == t.name)
+        spans = [p.interval_seconds for p in procs if p.interval_seconds is not None]
+        if spans:
+            interval.add_metric([t.name], max(spans))
+        pairs = []
+        for g in group_mappings(procs, t.name, top):
+            labels = [t.name, g.comm, g.name]
+            pairs.extend(g.mappings)
+            for (node, lru), b in sorted(g.node_bytes.items()):
+                resident.add_metric(labels + [str(node), lru], b)
+            if g.accessed is not None:
+                accessed.add_metric(labels, g.accessed)
+            idles = [m.idle_seconds for m, span in g.mappings if m.idle_seconds is not None and span is not None]
+            if idles:
+                idle.add_metric(labels, min(idles))
+            for th in thresholds:
+                per_lru = dict.fromkeys(LRUS, 0)
+                for m, span in g.mappings:
+                    for lru, b in lru_share(m, cold_bytes(m, th, span)).items():
+                        per_lru[lru] += b
+                for lru in LRUS:
+                    cold.add_metric(labels + [lru, floatToGoString(th)], per_lru[lru])
+        for lru in LRUS:
+            buckets, byte_seconds = idle_histogram(tuple(pairs), edges, lru)
+            idle_age.add_metric([t.name, lru], [(floatToGoString(le), b) for le, b in buckets], byte_seconds)
+    yield from (resident, accessed, idle, cold, idle_age, interval, processes)
 
-        for t in data.targets:
-            processes.add_metric([t.name], len(t.pids))
-            procs = tuple(p for p in data.processes if p.target == t.name)
-            spans = [p.interval_seconds for p in procs if p.interval_seconds is not None]
-            if spans:
-                interval.add_metric([t.name], max(spans))
-            pairs = []
-            for g in group_mappings(procs, t.name, top):
-                labels = [t.name, g.comm, g.name]
-                pairs.extend(g.mappings)
-                for (node, lru), b in sorted(g.node_bytes.items()):
-                    resident.add_metric(labels + [str(node), lru], b)
-                if g.accessed is not None:
-                    accessed.add_metric(labels, g.accessed)
-                idles = [m.idle_seconds for m, span in g.mappings if m.idle_seconds is not None and span is not None]
-                if idles:
-                    idle.add_metric(labels, min(idles))
-                for th in thresholds:
-                    per_lru = dict.fromkeys(LRUS, 0)
-                    for m, span in g.mappings:
-                        for lru, b in lru_share(m, cold_bytes(m, th, span)).items():
-                            per_lru[lru] += b
-                    for lru in LRUS:
-                        cold.add_metric(labels + [lru, floatToGoString(th)], per_lru[lru])
-            for lru in LRUS:
-                buckets, byte_seconds = idle_histogram(tuple(pairs), edges, lru)
-                idle_age.add_metric([t.name, lru], [(floatToGoString(le), b) for le, b in buckets], byte_seconds)
-        yield from (resident, accessed, idle, cold, idle_age, interval, processes)
-
-        s = data.stats
-        reads = CounterMetricFamily("mglrud_procfs_reads", "Processes whose smaps was read (and clear_refs "
-                                    "written) by the /proc source.")
-        reads.add_metric([], s.reads)
-        errors = CounterMetricFamily("mglrud_procfs_errors", "Processes the /proc source could not read, by "
-                                     "reason: exited (went away while being read; normal), eperm (no ptrace "
-                                     "access or clear_refs not writable: run as root), parse, other.",
-                                     labels=["reason"])
-        for reason, n in s.errors:
-            errors.add_metric([reason], n)
-        read_s = CounterMetricFamily("mglrud_procfs_read_seconds", "Time spent reading smaps (and numa_maps): "
-                                     "page-table walks under the target's mmap read lock.")
-        read_s.add_metric([], s.read_seconds)
-        clear_s = CounterMetricFamily("mglrud_procfs_clear_refs_seconds", "Time spent writing clear_refs: "
-                                      "page-table walks holding the target's mmap lock for writing.")
-        clear_s.add_metric([], s.clear_seconds)
-        scanned = CounterMetricFamily("mglrud_procfs_scanned_bytes", "Resident bytes of the processes read: "
-                                      "what the read and clear_refs costs scale with.")
-        scanned.add_metric([], s.bytes_scanned)
-        yield from (reads, errors, read_s, clear_s, scanned)
+    s = data.stats
+    reads = CounterMetricFamily("mglrud_procfs_reads", "Processes whose smaps was read (and clear_refs "
+                                "written) by the /proc source.", value=s.reads)
+    errors = CounterMetricFamily("mglrud_procfs_errors", "Processes the /proc source could not read, by "
+                                 "reason: exited (went away while being read; normal), eperm (no ptrace "
+                                 "access or clear_refs not writable: run as root), parse, other.",
+                                 labels=["reason"])
+    for reason, n in s.errors:
+        errors.add_metric([reason], n)
+    read_s = CounterMetricFamily("mglrud_procfs_read_seconds", "Time spent reading smaps (and numa_maps): "
+                                 "page-table walks under the target's mmap read lock.", value=s.read_seconds)
+    clear_s = CounterMetricFamily("mglrud_procfs_clear_refs_seconds", "Time spent writing clear_refs: "
+                                  "page-table walks holding the target's mmap lock for writing.",
+                                  value=s.clear_seconds)
+    scanned = CounterMetricFamily("mglrud_procfs_scanned_bytes", "Resident bytes of the processes read: "
+                                  "what the read and clear_refs costs scale with.", value=s.bytes_scanned)
+    yield from (reads, errors, read_s, clear_s, scanned)

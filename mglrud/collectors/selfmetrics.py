@@ -8,59 +8,52 @@ from prometheus_client.utils import floatToGoString
 from mglrud import __version__
 
 
-class SelfCollector:
-    def __init__(self, published, wall):
-        self.published = published
-        self.wall = wall
+def families(snap, now: float):
+    """Build info always; the rest from `snap` when there is one (`now`: wall time of the scrape)."""
+    info = GaugeMetricFamily("mglrud_build_info", "Always 1; the label says which mglrud runs.",
+                             labels=["version"])
+    info.add_metric([__version__], 1)
+    yield info
+    if snap is None:
+        return
 
-    def collect(self):
-        info = GaugeMetricFamily("mglrud_build_info", "Always 1; the label says which mglrud runs.",
-                                 labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
-        snap = self.published.current
-        if snap is None:
-            return
+    age = GaugeMetricFamily("mglrud_snapshot_age_seconds",
+                            "Seconds since the snapshot these metrics render was taken; "
+                            "it grows if the aging loop stalls.", value=max(0.0, now - snap.taken_at))
+    yield age
 
-        age = GaugeMetricFamily("mglrud_snapshot_age_seconds",
-                                "Seconds since the snapshot these metrics render was taken; "
-                                "it grows if the aging loop stalls.")
-        age.add_metric([], max(0.0, self.wall() - snap.taken_at))
-        yield age
+    up = GaugeMetricFamily("mglrud_source_up", "1 if the source was read in the latest cycle, else 0 "
+                                               "(`mglrud check` and the log say why).", labels=["source"])
+    for s in snap.sources:
+        up.add_metric([s.name], 1 if s.up else 0)
+    yield up
 
-        up = GaugeMetricFamily("mglrud_source_up", "1 if the source was read in the latest cycle, else 0 "
-                                                   "(`mglrud check` and the log say why).", labels=["source"])
-        for s in snap.sources:
-            up.add_metric([s.name], 1 if s.up else 0)
-        yield up
+    a = snap.aging
+    runs = CounterMetricFamily("mglrud_aging_runs", "Aging commands run, one per memcg and node "
+                                                    "(retries after a stale max_seq not counted).", value=a.runs)
+    yield runs
+    errors = CounterMetricFamily("mglrud_aging_errors", "Aging runs that failed, by reason: einval (still "
+                                 "stale after one retry), erange (too many generations and force_scan off), "
+                                 "enoent, eperm, memcg_gone, no_debugfs, other.", labels=["reason"])
+    for reason, n in a.errors:
+        errors.add_metric([reason], n)
+    yield errors
+    dur = HistogramMetricFamily("mglrud_aging_duration_seconds",
+                                "Time one aging write took: the kernel's page-table walk of the memcg "
+                                "on one node.", labels=[])
+    buckets = [(floatToGoString(e), n) for e, n in zip(a.duration_edges, a.duration_counts)]
+    buckets.append(("+Inf", a.duration_counts[-1] if a.duration_counts else 0))
+    dur.add_metric([], buckets, a.duration_sum)
+    yield dur
 
-        a = snap.aging
-        runs = CounterMetricFamily("mglrud_aging_runs", "Aging commands run, one per memcg and node "
-                                                        "(retries after a stale max_seq not counted).")
-        runs.add_metric([], a.runs)
-        yield runs
-        errors = CounterMetricFamily("mglrud_aging_errors", "Aging runs that failed, by reason: einval (still "
-                                     "stale after one retry), erange (too many generations and force_scan off), "
-                                     "enoent, eperm, memcg_gone, no_debugfs, other.", labels=["reason"])
-        for reason, n in a.errors:
-            errors.add_metric([reason], n)
-        yield errors
-        dur = HistogramMetricFamily("mglrud_aging_duration_seconds",
-                                    "Time one aging write took: the kernel's page-table walk of the memcg "
-                                    "on one node.", labels=[])
-        buckets = [(floatToGoString(e), n) for e, n in zip(a.duration_edges, a.duration_counts)]
-        buckets.append(("+Inf", a.duration_counts[-1] if a.duration_counts else 0))
-        dur.add_metric([], buckets, a.duration_sum)
-        yield dur
-
-        last = GaugeMetricFamily("mglrud_last_successful_aging_timestamp_seconds",
-                                 "Unix time of the latest successful aging of any memcg of this target; "
-                                 "absent until the first one.", labels=["target"])
-        memcgs = GaugeMetricFamily("mglrud_target_memcgs", "Memcgs this target resolved to in the latest "
-                                   "cycle (0: see the log or /snapshot.json for why).", labels=["target"])
-        for t in snap.targets:
-            if t.last_success is not None:
-                last.add_metric([t.name], t.last_success)
-            memcgs.add_metric([t.name], len(t.memcgs))
-        yield last
-        yield memcgs
+    last = GaugeMetricFamily("mglrud_last_successful_aging_timestamp_seconds",
+                             "Unix time of the latest successful aging of any memcg of this target; "
+                             "absent until the first one.", labels=["target"])
+    memcgs = GaugeMetricFamily("mglrud_target_memcgs", "Memcgs this target resolved to in the latest "
+                               "cycle (0: see the log or /snapshot.json for why).", labels=["target"])
+    for t in snap.targets:
+        if t.last_success is not None:
+            last.add_metric([t.name], t.last_success)
+        memcgs.add_metric([t.name], len(t.memcgs))
+    yield last
+    yield memcgs

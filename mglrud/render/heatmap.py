@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mglrud.snapshot_json import RegionDoc, SnapshotDoc, read
+
 RAMP = ".:-=+*#%@"  # "." none accessed ... "@" (nearly) all
 OVERLAYS = ("heat", "node", "lru")
 
@@ -53,60 +55,60 @@ def _majority(split: dict) -> object:
     return min(live, key=lambda k: (-live[k], k)) if live else None
 
 
-def procfs_cells(snap: dict, target: str | None = None, pid: int | None = None) -> dict[RowKey, Cell]:
+def procfs_cells(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None) -> dict[RowKey, Cell]:
+    snap = read(snap)
     out = {}
-    for p in (snap.get("procfs") or {}).get("processes", ()):
-        if (target is not None and p["target"] != target) or (pid is not None and p["pid"] != pid):
-            continue
-        for m in p["mappings"]:
-            res, acc = m["resident_bytes"], m["accessed_bytes"]
+    for p in snap.processes(target, pid):
+        for m in p.mappings:
+            res, acc = m.resident_bytes, m.accessed_bytes
             heat = None if acc is None else (min(acc / res, 1.0) if res else 0.0)
-            node = _majority({int(n): b for n, b in m["node_bytes"].items()})
-            out[RowKey(p["pid"], int(m["start"], 16), int(m["end"], 16), m["name"])] = Cell(
-                heat, node, _majority({"anon": m["anon_bytes"], "file": m["file_bytes"]}))
+            out[RowKey(p.pid, m.lo, m.hi, m.name)] = Cell(
+                heat, _majority(m.nodes()), _majority({"anon": m.anon_bytes, "file": m.file_bytes}))
     return out
 
 
-def hotness_cells(snap: dict, target: str | None = None, pid: int | None = None,
+def hotness_cells(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None,
                   maps: dict[int, list[tuple[int, int, str]]] | None = None) -> dict[RowKey, Cell]:
     """`maps`: pid -> [(start, end, name)] read from /proc/PID/maps by the caller, to name
     regions where the snapshot has no procfs part."""
-    hot = snap.get("hotness")
-    if not hot:
+    snap = read(snap)
+    if not snap.hotness:
         return {}
-    size = hot["region_size"]
-    maps_ = sorted(procfs_cells(snap))  # names only: any target, any pid
-    maps_ += [RowKey(p, s, e, n) for p, ms in (maps or {}).items() for s, e, n in ms]
-    regions: dict[tuple[int, int], list[dict]] = {}
-    for t in hot["targets"]:
-        if target is not None and t["name"] != target:
-            continue
-        for r in t["regions"]:
-            if pid is None or r["tgid"] == pid:
-                regions.setdefault((r["tgid"], r["start"]), []).append(r)
+    size = snap.hotness.region_size
+    named = sorted(procfs_cells(snap))  # names only: any target, any pid
+    named += [RowKey(p, s, e, n) for p, ms in (maps or {}).items() for s, e, n in ms]
+    regions = snap.regions(target, pid)
     latest = _latest_pass(snap, [r for rs in regions.values() for r in rs])
     out = {}
     for (tgid, start), rs in regions.items():
-        name = next((k.name for k in maps_ if k.pid == tgid and k.start < start + size and start < k.end), "?")
-        nodes: dict[int, int] = {}
-        lrus: dict[str, int] = {}
-        for r in rs:  # residency where read, else what was accessed, to say where the row lives
-            b = r["resident_bytes"] or r["accessed_bytes_total"]
-            nodes[r["node"]] = nodes.get(r["node"], 0) + b
-            lrus[r["lru"]] = lrus.get(r["lru"], 0) + b
+        name = next((k.name for k in named if k.pid == tgid and k.start < start + size and start < k.end), "?")
+        # residency where read, else what was accessed, to say where the row lives
+        nodes, lrus = split_bytes(rs, lambda r: r.resident_bytes or r.accessed_bytes_total)
         if latest is _NO_FOUND:  # an older snapshot without `found`: the latest cycle's deltas
-            acc = sum(r["accessed_bytes"] for r in rs)
+            acc = sum(r.accessed_bytes for r in rs)
         else:
-            acc = sum(r["found"][0]["bytes"] for r in rs
-                      if latest is not None and r["found"] and r["found"][0]["seconds_ago"] <= latest + WALK)
+            acc = sum(r.found[0].bytes for r in rs
+                      if latest is not None and r.found and r.found[0].seconds_ago <= latest + WALK)
         heat = min(acc / size, 1.0)
         out[RowKey(tgid, start, start + size, name)] = Cell(heat, _majority(nodes), _majority(lrus))
     return out
 
 
-def cells(snap: dict, target: str | None = None, pid: int | None = None,
+def split_bytes(regions: list[RegionDoc], weight) -> tuple[dict[int, int], dict[str, int]]:
+    """The `weight` of region cells summed per node and per LRU: where a row's bytes live."""
+    nodes: dict[int, int] = {}
+    lrus: dict[str, int] = {}
+    for r in regions:
+        b = weight(r)
+        nodes[r.node] = nodes.get(r.node, 0) + b
+        lrus[r.lru] = lrus.get(r.lru, 0) + b
+    return nodes, lrus
+
+
+def cells(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None,
           maps: dict[int, list[tuple[int, int, str]]] | None = None) -> dict[RowKey, Cell]:
     """One snapshot's rows: procfs mappings and BPF regions of the target or pid."""
+    snap = read(snap)
     return {**procfs_cells(snap, target, pid), **hotness_cells(snap, target, pid, maps)}
 
 
@@ -115,30 +117,30 @@ WALK = 1.0
 _NO_FOUND = object()
 
 
-def _latest_pass(snap: dict, regions: list[dict]):
+def _latest_pass(snap: SnapshotDoc, regions: list[RegionDoc]):
     """Seconds since the latest aging pass of these regions' memcgs found anything (None: the latest
     pass found none of them accessed). Heat is what that pass found, like the /proc source's
     "latest interval": a region's `accessed_bytes` is only what the latest *cycle* found, which
     is 0 in every snapshot published between two agings."""
-    if any("found" not in r for r in regions):
+    if any(r.found is None for r in regions):
         return _NO_FOUND
-    finds = [r["found"][0]["seconds_ago"] for r in regions if r["found"]]
+    finds = [r.found[0].seconds_ago for r in regions if r.found]
     if not finds:
         return None
     newest = min(finds)
-    ids = {r["memcg_id"] for r in regions}
-    ages = [m["generations"][0]["age_seconds"] for m in snap.get("memcgs", ())
-            if m["memcg_id"] in ids and m["generations"]]
+    ids = {r.memcg_id for r in regions}
+    ages = [m.generations[0].age_seconds for m in snap.memcgs if m.memcg_id in ids and m.generations]
     # A pass after the newest find (its generation is younger) that found nothing.
     if ages and newest > min(ages) + WALK:
         return None
     return newest
 
 
-def grid(snaps: list[dict], target: str | None = None, pid: int | None = None,
+def grid(snaps: list[SnapshotDoc | dict], target: str | None = None, pid: int | None = None,
          maps: dict[int, list[tuple[int, int, str]]] | None = None) -> Grid:
     """The union of every snapshot's rows, by address; one column per snapshot in the order given."""
-    return grid_of([(s.get("taken_at", 0.0), cells(s, target, pid, maps)) for s in snaps])
+    docs = [read(s) for s in snaps]
+    return grid_of([(s.taken_at, cells(s, target, pid, maps)) for s in docs])
 
 
 def grid_of(columns: list[tuple[float, dict[RowKey, Cell]]]) -> Grid:
@@ -185,7 +187,7 @@ def render(g: Grid, overlay: str = "heat", columns: int | None = None, label_wid
 
 # ---------------------------------------------------------------- the live view (mglrud heatmap)
 #
-# The TUI (mglrud/tui.py) and the PNG (render/png.py) draw the same View: the grid's
+# The TUI (mglrud/tui/) and the PNG (render/png.py) draw the same View: the grid's
 # snapshots bucketed into aggregation intervals (columns), its rows cut to an address
 # window (zoom) and merged into at most `height` bands. Every function here is pure.
 

@@ -1,7 +1,7 @@
 """`mglrud report`: a table per mapping of one target or process, from the daemon's /snapshot.json.
 
-Input is the decoded JSON (mglrud/report.py to_dict; docs/metrics.md "/snapshot.json"),
-so this works against any running daemon and against captured snapshots alike.
+Input is the JSON, read through mglrud/snapshot_json.py's typed reader (docs/metrics.md
+"/snapshot.json"), so this works against any running daemon and against captured snapshots alike.
 The biggest resident-but-never-accessed allocations come first: that is what the
 report is for (issue 8).
 
@@ -20,6 +20,10 @@ What "never accessed" can mean depends on the source, and the output says which:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from mglrud.render.heatmap import split_bytes
+from mglrud.render.text import columns, size
+from mglrud.snapshot_json import RegionDoc, SnapshotDoc, read
 
 
 class ReportError(Exception):
@@ -48,22 +52,18 @@ def _sort_key(r: Row):
     return (-(r.never or 0), -(r.idle or 0), -(r.resident or 0), r.pid, r.start)
 
 
-def procfs_rows(snap: dict, target: str | None = None, pid: int | None = None) -> list[Row]:
+def procfs_rows(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None) -> list[Row]:
     rows = []
-    for p in (snap.get("procfs") or {}).get("processes", ()):
-        if (target is not None and p["target"] != target) or (pid is not None and p["pid"] != pid):
-            continue
-        for m in p["mappings"]:
-            acc = m["accessed_bytes"]
-            rows.append(Row("procfs", p["pid"], p["comm"], int(m["start"], 16), int(m["end"], 16), m["name"],
-                            m["resident_bytes"], acc,
-                            None if acc is None else max(m["resident_bytes"] - acc, 0), m["idle_seconds"],
-                            tuple(sorted((int(n), b) for n, b in m["node_bytes"].items())),
-                            m["anon_bytes"], m["file_bytes"]))
+    for p in read(snap).processes(target, pid):
+        for m in p.mappings:
+            acc = m.accessed_bytes
+            rows.append(Row("procfs", p.pid, p.comm, m.lo, m.hi, m.name, m.resident_bytes, acc,
+                            None if acc is None else max(m.resident_bytes - acc, 0), m.idle_seconds,
+                            tuple(sorted(m.nodes().items())), m.anon_bytes, m.file_bytes))
     return rows
 
 
-def hotness_rows(snap: dict, target: str | None = None, pid: int | None = None,
+def hotness_rows(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None,
                  maps: dict[int, list[tuple[int, int, str]]] | None = None) -> list[Row]:
     """One row per region (all its node/lru cells summed), named from procfs mappings where both run.
 
@@ -71,21 +71,13 @@ def hotness_rows(snap: dict, target: str | None = None, pid: int | None = None,
     the regions of a process are summed per mapping instead, each region counted in
     the mapping it overlaps most: a row per allocation, as the procfs source gives.
     """
-    hot = snap.get("hotness")
-    if not hot:
+    snap = read(snap)
+    if not snap.hotness:
         return []
-    size = hot["region_size"]
+    size = snap.hotness.region_size
     names = {(r.pid, r.start, r.end): (r.name, r.comm) for r in procfs_rows(snap)}
-    cells: dict[tuple[int, int], list[dict]] = {}
-    for t in hot["targets"]:
-        if target is not None and t["name"] != target:
-            continue
-        for r in t["regions"]:
-            if pid is not None and r["tgid"] != pid:
-                continue
-            cells.setdefault((r["tgid"], r["start"]), []).append(r)
-    groups: dict[tuple[int, int, int, str], list[dict]] = {}
-    for (tgid, start), rs in cells.items():
+    groups: dict[tuple[int, int, int, str], list[RegionDoc]] = {}
+    for (tgid, start), rs in snap.regions(target, pid).items():
         owner = _largest_overlap((maps or {}).get(tgid, ()), start, start + size)
         if owner is None:
             name = next((n for (p, s, e), (n, _) in names.items() if p == tgid and s <= start < e), "?")
@@ -94,20 +86,15 @@ def hotness_rows(snap: dict, target: str | None = None, pid: int | None = None,
     comms = {p: c for (p, _, _), (_, c) in names.items()}
     rows = []
     for (tgid, start, end, name), rs in groups.items():
-        known = [r["resident_bytes"] for r in rs if r["resident_bytes"] is not None]
+        known = [r.resident_bytes for r in rs if r.resident_bytes is not None]
         resident = sum(known) if known else None
-        never = sum(r["resident_bytes"] or 0 for r in rs if r["idle_seconds"] is None)
-        idles = [r["idle_seconds"] for r in rs if r["idle_seconds"] is not None]
-        nodes: dict[int, int] = {}
-        lru = {"anon": 0, "file": 0}
-        for r in rs:
-            b = r["resident_bytes"] or 0
-            nodes[r["node"]] = nodes.get(r["node"], 0) + b
-            lru[r["lru"]] = lru.get(r["lru"], 0) + b
+        never = sum(r.resident_bytes or 0 for r in rs if r.idle_seconds is None)
+        idles = [r.idle_seconds for r in rs if r.idle_seconds is not None]
+        nodes, lru = split_bytes(rs, lambda r: r.resident_bytes or 0)
         rows.append(Row("hotness", tgid, comms.get(tgid, "?"), start, end, name, resident,
-                        sum(r["accessed_bytes_total"] for r in rs), never if resident is not None else None,
+                        sum(r.accessed_bytes_total for r in rs), never if resident is not None else None,
                         min(idles) if idles else None, tuple(sorted(nodes.items())),
-                        lru["anon"] if known else None, lru["file"] if known else None))
+                        lru.get("anon", 0) if known else None, lru.get("file", 0) if known else None))
     return rows
 
 
@@ -120,21 +107,12 @@ def _largest_overlap(maps, lo: int, hi: int) -> tuple[int, int, str] | None:
     return best
 
 
-def rows(snap: dict, target: str | None = None, pid: int | None = None,
+def rows(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None,
          maps: dict[int, list[tuple[int, int, str]]] | None = None) -> list[Row]:
     """Every mapping (procfs) and region (hotness; per mapping with `maps`) of the target or pid,
     biggest never-accessed first."""
+    snap = read(snap)
     return sorted(procfs_rows(snap, target, pid) + hotness_rows(snap, target, pid, maps), key=_sort_key)
-
-
-def size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
 
 
 HEADER = ("SOURCE", "PID", "COMM", "START", "END", "MAPPING", "RESIDENT", "ACCESSED", "NOT-ACCESSED", "IDLE>=",
@@ -150,12 +128,12 @@ def table(rs: list[Row]) -> list[tuple[str, ...]]:
     return out
 
 
-def notes(snap: dict, rs: list[Row]) -> list[str]:
+def notes(snap: SnapshotDoc | dict, rs: list[Row]) -> list[str]:
+    snap = read(snap)
     out = []
     sources = {r.source for r in rs}
     if "procfs" in sources:
-        spans = sorted({p["interval_seconds"] for p in snap["procfs"]["processes"]
-                        if p["interval_seconds"] is not None})
+        spans = sorted({p.interval_seconds for p in snap.processes() if p.interval_seconds is not None})
         span = f"{spans[-1]:.0f}s" if spans else "not complete yet"
         out.append("procfs: 'accessed since start' is not in the snapshot for this source: ACCESSED is the bytes "
                    f"referenced in the latest interval ({span}), NOT-ACCESSED the rest of RESIDENT, IDLE>= a lower "
@@ -163,28 +141,26 @@ def notes(snap: dict, rs: list[Row]) -> list[str]:
     if "hotness" in sources:
         out.append("hotness: NOT-ACCESSED is the resident bytes of regions never found accessed since start; "
                    "ACCESSED is cumulative bytes found accessed (a page counts once per aging), not distinct bytes.")
-        if any(r.end - r.start != snap["hotness"]["region_size"] for r in rs if r.source == "hotness"):
+        if any(r.end - r.start != snap.hotness.region_size for r in rs if r.source == "hotness"):
             out.append(f"hotness rows are mappings from /proc/PID/maps, each summing the "
-                       f"{size(snap['hotness']['region_size'])} regions it overlaps most.")
+                       f"{size(snap.hotness.region_size)} regions it overlaps most.")
     if any(r.accessed is None for r in rs):
         out.append("'-' in ACCESSED/NOT-ACCESSED: no complete interval yet; wait one aging interval.")
     return out
 
 
-def render(snap: dict, target: str | None = None, pid: int | None = None,
+def render(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None,
            maps: dict[int, list[tuple[int, int, str]]] | None = None) -> str:
     """The report as text; raises ReportError when the snapshot has nothing for the target or pid."""
-    if not snap.get("procfs") and not snap.get("hotness"):
+    snap = read(snap)
+    if not snap.procfs and not snap.hotness:
         raise ReportError("the snapshot has no per-mapping data: neither the procfs nor the bpf source "
                           "runs in this daemon (see `mglrud check` and `sources:` in the config)")
     rs = rows(snap, target, pid, maps)
     if not rs:
         what = f"target {target!r}" if target is not None else f"pid {pid}"
-        known = sorted({p["target"] for p in (snap.get("procfs") or {}).get("processes", ())}
-                       | {t["name"] for t in (snap.get("hotness") or {}).get("targets", ())})
+        known = sorted({p.target for p in snap.processes()}
+                       | {t.name for t in (snap.hotness.targets if snap.hotness else ())})
         raise ReportError(f"no resident mapping of {what} in the snapshot; targets in it: "
                           f"{', '.join(known) or 'none'} (is the process a configured target?)")
-    t = table(rs)
-    widths = [max(len(r[i]) for r in t) for i in range(len(HEADER))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in t]
-    return "\n".join(lines + [""] + notes(snap, rs)) + "\n"
+    return columns(table(rs)) + "\n\n" + "".join(line + "\n" for line in notes(snap, rs))

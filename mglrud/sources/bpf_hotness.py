@@ -9,7 +9,7 @@ module has it compiled and attached once, by a short-lived child process
 (mglrud/bpf_loader.py, which keeps bcc and LLVM out of the daemon's memory),
 tells it the targets through two maps (target_tgids, target_memcgs), reads its
 maps once per cycle with bpf(2) (mglrud/bpfsys.py) and hands the raw
-counts to the pure functions of mglrud/hotness.py. Residency comes from
+counts to the pure functions of mglrud/model/hotness.py. Residency comes from
 /proc/PID/smaps (which mappings hold pages) and /proc/PID/pagemap (which pages,
 on which node; Documentation/admin-guide/mm/pagemap.rst).
 
@@ -26,6 +26,7 @@ check`, the log) and the other sources carry on.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import struct
@@ -34,12 +35,14 @@ from collections import Counter
 from pathlib import Path
 
 from mglrud import bpf_loader, bpfsys
-from mglrud import hotness as H
-from mglrud.config import Bpf, Target, memcg_matches
+from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
 from mglrud.model import SourceStatus
+from mglrud.model import hotness as H
 from mglrud.programs import bpf_program
-from mglrud.targets import _selects, read_proc, scan_procs
+from mglrud.sources.base import Inputs, Part, Probe
+from mglrud.sources.bpf_heat import HeatBuilder
+from mglrud.targets import ProcTable
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,6 @@ RANGE_EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young_range")
 DEFAULT_PROGRAM = bpf_program("hotness.bpf.c")  # package data in a wheel, bpf/ in a checkout
 MAX_TGIDS = 4096
 MAX_MEMCGS = 4096
-# A process whose mapped-and-resident address space is larger than this is not
-# read through pagemap (8 bytes per 4 KiB page: 16 GiB -> 32 MiB read per cycle).
-MAX_SCAN_BYTES = 16 << 30
 
 
 class Unavailable(Exception):
@@ -176,14 +176,9 @@ class Program:
 
 # ---------------------------------------------------------------- targets
 
-def target_processes(targets: tuple[Target, ...], fs: FS) -> dict[str, tuple[int, ...]]:
+def target_processes(targets: tuple[Target, ...], procs: ProcTable) -> dict[str, tuple[int, ...]]:
     """Process targets -> their tgids now."""
-    kinds = {t.kind for t in targets}
-    if kinds & {"comm", "cmdline", "unit"}:
-        procs = scan_procs(fs, cmdline="cmdline" in kinds)
-    else:
-        procs = [p for p in (read_proc(fs, t.value, False) for t in targets if t.kind == "pid") if p]
-    return {t.name: tuple(p.pid for p in procs if _selects(t, p)) for t in targets if t.kind != "memcg"}
+    return {t.name: tuple(p.pid for p in procs.of(t)) for t in targets if t.kind != "memcg"}
 
 
 def target_memcgs(targets: tuple[Target, ...], index: dict[str, int]) -> dict[str, tuple[int, ...]]:
@@ -192,56 +187,14 @@ def target_memcgs(targets: tuple[Target, ...], index: dict[str, int]) -> dict[st
             for t in targets if t.kind == "memcg"}
 
 
-# ---------------------------------------------------------------- residency
-
-def node_of_pfn(fs: FS):
-    """(pfn -> node from the zones /proc/zoneinfo lists (-1 when unknown), the only node
-    when there is one, else None)."""
-    try:
-        zones = H.parse_zoneinfo(fs.proc("zoneinfo").read_text())
-    except OSError:
-        return (lambda pfn: -1), None
-    nodes = {n for _, _, n in zones}
-    return H.pfn_node_table(zones), (nodes.pop() if len(nodes) == 1 else None)
-
-
-def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes):
-    """(mapped spans [(start, end)], {(region, node, lru): pages} or None, why not) of one
-    process; None if it is gone. The spans (from smaps) are there even when pagemap is not."""
-    from mglrud.sources.procfs import is_shmem, parse_smaps
-
-    try:
-        vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text()) if e.rss > 0]
-    except (OSError, ValueError):
-        return None
-    spans = [(e.start, e.end) for e in vmas]
-    if sum(e.end - e.start for e in vmas) > MAX_SCAN_BYTES:
-        return spans, None, f"mapped resident space over {MAX_SCAN_BYTES >> 30} GiB; residency not read"
-    cells: Counter = Counter()
-    try:
-        with open(fs.proc(pid, "pagemap"), "rb") as f:
-            for e in vmas:
-                f.seek(e.start // page_size * 8)
-                data = f.read((e.end - e.start) // page_size * 8)
-                vma = H.Vma(e.start, e.end, e.path, is_shmem(e.path))
-                node_of, only = nodes
-                if only is not None:
-                    cells.update(H.residency_one_node(vma, data, page_size, region_shift, only))
-                else:
-                    cells.update(H.residency(vma, memoryview(data).cast("Q").tolist(), page_size, region_shift,
-                                             node_of))
-    except OSError as e:
-        return spans, None, f"cannot read pagemap: {e.strerror}"
-    return spans, dict(cells), ""
-
-
 # ---------------------------------------------------------------- the source
 
-class BpfHotnessSource:
+class BpfHotnessSource(HeatBuilder):
     def __init__(self, cfg: Bpf, fs: FS, loader=Program, wall=time.time):
         self.cfg, self.fs, self.loader, self.wall = cfg, fs, loader, wall
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.program = None
+        self._started = False  # start() tried (configure() starts it once)
         self.reason = "not started"
         self.state: dict = {}
         self.accessed: dict[str, Counter] = {}  # target -> (node, lru) -> bytes, cumulative
@@ -266,6 +219,38 @@ class BpfHotnessSource:
                  getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
         return True
 
+    # ------------------------------------------------------------ the Source protocol (sources/base.py)
+
+    @classmethod
+    def make(cls, config: Config, fs: FS, clock, wall) -> "BpfHotnessSource":
+        return cls(config.bpf, fs)
+
+    def configure(self, config: Config, probe: Probe, why: str) -> None:
+        """Compile and attach on first use (~1 s; ~15 s under TCG); a reload that changes bpf:
+        recompiles, and the counters go on from the old program's (carry_over)."""
+        if self._started and self.cfg != config.bpf:
+            self.close()
+            # the new program's maps start from zero: its counts go on from these
+            self.stats_base, self.state, self._had = self.stats, {}, {}
+            self.cfg, self._started = config.bpf, False
+        if not self._started:
+            self._started = True
+            self.start()
+
+    def reschedule(self, within: float) -> None:
+        pass
+
+    def due_in(self) -> float:
+        return float("inf")
+
+    def before_aging(self, inputs: Inputs) -> None:
+        self.fs = inputs.fs
+        self.prepare(inputs.config.targets, inputs.index, inputs.procs)
+
+    def part(self, inputs: Inputs) -> Part:
+        data = self.cycle(inputs.config.targets, inputs.index, inputs.procs)
+        return Part((self.status(),), {"hotness": data})
+
     def carry_over(self, old: "BpfHotnessSource") -> None:
         """Continue the counters of the source this one replaces (a reload that changed bpf:
         recompiles the program, whose maps start from zero): exported counters never go down."""
@@ -281,10 +266,10 @@ class BpfHotnessSource:
     def status(self) -> SourceStatus:
         return SourceStatus(NAME, self.program is not None, self.reason)
 
-    def prepare(self, targets: tuple[Target, ...], index: dict[str, int]) -> None:
+    def prepare(self, targets: tuple[Target, ...], index: dict[str, int], procs: ProcTable | None = None) -> None:
         """Resolve the targets and load them into the program's target maps, before
         aging, so that the aging about to run is counted."""
-        self._procs = target_processes(targets, self.fs)
+        self._procs = target_processes(targets, procs or ProcTable(self.fs, targets))
         self._memcgs = target_memcgs(targets, index)
         if self.program is None:
             return
@@ -300,10 +285,11 @@ class BpfHotnessSource:
         self.close()
         self.reason = reason
 
-    def cycle(self, targets: tuple[Target, ...], index: dict[str, int]) -> H.HotnessData | None:
+    def cycle(self, targets: tuple[Target, ...], index: dict[str, int],
+              procs: ProcTable | None = None) -> H.HotnessData | None:
         """Read the counts (after aging) and build this cycle's HotnessData."""
         if self._procs is None:
-            self.prepare(targets, index)
+            self.prepare(targets, index, procs)
         procs, memcgs = self._procs, self._memcgs
         self._procs = None
         if self.program is None:
@@ -334,101 +320,27 @@ class BpfHotnessSource:
                 self.state.pop(k, None)
         return data
 
-    def _build(self, targets, procs, memcgs, now_ns: int, entries: int, last=frozenset()) -> H.HotnessData:
-        """`last`: cells read for the last time (deleted from the map after this); those of
-        processes or memcgs a target had at the previous read count in its accessed bytes."""
-        cfg, page = self.cfg, self.page_size
-        nodes = node_of_pfn(self.fs)
-        residency_cache: dict[int, object] = {}
-        notes = []
-        out = []
-        for t in targets:
-            had_tgids, had_ids = self._had.get(t.name, (frozenset(), frozenset()))
-            if t.kind == "memcg":
-                ids = set(memcgs.get(t.name, ()))
-                claimed = {k: s for k, s in self.state.items()
-                           if k.memcg_id in ids or (k in last and k.memcg_id in had_ids)}
-            else:
-                pids = set(procs.get(t.name, ()))
-                claimed = {k: s for k, s in self.state.items()
-                           if k.tgid in pids or (k in last and k.tgid in had_tgids)}
-            acc = self.accessed.setdefault(t.name, Counter())
-            for k, s in claimed.items():
-                if s.delta_pages:
-                    acc[(k.node, k.lru)] += s.delta_pages * page
-            # cells read for the last time count above, but are not shown: their process is gone
-            mine = {k: s for k, s in claimed.items() if k not in last}
-            if t.kind == "memcg":
-                by_tgid = Counter(k.tgid for k in mine)
-                scan = [tg for tg, _ in by_tgid.most_common(cfg.max_processes) if tg]
-            else:
-                ids = {k.memcg_id for k in mine}
-                scan = sorted(pids)[: cfg.max_processes]
-                if len(pids) > cfg.max_processes:
-                    notes.append(f"target {t.name}: {len(pids)} processes; residency read for "
-                                 f"{cfg.max_processes} (bpf.max_processes)")
-            spans_in, resident = [], {}
-            for tg in scan:
-                if tg not in residency_cache:
-                    residency_cache[tg] = read_residency(self.fs, tg, cfg.region_shift, page, nodes)
-                r = residency_cache[tg]
-                if r is None:
-                    continue
-                spans, cells, why = r
-                spans_in += [(tg, s, e) for s, e in spans]
-                if cells is None:
-                    notes.append(f"process {tg}: {why}")
-                    continue
-                for (region, node, lru), n in cells.items():
-                    resident[(tg, region, node, lru)] = n
-            regions = self._regions(mine, resident, set(scan), now_ns)
-            buckets = ()
-            if t.kind != "memcg":
-                buckets = self._buckets(spans_in, mine)
-            out.append(H.TargetHeat(
-                name=t.name, kind=t.kind, tgids=tuple(scan), memcg_ids=tuple(sorted(ids)),
-                regions=regions, buckets=buckets,
-                accessed_bytes_total=tuple(sorted((n, l, b) for (n, l), b in acc.items()))))
-        for name in set(self.accessed) - {t.name for t in targets}:
-            del self.accessed[name]
-        events, matched, dropped = self.stats
-        return H.HotnessData(region_size=cfg.region_size, half_life=cfg.half_life, page_size=page,
-                             targets=tuple(out), events=events, matched=matched, dropped=dropped,
-                             map_entries=entries, map_capacity=cfg.max_regions, notes=tuple(dict.fromkeys(notes)),
-                             event=getattr(self.program, "event", ""))
 
-    def _regions(self, mine: dict, resident: dict, scanned: set[int], now_ns: int) -> tuple[H.RegionHeat, ...]:
-        shift = self.cfg.region_shift
-        memcg_of = {}
-        for k in mine:
-            memcg_of.setdefault(k.tgid, k.memcg_id)
-        out = []
-        seen = set()
-        for k, s in mine.items():
-            rk = (k.tgid, k.region, k.node, k.lru)
-            seen.add(rk)
-            res = resident.get(rk, 0) if k.tgid in scanned else None
-            found = tuple((max(0.0, (now_ns - t) / 1e9), n) for t, n in reversed(s.history))
-            out.append(H.RegionHeat(k.tgid, k.memcg_id, k.region << shift, k.node, k.lru, res, s.delta_pages,
-                                    s.total_pages, s.rate, H.idle_seconds(s, now_ns), found))
-        for rk, n in resident.items():
-            if rk not in seen:
-                tg, region, node, lru = rk
-                out.append(H.RegionHeat(tg, memcg_of.get(tg, 0), region << shift, node, lru, n, 0, 0, 0.0,
-                                        float("inf")))
-        out.sort(key=lambda r: (r.tgid, r.start, r.node, r.lru))
-        return tuple(out)
-
-    def _buckets(self, spans_in, mine) -> tuple[H.HeatBucket, ...]:
-        cfg, page = self.cfg, self.page_size
-        spans = H.collapsed_spans(spans_in)
-        rate: Counter = Counter()
-        latest: Counter = Counter()
-        for k, s in mine.items():
-            rate[(k.tgid, k.region)] += s.rate * page
-            latest[(k.tgid, k.region)] += s.delta_pages * page
-        heat = H.address_histogram(spans, dict(rate), cfg.region_shift, cfg.heat_buckets)
-        acc = H.address_histogram(spans, dict(latest), cfg.region_shift, cfg.heat_buckets)
-        ranges = H.bucket_ranges(spans, cfg.heat_buckets)
-        return tuple(H.HeatBucket(tuple(r), h, round(a)) for r, h, a in zip(ranges, heat, acc))
-
+def probe(fs: FS) -> Probe:
+    """The tracepoint of mglrud's kernel patch and bcc; whether the program compiles
+    and attaches is only known when the source starts (sources/bpf_hotness.py)."""
+    event = fs.tracefs("events", "vmscan", "mm_vmscan_lru_gen_young")
+    try:
+        found = event.is_dir()
+    except PermissionError:
+        return Probe("bpf", False, f"{event} is not readable: run mglrud as root")
+    if not found:
+        return Probe("bpf", False, f"no tracepoint {event}: a kernel without mglrud's patch (kernel-patch/), "
+                                   f"or tracefs not mounted")
+    # Found, not imported: importing bcc maps LLVM into the daemon for good (~40 MiB resident);
+    # only the short-lived loader child imports it (mglrud/bpf_loader.py), and says so if it fails.
+    try:
+        spec = importlib.util.find_spec("bcc")  # Debian's python3-bpfcc, not PyPI's "bcc"
+    except (ImportError, ValueError) as e:
+        spec, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = "no module named bcc"
+    if spec is None:
+        return Probe("bpf", False, f"the tracepoint is present, but bcc cannot be found ({why}): "
+                                   f"apt install python3-bpfcc, run with /usr/bin/python3")
+    return Probe("bpf", True, f"{event} present and bcc installed")

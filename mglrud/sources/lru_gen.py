@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from mglrud.config import Config
 from mglrud.fs import FS, Writer
-from mglrud.model import GenHistogram, Generation
+from mglrud.sources.base import Inputs, Part, Passive, Probe
+from mglrud.model.lru_gen import GenHistogram, Generation
 
 NAME = "lru_gen"
 
@@ -167,3 +169,36 @@ def age(lruvec: GenHistogram, writer: Writer, reread: Callable[[], tuple[GenHist
             break
         current = again
     return AgingResult(lruvec.memcg_path, lruvec.node, reason, clock() - start, tuple(commands))
+
+
+def probe(fs: FS) -> Probe:
+    try:
+        lruvecs = read(fs)
+    except Unavailable as e:
+        enabled = fs.sys("kernel", "mm", "lru_gen", "enabled")
+        if not enabled.exists():
+            return Probe("lru_gen", False, f"{enabled} missing: the kernel is built without CONFIG_LRU_GEN "
+                                           f"(no multi-gen LRU)")
+        return Probe("lru_gen", False, str(e))
+    return Probe("lru_gen", True, f"{fs.lru_gen} readable ({len({h.memcg_id for h in lruvecs})} memcgs)")
+
+
+class LruGenSource(Passive):
+    """The generations of the target memcgs. lru_gen is read once per cycle, before and again
+    after aging, by the Engine (it is also what the Engine ages through): this source only
+    picks the target memcgs' lruvecs out of that read."""
+
+    name = NAME
+
+    @classmethod
+    def make(cls, config: Config, fs: FS, clock, wall) -> "LruGenSource":
+        return cls()
+
+    def configure(self, config: Config, probe: Probe, why: str) -> None:
+        pass
+
+    def part(self, inputs: Inputs) -> Part:
+        index = inputs.index
+        # .get: a memcg that went offline since the first read is no longer in the index.
+        return Part(data={"lruvecs": tuple(h for h in inputs.lruvecs if h.memcg_path in inputs.owner
+                                           and index.get(h.memcg_path) == h.memcg_id)})

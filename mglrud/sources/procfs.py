@@ -56,7 +56,7 @@ root. A process that exits between listing and reading (ENOENT, ESRCH, an empty
 smaps for a zombie) is counted as `exited`, not an error; a process that cannot
 be read gives its target a sentence saying why.
 
-`parse_smaps(text)` and `parse_numa_maps(text)` are pure; `ProcfsSource` is the
+The parsers (sources/smaps.py) are pure; `ProcfsSource` is the
 I/O edge and keeps the only state (per process: when its interval began, and
 per mapping when it was last seen accessed).
 """
@@ -66,17 +66,19 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from mglrud.config import Target, memcg_matches
+from mglrud.config import Config, Target
 from mglrud.fs import FS
-from mglrud.mappings import (MappingHeat, ProcessHeat, ProcfsData, ProcfsStats,
+from mglrud.model import SourceStatus
+from mglrud.sources.base import Inputs, Part, Probe
+from mglrud.sources.smaps import ParseError, lru_split, mapping_name, parse_numa_maps, parse_smaps
+from mglrud.model.procfs import (MappingHeat, ProcessHeat, ProcfsData, ProcfsStats,
                              ProcfsTarget)
-from mglrud.targets import Proc, _selects, proc_cgroup
+from mglrud.targets import Candidate, ProcTable, Selection, select, start_time
 
 log = logging.getLogger(__name__)
 
@@ -91,258 +93,6 @@ REASONS = ("exited", "eperm", "parse", "other")
 DEFAULT_MAX_PROCESSES = 5
 ATTEMPTS_PER_PROCESS = 4  # candidates tried per process read, at most
 DEFAULT_TOP_MAPPINGS = 10
-
-# Mappings whose pages live on the anon LRU although smaps counts them outside `Anonymous`:
-# shared anonymous memory (/dev/zero), memfd, SysV and POSIX shared memory are shmem,
-# which is swap-backed (mm/shmem.c), so reclaim treats it as anon.
-_SHMEM_PREFIXES = ("/dev/zero", "/memfd:", "/SYSV", "/dev/shm/", "[anon_shmem:")
-
-_HEADER = re.compile(r"([0-9a-f]+)-([0-9a-f]+) ([r-][w-][x-][psS]) ([0-9a-f]+) (\S+) (\d+)(?: +(.*))?")
-_FIELD = re.compile(r"(\w+): +(\d+) kB")
-
-
-class ParseError(ValueError):
-    pass
-
-
-# ---------------------------------------------------------------- pure parsers
-
-@dataclass(frozen=True)
-class SmapsEntry:
-    """One /proc/PID/smaps record; sizes in bytes, `fields` holds every `Key: N kB` line."""
-
-    start: int
-    end: int
-    perms: str
-    offset: int
-    dev: str
-    inode: int
-    path: str  # as the kernel prints it: "", "/usr/lib/x.so", "[heap]", "/memfd:x (deleted)"
-    fields: dict = field(default_factory=dict, compare=False)
-    vmflags: tuple[str, ...] = ()
-
-    def get(self, key: str) -> int:
-        return self.fields.get(key, 0)
-
-    @property
-    def rss(self) -> int:
-        return self.get("Rss")
-
-    @property
-    def anonymous(self) -> int:
-        return self.get("Anonymous")
-
-    @property
-    def referenced(self) -> int:
-        return self.get("Referenced")
-
-    @property
-    def swap(self) -> int:
-        return self.get("Swap")
-
-
-def parse_smaps(text: str) -> tuple[SmapsEntry, ...]:
-    """/proc/PID/smaps text -> one SmapsEntry per mapping, in address order."""
-    out: list[SmapsEntry] = []
-    cur: dict | None = None
-
-    def flush() -> None:
-        if cur is not None:
-            out.append(SmapsEntry(**cur))
-
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line:
-            continue
-        if m := _FIELD.fullmatch(line):
-            if cur is None:
-                raise ParseError(f"line {lineno}: {m.group(1)} before any mapping line")
-            cur["fields"][m.group(1)] = int(m.group(2)) * 1024
-            continue
-        if m := _HEADER.fullmatch(line):
-            flush()
-            cur = dict(start=int(m.group(1), 16), end=int(m.group(2), 16), perms=m.group(3),
-                       offset=int(m.group(4), 16), dev=m.group(5), inode=int(m.group(6)),
-                       path=(m.group(7) or "").rstrip(" "), fields={})
-            if cur["end"] < cur["start"]:
-                raise ParseError(f"line {lineno}: mapping ends before it starts: {line!r}")
-            continue
-        key, sep, rest = line.partition(":")
-        if not sep or cur is None or " " in key:
-            raise ParseError(f"line {lineno}: unexpected {line!r}")
-        if key == "VmFlags":
-            cur["vmflags"] = tuple(rest.split())
-        # Unitless lines (THPeligible, ProtectionKey) carry nothing mglrud uses.
-    flush()
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class NumaEntry:
-    """One /proc/PID/numa_maps line: pages per node, in units of `page_size` bytes."""
-
-    start: int
-    policy: str
-    nodes: tuple[tuple[int, int], ...]  # (node, pages), ascending node
-    page_size: int
-    anon: int = 0  # pages
-    mapped: int = 0
-
-    def node_bytes(self) -> tuple[tuple[int, int], ...]:
-        return tuple((n, pages * self.page_size) for n, pages in self.nodes)
-
-
-def parse_numa_maps(text: str) -> tuple[NumaEntry, ...]:
-    """/proc/PID/numa_maps text -> one NumaEntry per mapping.
-
-    A line is `ADDRESS POLICY [key=value | flag]...`: `N<node>=<pages>`,
-    `kernelpagesize_kB=<size>` (huge pages count in huge-page units), anon=,
-    mapped=, file= (spaces in paths are escaped as \\040, so words split on
-    blanks), and flags like heap, stack, huge. A mapping without resident pages
-    has no N<node> words and no kernelpagesize_kB.
-    """
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        words = line.split()
-        if not words:
-            continue
-        if len(words) < 2:
-            raise ParseError(f"line {lineno}: unexpected {line!r}")
-        try:
-            start = int(words[0], 16)
-        except ValueError:
-            raise ParseError(f"line {lineno}: no address in {line!r}") from None
-        nodes, page_size, counts = [], 4096, {}
-        for w in words[2:]:
-            key, sep, value = w.partition("=")
-            if not sep:
-                continue  # a flag: heap, stack, huge, ...
-            try:
-                if key[:1] == "N" and key[1:].isdigit():
-                    nodes.append((int(key[1:]), int(value)))
-                elif key == "kernelpagesize_kB":
-                    page_size = int(value) * 1024
-                elif key in ("anon", "mapped"):
-                    counts[key] = int(value)
-            except ValueError:
-                raise ParseError(f"line {lineno}: cannot read {w!r}") from None
-        out.append(NumaEntry(start, words[1], tuple(sorted(nodes)), page_size, **counts))
-    return tuple(out)
-
-
-def mapping_name(path: str) -> str:
-    """A name that stays the same for the life of a mapping, for labels and for matching intervals."""
-    if not path:
-        return "[anon]"
-    if path.endswith(" (deleted)"):
-        path = path[: -len(" (deleted)")]
-    return path
-
-
-def is_shmem(path: str) -> bool:
-    return path.startswith(_SHMEM_PREFIXES)
-
-
-def lru_split(e: SmapsEntry) -> tuple[int, int]:
-    """(anon, file) resident bytes: which LRU the mapping's pages are on."""
-    if is_shmem(e.path):
-        return e.rss, 0
-    anon = min(e.anonymous, e.rss)
-    return anon, e.rss - anon
-
-
-# ---------------------------------------------------------------- process selection
-
-@dataclass(frozen=True)
-class Candidate:
-    pid: int
-    comm: str
-    rss_bytes: int
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A target and its processes, largest resident set first."""
-
-    target: Target
-    candidates: tuple[Candidate, ...]
-    problem: str = ""
-
-
-def read_rss(fs: FS, pid: int, page_size: int) -> int:
-    """Resident bytes from /proc/PID/statm (cheap: no page-table walk); 0 when gone or a kernel thread."""
-    try:
-        return int(fs.proc(pid, "statm").read_text().split()[1]) * page_size
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def start_time(fs: FS, pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: with the pid, it tells a process from a later one with the same pid."""
-    try:
-        text = fs.proc(pid, "stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) is in parentheses and may itself contain ") ".
-    rest = text[text.rfind(")") + 2:].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def scan_procs(fs: FS, cmdline: bool) -> list[Proc]:
-    """Every process, as targets.scan_procs lists them, but kept on a cgroup v1-only host.
-
-    Hosts without MGLRU are often old enough to have no cgroup v2 line in
-    /proc/PID/cgroup; a process target must still find its processes there, and
-    such a process counts as in the root cgroup "/" (so the default `/**` covers it).
-    """
-    try:
-        pids = sorted(int(p.name) for p in fs.proc().iterdir() if p.name.isdigit())
-    except OSError:
-        return []
-    out = []
-    for pid in pids:
-        try:
-            comm = fs.proc(pid, "comm").read_text().rstrip("\n")
-            cgroup = proc_cgroup(fs.proc(pid, "cgroup").read_text()) or "/"
-            cmd = (fs.proc(pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-                   if cmdline else "")
-        except OSError:  # exited meanwhile (ENOENT, ESRCH) or not readable
-            continue
-        out.append(Proc(pid, comm, cmd, cgroup))
-    return out
-
-
-def _matches(t: Target, p: Proc) -> bool:
-    if t.kind == "memcg":
-        # A memcg target covers the processes in the cgroups it matches.
-        return memcg_matches(t.pattern, p.cgroup)
-    return _selects(t, p)
-
-
-def select(targets: Iterable[Target], fs: FS, exclude: Iterable[int] = (),
-           page_size: int | None = None) -> tuple[Selection, ...]:
-    """Every target's processes, largest RSS first; mglrud itself (`exclude`) and kernel threads left out."""
-    targets = tuple(targets)
-    page_size = page_size or os.sysconf("SC_PAGE_SIZE")
-    skip = set(exclude)
-    procs = [p for p in scan_procs(fs, cmdline=any(t.kind == "cmdline" for t in targets)) if p.pid not in skip]
-    rss: dict[int, int] = {}
-    out = []
-    for t in targets:
-        chosen = []
-        for p in procs:
-            if _matches(t, p):
-                if p.pid not in rss:
-                    rss[p.pid] = read_rss(fs, p.pid, page_size)
-                if rss[p.pid] > 0:
-                    chosen.append(Candidate(p.pid, p.comm, rss[p.pid]))
-        chosen.sort(key=lambda c: (-c.rss_bytes, c.pid))
-        problem = "" if chosen else f"no running process with {t.kind} {t.value}"
-        out.append(Selection(t, tuple(chosen), problem))
-    return tuple(out)
-
 
 # ---------------------------------------------------------------- the I/O edge
 
@@ -415,10 +165,43 @@ class ProcfsSource:
         self.clear_seconds = 0.0
         self.bytes_scanned = 0
         self._targets: dict[str, ProcfsTarget] = {}
+        self.probe, self.why = Probe(NAME, True, ""), ""
 
     def reconfigure(self, *, max_processes: int, top_mappings: int, clear_refs: bool) -> None:
         """Take new settings on reload; intervals and idle times carry over."""
         self.max_processes, self.top_mappings, self.clear = max_processes, top_mappings, clear_refs
+
+    # ------------------------------------------------------------ the Source protocol (sources/base.py)
+
+    @classmethod
+    def make(cls, config: Config, fs: FS, clock, wall) -> "ProcfsSource":
+        p = config.procfs
+        return cls(fs, max_processes=p.max_processes, top_mappings=p.top_mappings, clear_refs=p.clear_refs,
+                   clock=clock, wall=wall)
+
+    def configure(self, config: Config, probe: Probe, why: str) -> None:
+        """A reload keeps the intervals and idle times."""
+        p = config.procfs
+        self.reconfigure(max_processes=p.max_processes, top_mappings=p.top_mappings, clear_refs=p.clear_refs)
+        self.probe, self.why = probe, why
+
+    def reschedule(self, within: float) -> None:
+        latest = self.clock() + within
+        for name, due in self.next_due.items():
+            self.next_due[name] = min(due, latest)
+
+    def before_aging(self, inputs: Inputs) -> None:
+        pass
+
+    def part(self, inputs: Inputs) -> Part:
+        """Not aging (the daemon's first cycle, `snapshot --no-age`) reads without clear_refs."""
+        self.fs = inputs.fs
+        data = self.read(inputs.config.targets, force=inputs.age_all, clear=inputs.age, procs=inputs.procs)
+        status = SourceStatus(NAME, True) if self.probe.usable else SourceStatus(NAME, False, self.why)
+        return Part((status,), {"procfs": data}, tuple((f"target {t.name} (procfs)", t.problem) for t in data.targets))
+
+    def close(self) -> None:
+        pass
 
     def _multi_node(self) -> bool:
         """numa_maps costs a second page-table walk; on one node smaps already says everything."""
@@ -434,7 +217,8 @@ class ProcfsSource:
         """Seconds until the next target is due (inf when none has been read yet)."""
         return min(self.next_due.values(), default=float("inf")) - self.clock()
 
-    def read(self, targets: Iterable[Target], force: bool = False, clear: bool = True) -> ProcfsData:
+    def read(self, targets: Iterable[Target], force: bool = False, clear: bool = True,
+             procs: ProcTable | None = None) -> ProcfsData:
         """Read and clear every due target's processes; return all targets' latest data.
 
         `clear=False` reads every target without writing clear_refs and without
@@ -444,7 +228,7 @@ class ProcfsSource:
         now = self.clock()
         due = [t for t in targets if force or not clear or self.next_due.get(t.name, 0.0) <= now]
         if due:
-            for sel in select(due, self.fs, self.exclude, self.page_size):
+            for sel in select(due, self.fs, self.exclude, self.page_size, procs):
                 self._read_target(sel, clear and self.clear)
                 if clear:
                     self.next_due[sel.target.name] = self.clock() + sel.target.interval
@@ -568,3 +352,17 @@ class ProcfsSource:
         state.heat = ProcessHeat(pid=pid, comm=c.comm, target=target, read_at=self.wall(),
                                  interval_seconds=interval,
                                  mappings=tuple(mappings))
+
+
+def probe(fs: FS) -> Probe:
+    smaps, clear = fs.proc("self", "smaps"), fs.proc("self", "clear_refs")
+    try:
+        text = smaps.read_text()
+    except OSError as e:
+        return Probe("procfs", False, f"cannot read {smaps}: {e.strerror}")
+    if "\nReferenced:" not in text:
+        return Probe("procfs", False, f"{smaps} has no Referenced field (kernel without CONFIG_PROC_PAGE_MONITOR)")
+    if not clear.exists():
+        return Probe("procfs", False, f"{clear} missing (kernel without CONFIG_PROC_PAGE_MONITOR)")
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}: only processes it may ptrace can be read"
+    return Probe("procfs", True, f"smaps Referenced and clear_refs available; running as {who}")

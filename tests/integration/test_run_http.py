@@ -117,6 +117,11 @@ def test_run_serves_metrics_and_snapshot(daemon):
     assert 'mglrud_source_up{source="lru_gen"} 1.0' in text
     assert 'mglrud_memcg_resident_bytes{lru="anon",memcg="/",node="0"}' in text
     assert 'mglrud_aging_errors_total{reason="einval"} 0.0' in text
+    # the daemon's whole /metrics, process_* and the reload gauges included, is clean for promtool
+    assert "process_resident_memory_bytes " in text and "mglrud_config_last_reload_successful 1.0" in text
+    p = subprocess.run([shutil.which("promtool") or "/usr/bin/promtool", "check", "metrics"], input=text,
+                       capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
 
     status, ctype, body = _get(d.base + "/snapshot.json")
     assert status == 200 and ctype == "application/json"
@@ -161,9 +166,13 @@ def test_reload_keeps_old_config_when_new_one_is_bad(daemon):
     _wait_for(lambda: "reload failed" in d.log.read_text(), "the reload error", d.proc, d.log)
     assert "config: aging.interval: must be a duration" in d.log.read_text()
     assert _get(d.base + "/metrics")[0] == 200
+    assert d.metric("mglrud_config_last_reload_successful") == 0.0
+    started = d.metric("mglrud_config_last_reload_success_timestamp_seconds")
     d.config.write_text(CONFIG.replace("[1s, 2s]", "[1s, 3s]"))
     os.kill(d.proc.pid, signal.SIGHUP)
     _wait_for(lambda: 'threshold="3.0"' in _get(d.base + "/metrics")[2], "the reloaded thresholds", d.proc, d.log)
+    assert d.metric("mglrud_config_last_reload_successful") == 1.0
+    assert d.metric("mglrud_config_last_reload_success_timestamp_seconds") > started
     assert d.stop() == 0
 
 

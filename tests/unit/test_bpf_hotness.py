@@ -1,4 +1,4 @@
-"""The BPF hotness source's math (mglrud/hotness.py) and its source/collector, on the host.
+"""The BPF hotness source's math (mglrud/model/hotness.py) and its source/collector, on the host.
 
 Map dumps, smaps, pagemap and zoneinfo in tests/fixtures/bpf/ were captured in
 the test guest by tests/vm/capture_bpf_fixtures.py: a workload mapping 64 MiB
@@ -19,14 +19,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FIXTURES, captured_roots, copy_root, paths_for
-from mglrud import hotness as H
-from mglrud import report
+from mglrud.model import hotness as H
+from mglrud import snapshot_json as report
 from mglrud.collectors import Published, build_registry
 from mglrud.config import Bpf, Paths, loads
 from mglrud.cycle import Engine
 from mglrud.fs import FS, RecordingWriter
 from mglrud.sources import bpf_hotness
-from mglrud.sources.procfs import parse_smaps
+from mglrud.sources.smaps import parse_smaps
 from tests.bpf_replay import ReplayProgram, fixture_proc, replayed_snapshot
 
 BPF = FIXTURES / "bpf"
@@ -296,7 +296,7 @@ def test_snapshot_json_carries_every_region(tmp_path):
 @pytest.mark.parametrize("nodes,want", [(1, 381), (2, 491)])
 def test_series_count_with_the_example_config(nodes, want):
     """The count docs/metrics.md states: fixed by the config, whatever the processes and regions."""
-    from mglrud.collectors.bpf import BpfCollector
+    from mglrud.collectors import bpf as bpf_families
     from mglrud.config import load
     from mglrud.model import Snapshot
 
@@ -312,7 +312,7 @@ def test_series_count_with_the_example_config(nodes, want):
     data = H.HotnessData(cfg.bpf.region_size, cfg.bpf.half_life, PAGE, tuple(targets))
     snap = Snapshot(taken_at=0.0, page_size=PAGE, cold_thresholds=cfg.metrics.cold_thresholds,
                     idle_age_buckets=cfg.metrics.buckets, hotness=data)
-    n = sum(len(f.samples) for f in BpfCollector(Published(snap)).collect())
+    n = sum(len(f.samples) for f in bpf_families.families(snap))
     assert n == want
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 from mglrud.config import loads
 from mglrud.sources import bpf_hotness
-from mglrud import hotness as H
+from mglrud.model import hotness as H
 from tests.bpf_replay import CONFIG, DUMPS, META, ReplayProgram, fixture_proc
 
 

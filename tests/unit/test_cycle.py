@@ -3,7 +3,8 @@
 import errno
 
 from mglrud.config import loads
-from mglrud.cycle import Engine, phase
+from mglrud.aging import phase
+from mglrud.cycle import Engine
 from mglrud.fs import RecordingWriter
 from synth import lru_gen_text
 

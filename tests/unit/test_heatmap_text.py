@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import GOLDEN
-from mglrud import report as snapshot_json
+from mglrud import snapshot_json
 from mglrud.config import loads
 from mglrud.model import Snapshot
 from mglrud.render import heatmap as HM

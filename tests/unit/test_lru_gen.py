@@ -6,7 +6,7 @@ import pytest
 
 from conftest import captured_lru_gen_files, captured_roots
 from mglrud.fs import FileWriter, RecordingWriter, RefusedCommand
-from mglrud.model import GenHistogram, Generation, cold_pages
+from mglrud.model.lru_gen import GenHistogram, Generation, cold_pages
 from mglrud.sources import lru_gen
 from synth import lru_gen_text
 

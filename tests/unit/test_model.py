@@ -1,8 +1,8 @@
-"""model.py: cold bytes and the idle-age histogram from generations (the lower-bound rule)."""
+"""model/lru_gen.py: cold bytes and the idle-age histogram from generations (the lower-bound rule)."""
 
 import math
 
-from mglrud.model import GenHistogram, Generation, cold_pages, idle_histogram, idle_lower_bounds
+from mglrud.model.lru_gen import GenHistogram, Generation, cold_pages, idle_histogram, idle_lower_bounds
 
 # Four generations, oldest first, as after regular aging every ~2 s.
 H = GenHistogram(5, "/m", 0, (

@@ -3,7 +3,8 @@
 import shutil
 
 from conftest import FIXTURES
-from mglrud import report
+from mglrud import snapshot_json as report
+from mglrud.render.snapshot_table import to_table
 from mglrud.collectors import Published, build_registry
 from mglrud.config import loads
 from mglrud.cycle import Engine
@@ -46,7 +47,7 @@ def test_without_lru_gen_auto_runs_procfs(tmp_path):
     assert 'mglrud_mapping_accessed_bytes{comm="python3",mapping="[anon]",target="all"}' in text
     doc = report.to_dict(snap)
     assert doc["procfs"]["processes"][0]["pid"] == PID
-    assert "/memfd:mglrud-test" in report.to_table(snap)
+    assert "/memfd:mglrud-test" in to_table(snap)
 
 
 def test_named_sources_only(tmp_path):

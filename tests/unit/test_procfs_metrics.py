@@ -14,8 +14,8 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from mglrud.collectors.procfs import ProcfsCollector
-from mglrud.mappings import to_dict
+from mglrud.collectors import procfs as procfs_families
+from mglrud.snapshot_json import procfs_dict as to_dict
 from test_procfs_parse import SMAPS, SMAPS_FIRST, WL, Clock, fake_proc, make_source, target
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -39,9 +39,16 @@ def snapshot(tmp_path, top=3, read_numa=False):
     return SimpleNamespace(procfs=data, cold_thresholds=THRESHOLDS, idle_age_buckets=BUCKETS)
 
 
+class Only:
+    """A collector of just the /proc source's families."""
+
+    def __init__(self, collect):
+        self.collect = collect
+
+
 def render(snap) -> str:
     registry = CollectorRegistry()
-    registry.register(ProcfsCollector(SimpleNamespace(current=snap)))
+    registry.register(Only(lambda: procfs_families.families(snap)))
     return generate_latest(registry).decode()
 
 
@@ -117,8 +124,8 @@ def test_nothing_before_the_source_has_data():
 
 
 def test_table_rows_match_the_metric_groups(tmp_path):
-    from mglrud.mappings import table_rows
-    rows = table_rows(snapshot(tmp_path).procfs, THRESHOLDS, str)
+    from mglrud.render.snapshot_table import procfs_rows
+    rows = procfs_rows(snapshot(tmp_path).procfs, THRESHOLDS, str)
     assert rows[0] == ("TARGET", "COMM", "MAPPING", "RESIDENT", "ACCESSED", "IDLE",
                        "COLD>=30.0s", "COLD>=60.0s", "COLD>=120.0s")
     assert [r[2] for r in rows[1:]] == ["[anon]", "/usr/bin/python3.11", "/memfd:mglrud-test", "other"]

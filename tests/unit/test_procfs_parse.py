@@ -16,9 +16,9 @@ import pytest
 
 from mglrud.config import Paths, Target, memcg_glob
 from mglrud.fs import FS
-from mglrud.mappings import (OTHER, cold_bytes, group_mappings, idle_histogram,
+from mglrud.model.procfs import (OTHER, cold_bytes, group_mappings, idle_histogram,
                              mapping_node_lru_bytes)
-from mglrud.sources import procfs
+from mglrud.sources import procfs, smaps
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "procfs"
 WL = json.loads((FIX / "workload.json").read_text())
@@ -37,7 +37,7 @@ def by_start(entries, start):
 # ---------------------------------------------------------------- smaps
 
 def test_every_mapping_is_parsed():
-    entries = procfs.parse_smaps(SMAPS)
+    entries = smaps.parse_smaps(SMAPS)
     assert len(entries) == len(HEADERS.findall(SMAPS))
     assert [e.start for e in entries] == sorted(e.start for e in entries)
     assert all(e.vmflags for e in entries)
@@ -45,7 +45,7 @@ def test_every_mapping_is_parsed():
 
 
 def test_hot_region_was_referenced_during_the_interval_and_cold_was_not():
-    entries = procfs.parse_smaps(SMAPS)
+    entries = smaps.parse_smaps(SMAPS)
     hot, cold = by_start(entries, WL["hot"][0]), by_start(entries, WL["cold"][0])
     for e in (hot, cold):
         assert e.end - e.start == SIZE
@@ -57,31 +57,31 @@ def test_hot_region_was_referenced_during_the_interval_and_cold_was_not():
 
 
 def test_before_any_clear_referenced_counts_since_the_process_began():
-    cold = by_start(procfs.parse_smaps(SMAPS_FIRST), WL["cold"][0])
+    cold = by_start(smaps.parse_smaps(SMAPS_FIRST), WL["cold"][0])
     assert cold.referenced == SIZE
 
 
 def test_file_and_memfd_mappings():
-    entries = procfs.parse_smaps(SMAPS)
+    entries = smaps.parse_smaps(SMAPS)
     f = by_start(entries, WL["file"][0])
     assert f.path.endswith("/" + WL["tmpdir_file"]) and f.perms == "r--s"
     assert f.rss == SIZE and f.anonymous == 0
-    assert procfs.lru_split(f) == (0, SIZE)
+    assert smaps.lru_split(f) == (0, SIZE)
     m = by_start(entries, WL["memfd"][0])
     assert m.path == "/memfd:mglrud-test (deleted)"
-    assert procfs.mapping_name(m.path) == "/memfd:mglrud-test"
+    assert smaps.mapping_name(m.path) == "/memfd:mglrud-test"
     # shmem is swap-backed: on the anon LRU although smaps' Anonymous is 0.
-    assert m.anonymous == 0 and procfs.lru_split(m) == (SIZE, 0)
+    assert m.anonymous == 0 and smaps.lru_split(m) == (SIZE, 0)
 
 
 def test_special_mappings_keep_their_names():
-    names = {procfs.mapping_name(e.path) for e in procfs.parse_smaps(SMAPS)}
+    names = {smaps.mapping_name(e.path) for e in smaps.parse_smaps(SMAPS)}
     assert {"[heap]", "[stack]", "[vdso]", "[anon]"} <= names
     assert any(n.endswith("/python3.11") or "/python3" in n for n in names)
 
 
 def test_fields_are_bytes():
-    hot = by_start(procfs.parse_smaps(SMAPS), WL["hot"][0])
+    hot = by_start(smaps.parse_smaps(SMAPS), WL["hot"][0])
     assert hot.get("Size") == SIZE
     assert hot.get("KernelPageSize") == 4096
     assert hot.swap == 0
@@ -89,24 +89,24 @@ def test_fields_are_bytes():
 
 def test_a_line_out_of_place_is_a_parse_error():
     first_field = SMAPS.index("\n") + 1
-    with pytest.raises(procfs.ParseError, match="line 1"):
-        procfs.parse_smaps(SMAPS[first_field:])
+    with pytest.raises(smaps.ParseError, match="line 1"):
+        smaps.parse_smaps(SMAPS[first_field:])
     mangled = SMAPS.replace("Referenced:", "Referenced", 1)
-    with pytest.raises(procfs.ParseError, match="unexpected"):
-        procfs.parse_smaps(mangled)
+    with pytest.raises(smaps.ParseError, match="unexpected"):
+        smaps.parse_smaps(mangled)
 
 
 def test_empty_smaps_is_no_mappings():
     # What a zombie's smaps reads as.
-    assert procfs.parse_smaps("") == ()
+    assert smaps.parse_smaps("") == ()
 
 
 # ---------------------------------------------------------------- numa_maps
 
 def test_numa_maps_has_every_mapping_and_its_node_pages():
-    numa = procfs.parse_numa_maps(NUMA)
+    numa = smaps.parse_numa_maps(NUMA)
     # numa_maps walks the process's VMAs; smaps also shows the gate area, [vsyscall].
-    assert [n.start for n in numa] == [e.start for e in procfs.parse_smaps(SMAPS) if e.path != "[vsyscall]"]
+    assert [n.start for n in numa] == [e.start for e in smaps.parse_smaps(SMAPS) if e.path != "[vsyscall]"]
     hot = by_start(numa, WL["hot"][0])
     assert hot.page_size == 4096
     assert hot.node_bytes() == ((0, SIZE),)
@@ -116,14 +116,14 @@ def test_numa_maps_has_every_mapping_and_its_node_pages():
 
 
 def test_numa_maps_without_a_page_has_no_nodes():
-    numa = procfs.parse_numa_maps(NUMA)
+    numa = smaps.parse_numa_maps(NUMA)
     guard = [n for n in numa if n.start == WL["hot"][1]]  # the PROT_NONE page between hot and cold
     assert guard and guard[0].nodes == ()
 
 
 def test_numa_maps_garbage():
-    with pytest.raises(procfs.ParseError, match="no address"):
-        procfs.parse_numa_maps("x" + NUMA)
+    with pytest.raises(smaps.ParseError, match="no address"):
+        smaps.parse_numa_maps("x" + NUMA)
 
 
 # ---------------------------------------------------------------- the source, through the FS seam
@@ -279,9 +279,9 @@ def test_cold_bytes_and_idle_histogram(tmp_path):
 
 
 def test_node_split_by_lru():
-    m = procfs.parse_smaps(SMAPS)
+    m = smaps.parse_smaps(SMAPS)
     memfd = by_start(m, WL["memfd"][0])
-    from mglrud.mappings import MappingHeat
+    from mglrud.model.procfs import MappingHeat
     heat = MappingHeat(memfd.start, memfd.end, "x", "rw-s", SIZE, SIZE, 0, 0, 0, 0.0, ((0, SIZE),))
     assert mapping_node_lru_bytes(heat) == {(0, "anon"): SIZE, (0, "file"): 0}
 

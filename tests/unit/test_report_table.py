@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import GOLDEN
-from mglrud import report as snapshot_json
+from mglrud import snapshot_json
 from mglrud.render import report
 from tests.bpf_replay import replayed_snapshot
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import captured_roots, paths_for
 from mglrud.config import Paths, loads
 from mglrud.fs import FS
-from mglrud.model import GenHistogram, Generation
+from mglrud.model.lru_gen import GenHistogram, Generation
 from mglrud.sources import lru_gen
 from mglrud.targets import memcg_index, nearest_memcg, proc_cgroup, resolve
 

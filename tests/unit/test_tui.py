@@ -1,4 +1,4 @@
-"""mglrud/tui.py without a terminal: which mode, the checks behind its one-line errors, the history of
+"""mglrud/tui/ without a terminal: which mode, the checks behind its one-line errors, the history of
 snapshots, and the own session's live aging interval (an Engine on a synthetic lru_gen, recorded writes)."""
 
 import argparse
@@ -10,7 +10,8 @@ import pytest
 from conftest import GOLDEN
 from mglrud import tui
 from mglrud.config import loads
-from mglrud.cycle import Engine, phase
+from mglrud.aging import phase
+from mglrud.cycle import Engine
 from mglrud.fs import RecordingWriter
 from synth import lru_gen_text
 from test_cycle import MEMCGS, Clock
@@ -59,7 +60,7 @@ def test_no_daemon_means_an_own_session_config_for_just_that_pid_or_target(tmp_p
 
 def test_open_feed_falls_back_to_an_own_session_and_says_why(monkeypatch):
     made = []
-    monkeypatch.setattr(tui, "OwnSession", lambda cfg, why: made.append((cfg, why)) or "session")
+    monkeypatch.setattr(tui.feeds, "OwnSession", lambda cfg, why: made.append((cfg, why)) or "session")
     assert tui.open_feed(args(pid=PID_SELF)) == ("session", None)
     assert made[0][1] == "no daemon at http://127.0.0.1:1"
     feed, first = tui.open_feed(args(pid=PID_SELF, own=True))
@@ -77,7 +78,7 @@ def test_history_keeps_one_column_per_published_snapshot():
     h = tui.History(None, PID)
     assert h.add(PROCFS) and not h.add(PROCFS)  # the daemon has not published a new one
     later = {**PROCFS, "taken_at": 101.0}
-    assert h.add(later) and h.grid().times == (100.0, 101.0) and h.latest is later
+    assert h.add(later) and h.grid().times == (100.0, 101.0) and h.latest.taken_at == 101.0  # read as a SnapshotDoc
 
 
 def test_attached_aging_keys_say_why_they_do_nothing():
@@ -94,7 +95,7 @@ def test_own_session_ages_on_its_schedule_and_a_new_interval_applies_at_once(tmp
     clock, writer = Clock(), RecordingWriter()
     s = tui.OwnSession(cfg, "--own", engine=Engine(cfg, writer=writer, clock=clock, wall=lambda: 1.7e9 + clock.t))
     first = s.poll()
-    assert writer.commands == [] and first["targets"][0]["memcgs"] == ["/a"]  # the first cycle only reads
+    assert writer.commands == [] and first.targets[0].memcgs == ("/a",)  # the first cycle only reads
     assert s.engine.due_in() == pytest.approx(phase("/a", 60.0))  # its phase in the 60 s interval
     assert s.set_aging(2.0) == "aging interval now 2s" and s.aging(None) == "2s"
     assert s.engine.due_in() == pytest.approx(min(phase("/a", 60.0), 2.0))

@@ -46,7 +46,7 @@ while True:
 HOT_BYTES = 128 << 20
 COLD_BYTES = 64 << 20
 INTERVAL = 2  # seconds between agings of each memcg
-THRESHOLDS = ("3s", "5s")  # the smallest must exceed one interval: see the lower-bound rule in mglrud/model.py
+THRESHOLDS = ("3s", "5s")  # the smallest must exceed one interval: see the lower-bound rule in mglrud/model/lru_gen.py
 
 
 def _start(cgroup: Path, size: int, kind: str) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""Immutable mapping-level data: what the /proc source (sources/procfs.py) puts in a Snapshot.
+"""The /proc source's data (sources/procfs.py): mappings per process, and the pure maths on them.
 
 Where lru_gen knows generations per memcg and node, /proc knows mappings per
 process: a mapping's resident, anon and file bytes (smaps), its NUMA node split
@@ -8,7 +8,7 @@ gone without any access. These classes carry that from the source to the
 collectors and the JSON endpoint; the functions below derive what both render,
 so they agree.
 
-Idle time here follows model.py's convention: it is a lower bound that errs by
+Idle time here follows model/lru_gen.py's convention: it is a lower bound that errs by
 at most one interval. A byte that was not referenced during the latest interval
 has been idle at least that interval's length; a mapping with no referenced byte
 since the end of interval j has been idle at least `now - end of j`.
@@ -16,10 +16,9 @@ since the end of interval j has been idle at least `now - end of j`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from prometheus_client.utils import floatToGoString  # the metrics' spelling of threshold seconds
+from mglrud.model.histogram import cumulative
 
 # Label value for everything outside a target's top-K mappings.
 OTHER = "other"
@@ -197,55 +196,4 @@ def idle_histogram(ms: tuple[tuple[MappingHeat, float | None], ...], edges: tupl
             parts = [(0.0, accessed), (interval, m.resident_bytes - accessed)]
         for idle, b in parts:
             points.append((idle, lru_share(m, b)[lru] if lru else b))
-    buckets = [(edge, sum(b for i, b in points if i <= edge)) for edge in tuple(edges) + (math.inf,)]
-    return buckets, sum(i * b for i, b in points)
-
-
-# ---------------------------------------------------------------- JSON
-
-def to_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = ()) -> dict:
-    """The /proc source's part of /snapshot.json: every resident mapping of every process read.
-
-    Unlike the metrics, nothing is grouped or cut to the top K: the JSON is for
-    tools (the live TUI) that want the whole picture. Addresses are hex strings;
-    mappings without a resident byte are counted, not listed.
-    """
-    procs = []
-    for p in data.processes:
-        maps = []
-        for m in p.mappings:
-            if not m.resident_bytes:
-                continue
-            maps.append({
-                "start": f"{m.start:#x}", "end": f"{m.end:#x}", "name": m.name, "perms": m.perms,
-                "resident_bytes": m.resident_bytes, "anon_bytes": m.anon_bytes, "file_bytes": m.file_bytes,
-                "swap_bytes": m.swap_bytes, "accessed_bytes": m.accessed_bytes, "idle_seconds": m.idle_seconds,
-                "node_bytes": {str(n): b for n, b in m.node_bytes},
-                "cold_bytes": {floatToGoString(t): cold_bytes(m, t, p.interval_seconds) for t in cold_thresholds},
-            })
-        procs.append({"pid": p.pid, "comm": p.comm, "target": p.target, "read_at": p.read_at,
-                      "interval_seconds": p.interval_seconds, "resident_bytes": p.resident_bytes,
-                      "mappings": maps, "mappings_not_resident": len(p.mappings) - len(maps)})
-    s = data.stats
-    return {
-        "targets": [{"name": t.name, "pids": list(t.pids), "problem": t.problem} for t in data.targets],
-        "processes": procs,
-        "stats": {"reads": s.reads, "errors": dict(s.errors), "read_seconds": s.read_seconds,
-                  "clear_refs_seconds": s.clear_seconds, "scanned_bytes": s.bytes_scanned},
-    }
-
-
-def table_rows(data: ProcfsData, cold_thresholds: tuple[float, ...], size) -> list[tuple[str, ...]]:
-    """`mglrud snapshot`'s table: per target, the same top-K groups the metrics show; `size` formats bytes."""
-    rows = [("TARGET", "COMM", "MAPPING", "RESIDENT", "ACCESSED", "IDLE")
-            + tuple(f"COLD>={floatToGoString(t)}s" for t in cold_thresholds)]
-    for t in data.targets:
-        procs = tuple(p for p in data.processes if p.target == t.name)
-        for g in group_mappings(procs, t.name, data.top_mappings):
-            idles = [m.idle_seconds for m, span in g.mappings if m.idle_seconds is not None and span is not None]
-            rows.append((t.name, g.comm, g.name, size(sum(g.resident.values())),
-                         "-" if g.accessed is None else size(g.accessed),
-                         f"{min(idles):.0f}s" if idles else "-")
-                        + tuple(size(sum(cold_bytes(m, th, span) for m, span in g.mappings))
-                                for th in cold_thresholds))
-    return rows
+    return cumulative(points, edges)

@@ -11,7 +11,7 @@ computed here, in user space, from consecutive reads of those counters:
   configurable half-life: each page found accessed adds ln2/half_life, and the
   estimate decays by 2^(-dt/half_life), so a steady rate r reads r;
 - idle age: time since the aging pass that last found the cell accessed. Like
-  model.py's generation bound it is a lower bound that errs by up to one aging
+  model/lru_gen.py's generation bound it is a lower bound that errs by up to one aging
   interval (an access is only seen at the next aging);
 - residency from /proc/PID/pagemap, per region, node and lru, so that resident
   regions never found accessed since mglrud started show up (idle age +Inf);
@@ -27,6 +27,8 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+
+from mglrud.model.histogram import cumulative
 
 LRU_NAMES = ("anon", "file")  # the program's key.lru: 0 anon, 1 file (folio_is_file_lru())
 LN2 = math.log(2)
@@ -338,18 +340,15 @@ def idle_histogram(regions, edges: tuple[float, ...], page_size: int) -> tuple[l
     of the bytes with a known finite idle age. Per cell, the bytes idle at most `le` are
     warm_pages(le); the rest of its resident bytes (never found, or beyond the history
     kept) are only in +Inf."""
-    buckets = []
-    for edge in tuple(edges):
-        buckets.append((edge, sum(warm_pages(r, edge) for r in regions) * page_size))
-    buckets.append((math.inf, sum(region_bytes(r, page_size) for r in regions)))
-    total = 0.0
+    points = []
     for r in regions:
         seen = 0
         for age, _ in sorted(r.found):
             w = warm_pages(r, age)
-            total += (w - seen) * age * page_size
+            points.append((age, (w - seen) * page_size))  # warm_pages grows with age: w >= seen
             seen = max(seen, w)
-    return buckets, total
+        points.append((math.inf, region_bytes(r, page_size) - seen * page_size))
+    return cumulative(points, edges)
 
 
 def cold_bytes(regions, threshold: float, page_size: int) -> int:
@@ -391,35 +390,3 @@ class HotnessData:
     map_capacity: int = 0
     notes: tuple[str, ...] = field(default=())  # e.g. processes whose residency could not be read
     event: str = ""  # the tracepoint the program is attached to
-
-
-def to_dict(data: HotnessData) -> dict:
-    """The BPF source's part of /snapshot.json: every region cell and bucket, in bytes.
-    `idle_seconds` is null for a resident region never found accessed since start;
-    `resident_bytes` is null when the process's residency was not read."""
-    page = data.page_size
-
-    def region(r: RegionHeat) -> dict:
-        return {"tgid": r.tgid, "memcg_id": r.memcg_id, "start": r.start, "node": r.node, "lru": r.lru,
-                "resident_bytes": None if r.resident_pages is None else r.resident_pages * page,
-                "accessed_bytes": r.accessed_pages * page,
-                "accessed_bytes_total": r.accessed_pages_total * page,
-                "heat_bytes_per_second": r.rate * page,
-                "idle_seconds": r.idle_seconds if math.isfinite(r.idle_seconds) else None,
-                "found": [{"seconds_ago": a, "bytes": n * page} for a, n in r.found]}
-
-    return {
-        "region_size": data.region_size,
-        "event": data.event,
-        "half_life_seconds": data.half_life,
-        "events": data.events, "matched": data.matched, "dropped": data.dropped,
-        "map_entries": data.map_entries, "map_capacity": data.map_capacity,
-        "notes": list(data.notes),
-        "targets": [{
-            "name": t.name, "kind": t.kind, "tgids": list(t.tgids), "memcg_ids": list(t.memcg_ids),
-            "accessed_bytes_total": [{"node": n, "lru": l, "bytes": b} for n, l, b in t.accessed_bytes_total],
-            "buckets": [{"ranges": [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
-                         "accessed_bytes": b.accessed_bytes} for b in t.buckets],
-            "regions": [region(r) for r in t.regions],
-        } for t in data.targets],
-    }

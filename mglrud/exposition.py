@@ -1,0 +1,189 @@
+"""/metrics bodies: the Prometheus text format 0.0.4 or OpenMetrics 1.0, plain or gzip, rendered once per snapshot.
+
+Formats: https://prometheus.io/docs/instrumenting/exposition_formats/ (text
+0.0.4) and https://github.com/OpenObservability/OpenMetrics/blob/main/specification/OpenMetrics.md;
+the encoders are client_python's (prometheus_client.exposition /
+prometheus_client.openmetrics.exposition), and content negotiation follows its
+choose_encoder() and gzip_accepted(): OpenMetrics when the Accept header names
+application/openmetrics-text, gzip when Accept-Encoding names gzip.
+
+A body is three parts, in this order:
+
+1. per scrape: mglrud_build_info and mglrud_snapshot_age_seconds (the age changes every second);
+2. the snapshot's families, rendered ONCE per published Snapshot by `render(snapshot, openmetrics)`
+   and kept (with its raw-deflate form for gzip) until another snapshot is published;
+   concurrent scrapes of a new snapshot wait for the one render instead of each doing it;
+3. per scrape: the extra collectors (config reload state, process_*), then `# EOF` for OpenMetrics.
+
+Text 0.0.4 is a plain concatenation of families, so parts 1+2 are byte for byte what
+generate_latest(build_registry(...)) gives (tests/unit/test_exposition.py checks it on
+every fixture). gzip is one gzip member whose deflate stream is the three parts'
+independent raw deflate streams joined at byte-aligned sync-flush points (RFC 1951 3.2.4:
+a non-final block ends the stream only when BFINAL is set), so the big middle part is
+compressed once per snapshot, and only the small ends and a CRC-32 are computed per scrape.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+import zlib
+from typing import Callable, Iterable
+
+from prometheus_client import exposition as text_format
+from prometheus_client.openmetrics import exposition as om_format
+
+from mglrud import collectors
+from mglrud.collectors import Published, selfmetrics
+
+TEXT = text_format.CONTENT_TYPE_LATEST
+OPENMETRICS = om_format.CONTENT_TYPE_LATEST
+_EOF = b"# EOF\n"
+
+# selfmetrics' families that change between scrapes of one snapshot; every other family
+# collectors.families() yields depends on the snapshot alone.
+PER_SCRAPE = ("mglrud_build_info", "mglrud_snapshot_age_seconds")
+# gzip level: the cached part is compressed once per snapshot; 6 is zlib's default
+# trade-off (9 costs about twice the CPU for a few per cent on this text).
+GZIP_LEVEL = 6
+
+
+class _Families:
+    """What client_python's encoders need from a registry: collect()."""
+
+    def __init__(self, families):
+        self._families = list(families)
+
+    def collect(self):
+        return self._families
+
+
+# ---------------------------------------------------------------- the seam to collectors/
+
+def scrape_families(snapshot, wall: Callable[[], float]) -> list:
+    """Part 1: the families that change between scrapes of one snapshot."""
+    out = []
+    for f in selfmetrics.families(snapshot, wall()):  # lazy: stop before the snapshot's own families
+        if f.name in PER_SCRAPE:
+            out.append(f)
+            if len(out) == len(PER_SCRAPE):
+                break
+    return out
+
+
+def snapshot_families(snapshot) -> list:
+    """Part 2: every family derived from the snapshot alone, in /metrics order (collectors.families')."""
+    return [f for f in collectors.families(snapshot, snapshot.taken_at) if f.name not in PER_SCRAPE]
+
+
+def encode(families: Iterable, openmetrics: bool) -> bytes:
+    """Families in one format, without OpenMetrics' closing `# EOF`."""
+    if not openmetrics:
+        return text_format.generate_latest(_Families(families))
+    out = om_format.generate_latest(_Families(families))
+    return out[:-len(_EOF)] if out.endswith(_EOF) else out
+
+
+def render_snapshot(snapshot, openmetrics: bool = False) -> bytes:
+    """Part 2 as bytes: what the cache keeps per snapshot and format."""
+    return encode(snapshot_families(snapshot), openmetrics)
+
+
+# ---------------------------------------------------------------- negotiation
+
+def wants_openmetrics(accept: str | None) -> bool:
+    return text_format.choose_encoder(accept or "")[1] == OPENMETRICS
+
+
+def wants_gzip(accept_encoding: str | None) -> bool:
+    return text_format.gzip_accepted(accept_encoding or "")
+
+
+# ---------------------------------------------------------------- gzip in parts
+
+def _deflate(data: bytes, final: bool) -> bytes:
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)  # raw deflate: no zlib header
+    return c.compress(data) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+
+# RFC 1952: ID1 ID2, CM=8 (deflate), FLG=0, MTIME=0 (none), XFL=0, OS=255 (unknown).
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+def gzip_parts(head: bytes, middle: bytes, middle_deflated: bytes, tail: bytes) -> bytes:
+    """One gzip member of head + middle + tail; middle_deflated is _deflate(middle, final=False)."""
+    crc = zlib.crc32(tail, zlib.crc32(middle, zlib.crc32(head)))
+    size = len(head) + len(middle) + len(tail)
+    return b"".join((_GZIP_HEADER, _deflate(head, False), middle_deflated, _deflate(tail, True),
+                     struct.pack("<II", crc, size & 0xFFFFFFFF)))
+
+
+# ---------------------------------------------------------------- the cache
+
+class _Slot:
+    __slots__ = ("lock", "value")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.value: bytes | None = None
+
+
+class RenderCache:
+    """Rendered bytes of ONE snapshot (the latest asked for), per variant, made on first demand.
+
+    Keyed on the Snapshot object itself (snapshots are immutable and replaced, never
+    changed): a new object drops every variant of the old one. Counts renders, so
+    tests can see that N concurrent scrapes of one snapshot render it once.
+    """
+
+    def __init__(self, render: Callable[[object, bool], bytes] = render_snapshot):
+        self._render = render
+        self._lock = threading.Lock()
+        self._snapshot = None
+        self._slots: dict[tuple, _Slot] = {}
+        self.renders = 0
+
+    def get(self, snapshot, openmetrics: bool, deflated: bool = False) -> bytes:
+        """The snapshot's part 2; deflated: as a raw deflate stream ending in a sync flush."""
+        with self._lock:
+            if snapshot is not self._snapshot:
+                self._snapshot, self._slots = snapshot, {}
+            slot = self._slots.setdefault((openmetrics, deflated), _Slot())
+        with slot.lock:  # one render per variant; the others wait for its bytes
+            if slot.value is None:
+                if deflated:
+                    slot.value = _deflate(self.get(snapshot, openmetrics), False)
+                else:
+                    slot.value = self._render(snapshot, openmetrics)
+                    with self._lock:
+                        self.renders += 1
+            return slot.value
+
+
+class Exposition:
+    """The /metrics body for a scrape: Exposition.metrics(accept, accept_encoding) -> (body, headers)."""
+
+    def __init__(self, published: Published, extra=(), wall: Callable[[], float] = time.time,
+                 render: Callable[[object, bool], bytes] = render_snapshot):
+        self.published = published
+        self.extra = tuple(extra)  # per-scrape collectors, rendered after the snapshot's families
+        self.wall = wall
+        self.cache = RenderCache(render)
+
+    def parts(self, openmetrics: bool) -> tuple[bytes, object, bytes]:
+        snap = self.published.current  # read ONCE: every part of one body is one snapshot's
+        head = encode(scrape_families(snap, self.wall), openmetrics)
+        tail = encode((f for c in self.extra for f in c.collect()), openmetrics)
+        return head, snap, tail + (_EOF if openmetrics else b"")
+
+    def metrics(self, accept: str | None = None, accept_encoding: str | None = None) -> tuple[bytes, list]:
+        om = wants_openmetrics(accept)
+        head, snap, tail = self.parts(om)
+        middle = self.cache.get(snap, om) if snap is not None else b""
+        headers = [("Content-Type", OPENMETRICS if om else TEXT)]
+        if wants_gzip(accept_encoding):
+            deflated = self.cache.get(snap, om, deflated=True) if snap is not None else _deflate(b"", False)
+            headers.append(("Content-Encoding", "gzip"))
+            return gzip_parts(head, middle, deflated, tail), headers
+        return head + middle + tail, headers

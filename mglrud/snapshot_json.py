@@ -1,0 +1,353 @@
+"""A Snapshot as JSON: GET /snapshot.json and `mglrud snapshot --json`.
+
+JSON layout, version 1 (the live TUI and `mglrud report` read it): generations
+youngest first, `gen` relative (0 = youngest), bytes not pages, cold bytes keyed
+by threshold seconds as in the metrics' `threshold` label. docs/metrics.md
+("/snapshot.json") describes every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+
+from mglrud.model.histogram import go_float
+from mglrud.model.hotness import HotnessData, RegionHeat
+from mglrud.model.lru_gen import LRUS, cold_pages, idle_lower_bounds
+from mglrud.model.procfs import ProcfsData, cold_bytes
+from mglrud.model.snapshot import Snapshot
+
+JSON_VERSION = 1
+
+
+def to_dict(snap: Snapshot) -> dict:
+    page = snap.page_size
+    memcgs = []
+    for h in snap.lruvecs:
+        idle = idle_lower_bounds(h)
+        gens = []
+        for rel, (g, i) in enumerate(zip(reversed(h.generations), reversed(idle))):
+            gens.append({"gen": rel, "seq": g.seq, "age_seconds": g.age_seconds, "idle_seconds_min": i,
+                         "anon_bytes": g.anon_pages * page, "file_bytes": g.file_pages * page})
+        memcgs.append({
+            "memcg": h.memcg_path, "memcg_id": h.memcg_id, "node": h.node,
+            "resident_bytes": {lru: h.pages(lru) * page for lru in LRUS},
+            "cold_bytes": {lru: {go_float(t): cold_pages(h, lru, t) * page for t in snap.cold_thresholds}
+                           for lru in LRUS},
+            "generations": gens,
+        })
+    return {
+        "version": JSON_VERSION,
+        "taken_at": snap.taken_at,
+        "page_size": page,
+        "cold_thresholds_seconds": list(snap.cold_thresholds),
+        "sources": [{"name": s.name, "up": s.up, "reason": s.reason} for s in snap.sources],
+        "targets": [{"name": t.name, "kind": t.kind, "selector": t.selector, "memcgs": list(t.memcgs),
+                     "problem": t.problem, "last_success": t.last_success} for t in snap.targets],
+        "memcgs": memcgs,
+        "aging": {"runs": snap.aging.runs, "errors": dict(snap.aging.errors)},
+        # The /proc source's mappings (null when it does not run): see procfs_dict.
+        "procfs": procfs_dict(snap.procfs, snap.cold_thresholds) if snap.procfs is not None else None,
+        # The BPF source's per-region heat (null when it does not run): see hotness_dict.
+        "hotness": hotness_dict(snap.hotness) if snap.hotness is not None else None,
+    }
+
+
+def to_json(snap: Snapshot) -> str:
+    return json.dumps(to_dict(snap), indent=1, sort_keys=False) + "\n"
+
+
+def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = ()) -> dict:
+    """The /proc source's part of /snapshot.json: every resident mapping of every process read.
+
+    Unlike the metrics, nothing is grouped or cut to the top K: the JSON is for
+    tools (the live TUI) that want the whole picture. Addresses are hex strings;
+    mappings without a resident byte are counted, not listed.
+    """
+    procs = []
+    for p in data.processes:
+        maps = []
+        for m in p.mappings:
+            if not m.resident_bytes:
+                continue
+            maps.append({
+                "start": f"{m.start:#x}", "end": f"{m.end:#x}", "name": m.name, "perms": m.perms,
+                "resident_bytes": m.resident_bytes, "anon_bytes": m.anon_bytes, "file_bytes": m.file_bytes,
+                "swap_bytes": m.swap_bytes, "accessed_bytes": m.accessed_bytes, "idle_seconds": m.idle_seconds,
+                "node_bytes": {str(n): b for n, b in m.node_bytes},
+                "cold_bytes": {go_float(t): cold_bytes(m, t, p.interval_seconds) for t in cold_thresholds},
+            })
+        procs.append({"pid": p.pid, "comm": p.comm, "target": p.target, "read_at": p.read_at,
+                      "interval_seconds": p.interval_seconds, "resident_bytes": p.resident_bytes,
+                      "mappings": maps, "mappings_not_resident": len(p.mappings) - len(maps)})
+    s = data.stats
+    return {
+        "targets": [{"name": t.name, "pids": list(t.pids), "problem": t.problem} for t in data.targets],
+        "processes": procs,
+        "stats": {"reads": s.reads, "errors": dict(s.errors), "read_seconds": s.read_seconds,
+                  "clear_refs_seconds": s.clear_seconds, "scanned_bytes": s.bytes_scanned},
+    }
+
+
+def hotness_dict(data: HotnessData) -> dict:
+    """The BPF source's part of /snapshot.json: every region cell and bucket, in bytes.
+    `idle_seconds` is null for a resident region never found accessed since start;
+    `resident_bytes` is null when the process's residency was not read."""
+    page = data.page_size
+
+    def region(r: RegionHeat) -> dict:
+        return {"tgid": r.tgid, "memcg_id": r.memcg_id, "start": r.start, "node": r.node, "lru": r.lru,
+                "resident_bytes": None if r.resident_pages is None else r.resident_pages * page,
+                "accessed_bytes": r.accessed_pages * page,
+                "accessed_bytes_total": r.accessed_pages_total * page,
+                "heat_bytes_per_second": r.rate * page,
+                "idle_seconds": r.idle_seconds if math.isfinite(r.idle_seconds) else None,
+                "found": [{"seconds_ago": a, "bytes": n * page} for a, n in r.found]}
+
+    return {
+        "region_size": data.region_size,
+        "event": data.event,
+        "half_life_seconds": data.half_life,
+        "events": data.events, "matched": data.matched, "dropped": data.dropped,
+        "map_entries": data.map_entries, "map_capacity": data.map_capacity,
+        "notes": list(data.notes),
+        "targets": [{
+            "name": t.name, "kind": t.kind, "tgids": list(t.tgids), "memcg_ids": list(t.memcg_ids),
+            "accessed_bytes_total": [{"node": n, "lru": l, "bytes": b} for n, l, b in t.accessed_bytes_total],
+            "buckets": [{"ranges": [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
+                         "accessed_bytes": b.accessed_bytes} for b in t.buckets],
+            "regions": [region(r) for r in t.regions],
+        } for t in data.targets],
+    }
+
+
+# ---------------------------------------------------------------- the typed reader
+#
+# What `mglrud report`, `mglrud heatmap` and the TUI read: the JSON above, parsed into
+# frozen dataclasses with the same field names and JSON types (addresses of /proc
+# mappings stay hex strings, as written), so that everything reading a snapshot
+# reads it through this one schema. A field missing from the document (an older
+# daemon, or a partial document in a test) takes the default given here.
+
+class SchemaError(ValueError):
+    """The document is not a mglrud snapshot; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SourceDoc:
+    name: str
+    up: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TargetDoc:
+    name: str
+    kind: str = ""
+    selector: str = ""
+    memcgs: tuple[str, ...] = ()
+    problem: str = ""
+    last_success: float | None = None
+
+
+@dataclass(frozen=True)
+class GenerationDoc:
+    gen: int = 0
+    seq: int = 0
+    age_seconds: float = 0.0
+    idle_seconds_min: float = 0.0
+    anon_bytes: int = 0
+    file_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class MemcgDoc:
+    memcg: str = ""
+    memcg_id: int = 0
+    node: int = 0
+    resident_bytes: dict = field(default_factory=dict)  # lru -> bytes
+    cold_bytes: dict = field(default_factory=dict)  # lru -> threshold -> bytes
+    generations: tuple[GenerationDoc, ...] = ()  # youngest first
+
+
+@dataclass(frozen=True)
+class MappingDoc:
+    start: str  # hex
+    end: str
+    name: str
+    perms: str
+    resident_bytes: int
+    anon_bytes: int
+    file_bytes: int
+    swap_bytes: int
+    accessed_bytes: int | None
+    idle_seconds: float | None
+    node_bytes: dict = field(default_factory=dict)  # node (a string, as in JSON) -> bytes
+    cold_bytes: dict = field(default_factory=dict)
+
+    @property
+    def lo(self) -> int:
+        return int(self.start, 16)
+
+    @property
+    def hi(self) -> int:
+        return int(self.end, 16)
+
+    def nodes(self) -> dict[int, int]:
+        return {int(n): b for n, b in self.node_bytes.items()}
+
+
+@dataclass(frozen=True)
+class ProcessDoc:
+    pid: int
+    comm: str
+    target: str
+    read_at: float
+    interval_seconds: float | None
+    resident_bytes: int
+    mappings: tuple[MappingDoc, ...] = ()
+    mappings_not_resident: int = 0
+
+
+@dataclass(frozen=True)
+class ProcfsTargetDoc:
+    name: str
+    pids: tuple[int, ...] = ()
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class ProcfsDoc:
+    targets: tuple[ProcfsTargetDoc, ...] = ()
+    processes: tuple[ProcessDoc, ...] = ()
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FoundDoc:
+    seconds_ago: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class RegionDoc:
+    tgid: int
+    memcg_id: int
+    start: int
+    node: int
+    lru: str
+    resident_bytes: int | None
+    accessed_bytes: int
+    accessed_bytes_total: int
+    heat_bytes_per_second: float
+    idle_seconds: float | None
+    found: tuple[FoundDoc, ...] | None = None  # newest first; None: a daemon older than `found`
+
+
+@dataclass(frozen=True)
+class AccessedDoc:
+    node: int
+    lru: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class BucketDoc:
+    ranges: tuple[tuple[int, ...], ...]  # (tgid, start, end)
+    heat_bytes_per_second: float
+    accessed_bytes: int
+
+
+@dataclass(frozen=True)
+class TargetHeatDoc:
+    name: str
+    kind: str = ""
+    tgids: tuple[int, ...] = ()
+    memcg_ids: tuple[int, ...] = ()
+    accessed_bytes_total: tuple[AccessedDoc, ...] = ()
+    buckets: tuple[BucketDoc, ...] = ()
+    regions: tuple[RegionDoc, ...] = ()
+
+
+@dataclass(frozen=True)
+class HotnessDoc:
+    region_size: int
+    event: str = ""
+    half_life_seconds: float = 0.0
+    events: int = 0
+    matched: int = 0
+    dropped: int = 0
+    map_entries: int = 0
+    map_capacity: int = 0
+    notes: tuple[str, ...] = ()
+    targets: tuple[TargetHeatDoc, ...] = ()
+
+
+@dataclass(frozen=True)
+class SnapshotDoc:
+    version: int = JSON_VERSION
+    taken_at: float = 0.0
+    page_size: int = 4096
+    cold_thresholds_seconds: tuple[float, ...] = ()
+    sources: tuple[SourceDoc, ...] = ()
+    targets: tuple[TargetDoc, ...] = ()
+    memcgs: tuple[MemcgDoc, ...] = ()
+    aging: dict = field(default_factory=dict)
+    procfs: ProcfsDoc | None = None
+    hotness: HotnessDoc | None = None
+
+    def target_names(self) -> set[str]:
+        names = {t.name for t in self.targets}
+        names |= {t.name for t in self.procfs.targets} if self.procfs else set()
+        names |= {t.name for t in self.hotness.targets} if self.hotness else set()
+        return names
+
+    def processes(self, target: str | None = None, pid: int | None = None) -> list[ProcessDoc]:
+        """The /proc part's processes of `target` (any: None) and `pid` (any: None)."""
+        return [p for p in (self.procfs.processes if self.procfs else ())
+                if (target is None or p.target == target) and (pid is None or p.pid == pid)]
+
+    def regions(self, target: str | None = None, pid: int | None = None) -> dict[tuple[int, int], list[RegionDoc]]:
+        """The BPF part's region cells of `target` (any: None) and `pid` (any: None), per (tgid, start)."""
+        out: dict[tuple[int, int], list[RegionDoc]] = {}
+        for t in self.hotness.targets if self.hotness else ():
+            if target is None or t.name == target:
+                for r in t.regions:
+                    if pid is None or r.tgid == pid:
+                        out.setdefault((r.tgid, r.start), []).append(r)
+        return out
+
+
+def _build(tp, value, where: str):
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SchemaError(f"{where}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _build(hints[f.name], value[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SchemaError(f"{where}: no field {f.name!r}")
+        return tp(**kwargs)
+    args = typing.get_args(tp)
+    if type(None) in args:  # X | None
+        return None if value is None else _build(next(a for a in args if a is not type(None)), value, where)
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list):
+            raise SchemaError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    return value  # int, float, str, bool, dict: as JSON has them
+
+
+def from_dict(doc: dict) -> SnapshotDoc:
+    """A decoded /snapshot.json -> SnapshotDoc; raises SchemaError naming the first bad field."""
+    return _build(SnapshotDoc, doc, "snapshot")
+
+
+def read(snap: "SnapshotDoc | dict") -> SnapshotDoc:
+    """What the renderers take: a SnapshotDoc as it is, a decoded document parsed."""
+    return snap if isinstance(snap, SnapshotDoc) else from_dict(snap)

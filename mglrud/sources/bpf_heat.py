@@ -1,0 +1,162 @@
+"""The BPF source's second half: from counted cells to each target's HotnessData.
+
+The counts say which regions the aging walk found accessed; what is resident,
+and on which node, comes from /proc/PID/smaps (which mappings hold pages) and
+/proc/PID/pagemap (which pages, and their page frames; Documentation/admin-guide/
+mm/pagemap.rst) read here, so that resident regions never found accessed show
+up too. The maths is in mglrud/model/hotness.py; sources/bpf_hotness.py mixes
+this in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from mglrud.fs import FS
+from mglrud.model import hotness as H
+from mglrud.sources.smaps import is_shmem, parse_smaps
+
+# A process whose mapped-and-resident address space is larger than this is not
+# read through pagemap (8 bytes per 4 KiB page: 16 GiB -> 32 MiB read per cycle).
+MAX_SCAN_BYTES = 16 << 30
+
+
+def node_of_pfn(fs: FS):
+    """(pfn -> node from the zones /proc/zoneinfo lists (-1 when unknown), the only node
+    when there is one, else None)."""
+    try:
+        zones = H.parse_zoneinfo(fs.proc("zoneinfo").read_text())
+    except OSError:
+        return (lambda pfn: -1), None
+    nodes = {n for _, _, n in zones}
+    return H.pfn_node_table(zones), (nodes.pop() if len(nodes) == 1 else None)
+
+
+def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes):
+    """(mapped spans [(start, end)], {(region, node, lru): pages} or None, why not) of one
+    process; None if it is gone. The spans (from smaps) are there even when pagemap is not."""
+    try:
+        vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text()) if e.rss > 0]
+    except (OSError, ValueError):
+        return None
+    spans = [(e.start, e.end) for e in vmas]
+    if sum(e.end - e.start for e in vmas) > MAX_SCAN_BYTES:
+        return spans, None, f"mapped resident space over {MAX_SCAN_BYTES >> 30} GiB; residency not read"
+    cells: Counter = Counter()
+    try:
+        with open(fs.proc(pid, "pagemap"), "rb") as f:
+            for e in vmas:
+                f.seek(e.start // page_size * 8)
+                data = f.read((e.end - e.start) // page_size * 8)
+                vma = H.Vma(e.start, e.end, e.path, is_shmem(e.path))
+                node_of, only = nodes
+                if only is not None:
+                    cells.update(H.residency_one_node(vma, data, page_size, region_shift, only))
+                else:
+                    cells.update(H.residency(vma, memoryview(data).cast("Q").tolist(), page_size, region_shift,
+                                             node_of))
+    except OSError as e:
+        return spans, None, f"cannot read pagemap: {e.strerror}"
+    return spans, dict(cells), ""
+
+
+class HeatBuilder:
+    """Per-target assembly for BpfHotnessSource (its cfg, fs, page_size, state, accessed and _had)."""
+
+    def _build(self, targets, procs, memcgs, now_ns: int, entries: int, last=frozenset()) -> H.HotnessData:
+        """`last`: cells read for the last time (deleted from the map after this); those of
+        processes or memcgs a target had at the previous read count in its accessed bytes."""
+        cfg, page = self.cfg, self.page_size
+        nodes = node_of_pfn(self.fs)
+        residency_cache: dict[int, object] = {}
+        notes = []
+        out = []
+        for t in targets:
+            had_tgids, had_ids = self._had.get(t.name, (frozenset(), frozenset()))
+            if t.kind == "memcg":
+                ids = set(memcgs.get(t.name, ()))
+                claimed = {k: s for k, s in self.state.items()
+                           if k.memcg_id in ids or (k in last and k.memcg_id in had_ids)}
+            else:
+                pids = set(procs.get(t.name, ()))
+                claimed = {k: s for k, s in self.state.items()
+                           if k.tgid in pids or (k in last and k.tgid in had_tgids)}
+            acc = self.accessed.setdefault(t.name, Counter())
+            for k, s in claimed.items():
+                if s.delta_pages:
+                    acc[(k.node, k.lru)] += s.delta_pages * page
+            # cells read for the last time count above, but are not shown: their process is gone
+            mine = {k: s for k, s in claimed.items() if k not in last}
+            if t.kind == "memcg":
+                by_tgid = Counter(k.tgid for k in mine)
+                scan = [tg for tg, _ in by_tgid.most_common(cfg.max_processes) if tg]
+            else:
+                ids = {k.memcg_id for k in mine}
+                scan = sorted(pids)[: cfg.max_processes]
+                if len(pids) > cfg.max_processes:
+                    notes.append(f"target {t.name}: {len(pids)} processes; residency read for "
+                                 f"{cfg.max_processes} (bpf.max_processes)")
+            spans_in, resident = [], {}
+            for tg in scan:
+                if tg not in residency_cache:
+                    residency_cache[tg] = read_residency(self.fs, tg, cfg.region_shift, page, nodes)
+                r = residency_cache[tg]
+                if r is None:
+                    continue
+                spans, cells, why = r
+                spans_in += [(tg, s, e) for s, e in spans]
+                if cells is None:
+                    notes.append(f"process {tg}: {why}")
+                    continue
+                for (region, node, lru), n in cells.items():
+                    resident[(tg, region, node, lru)] = n
+            regions = self._regions(mine, resident, set(scan), now_ns)
+            buckets = ()
+            if t.kind != "memcg":
+                buckets = self._buckets(spans_in, mine)
+            out.append(H.TargetHeat(
+                name=t.name, kind=t.kind, tgids=tuple(scan), memcg_ids=tuple(sorted(ids)),
+                regions=regions, buckets=buckets,
+                accessed_bytes_total=tuple(sorted((n, l, b) for (n, l), b in acc.items()))))
+        for name in set(self.accessed) - {t.name for t in targets}:
+            del self.accessed[name]
+        events, matched, dropped = self.stats
+        return H.HotnessData(region_size=cfg.region_size, half_life=cfg.half_life, page_size=page,
+                             targets=tuple(out), events=events, matched=matched, dropped=dropped,
+                             map_entries=entries, map_capacity=cfg.max_regions, notes=tuple(dict.fromkeys(notes)),
+                             event=getattr(self.program, "event", ""))
+
+    def _regions(self, mine: dict, resident: dict, scanned: set[int], now_ns: int) -> tuple[H.RegionHeat, ...]:
+        shift = self.cfg.region_shift
+        memcg_of = {}
+        for k in mine:
+            memcg_of.setdefault(k.tgid, k.memcg_id)
+        out = []
+        seen = set()
+        for k, s in mine.items():
+            rk = (k.tgid, k.region, k.node, k.lru)
+            seen.add(rk)
+            res = resident.get(rk, 0) if k.tgid in scanned else None
+            found = tuple((max(0.0, (now_ns - t) / 1e9), n) for t, n in reversed(s.history))
+            out.append(H.RegionHeat(k.tgid, k.memcg_id, k.region << shift, k.node, k.lru, res, s.delta_pages,
+                                    s.total_pages, s.rate, H.idle_seconds(s, now_ns), found))
+        for rk, n in resident.items():
+            if rk not in seen:
+                tg, region, node, lru = rk
+                out.append(H.RegionHeat(tg, memcg_of.get(tg, 0), region << shift, node, lru, n, 0, 0, 0.0,
+                                        float("inf")))
+        out.sort(key=lambda r: (r.tgid, r.start, r.node, r.lru))
+        return tuple(out)
+
+    def _buckets(self, spans_in, mine) -> tuple[H.HeatBucket, ...]:
+        cfg, page = self.cfg, self.page_size
+        spans = H.collapsed_spans(spans_in)
+        rate: Counter = Counter()
+        latest: Counter = Counter()
+        for k, s in mine.items():
+            rate[(k.tgid, k.region)] += s.rate * page
+            latest[(k.tgid, k.region)] += s.delta_pages * page
+        heat = H.address_histogram(spans, dict(rate), cfg.region_shift, cfg.heat_buckets)
+        acc = H.address_histogram(spans, dict(latest), cfg.region_shift, cfg.heat_buckets)
+        ranges = H.bucket_ranges(spans, cfg.heat_buckets)
+        return tuple(H.HeatBucket(tuple(r), h, round(a)) for r, h, a in zip(ranges, heat, acc))

@@ -1,0 +1,117 @@
+"""mglrud/exposition.py: the render-once /metrics body is byte for byte today's text, OpenMetrics parses
+strictly, gzip decompresses to the plain body, and concurrent scrapes of one snapshot render it once."""
+
+import gzip
+import threading
+import zlib
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
+
+from conftest import FIXTURES, captured_roots, paths_for
+from mglrud import exposition
+from mglrud.collectors import Published, build_registry
+from mglrud.config import loads
+from mglrud.cycle import Engine
+from mglrud.fs import RecordingWriter
+from test_metrics import CONFIG, TAKEN_AT, _synthetic_paths, _tree
+
+ROOTS = captured_roots() + sorted(p for p in FIXTURES.glob("lru_gen/lru_gen.*") if p.is_file())
+
+
+def _snapshot(paths: dict):
+    cfg = loads(CONFIG + "paths: {" + ", ".join(f"{k}: '{v}'" for k, v in paths.items()) + "}\n")
+    return Engine(cfg, writer=RecordingWriter(), wall=lambda: TAKEN_AT).cycle(age=False)
+
+
+def _snapshots(tmp_path):
+    yield "synthetic", _snapshot(_synthetic_paths(tmp_path / "synthetic"))
+    for root in ROOTS:
+        yield root.name, _snapshot(paths_for(_tree(root, tmp_path / root.name)))
+
+
+def test_text_is_byte_identical_to_the_registry_on_every_fixture(tmp_path):
+    (tmp_path / "synthetic").mkdir()
+    seen = 0
+    for name, snap in _snapshots(tmp_path):
+        (tmp_path / name).mkdir(exist_ok=True)
+        wall = lambda: TAKEN_AT + 2.5  # noqa: E731
+        want = generate_latest(build_registry(Published(snap), wall=wall))
+        body, headers = exposition.Exposition(Published(snap), wall=wall).metrics()
+        assert body == want, name
+        assert headers == [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")]
+        seen += 1
+    assert seen >= 2
+
+
+def test_before_the_first_snapshot_only_build_info():
+    body, _ = exposition.Exposition(Published()).metrics()
+    assert body == generate_latest(build_registry(Published()))
+
+
+def test_openmetrics_parses_strictly_and_types_gauge_histograms(tmp_path):
+    (tmp_path / "synthetic").mkdir()
+    for name, snap in _snapshots(tmp_path):
+        (tmp_path / name).mkdir(exist_ok=True)
+        body, headers = exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 2.5).metrics(
+            accept="application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        assert headers[0] == ("Content-Type", "application/openmetrics-text; version=0.0.1; charset=utf-8")
+        text = body.decode()
+        assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+        families = {f.name: f for f in om_families(text)}  # raises on anything OpenMetrics forbids
+        assert families["mglrud_snapshot_age_seconds"].samples[0].value == 2.5
+        if "mglrud_memcg_idle_age_seconds" in families:
+            assert families["mglrud_memcg_idle_age_seconds"].type == "gaugehistogram"
+            assert "# TYPE mglrud_memcg_idle_age_seconds gaugehistogram\n" in text
+        assert families["mglrud_aging_runs"].type == "counter"
+
+
+@pytest.mark.parametrize("accept", [None, "application/openmetrics-text"])
+def test_gzip_is_one_member_that_decompresses_to_the_plain_body(tmp_path, accept):
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    exp = exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 2.5)
+    plain, _ = exp.metrics(accept=accept)
+    zipped, headers = exp.metrics(accept=accept, accept_encoding="deflate, gzip;q=0.9")
+    assert ("Content-Encoding", "gzip") in headers
+    assert gzip.decompress(zipped) == plain
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # a single-member reader (what curl and browsers use)
+    assert d.decompress(zipped) == plain and d.eof and d.unused_data == b""
+    empty, _ = exposition.Exposition(Published()).metrics(accept_encoding="gzip")
+    assert gzip.decompress(empty) == exposition.Exposition(Published()).metrics()[0]
+
+
+def test_concurrent_scrapes_of_one_snapshot_render_it_once_and_a_new_snapshot_renders_again(tmp_path):
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    published = Published(snap)
+    started = threading.Event()
+    release = threading.Event()
+    calls = []
+
+    def slow_render(s, om):
+        calls.append((s, om))
+        started.set()
+        release.wait(10)
+        return exposition.render_snapshot(s, om)
+
+    exp = exposition.Exposition(published, render=slow_render, wall=lambda: TAKEN_AT + 1)
+    bodies = []
+    threads = [threading.Thread(target=lambda: bodies.append(exp.metrics()[0])) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert started.wait(10)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(bodies) == 8 and len(set(bodies)) == 1
+    assert calls == [(snap, False)]
+    exp.metrics(accept_encoding="gzip")
+    exp.metrics(accept_encoding="gzip")
+    assert calls == [(snap, False)]  # gzip is made from the cached text, once
+    exp.metrics(accept="application/openmetrics-text")
+    assert calls == [(snap, False), (snap, True)]
+    import dataclasses
+    newer = dataclasses.replace(snap, taken_at=snap.taken_at + 10)
+    published.publish(newer)
+    exp.metrics()
+    assert calls[-1] == (newer, False) and exp.cache.renders == 3
