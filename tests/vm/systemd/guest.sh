@@ -38,6 +38,8 @@ mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug
 say "lru_gen: $(head -c 200 /sys/kernel/debug/lru_gen | head -3 | tr '\n' '|')"
 
 cd "$REPO" || exit 1
+# run.sh --deb-only: only the Debian package part below (a quicker rerun of it).
+if [ "$(cat "$OUT/phases" 2>/dev/null)" != deb ]; then
 check "make install (scripts/install.sh)" scripts/install.sh
 # The test config: age every 5s, so agings are seen within the test.
 cat > /etc/mglrud/config.yaml <<'YAML'
@@ -133,6 +135,8 @@ journalctl -u mglrud --no-pager | tail -15
 
 # ---- The Debian package (scripts/build-deb): apt install, start, reload, stop, apt purge.
 # make install's files go first: its unit in /etc/systemd/system would shadow the package's.
+fi  # the make-install part
+
 say "---- Debian package"
 systemctl disable --quiet mglrud 2>/dev/null
 rm -rf /etc/systemd/system/mglrud.service /etc/systemd/system/mglrud.service.d /usr/local/bin/mglrud \
