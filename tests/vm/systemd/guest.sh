@@ -147,7 +147,8 @@ if [ -z "$deb" ]; then
     fail "no mglrud_*_all.deb in $OUT (run.sh copies scripts/build-deb's there)"
 else
     # Depends are on this root already (the host's, read through 9p): nothing is downloaded.
-    check "apt install ./$(basename "$deb")" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-download \
+    # (Not --no-download: apt 2.6 then fails on a local .deb, "Pathname to install is not absolute".)
+    check "apt install ./$(basename "$deb")" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
         "$deb"
     dpkg -L mglrud > "$OUT/deb-files.txt"
     say "package files: $(wc -l < "$OUT/deb-files.txt")"
