@@ -9,7 +9,7 @@ PY := /usr/bin/python3
 PYTEST := env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -p no:cacheprovider
 ARGS ?=
 
-.PHONY: run check test test-host test-vm test-vm-stock test-systemd kernel kernel-debug test-vm-debug fixtures install clean-kernel
+.PHONY: run check test test-host test-vm test-vm-stock test-systemd kernel kernel-debug test-vm-debug fixtures install clean-kernel deb image
 
 ## run: start mglrud on this machine with the built-in default config (Ctrl-C stops it)
 run:
@@ -55,6 +55,19 @@ test-systemd:
 install:
 	@scripts/install-deps run
 	scripts/install.sh
+
+## deb: dist/mglrud_<version>_all.deb (debian/, lintian-clean; reused while the tree is unchanged).
+## Measured on 2 busy cores: 25 s dpkg-buildpackage + 15 s lintian cold, under 1 s reused.
+deb:
+	@scripts/install-deps deb
+	@start=$$(date +%s); scripts/build-deb --copy-to $(CURDIR)/dist >/dev/null && echo "deb: $$(( $$(date +%s) - start )) s"
+
+## image: the container image localhost/mglrud:<version> (scripts/build-image: mmdebstrap root
+## filesystem from Debian's archive with the .deb, imported by deploy/container/Containerfile).
+## Measured on 2 busy cores: rootfs 180 s with an empty package cache, 100-290 s warm; reused: seconds.
+image:
+	@scripts/install-deps container
+	@start=$$(date +%s); scripts/build-image && echo "image: $$(( $$(date +%s) - start )) s"
 
 ## test-vm-debug: the VM tier on a lockdep/KASAN/DEBUG_VM kernel (slow)
 test-vm-debug:

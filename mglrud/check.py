@@ -4,7 +4,8 @@ Looks at /sys/kernel/mm/lru_gen/enabled and /sys/kernel/debug/lru_gen
 (Documentation/admin-guide/mm/multigen_lru.rst), the tracepoint of mglrud's
 kernel patch (tracefs events/vmscan/mm_vmscan_lru_gen_young), bcc (Debian's python3-bpfcc),
 cgroup v2 (Documentation/admin-guide/cgroup-v2.rst), the cgroup namespace
-(mglrud/cgroupns.py) and privileges.
+(mglrud/cgroupns.py), privileges and the optional urwid, Pillow and python3-systemd
+(mglrud/optional.py).
 Exit status 0 when lru_gen can be read and aged, 1 otherwise.
 """
 
@@ -14,7 +15,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from mglrud import cgroupns
+from mglrud import cgroupns, optional
 from mglrud.fs import FS, FileWriter
 from mglrud.sources import bpf_hotness, lru_gen, selection
 
@@ -110,6 +111,16 @@ def _bcc() -> Row:
     return Row("bcc importable", True, getattr(bcc, "__file__", "bcc"))
 
 
+def _optional() -> list[Row]:
+    """The Recommends other than bcc (its own row above): features, not whether mglrud can age."""
+    rows = []
+    for module, label in (("urwid", "urwid importable"), ("PIL", "Pillow importable"),
+                          ("systemd", "python3-systemd importable")):
+        problem = optional.missing(module)
+        rows.append(Row(label, problem is None, problem or f"{optional.OPTIONAL[module][1]}: available"))
+    return rows
+
+
 def _privileges(fs: FS) -> Row:
     if os.geteuid() == 0:
         return Row("privileges", True, "root")
@@ -150,7 +161,8 @@ def run(fs: FS) -> tuple[list[Row], bool]:
     enabled = _enabled(fs)
     readable, lruvecs = _readable(fs)
     writable = _writable(fs, lruvecs) if readable.ok else Row("debugfs lru_gen writable", False, "not readable")
-    rows = [enabled, readable, writable, _cgroup2(fs), _cgroup_namespace(fs), _tracepoint(fs), _bcc(), _privileges(fs)]
+    rows = [enabled, readable, writable, _cgroup2(fs), _cgroup_namespace(fs), _tracepoint(fs), _bcc(), _privileges(fs),
+            *_optional()]
     return rows, enabled.ok and readable.ok and writable.ok
 
 

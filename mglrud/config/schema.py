@@ -100,7 +100,7 @@ class Bpf:
     heat_buckets: int = 64  # buckets of the address-offset histogram per process target
     max_regions: int = 65536  # entries of the in-kernel map (tgid, memcg, region, node, lru)
     max_processes: int = 10  # per target: processes whose residency (pagemap) is read
-    program: str = ""  # the .bpf.c file; empty: bpf/hotness.bpf.c beside the package
+    program: str = ""  # the .bpf.c file; empty: the packaged one (mglrud/programs.py)
 
     @property
     def region_shift(self) -> int:

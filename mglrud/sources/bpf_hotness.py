@@ -41,6 +41,7 @@ from mglrud.fs import FS
 from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
 from mglrud.sources import bpf_probe
+from mglrud.programs import bpf_program
 from mglrud.sources.base import Inputs, Part, Probe
 from mglrud.sources.bpf_heat import HeatBuilder
 from mglrud.targets import ProcTable
@@ -53,7 +54,7 @@ EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young")
 # (patch 3 of kernel-patch/): what the program attaches to when the kernel has it, because
 # a program on the per-entry event multiplies the time of an aging pass.
 RANGE_EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young_range")
-DEFAULT_PROGRAM = Path(__file__).resolve().parents[2] / "bpf" / "hotness.bpf.c"
+DEFAULT_PROGRAM = bpf_program("hotness.bpf.c")  # package data in a wheel, bpf/ in a checkout
 MAX_TGIDS = 4096
 MAX_MEMCGS = 4096
 
