@@ -85,6 +85,11 @@ class Target:
     force_scan: bool
     # memcg globs and cmdline regexes, compiled once here.
     pattern: re.Pattern | None = field(default=None, compare=False)
+    # Requirements a process must also meet (`uid:`, `cgroup:`): a comm or command line is chosen
+    # by whoever starts the process, so any local user can name one like the target.
+    uid: int | None = None
+    cgroup: str = ""
+    cgroup_pattern: re.Pattern | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -301,7 +306,7 @@ def _paths(v: Any) -> Paths:
 
 def _target(v: Any, i: int, aging: Aging) -> Target:
     key = f"targets[{i}]"
-    v = _mapping(v, key, ("name",) + SELECTORS + ("interval", "can_swap", "force_scan"))
+    v = _mapping(v, key, ("name",) + SELECTORS + ("interval", "can_swap", "force_scan", "uid", "cgroup"))
     chosen = [s for s in SELECTORS if s in v]
     if len(chosen) != 1:
         raise ConfigError(key, f"needs exactly one of {', '.join(SELECTORS)}, got "
@@ -335,6 +340,7 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
     elif kind == "unit" and ("/" in value or not value.endswith(UNIT_SUFFIXES)):
         raise ConfigError(k, f"must be a systemd unit name like nginx.service (ending in one of "
                              f"{', '.join(UNIT_SUFFIXES)}), got {value!r}")
+    uid, cgroup, cgroup_pattern = _requirements(v, key, kind)
     name = _str(v["name"], f"{key}.name") if "name" in v else f"{kind}:{value}"
     return Target(
         name=name,
@@ -344,7 +350,27 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
         can_swap=_bool(v.get("can_swap", aging.can_swap), f"{key}.can_swap"),
         force_scan=_bool(v.get("force_scan", aging.force_scan), f"{key}.force_scan"),
         pattern=pattern,
+        uid=uid, cgroup=cgroup, cgroup_pattern=cgroup_pattern,
     )
+
+
+def _requirements(v: dict, key: str, kind: str) -> tuple[int | None, str, re.Pattern | None]:
+    """A process target's `uid:` and `cgroup:` (a memcg-style glob): what its processes must also have."""
+    for req in ("uid", "cgroup"):
+        if req in v and kind == "memcg":
+            raise ConfigError(f"{key}.{req}", "applies to process targets (pid, comm, cmdline, unit); a memcg "
+                                              "target already selects by cgroup")
+    uid = _int(v["uid"], f"{key}.uid", 0, 2**32 - 2) if "uid" in v else None
+    if "cgroup" not in v:
+        return uid, "", None
+    cgroup = _str(v["cgroup"], f"{key}.cgroup")
+    if not cgroup.startswith("/") or any(part in (".", "..") for part in cgroup.split("/")):
+        raise ConfigError(f"{key}.cgroup", f"must be a cgroup v2 path (globs allowed) starting with '/' and "
+                                           f"without '.' or '..', like /system.slice/app.service, got {cgroup!r}")
+    try:
+        return uid, cgroup, memcg_glob(cgroup)
+    except ValueError as e:
+        raise ConfigError(f"{key}.cgroup", str(e)) from None
 
 
 def _targets(v: Any, aging: Aging) -> tuple[Target, ...]:
