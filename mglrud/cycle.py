@@ -144,7 +144,7 @@ class Engine:
 
     def _read_lru_gen(self, count_errors: bool) -> tuple[tuple[GenHistogram, ...], SourceStatus]:
         if lru_gen.NAME not in self.choice.active:
-            return (), SourceStatus(lru_gen.NAME, False, self.choice.reason(lru_gen.NAME))
+            return (), SourceStatus(lru_gen.NAME, False, self.choice.reason(lru_gen.NAME), chosen=False)
         try:
             return lru_gen.read(self.fs), SourceStatus(lru_gen.NAME, True)
         except lru_gen.Unavailable as e:

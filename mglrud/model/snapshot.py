@@ -20,6 +20,7 @@ class SourceStatus:
     name: str
     up: bool
     reason: str = ""  # why it is down, as a sentence
+    chosen: bool = True  # run because of `sources:` (lru_gen is reported even when not chosen)
 
 
 @dataclass(frozen=True)
