@@ -59,7 +59,8 @@ def _report_parser(sub) -> None:
     who = rep.add_mutually_exclusive_group(required=True)
     who.add_argument("--target", metavar="NAME", help="a configured target's name")
     who.add_argument("--pid", type=int, metavar="PID", help="a process of a configured target")
-    rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+    rep.add_argument("--url", help=f"the daemon's address (default: its socket {client.DEFAULT_SOCKET} when this user "
+                                   f"may connect to it, else {DEFAULT_URL})")
 
 
 def _heatmap_parser(sub) -> None:
@@ -82,7 +83,8 @@ def _heatmap_parser(sub) -> None:
     who = hm.add_mutually_exclusive_group(required=True)
     who.add_argument("--target", metavar="NAME", help="a configured target's name")
     who.add_argument("--pid", type=int, metavar="PID", help="one process")
-    hm.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+    hm.add_argument("--url", help=f"the daemon's address (default: its socket {client.DEFAULT_SOCKET} when this user "
+                                  f"may connect to it, else {DEFAULT_URL})")
     hm.add_argument("--own", action="store_true", help="run an own session even if a daemon answers")
     hm.add_argument("--config", "-c", metavar="FILE",
                     help="own session: config to take the target (--target) and source settings from")

@@ -43,6 +43,8 @@ class ConfigError(Exception):
 class Listen:
     address: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    # A root-only unix socket serving the full view (addresses, file names: mglrud/redact.py); "" for none
+    socket: str = ""
 
 
 @dataclass(frozen=True)
@@ -253,14 +255,18 @@ def memcg_matches(pattern: re.Pattern, path: str) -> bool:
 # ---------------------------------------------------------------- sections
 
 def _listen(v: Any) -> Listen:
-    v = _mapping(v, "listen", ("address", "port"))
+    v = _mapping(v, "listen", ("address", "port", "socket"))
     address = _str(v.get("address", Listen.address), "listen.address")
     try:
         ipaddress.ip_address(address)
     except ValueError:
         raise ConfigError("listen.address", f"must be an IP address like 127.0.0.1 or ::1, got {address!r}") from None
     port = _int(v.get("port", Listen.port), "listen.port", 1, 65535)
-    return Listen(address, port)
+    sock = v.get("socket", Listen.socket)
+    if not isinstance(sock, str) or sock and (not sock.startswith("/") or "\0" in sock or len(sock.encode()) > 107):
+        raise ConfigError("listen.socket", f"must be an absolute path of at most 107 bytes (a unix socket), "
+                                           f"or empty for none, got {sock!r}")
+    return Listen(address, port, sock)
 
 
 def _aging(v: Any) -> Aging:

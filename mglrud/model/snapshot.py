@@ -56,3 +56,6 @@ class Snapshot:
     aging: AgingStats = field(default_factory=AgingStats)
     procfs: ProcfsData | None = None  # the /proc source's mappings, when that source runs
     hotness: HotnessData | None = None  # the BPF source's per-region heat, when it runs
+    # mglrud/redact.py made this for a client who may not see addresses or file names: mapping
+    # names are classes, and /snapshot.json leaves out addresses and per-region cells
+    redacted: bool = False

@@ -16,7 +16,7 @@ MALFORMED = [
     ("listen: {address: localhost}\n",
      "mglrud: config: listen.address: must be an IP address like 127.0.0.1 or ::1, got 'localhost'"),
     ("listen: {adress: 127.0.0.1}\n",
-     "mglrud: config: listen.adress: unknown key; known keys here: address, port"),
+     "mglrud: config: listen.adress: unknown key; known keys here: address, port, socket"),
     ("colour: blue\n",
      "mglrud: config: colour: unknown key; known keys here: listen, aging, snapshot, metrics, targets, paths, log, "
      "sources, procfs, bpf, web_config_file"),
