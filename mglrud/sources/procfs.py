@@ -52,7 +52,11 @@ with no config reports the 5 largest processes. Each target is read on its
 
 Reading needs ptrace access to the process (PTRACE_MODE_READ, checked when
 smaps is opened) and clear_refs is writable only by the owner; mglrud runs as
-root. A process that exits between listing and reading (ENOENT, ESRCH, an empty
+root. So the write is careful about what it writes to: clear_refs is opened
+with O_NOFOLLOW through the /proc/PID directory (itself opened O_NOFOLLOW), and
+only when the process's start time there is still the one it had when the
+target listed it (a pid reused since, perhaps by another user's process, is
+counted as `exited`, not cleared). A process that exits between listing and reading (ENOENT, ESRCH, an empty
 smaps for a zombie) is counted as `exited`, not an error; a process that cannot
 be read gives its target a sentence saying why.
 
