@@ -177,7 +177,7 @@ def bar_panel(unit: str, max_: float | None = None):
 def fleet():
     b = Board("mglrud-fleet", "mglrud / Fleet overview",
               "Cold memory across every host mglrud runs on: per host, per memcg, the coldest memcgs, and "
-              "mglrud's alerts. Needs deploy/prometheus/rules/mglrud.rules.yml loaded.",
+              "mglrud's alerts. Needs deploy/prometheus/rules/mglrud.rules.yml and mglrud.alerts.yml loaded.",
               [v_datasource(), v_job(), v_instance(), v_memcg(), v_threshold()])
     b.row("Fleet")
     b.add(stat_panel("percentunit"), "Fleet cold fraction",
@@ -190,7 +190,7 @@ def fleet():
           "mglrud instances Prometheus scraped successfully in its latest scrape, of all it scrapes.",
           [q(f'sum(up{{{SEL}}})', "up"), q(f'count(up{{{SEL}}})', "scraped")], w=6, h=6)
     b.add(table_panel("none"), "mglrud alerts",
-          "Alerts of deploy/prometheus/rules/mglrud.rules.yml that are pending or firing now (Prometheus' "
+          "Alerts of deploy/prometheus/rules/mglrud.alerts.yml that are pending or firing now (Prometheus' "
           "ALERTS series). The runbook for each is in the README.",
           [q('ALERTS{alertname=~"Mglrud.*", instance=~"$instance"}', fmt=pm.PromQueryFormat.TABLE, instant=True)],
           w=6, h=6)

@@ -11,6 +11,12 @@ maps and the perf event that holds the program on the tracepoint. File
 descriptors cross over a unix socket as SCM_RIGHTS (man 7 unix); the daemon then
 reads the maps with the bpf(2) system call (mglrud/bpfsys.py).
 
+The child runs as root, so only mglrud's own code may run in it: it starts as
+`python3 -I -c ...` (isolated mode: PYTHON* variables, the user site and the working
+directory are all left out of sys.path; `-m` would put the cwd first) with the package's
+own directory added explicitly, and compiles only a program file that root alone can
+change (mglrud/filetrust.py).
+
 The child must not run bcc's cleanup: bcc's atexit handler disables the
 tracepoint's perf event, and the event is shared with the daemon's descriptor. It
 leaves with os._exit() once the descriptors are sent.
@@ -38,32 +44,61 @@ class LoadError(Exception):
     """The program could not be compiled, loaded or attached; the message says why."""
 
 
-def load(path: Path, cflags: list[str], event: str, maps: list[str], timeout: float = TIMEOUT):
+# How the child starts: -I (isolated: no PYTHON* variables, no user site, and -P: nothing put
+# in front of sys.path, where `-m` would put the working directory, so a package planted in
+# a writable cwd would run as root), then only the directory this package is installed in
+# is added, explicitly. argv: [package dir, descriptor, extra path...].
+_BOOT = ("import sys; sys.path[:0] = [sys.argv[1]] + sys.argv[3:]; "
+         "from mglrud.bpf_loader import child_main; child_main(int(sys.argv[2]))")
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _end(proc: subprocess.Popen) -> int:
+    """Kill (if it still runs) and reap the child: no zombie, whatever happened."""
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait()
+
+
+def load(path: Path, cflags: list[str], event: str, maps: list[str], timeout: float = TIMEOUT,
+         extra_path: tuple[str, ...] = ()):
     """Compile and attach in a child. Returns ({name: fd} for each map, [other fds that hold
-    the program attached], seconds the child took to compile and attach)."""
+    the program attached], seconds the child took to compile and attach).
+
+    The program file must be one only root can change (mglrud/filetrust.py): it runs in the
+    kernel. Its resolved path is what is compiled. `extra_path` goes after the package's
+    directory on the child's sys.path (tests put a stand-in bcc there)."""
+    from mglrud.filetrust import untrusted
+
+    problem = untrusted(str(path))
+    if problem:
+        raise LoadError(f"bpf.program: {problem}")
+    real = os.path.realpath(path)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = None
+    fds: list[int] = []
     try:
         with child:
-            proc = subprocess.Popen([sys.executable, "-m", "mglrud.bpf_loader", str(child.fileno())],
-                                    pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, PACKAGE_ROOT, str(child.fileno()),
+                                     *extra_path], pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
         with parent:
             parent.settimeout(timeout)
-            parent.send(json.dumps({"path": str(path), "cflags": cflags, "event": event, "maps": maps}).encode())
+            parent.send(json.dumps({"path": real, "cflags": cflags, "event": event, "maps": maps}).encode())
             try:
                 msg, fds, _, _ = socket.recv_fds(parent, 1 << 16, 64)
             except socket.timeout:
-                proc.kill()
+                _end(proc)
                 raise LoadError(f"the BPF loader (pid {proc.pid}) did not answer within {timeout:.0f} s") from None
     except OSError as e:
-        raise LoadError(f"cannot run the BPF loader ({sys.executable} -m mglrud.bpf_loader): {e}") from None
+        if proc is not None:
+            _end(proc)
+        for fd in fds:
+            os.close(fd)
+        raise LoadError(f"cannot run the BPF loader ({sys.executable} -I, mglrud.bpf_loader): {e}") from None
     try:
         rc = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
+        rc = _end(proc)
     if not msg:
         for fd in fds:
             os.close(fd)
@@ -121,8 +156,9 @@ def _child(sock: socket.socket) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    s = socket.socket(fileno=int(sys.argv[1]))
+def child_main(fd: int) -> None:
+    """The child's entry point (started by load() with _BOOT); never returns."""
+    s = socket.socket(fileno=fd)
     try:
         rc = _child(s)
     except Exception as e:  # an answer rather than a silent exit

@@ -154,14 +154,25 @@ def run(fs: FS) -> tuple[list[Row], bool]:
     return rows, enabled.ok and readable.ok and writable.ok
 
 
-def format_sources(fs: FS, requested: str | tuple[str, ...]) -> str:
-    """Which sources `mglrud run` would use with this config (sources/selection.py), and why the others not."""
+# What `mglrud check` says when the /proc source runs without clear_refs (the default).
+CLEAR_REFS_OFF = ("procfs.clear_refs is off (the default): resident, anon/file, swap and NUMA node bytes "
+                  "per mapping only; accessed bytes, idle and cold times need procfs.clear_refs: true, which "
+                  "clears the accessed bits reclaim uses and write-locks each read process's mmap")
+CLEAR_REFS_ON = ("procfs.clear_refs is on: accessed bytes are measured by writing /proc/PID/clear_refs, which "
+                 "clears the accessed bits reclaim uses and write-locks each read process's mmap")
+
+
+def format_sources(fs: FS, requested: str | tuple[str, ...], clear_refs: bool = False) -> str:
+    """Which sources `mglrud run` would use with this config (sources/selection.py), and why the others not;
+    with the /proc source, whether it writes clear_refs (procfs.clear_refs)."""
     probes = selection.probe_all(fs)
     choice = selection.choose(requested, probes)
     lines = ["", f"SOURCES ({'auto' if requested == selection.AUTO else 'configured: ' + ', '.join(requested)})"]
     for name, why in choice.why:
         state = ("used" if probes[name].usable else "down") if name in choice.active else "no"
         lines.append(f"{name.ljust(8)}  {state:6}  {why}")
+        if name == "procfs" and state == "used":
+            lines.append(f"{'':8}  {'':6}  {CLEAR_REFS_ON if clear_refs else CLEAR_REFS_OFF}")
     if not any(probes[name].usable for name in choice.active):
         lines.append("no chosen source can run here: mglrud would serve only its own metrics")
     return "\n".join(lines) + "\n"

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import logging
 import os
 import sys
 
 from mglrud import __version__, check, client, snapshot_json, systemd, tui, webconfig
-from mglrud.config import DEFAULT_PORT, DEFAULT_URL, Config, ConfigError, load
+from mglrud.config import DEFAULT_PORT, DEFAULT_URL, Config, ConfigError, escape, listen_address, load
 from mglrud.render.heatmap import OVERLAYS
 from mglrud.fs import FS
 
@@ -118,18 +117,13 @@ def load_config(args: argparse.Namespace) -> Config:
     cfg = load(args.config)
     paths = {n: getattr(args, f"path_{n}") for n in PATH_FLAGS if getattr(args, f"path_{n}", None)}
     for name, value in paths.items():
-        if not value.startswith("/"):
+        if not value.startswith("/") or not value.isprintable():
             raise ConfigError(f"--path.{name}", f"must be an absolute path, got {value!r}")
     if paths:
         cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, **paths))
     listen = {}
     if getattr(args, "listen_address", None):
-        try:
-            ipaddress.ip_address(args.listen_address)
-        except ValueError:
-            raise ConfigError("--listen.address", f"must be an IP address like 127.0.0.1 or ::1, "
-                                                  f"got {args.listen_address!r}") from None
-        listen["address"] = args.listen_address
+        listen["address"] = listen_address(args.listen_address, "--listen.address")
     if getattr(args, "listen_port", None) is not None:
         if not 0 <= args.listen_port <= 65535:
             raise ConfigError("--listen.port", f"must be from 0 to 65535, got {args.listen_port}")
@@ -168,13 +162,13 @@ def parse_listen_address(value: str) -> dict:
                                                   f"[::1]:{DEFAULT_PORT} or :{DEFAULT_PORT}, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    host = host or "0.0.0.0"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError("--web.listen-address", f"the host must be an IP address like 127.0.0.1 or [::1], "
-                                                  f"got {value!r}") from None
+    host = listen_address(host or "0.0.0.0", "--web.listen-address")
     return {"address": host, "port": int(port)}
+
+
+def load_failure(path: str | None, e: BaseException) -> str:
+    """One printable line for an exception other than ConfigError out of loading a config."""
+    return str(ConfigError(path or "(built-in defaults)", f"cannot load: {type(e).__name__}: {e}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mglrud: config: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a loader bug must still be one line and exit 2, not a traceback
+        print(f"mglrud: config: {load_failure(args.config, e)}", file=sys.stderr)
+        return 2
     # Under systemd, the journal with priorities (python3-systemd); else stderr with timestamps.
     journal = systemd.journal_handler() if args.command == "run" else None
     if journal is not None:
@@ -199,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     from mglrud.targets import missing_memcgs
 
     for key, problem in missing_memcgs(cfg.targets, FS(cfg.paths)):
+        key, problem = escape(key), escape(problem)  # the memcg glob is the config's text
         if args.command == "check":  # the preflight of a config: a typo is an error
             print(f"mglrud: config: {key}: {problem}", file=sys.stderr)
             return 2
@@ -207,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         rows, usable = check.run(FS(cfg.paths))
         sys.stdout.write(check.format_table(rows, usable))
-        sys.stdout.write(check.format_sources(FS(cfg.paths), cfg.sources))
+        sys.stdout.write(check.format_sources(FS(cfg.paths), cfg.sources, cfg.procfs.clear_refs))
         sys.stdout.write(check.format_bpf(check.bpf_program(FS(cfg.paths), cfg.bpf)))
         return 0 if usable else 1
 

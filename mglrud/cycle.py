@@ -10,7 +10,8 @@ sources/selection.py (`sources:` in the config). Per cycle it:
 2. resolves targets to memcgs and lets each source prepare (`before_aging`:
    the BPF source loads its target maps, so that the aging about to run is counted);
 3. ages the memcgs that are due (mglrud/aging.py), and reads lru_gen again;
-4. asks each source for its part and assembles the immutable Snapshot.
+4. asks each source for its part and assembles the immutable Snapshot (lru_gen's part
+   leaves out what the cardinality controls say: sources/lru_gen.py select()).
 
 Used by the daemon's loop, by `mglrud snapshot` (once) and by the heatmap's own
 session. The Engine and its sources keep the only mutable state: the aging
@@ -134,6 +135,7 @@ class Engine:
             page_size=self.page_size,
             cold_thresholds=cfg.metrics.cold_thresholds,
             idle_age_buckets=cfg.metrics.buckets,
+            disabled_families=cfg.metrics.disable,
             targets=self._target_states(resolutions),
             sources=tuple(statuses),
             aging=self.aging.stats(),

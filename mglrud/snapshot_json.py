@@ -89,6 +89,10 @@ def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), redac
                       "mappings": maps, "mappings_not_resident": len(p.mappings) - len(maps)})
     s = data.stats
     return {
+        # procfs.clear_refs: false (the default) -> accessed_bytes and idle_seconds are null, and say why
+        "clear_refs": data.clear_refs,
+        "accessed": ("measured: clear_refs written after each read" if data.clear_refs else
+                     "not measured: procfs.clear_refs is off (set it to true to measure accessed bytes)"),
         "targets": [{"name": t.name, "pids": list(t.pids), "problem": t.problem} for t in data.targets],
         "processes": procs,
         "stats": {"reads": s.reads, "errors": dict(s.errors), "read_seconds": s.read_seconds,
@@ -225,6 +229,8 @@ class ProcfsTargetDoc:
 
 @dataclass(frozen=True)
 class ProcfsDoc:
+    clear_refs: bool = False
+    accessed: str = ""
     targets: tuple[ProcfsTargetDoc, ...] = ()
     processes: tuple[ProcessDoc, ...] = ()
     stats: dict = field(default_factory=dict)

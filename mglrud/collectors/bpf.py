@@ -14,6 +14,15 @@ from prometheus_client.utils import floatToGoString
 
 from mglrud.model import hotness as H
 
+# metrics.disable keys -> the families they switch off (collectors/__init__.py gathers them).
+# mglrud_target_accessed_bytes is a counter: its family name has no _total.
+FAMILIES = {
+    "access_offset": "mglrud_target_access_offset_ratio",
+    "region_idle_age": "mglrud_target_region_idle_age_seconds",
+    "region_cold": "mglrud_target_region_cold_bytes",
+    "target_accessed": "mglrud_target_accessed_bytes",
+}
+
 HELP = {
     "offset": "Access heat over the target's address space, as a gauge histogram whose bucket values are "
               "BYTES PER SECOND: the exponentially weighted rate (half-life bpf.half_life) of bytes the MGLRU "

@@ -7,6 +7,8 @@ from prometheus_client.utils import floatToGoString
 
 from mglrud import __version__
 
+DROP_REASONS = ("empty", "max_memcgs")  # mglrud_target_memcgs_dropped{reason}: sources/lru_gen.py select()
+
 
 def families(snap, now: float):
     """Build info always; the rest from `snap` when there is one (`now`: wall time of the scrape)."""
@@ -56,9 +58,18 @@ def families(snap, now: float):
                              "absent until the first one.", labels=["target"])
     memcgs = GaugeMetricFamily("mglrud_target_memcgs", "Memcgs this target resolved to in the latest "
                                "cycle (0: see the log or /snapshot.json for why).", labels=["target"])
+    dropped = GaugeMetricFamily("mglrud_target_memcgs_dropped", "Memcgs of this target left out of the "
+                                "mglrud_memcg_* families in the latest cycle (still aged), by reason: "
+                                "empty (no resident pages; metrics.keep_empty_memcgs keeps them), max_memcgs "
+                                "(beyond metrics.max_memcgs_per_target, the smallest by resident bytes).",
+                                labels=["target", "reason"])
+    left_out = {(t, r): n for t, r, n in getattr(snap, "memcgs_dropped", ())}
     for t in snap.targets:
         if t.last_success is not None:
             last.add_metric([t.name], t.last_success)
         memcgs.add_metric([t.name], len(t.memcgs))
+        for reason in DROP_REASONS:
+            dropped.add_metric([t.name, reason], left_out.get((t.name, reason), 0))
     yield last
     yield memcgs
+    yield dropped

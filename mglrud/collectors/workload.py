@@ -23,6 +23,9 @@ HELP = ("Workload of each memcg, parsed from its cgroup path (value always 1): t
         "the Kubernetes pod UID and QoS class (kubelet, systemd or cgroupfs driver), the container ID "
         "(containerd, CRI-O, docker, podman). Empty where the path does not say. Join on memcg.")
 INFO_LABELS = ("unit", "pod_uid", "container_id", "qos_class")
+# metrics.disable key -> the family (an info family's name has no _info: client_python appends it;
+# mglrud/config/ takes mglrud_memcg_info too).
+FAMILIES = {"memcg_info": "mglrud_memcg"}
 
 
 def memcg_info(memcgs: Iterable[str]) -> InfoMetricFamily:

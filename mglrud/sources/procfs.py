@@ -36,8 +36,11 @@ What that costs and changes -- read this before pointing it at production:
   unreferenced, so pages accessed once before the clear and not since are easier
   to reclaim than they would have been. cAdvisor's referenced-bytes metric
   (--disable_metrics=referenced_memory to turn it off) clears them the same way.
-  Set `procfs.clear_refs: false` to only read; accessed bytes are then not
-  reported (Referenced would count since an unknown time).
+  So clear_refs is OFF unless `procfs.clear_refs: true` (as cAdvisor keeps its
+  referenced-bytes metric off by default): the source then only reads, and
+  reports resident, anon/file, swap and NUMA node bytes per mapping; accessed
+  bytes, idle and cold times are not reported (Referenced would count since an
+  unknown time), and ProcfsData.clear_refs says so.
 - A page shared by several processes carries one referenced flag: a clear in
   one process resets the flag the others' smaps also look at.
 
@@ -75,7 +78,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from mglrud.config import Config, Target
+from mglrud.config import Config, Procfs, Target
 from mglrud.fs import FS
 from mglrud.model import SourceStatus
 from mglrud.sources.base import Inputs, Part, Probe
@@ -175,7 +178,7 @@ class ProcfsSource:
     """
 
     def __init__(self, fs: FS, *, max_processes: int = DEFAULT_MAX_PROCESSES,
-                 top_mappings: int = DEFAULT_TOP_MAPPINGS, clear_refs: bool = True,
+                 top_mappings: int = DEFAULT_TOP_MAPPINGS, clear_refs: bool = Procfs.clear_refs,
                  read_numa: bool | None = None, exclude: Iterable[int] | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
         self.fs = fs
@@ -211,6 +214,12 @@ class ProcfsSource:
     def configure(self, config: Config, probe: Probe, why: str) -> None:
         """A reload keeps the intervals and idle times."""
         p = config.procfs
+        if probe.usable and p.clear_refs != getattr(self, "_said_clear", None):
+            # Once per setting, not per cycle: /snapshot.json's procfs.accessed says it too.
+            log.info("procfs: %s", "clear_refs on: accessed bytes measured (procfs.clear_refs: true)" if p.clear_refs
+                     else "clear_refs off (the default): resident, anon/file, swap and node bytes only; "
+                          "accessed bytes need procfs.clear_refs: true")
+            self._said_clear = p.clear_refs
         self.reconfigure(max_processes=p.max_processes, top_mappings=p.top_mappings, clear_refs=p.clear_refs)
         self.probe, self.why = probe, why
 
@@ -276,6 +285,7 @@ class ProcfsSource:
             stats=ProcfsStats(self.reads, tuple(sorted(self.errors.items())), self.read_seconds,
                               self.clear_seconds, self.bytes_scanned),
             top_mappings=self.top_mappings,
+            clear_refs=self.clear,
         )
 
     def _read_target(self, sel: Selection, clear: bool) -> None:

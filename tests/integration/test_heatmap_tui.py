@@ -49,6 +49,7 @@ def workload():
 def daemon(tmp_path, workload):
     cfg = tmp_path / "mglrud.yaml"
     cfg.write_text("aging: {interval: 2s}\nsnapshot: {interval: 1s}\nmetrics: {cold_thresholds: [2s, 4s]}\n"
+                   "procfs: {clear_refs: true}\n"  # explicitly: it needs accessed bytes (off by default)
                    f"targets: [{{name: wl, pid: {workload['pid']}}}]\n")
     # a short socket path: the TUI's status line names it and must keep room for PAUSED
     run = tempfile.mkdtemp(prefix="m")
@@ -222,10 +223,15 @@ def test_tui_attached_overlays_intervals_zoom_pause_quit(daemon, workload, tmux)
     t.wait("exit 0", lambda s: "EXIT=0" in s)
 
 
-def test_tui_own_session_without_a_daemon(workload, tmux):
+def test_tui_own_session_without_a_daemon(workload, tmux, tmp_path):
     hot, pid = workload["hot"][0], workload["pid"]
+    # the session's source settings come from --config: clear_refs on, explicitly, since the
+    # heat columns need accessed bytes (off by default)
+    cfg = tmp_path / "own.yaml"
+    cfg.write_text("procfs: {clear_refs: true}\n")
     # nothing listens on port 1 of 127.0.0.1 (a privileged port no test uses)
-    t = tmux(f"{sys.executable} -m mglrud heatmap --pid {pid} --url http://127.0.0.1:1 --aging 2 --aggregate 1")
+    t = tmux(f"{sys.executable} -m mglrud heatmap --pid {pid} --config {cfg} --url http://127.0.0.1:1 "
+             f"--aging 2 --aggregate 1")
     s = t.wait("own session", lambda s: "own session (procfs): no daemon at http://127.0.0.1:1" in status(s))
     assert "aging 2s" in status(s)
     s = t.wait("a measured interval", lambda s: any(c.rstrip().endswith("@") for _, _, c in body(s)))

@@ -28,6 +28,7 @@ CONFIG = """
 aging: {interval: 2s}
 snapshot: {interval: 1s}
 metrics: {cold_thresholds: [2s, 4s]}
+procfs: {clear_refs: true}  # explicitly: the test measures accessed bytes (off by default)
 """
 
 pytestmark = [

@@ -1,277 +1,56 @@
-"""YAML configuration -> validated, frozen objects.
-
-Every error is a ConfigError naming the dotted key that is wrong
-(`targets[1].memcg`) and what is wrong with it; unknown keys are errors, so a
-typo never silently falls back to a default. Built-in defaults make the file
-optional. config.example.yaml documents every key; docs/config.md is the
-reference.
-"""
+"""Config sections -> validated objects: from_dict(), loads(), load()."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-# The kernel keeps at most MAX_NR_GENS generations per lruvec (include/linux/mmzone.h);
-# aging folds the oldest into the next, so no page is seen idle longer than
-# (MAX_NR_GENS - 1) aging intervals.
-MAX_NR_GENS = 4
-
-DEFAULT_PORT = 9746
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"  # where `mglrud report` and `heatmap` find the daemon
-LOG_LEVELS = ("debug", "info", "warning", "error")
-UNIT_SUFFIXES = (".service", ".scope", ".slice", ".socket", ".mount", ".swap", ".target")
-SELECTORS = ("memcg", "pid", "comm", "cmdline", "unit")
-
-
-class ConfigError(Exception):
-    """A configuration value is wrong; `key` is its dotted path."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Listen:
-    address: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    # A root-only unix socket serving the full view (addresses, file names: mglrud/redact.py); "" for none
-    socket: str = ""
-
-
-@dataclass(frozen=True)
-class Aging:
-    interval: float = 60.0
-    can_swap: bool = True
-    force_scan: bool = True
-    dry_run: bool = False
-
-
-@dataclass(frozen=True)
-class Metrics:
-    cold_thresholds: tuple[float, ...] = (30.0, 60.0, 120.0)
-    # Empty means: use cold_thresholds as the histogram's bucket edges.
-    idle_age_buckets: tuple[float, ...] = ()
-
-    @property
-    def buckets(self) -> tuple[float, ...]:
-        return self.idle_age_buckets or self.cold_thresholds
-
-
-@dataclass(frozen=True)
-class Paths:
-    procfs: str = "/proc"
-    sysfs: str = "/sys"
-    debugfs: str = "/sys/kernel/debug"
-    cgroupfs: str = "/sys/fs/cgroup"
-    tracefs: str = "/sys/kernel/tracing"
-
-
-@dataclass(frozen=True)
-class Target:
-    """One `targets[]` entry with the global aging settings folded in."""
-
-    name: str
-    kind: str  # one of SELECTORS
-    value: str | int
-    interval: float
-    can_swap: bool
-    force_scan: bool
-    # memcg globs and cmdline regexes, compiled once here.
-    pattern: re.Pattern | None = field(default=None, compare=False)
-    # Requirements a process must also meet (`uid:`, `cgroup:`): a comm or command line is chosen
-    # by whoever starts the process, so any local user can name one like the target.
-    uid: int | None = None
-    cgroup: str = ""
-    cgroup_pattern: re.Pattern | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class Procfs:
-    """The /proc source (sources/procfs.py): what it reads per target and whether it clears refs."""
-
-    max_processes: int = 5  # per target: the largest by RSS
-    top_mappings: int = 10  # per target: own series; the rest summed as mapping="other"
-    clear_refs: bool = True
-
-
-@dataclass(frozen=True)
-class Bpf:
-    """The BPF hotness source (sources/bpf_hotness.py, bpf/hotness.bpf.c)."""
-
-    region_size: int = 2 << 20  # bytes; a power of two
-    half_life: float = 300.0  # seconds, of the access-frequency EWMA
-    heat_buckets: int = 64  # buckets of the address-offset histogram per process target
-    max_regions: int = 65536  # entries of the in-kernel map (tgid, memcg, region, node, lru)
-    max_processes: int = 10  # per target: processes whose residency (pagemap) is read
-    program: str = ""  # the .bpf.c file; empty: bpf/hotness.bpf.c beside the package
-
-    @property
-    def region_shift(self) -> int:
-        return self.region_size.bit_length() - 1
-
-
-
-
-@dataclass(frozen=True)
-class Config:
-    listen: Listen = Listen()
-    aging: Aging = Aging()
-    snapshot_interval: float = 10.0
-    metrics: Metrics = Metrics()
-    targets: tuple[Target, ...] = ()
-    paths: Paths = Paths()
-    log_level: str = "info"
-    source: str = "(built-in defaults)"
-    sources: str | tuple[str, ...] = "auto"  # "auto" or names from the table in mglrud/sources/
-    procfs: Procfs = Procfs()
-    bpf: Bpf = Bpf()
-    web_config_file: str = ""  # exporter-toolkit web config (mglrud/webconfig.py); empty: plain HTTP
-
-
-DEFAULT_TARGETS = [{"name": "all", "memcg": "/**"}]
-
-
-# ---------------------------------------------------------------- scalars
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-MAX_DURATION = 7 * 24 * 3600.0
-
-
-def parse_duration(text: Any, key: str) -> float:
-    """'30s', '5m', '1h', '1m30s', '500ms' -> seconds (> 0)."""
-    if isinstance(text, bool) or not isinstance(text, str):
-        raise ConfigError(key, f"must be a duration with a unit like 30s, 5m or 1h, got {text!r}")
-    if text.startswith("-"):
-        raise ConfigError(key, f"must be longer than zero, got {text!r}")
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise ConfigError(key, f"must be a duration with a unit like 30s, 5m or 1h, got {text!r}")
-    if total <= 0:
-        raise ConfigError(key, f"must be longer than zero, got {text!r}")
-    if total > MAX_DURATION:  # beyond any sensible schedule, and past what timers accept
-        raise ConfigError(key, f"must be at most {format_duration(MAX_DURATION)}, got {text!r}")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """Inverse of parse_duration for messages: 90 -> '1m30s'."""
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    out, rest = "", seconds
-    for unit, size in (("h", 3600), ("m", 60)):
-        if rest >= size:
-            n = int(rest // size)
-            out += f"{n}{unit}"
-            rest -= n * size
-    if rest or not out:
-        out += f"{rest:g}s"
-    return out
-
-
-def _bool(v: Any, key: str) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(key, f"must be true or false, got {v!r}")
-    return v
-
-
-def _str(v: Any, key: str) -> str:
-    if not isinstance(v, str) or not v:
-        raise ConfigError(key, f"must be a non-empty string, got {v!r}")
-    return v
-
-
-def _int(v: Any, key: str, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ConfigError(key, f"must be an integer from {lo} to {hi}, got {v!r}")
-    return v
-
-
-def _mapping(v: Any, key: str, known: tuple[str, ...]) -> dict:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise ConfigError(key, f"must be a mapping of {', '.join(known)}, got {type(v).__name__}")
-    for k in v:
-        if k not in known:
-            raise ConfigError(_join(key, str(k)), f"unknown key; known keys here: {', '.join(known)}")
-    return v
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _durations(v: Any, key: str) -> tuple[float, ...]:
-    if not isinstance(v, list) or not v:
-        raise ConfigError(key, f"must be a non-empty list of durations like [30s, 1m], got {v!r}")
-    if len(v) > 16:
-        raise ConfigError(key, f"at most 16 entries (each one multiplies the series per memcg), got {len(v)}")
-    out = [parse_duration(x, f"{key}[{i}]") for i, x in enumerate(v)]
-    for i, x in enumerate(out):
-        if x in out[:i]:
-            raise ConfigError(f"{key}[{i}]", f"{v[i]} is listed twice")
-    return tuple(sorted(out))
-
-
-# ---------------------------------------------------------------- memcg globs
-
-def memcg_glob(pattern: str) -> re.Pattern:
-    """A cgroup path glob: * and ? stay inside one path component, ** spans any number.
-
-    Match it with memcg_matches(): the root cgroup "/" is matched as "" so that
-    "/**" covers the root and everything below it.
-    """
-    out = ""
-    for part in (p for p in pattern.split("/") if p):
-        if part == "**":
-            out += "(?:/[^/]+)*"
-        elif "**" in part:
-            raise ValueError("** must be a whole path component, as in /system.slice/**")
-        else:
-            out += "/" + "".join(
-                "[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in part)
-    return re.compile(out)
-
-
-def memcg_matches(pattern: re.Pattern, path: str) -> bool:
-    return pattern.fullmatch("" if path == "/" else path) is not None
+from mglrud import boundedyaml
+from mglrud.config.schema import (Aging, Bpf, Config, DEFAULT_TARGETS, Listen, LOG_LEVELS, MAX_NR_GENS, MAX_TARGETS,
+                                  Metrics, MIN_INTERVAL, Paths, Procfs, SELECTORS, Target, UNIT_SUFFIXES)
+from mglrud.config.values import (_bool, ConfigError, _durations, format_duration, _int, _mapping, memcg_glob,
+                                  parse_duration, _str, _text)
 
 
 # ---------------------------------------------------------------- sections
 
+def listen_address(address: Any, key: str = "listen.address") -> str:
+    """An IP address mglrud can listen on: unicast, without an IPv6 %zone."""
+    address = _str(address, key)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(key, f"must be an IP address like 127.0.0.1 or ::1, got {address!r}") from None
+    if getattr(ip, "scope_id", None):
+        raise ConfigError(key, f"must not carry a %zone (a scoped link-local address), got {address!r}; "
+                               f"use a global or loopback address")
+    if ip.is_multicast:
+        raise ConfigError(key, f"{address} is a multicast address: mglrud listens on a unicast one")
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise ConfigError(key, f"{address} is the broadcast address: mglrud listens on a unicast one")
+    return address
+
+
 def _listen(v: Any) -> Listen:
     v = _mapping(v, "listen", ("address", "port", "socket"))
-    address = _str(v.get("address", Listen.address), "listen.address")
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise ConfigError("listen.address", f"must be an IP address like 127.0.0.1 or ::1, got {address!r}") from None
+    address = listen_address(v.get("address", Listen.address))
     port = _int(v.get("port", Listen.port), "listen.port", 1, 65535)
     sock = v.get("socket", Listen.socket)
     if not isinstance(sock, str) or sock and (not sock.startswith("/") or "\0" in sock or len(sock.encode()) > 107):
         raise ConfigError("listen.socket", f"must be an absolute path of at most 107 bytes (a unix socket), "
                                            f"or empty for none, got {sock!r}")
+    if sock:
+        _text(sock, "listen.socket")
     return Listen(address, port, sock)
 
 
 def _aging(v: Any) -> Aging:
     v = _mapping(v, "aging", ("interval", "can_swap", "force_scan", "dry_run"))
-    interval = parse_duration(v["interval"], "aging.interval") if "interval" in v else Aging.interval
+    interval = parse_duration(v["interval"], "aging.interval", MIN_INTERVAL) if "interval" in v else Aging.interval
     return Aging(
         interval=interval,
         can_swap=_bool(v.get("can_swap", Aging.can_swap), "aging.can_swap"),
@@ -281,7 +60,8 @@ def _aging(v: Any) -> Aging:
 
 
 def _metrics(v: Any, aging: Aging) -> Metrics:
-    v = _mapping(v, "metrics", ("cold_thresholds", "idle_age_buckets"))
+    v = _mapping(v, "metrics", ("cold_thresholds", "idle_age_buckets", "disable", "max_memcgs_per_target",
+                                "keep_empty_memcgs"))
     thresholds = (_durations(v["cold_thresholds"], "metrics.cold_thresholds")
                   if "cold_thresholds" in v else Metrics.cold_thresholds)
     reach = (MAX_NR_GENS - 1) * aging.interval
@@ -294,7 +74,35 @@ def _metrics(v: Any, aging: Aging) -> Metrics:
                 f"raise aging.interval or lower this threshold")
     buckets = (_durations(v["idle_age_buckets"], "metrics.idle_age_buckets")
                if "idle_age_buckets" in v else ())
-    return Metrics(thresholds, buckets)
+    return Metrics(thresholds, buckets,
+                   disable=_disable(v.get("disable", [])),
+                   max_memcgs_per_target=_int(v.get("max_memcgs_per_target", Metrics.max_memcgs_per_target),
+                                              "metrics.max_memcgs_per_target", 0, 1_000_000),
+                   keep_empty_memcgs=_bool(v.get("keep_empty_memcgs", Metrics.keep_empty_memcgs),
+                                           "metrics.keep_empty_memcgs"))
+
+
+def _disable(v: Any) -> frozenset[str]:
+    """`metrics.disable`: short keys (generation, idle_age, ...) or full family names -> full names."""
+    # The real family names, from the collectors (imported here, when used, as _sources does).
+    from mglrud.collectors import FAMILIES
+
+    if not isinstance(v, list):
+        raise ConfigError("metrics.disable", f"must be a list of metric families like [generation, idle_age], "
+                                             f"got {v!r}")
+    full = set(FAMILIES.values())
+    out = set()
+    for i, name in enumerate(v):
+        if name in FAMILIES:
+            out.add(FAMILIES[name])
+        elif name in full:
+            out.add(name)
+        elif isinstance(name, str) and name.removesuffix("_info") in full:  # info families, as exposed
+            out.add(name.removesuffix("_info"))
+        else:
+            raise ConfigError(f"metrics.disable[{i}]", f"must be one of {', '.join(FAMILIES)} (or the full "
+                                                       f"family name, see docs/metrics.md), got {name!r}")
+    return frozenset(out)
 
 
 def _paths(v: Any) -> Paths:
@@ -306,7 +114,7 @@ def _paths(v: Any) -> Paths:
             p = _str(v[name], f"paths.{name}")
             if not p.startswith("/") or "\0" in p:
                 raise ConfigError(f"paths.{name}", f"must be an absolute path, got {p!r}")
-            out[name] = p
+            out[name] = _text(p, f"paths.{name}")
     return Paths(**out)
 
 
@@ -324,7 +132,7 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
     if kind == "pid":
         value: str | int = _int(raw, k, 1, 2**22)
     else:
-        value = _str(raw, k)
+        value = _text(raw, k)
     if kind == "memcg":
         if not value.startswith("/"):
             raise ConfigError(k, f"must be a cgroup v2 path starting with '/', like /system.slice/*.service, got {value!r}")
@@ -347,12 +155,13 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
         raise ConfigError(k, f"must be a systemd unit name like nginx.service (ending in one of "
                              f"{', '.join(UNIT_SUFFIXES)}), got {value!r}")
     uid, cgroup, cgroup_pattern = _requirements(v, key, kind)
-    name = _str(v["name"], f"{key}.name") if "name" in v else f"{kind}:{value}"
+    name = _text(v["name"], f"{key}.name") if "name" in v else f"{kind}:{value}"
     return Target(
         name=name,
         kind=kind,
         value=value,
-        interval=parse_duration(v["interval"], f"{key}.interval") if "interval" in v else aging.interval,
+        interval=(parse_duration(v["interval"], f"{key}.interval", MIN_INTERVAL)
+                  if "interval" in v else aging.interval),
         can_swap=_bool(v.get("can_swap", aging.can_swap), f"{key}.can_swap"),
         force_scan=_bool(v.get("force_scan", aging.force_scan), f"{key}.force_scan"),
         pattern=pattern,
@@ -369,7 +178,7 @@ def _requirements(v: dict, key: str, kind: str) -> tuple[int | None, str, re.Pat
     uid = _int(v["uid"], f"{key}.uid", 0, 2**32 - 2) if "uid" in v else None
     if "cgroup" not in v:
         return uid, "", None
-    cgroup = _str(v["cgroup"], f"{key}.cgroup")
+    cgroup = _text(v["cgroup"], f"{key}.cgroup")
     if not cgroup.startswith("/") or any(part in (".", "..") for part in cgroup.split("/")):
         raise ConfigError(f"{key}.cgroup", f"must be a cgroup v2 path (globs allowed) starting with '/' and "
                                            f"without '.' or '..', like /system.slice/app.service, got {cgroup!r}")
@@ -382,11 +191,15 @@ def _requirements(v: dict, key: str, kind: str) -> tuple[int | None, str, re.Pat
 def _targets(v: Any, aging: Aging) -> tuple[Target, ...]:
     if not isinstance(v, list) or not v:
         raise ConfigError("targets", "must be a non-empty list; leave the key out to age every memcg")
+    if len(v) > MAX_TARGETS:
+        raise ConfigError("targets", f"at most {MAX_TARGETS} targets, got {len(v)} (each one adds series; "
+                                     f"a memcg glob or a cmdline regex covers many)")
     out = [_target(t, i, aging) for i, t in enumerate(v)]
+    first: dict[str, int] = {}
     for i, t in enumerate(out):
-        for j in range(i):
-            if out[j].name == t.name:
-                raise ConfigError(f"targets[{i}].name", f"{t.name!r} is already the name of targets[{j}]")
+        j = first.setdefault(t.name, i)
+        if j != i:
+            raise ConfigError(f"targets[{i}].name", f"{t.name!r} is already the name of targets[{j}]")
     return tuple(out)
 
 
@@ -417,7 +230,7 @@ def _procfs(v: Any) -> Procfs:
     )
 
 
-_SIZE = re.compile(r"(\d+)([KMG]i?B?|)")
+_SIZE = re.compile(r"(\d{1,15})([KMG]i?B?|)")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -440,9 +253,12 @@ def _bpf(v: Any) -> Bpf:
     program = v.get("program", Bpf.program)
     if program != "" and (not isinstance(program, str) or not program.startswith("/")):
         raise ConfigError("bpf.program", f"must be an absolute path to a .bpf.c file, got {program!r}")
+    if program:
+        _text(program, "bpf.program")
     return Bpf(
         region_size=size,
-        half_life=parse_duration(v["half_life"], "bpf.half_life") if "half_life" in v else Bpf.half_life,
+        half_life=(parse_duration(v["half_life"], "bpf.half_life", MIN_INTERVAL)
+                   if "half_life" in v else Bpf.half_life),
         heat_buckets=_int(v.get("heat_buckets", Bpf.heat_buckets), "bpf.heat_buckets", 4, 256),
         max_regions=_int(v.get("max_regions", Bpf.max_regions), "bpf.max_regions", 1024, 1 << 22),
         max_processes=_int(v.get("max_processes", Bpf.max_processes), "bpf.max_processes", 1, 1000),
@@ -479,7 +295,7 @@ def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
     return Config(
         listen=_listen(doc.get("listen")),
         aging=aging,
-        snapshot_interval=(parse_duration(snap["interval"], "snapshot.interval")
+        snapshot_interval=(parse_duration(snap["interval"], "snapshot.interval", MIN_INTERVAL)
                            if "interval" in snap else Config.snapshot_interval),
         metrics=_metrics(doc.get("metrics"), aging),
         targets=_targets(doc.get("targets", DEFAULT_TARGETS), aging),
@@ -493,32 +309,27 @@ def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
     )
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
-
-
-def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for k, _ in node.value:
-        key = loader.construct_object(k, deep=deep)
-        if key in seen:
-            raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}", problem_mark=k.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-
 def loads(text: str, source: str = "(string)") -> Config:
+    """Parse and validate a config text. An empty document is refused: a file caught while it is
+    being written must not turn into the built-in defaults (which age every memcg)."""
     try:
-        doc = yaml.load(text, Loader=_StrictLoader)
+        doc = boundedyaml.parse(text)
+    except boundedyaml.TooBig as e:
+        raise ConfigError(source, str(e)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, f"is not valid YAML: {where}{e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(source, f"is not valid YAML: {e}") from None
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError, OverflowError) as e:
+        # PyYAML's constructors of explicitly tagged scalars raise these for bad text
+        # (`!!int ''`, `!!bool x`, `!!timestamp x`): found by tests/unit/test_config_fuzz.py.
+        raise ConfigError(source, f"is not valid YAML: a tagged value cannot be read "
+                                  f"({type(e).__name__}: {e})") from None
+    if doc is None:
+        raise ConfigError(source, "is empty (being written?); leave out --config for the built-in defaults, "
+                                  "or write {}")
     return from_dict(doc, source)
 
 
@@ -527,9 +338,14 @@ def load(path: str | None) -> Config:
     if path is None:
         return from_dict(None)
     try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(path, f"cannot read: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(path, f"is not UTF-8 text: byte {e.object[e.start]:#04x} at offset {e.start}") from None
-    return loads(text, path)
+        text = boundedyaml.read_text(path)
+    except boundedyaml.Refused as e:
+        raise ConfigError(path, str(e)) from None
+    cfg = loads(text, path)
+    if cfg.bpf.program:
+        from mglrud.filetrust import untrusted
+
+        problem = untrusted(cfg.bpf.program)
+        if problem:
+            raise ConfigError("bpf.program", problem)
+    return cfg
