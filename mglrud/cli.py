@@ -147,7 +147,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def _listen_socket(value: str, key: str) -> str:
-    from mglrud.config import _listen
+    from mglrud.config.sections import _listen
     try:
         return _listen({"socket": value}).socket
     except ConfigError as e:
