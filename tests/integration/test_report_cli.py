@@ -45,12 +45,11 @@ def daemon(tmp_path, workload):
     cfg = tmp_path / "mglrud.yaml"
     cfg.write_text("aging: {interval: 2s}\nsnapshot: {interval: 1s}\nmetrics: {cold_thresholds: [2s, 4s]}\n"
                    "procfs: {clear_refs: true}\n"  # explicitly: it needs accessed bytes (off by default)
-                   f"targets: [{{name: wl, pid: {workload['pid']}}}]\n"
-                   f"listen: {{socket: {tmp_path}/run/mglrud.sock}}\n")
+                   f"targets: [{{name: wl, pid: {workload['pid']}}}]\n")
     d = DaemonProc.start(["-c", str(cfg), "--listen.address", "127.0.0.1", "--listen.port", "0"],
                          tmp_path / "mglrud.log", wait=60)
     try:
-        yield f"unix:{tmp_path}/run/mglrud.sock", workload, d
+        yield d.full, workload, d  # its listen.socket (DaemonProc gives it one)
     finally:
         d.stop()
 
