@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="overrides listen.address (default 127.0.0.1)")
     run.add_argument("--listen.port", dest="listen_port", type=int, metavar="PORT",
                      help=f"overrides listen.port (default {DEFAULT_PORT}; 0 picks a free port)")
+    run.add_argument("--listen.socket", dest="listen_socket", metavar="PATH",
+                     help="overrides listen.socket: the root-only unix socket with the full view")
     run.add_argument("--web.listen-address", dest="web_listen_address", metavar="HOST:PORT",
                      help="address and port as node_exporter takes them: 127.0.0.1:9746, [::1]:9746, "
                           ":9746 (every IPv4 address); overrides listen.address and listen.port")
@@ -58,7 +60,8 @@ def _report_parser(sub) -> None:
     who = rep.add_mutually_exclusive_group(required=True)
     who.add_argument("--target", metavar="NAME", help="a configured target's name")
     who.add_argument("--pid", type=int, metavar="PID", help="a process of a configured target")
-    rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+    rep.add_argument("--url", help=f"the daemon's address (default: its socket {client.DEFAULT_SOCKET} when this user "
+                                   f"may connect to it, else {DEFAULT_URL})")
 
 
 def _heatmap_parser(sub) -> None:
@@ -81,7 +84,8 @@ def _heatmap_parser(sub) -> None:
     who = hm.add_mutually_exclusive_group(required=True)
     who.add_argument("--target", metavar="NAME", help="a configured target's name")
     who.add_argument("--pid", type=int, metavar="PID", help="one process")
-    hm.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+    hm.add_argument("--url", help=f"the daemon's address (default: its socket {client.DEFAULT_SOCKET} when this user "
+                                  f"may connect to it, else {DEFAULT_URL})")
     hm.add_argument("--own", action="store_true", help="run an own session even if a daemon answers")
     hm.add_argument("--config", "-c", metavar="FILE",
                     help="own session: config to take the target (--target) and source settings from")
@@ -124,6 +128,9 @@ def load_config(args: argparse.Namespace) -> Config:
         if not 0 <= args.listen_port <= 65535:
             raise ConfigError("--listen.port", f"must be from 0 to 65535, got {args.listen_port}")
         listen["port"] = args.listen_port
+    if getattr(args, "listen_socket", None):
+        cfg = dataclasses.replace(cfg, listen=dataclasses.replace(
+            cfg.listen, socket=_listen_socket(args.listen_socket, "--listen.socket")))
     if getattr(args, "web_listen_address", None):
         if listen:
             raise ConfigError("--web.listen-address", "give it or --listen.address/--listen.port, not both")
@@ -137,6 +144,14 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.log_level:
         cfg = dataclasses.replace(cfg, log_level=args.log_level)
     return cfg
+
+
+def _listen_socket(value: str, key: str) -> str:
+    from mglrud.config.sections import _listen
+    try:
+        return _listen({"socket": value}).socket
+    except ConfigError as e:
+        raise ConfigError(key, e.message) from None
 
 
 def parse_listen_address(value: str) -> dict:

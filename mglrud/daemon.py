@@ -154,6 +154,15 @@ class Daemon:
             raise ListenError(f"cannot serve on {cfg.listen.address}:{cfg.listen.port}: {e.strerror}", key) from None
         scheme = "https" if web is not None and web.current.tls is not None else "http"
         self.server = server
+        unix = None
+        if cfg.listen.socket:  # the full view for root (mglrud/redact.py); TCP serves on without it
+            try:
+                unix, _ = serve(cfg.listen.socket, 0, self.published, exposition=exposition,
+                                snapshot_interval=cfg.snapshot_interval)
+                log.info("serving the full snapshot, with addresses, to root on unix:%s", cfg.listen.socket)
+            except OSError as e:
+                log.warning("listen.socket: cannot serve on %s: %s; addresses and file names are served "
+                            "nowhere but to authenticated TCP clients", cfg.listen.socket, e.strerror)
         log.info("serving %s://%s:%d/metrics and /snapshot.json", scheme, cfg.listen.address, server.server_port)
         self.serving = f"{cfg.listen.address}:{server.server_port}"
         self._status = self.status_line()
@@ -185,8 +194,10 @@ class Daemon:
                 self._sleep(max(0.05, timeout))  # floor: never spin
         finally:
             systemd.notify("STOPPING=1")
-            server.shutdown()
-            server.server_close()
+            for s in (server, unix):
+                if s is not None:
+                    s.shutdown()
+                    s.server_close()
         log.info("stopped")
         return 0
 

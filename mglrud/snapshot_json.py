@@ -50,9 +50,12 @@ def to_dict(snap: Snapshot) -> dict:
         "memcgs": memcgs,
         "aging": {"runs": snap.aging.runs, "errors": dict(snap.aging.errors)},
         # The /proc source's mappings (null when it does not run): see procfs_dict.
-        "procfs": procfs_dict(snap.procfs, snap.cold_thresholds) if snap.procfs is not None else None,
+        "procfs": procfs_dict(snap.procfs, snap.cold_thresholds, snap.redacted) if snap.procfs is not None else None,
         # The BPF source's per-region heat (null when it does not run): see hotness_dict.
-        "hotness": hotness_dict(snap.hotness) if snap.hotness is not None else None,
+        "hotness": hotness_dict(snap.hotness, snap.redacted) if snap.hotness is not None else None,
+        # true: served to a client who may not see addresses (mglrud/redact.py): mapping
+        # addresses are null, names are classes, and there are no regions or bucket ranges
+        "redacted": snap.redacted,
     }
 
 
@@ -60,7 +63,7 @@ def to_json(snap: Snapshot) -> str:
     return json.dumps(to_dict(snap), indent=1, sort_keys=False) + "\n"
 
 
-def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = ()) -> dict:
+def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), redacted: bool = False) -> dict:
     """The /proc source's part of /snapshot.json: every resident mapping of every process read.
 
     Unlike the metrics, nothing is grouped or cut to the top K: the JSON is for
@@ -74,7 +77,8 @@ def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = ()) -> di
             if not m.resident_bytes:
                 continue
             maps.append({
-                "start": f"{m.start:#x}", "end": f"{m.end:#x}", "name": m.name, "perms": m.perms,
+                "start": None if redacted else f"{m.start:#x}", "end": None if redacted else f"{m.end:#x}",
+                "name": m.name, "perms": m.perms,
                 "resident_bytes": m.resident_bytes, "anon_bytes": m.anon_bytes, "file_bytes": m.file_bytes,
                 "swap_bytes": m.swap_bytes, "accessed_bytes": m.accessed_bytes, "idle_seconds": m.idle_seconds,
                 "node_bytes": {str(n): b for n, b in m.node_bytes},
@@ -96,7 +100,7 @@ def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = ()) -> di
     }
 
 
-def hotness_dict(data: HotnessData) -> dict:
+def hotness_dict(data: HotnessData, redacted: bool = False) -> dict:
     """The BPF source's part of /snapshot.json: every region cell and bucket, in bytes.
     `idle_seconds` is null for a resident region never found accessed since start;
     `resident_bytes` is null when the process's residency was not read."""
@@ -121,9 +125,9 @@ def hotness_dict(data: HotnessData) -> dict:
         "targets": [{
             "name": t.name, "kind": t.kind, "tgids": list(t.tgids), "memcg_ids": list(t.memcg_ids),
             "accessed_bytes_total": [{"node": n, "lru": l, "bytes": b} for n, l, b in t.accessed_bytes_total],
-            "buckets": [{"ranges": [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
+            "buckets": [{"ranges": [] if redacted else [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
                          "accessed_bytes": b.accessed_bytes} for b in t.buckets],
-            "regions": [region(r) for r in t.regions],
+            "regions": [] if redacted else [region(r) for r in t.regions],
         } for t in data.targets],
     }
 
@@ -179,8 +183,8 @@ class MemcgDoc:
 
 @dataclass(frozen=True)
 class MappingDoc:
-    start: str  # hex
-    end: str
+    start: str | None  # hex; None in a redacted document (mglrud/redact.py)
+    end: str | None
     name: str
     perms: str
     resident_bytes: int
@@ -194,11 +198,11 @@ class MappingDoc:
 
     @property
     def lo(self) -> int:
-        return int(self.start, 16)
+        return int(self.start, 16) if self.start else 0
 
     @property
     def hi(self) -> int:
-        return int(self.end, 16)
+        return int(self.end, 16) if self.end else 0
 
     def nodes(self) -> dict[int, int]:
         return {int(n): b for n, b in self.node_bytes.items()}
@@ -304,6 +308,7 @@ class SnapshotDoc:
     aging: dict = field(default_factory=dict)
     procfs: ProcfsDoc | None = None
     hotness: HotnessDoc | None = None
+    redacted: bool = False  # no addresses, file names or regions: mglrud/redact.py
 
     def target_names(self) -> set[str]:
         names = {t.name for t in self.targets}

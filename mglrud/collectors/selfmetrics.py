@@ -26,9 +26,14 @@ def families(snap, now: float):
 
     up = GaugeMetricFamily("mglrud_source_up", "1 if the source was read in the latest cycle, else 0 "
                                                "(`mglrud check` and the log say why).", labels=["source"])
+    chosen = GaugeMetricFamily("mglrud_source_chosen", "1 for each source mglrud runs (`sources:` in the "
+                               "config, `auto` by default); a source with 0 is reported but not used.",
+                               labels=["source"])
     for s in snap.sources:
         up.add_metric([s.name], 1 if s.up else 0)
+        chosen.add_metric([s.name], 1 if s.chosen else 0)
     yield up
+    yield chosen
 
     a = snap.aging
     runs = CounterMetricFamily("mglrud_aging_runs", "Aging commands run, one per memcg and node "

@@ -31,6 +31,8 @@ _MAX_KEY_CHARS, _MAX_MESSAGE_CHARS = 256, 320  # a path can be the key
 class Listen:
     address: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    # A root-only unix socket serving the full view (addresses, file names: mglrud/redact.py); "" for none
+    socket: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,11 @@ class Target:
     force_scan: bool
     # memcg globs and cmdline regexes, compiled once here.
     pattern: re.Pattern | None = field(default=None, compare=False)
+    # Requirements a process must also meet (`uid:`, `cgroup:`): a comm or command line is chosen
+    # by whoever starts the process, so any local user can name one like the target.
+    uid: int | None = None
+    cgroup: str = ""
+    cgroup_pattern: re.Pattern | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

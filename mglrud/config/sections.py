@@ -36,10 +36,16 @@ def listen_address(address: Any, key: str = "listen.address") -> str:
 
 
 def _listen(v: Any) -> Listen:
-    v = _mapping(v, "listen", ("address", "port"))
+    v = _mapping(v, "listen", ("address", "port", "socket"))
     address = listen_address(v.get("address", Listen.address))
     port = _int(v.get("port", Listen.port), "listen.port", 1, 65535)
-    return Listen(address, port)
+    sock = v.get("socket", Listen.socket)
+    if not isinstance(sock, str) or sock and (not sock.startswith("/") or "\0" in sock or len(sock.encode()) > 107):
+        raise ConfigError("listen.socket", f"must be an absolute path of at most 107 bytes (a unix socket), "
+                                           f"or empty for none, got {sock!r}")
+    if sock:
+        _text(sock, "listen.socket")
+    return Listen(address, port, sock)
 
 
 def _aging(v: Any) -> Aging:
@@ -114,7 +120,7 @@ def _paths(v: Any) -> Paths:
 
 def _target(v: Any, i: int, aging: Aging) -> Target:
     key = f"targets[{i}]"
-    v = _mapping(v, key, ("name",) + SELECTORS + ("interval", "can_swap", "force_scan"))
+    v = _mapping(v, key, ("name",) + SELECTORS + ("interval", "can_swap", "force_scan", "uid", "cgroup"))
     chosen = [s for s in SELECTORS if s in v]
     if len(chosen) != 1:
         raise ConfigError(key, f"needs exactly one of {', '.join(SELECTORS)}, got "
@@ -148,6 +154,7 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
     elif kind == "unit" and ("/" in value or not value.endswith(UNIT_SUFFIXES)):
         raise ConfigError(k, f"must be a systemd unit name like nginx.service (ending in one of "
                              f"{', '.join(UNIT_SUFFIXES)}), got {value!r}")
+    uid, cgroup, cgroup_pattern = _requirements(v, key, kind)
     name = _text(v["name"], f"{key}.name") if "name" in v else f"{kind}:{value}"
     return Target(
         name=name,
@@ -158,7 +165,27 @@ def _target(v: Any, i: int, aging: Aging) -> Target:
         can_swap=_bool(v.get("can_swap", aging.can_swap), f"{key}.can_swap"),
         force_scan=_bool(v.get("force_scan", aging.force_scan), f"{key}.force_scan"),
         pattern=pattern,
+        uid=uid, cgroup=cgroup, cgroup_pattern=cgroup_pattern,
     )
+
+
+def _requirements(v: dict, key: str, kind: str) -> tuple[int | None, str, re.Pattern | None]:
+    """A process target's `uid:` and `cgroup:` (a memcg-style glob): what its processes must also have."""
+    for req in ("uid", "cgroup"):
+        if req in v and kind == "memcg":
+            raise ConfigError(f"{key}.{req}", "applies to process targets (pid, comm, cmdline, unit); a memcg "
+                                              "target already selects by cgroup")
+    uid = _int(v["uid"], f"{key}.uid", 0, 2**32 - 2) if "uid" in v else None
+    if "cgroup" not in v:
+        return uid, "", None
+    cgroup = _text(v["cgroup"], f"{key}.cgroup")
+    if not cgroup.startswith("/") or any(part in (".", "..") for part in cgroup.split("/")):
+        raise ConfigError(f"{key}.cgroup", f"must be a cgroup v2 path (globs allowed) starting with '/' and "
+                                           f"without '.' or '..', like /system.slice/app.service, got {cgroup!r}")
+    try:
+        return uid, cgroup, memcg_glob(cgroup)
+    except ValueError as e:
+        raise ConfigError(f"{key}.cgroup", str(e)) from None
 
 
 def _targets(v: Any, aging: Aging) -> tuple[Target, ...]:

@@ -21,7 +21,10 @@ not store (mglrud_bpf_dropped_events_total).
 
 When the tracepoint is missing or bcc cannot compile or attach the program,
 the source is down with the reason (mglrud_source_up{source="bpf"}, `mglrud
-check`, the log) and the other sources carry on.
+check`, the log) and the other sources carry on. A program that failed to load,
+or whose maps could no longer be read (bpf(2) errors: OSError), is started again
+after RETRY_FIRST seconds, then after twice as long each time up to RETRY_MAX,
+and at once on a reload (SIGHUP); its counters go on from the old program's.
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ RANGE_EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young_range")
 DEFAULT_PROGRAM = bpf_program("hotness.bpf.c")  # package data in a wheel, bpf/ in a checkout
 MAX_TGIDS = 4096
 MAX_MEMCGS = 4096
+# A failed program is started again after 30 s, 1 min, 2 min, ... at most every 30 min: a
+# (re)start compiles the program (about a second; 15 s in a TCG guest) inside the loop.
+RETRY_FIRST = 30.0
+RETRY_MAX = 1800.0
+# What reading or updating the maps raises when the kernel side is gone or broken: bpf(2)
+# errors (bpfsys.BpfError is an OSError) and a value of the wrong size. Anything else is a
+# bug in mglrud and goes to the daemon loop's traceback, not into a silent "down".
+MAP_ERRORS = (OSError, struct.error)
 
 
 class Unavailable(Exception):
@@ -212,8 +223,12 @@ def target_memcgs(targets: tuple[Target, ...], index: dict[str, int]) -> dict[st
 # ---------------------------------------------------------------- the source
 
 class BpfHotnessSource(HeatBuilder):
-    def __init__(self, cfg: Bpf, fs: FS, loader=Program, wall=time.time):
-        self.cfg, self.fs, self.loader, self.wall = cfg, fs, loader, wall
+    def __init__(self, cfg: Bpf, fs: FS, loader=Program, wall=time.time, clock=time.monotonic):
+        self.cfg, self.fs, self.loader, self.wall, self.clock = cfg, fs, loader, wall, clock
+        self._retry_at: float | None = None  # when a failed program is started again
+        self._backoff = RETRY_FIRST
+        self._up_since = 0.0
+        self.restarts = 0
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.program = None
         self._started = False  # start() tried (configure() starts it once)
@@ -231,13 +246,15 @@ class BpfHotnessSource(HeatBuilder):
         self._had: dict[str, tuple[frozenset, frozenset]] = {}
 
     def start(self) -> bool:
+        self._retry_at = None
         try:
             self.program = self.loader(self.cfg, self.fs)
         except Unavailable as e:
             self.program, self.reason = None, str(e)
-            log.warning("source bpf: %s", e)
+            log.warning("source bpf: %s; trying again in %ds", e, self._schedule_retry())
             return False
         self.reason = ""
+        self._up_since = self.clock()
         log.info("source bpf: %s attached to vmscan:%s (compiled in %.1fs; "
                  "%d KiB regions, map of %d entries)", program_path(self.cfg), getattr(self.program, "event", "?"),
                  getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
@@ -247,7 +264,7 @@ class BpfHotnessSource(HeatBuilder):
 
     @classmethod
     def make(cls, config: Config, fs: FS, clock, wall) -> "BpfHotnessSource":
-        return cls(config.bpf, fs)
+        return cls(config.bpf, fs, wall=wall, clock=clock)
 
     def configure(self, config: Config, probe: Probe, why: str) -> None:
         """Compile and attach on first use (~1 s; ~15 s under TCG); a reload that changes bpf:
@@ -262,12 +279,29 @@ class BpfHotnessSource(HeatBuilder):
         if not self._started:
             self._started = True
             self.start()
+        elif self.program is None:  # a reload is also the way to say "try again now"
+            self._backoff = RETRY_FIRST
+            self.restart()
+
+    def _schedule_retry(self) -> int:
+        """The next start after the current backoff, which then doubles; returns the seconds."""
+        wait = self._backoff
+        self._retry_at = self.clock() + wait
+        self._backoff = min(self._backoff * 2, RETRY_MAX)
+        return round(wait)
+
+    def restart(self) -> bool:
+        """Start a new program after a failed one: its maps start from zero, so the counters
+        go on from the old one's (as on a reload that recompiles)."""
+        self.stats_base, self.state, self._had = self.stats, {}, {}
+        self.restarts += 1
+        return self.start()
 
     def reschedule(self, within: float) -> None:
         pass
 
     def due_in(self) -> float:
-        return float("inf")
+        return float("inf") if self._retry_at is None else self._retry_at - self.clock()
 
     def before_aging(self, inputs: Inputs) -> None:
         self.fs = inputs.fs
@@ -289,6 +323,7 @@ class BpfHotnessSource(HeatBuilder):
             self.program.close()
             self.program = None
             self.reason = "stopped"
+        self._retry_at = None
 
     def status(self) -> SourceStatus:
         return SourceStatus(NAME, self.program is not None, self.reason)
@@ -298,19 +333,21 @@ class BpfHotnessSource(HeatBuilder):
         aging, so that the aging about to run is counted."""
         self._procs = target_processes(targets, procs or ProcTable(self.fs, targets))
         self._memcgs = target_memcgs(targets, index)
+        if self.program is None and self._retry_at is not None and self.clock() >= self._retry_at:
+            self.restart()
         if self.program is None:
             return
         tgids = {p for ps in self._procs.values() for p in ps}
         ids = {i for ms in self._memcgs.values() for i in ms}
         try:
             self.program.set_targets(tgids, ids)
-        except Exception as e:
+        except MAP_ERRORS as e:
             self._fail(f"updating the BPF target maps failed: {e}")
 
     def _fail(self, reason: str) -> None:
-        log.error("source bpf: %s", reason)
         self.close()
         self.reason = reason
+        log.error("source bpf: %s; starting the program again in %ds", reason, self._schedule_retry())
 
     def cycle(self, targets: tuple[Target, ...], index: dict[str, int],
               procs: ProcTable | None = None) -> H.HotnessData | None:
@@ -325,9 +362,11 @@ class BpfHotnessSource(HeatBuilder):
         ids = {i for ms in memcgs.values() for i in ms}
         try:
             dump = self.program.dump()
-        except Exception as e:  # the kernel side went away: report, do not crash the loop
+        except MAP_ERRORS as e:  # the kernel side went away: report, start again later
             self._fail(f"reading the BPF maps failed: {e}")
             return None
+        if self.clock() - self._up_since >= self._backoff:
+            self._backoff = RETRY_FIRST  # up for as long as it last waited: a later failure is a new one
         raw = H.raw_from_dump(dump)
         self.harvested = tuple((n, sum(dump.get("harvest", {}).get(n, ()))) for n in HARVESTERS)
         stale = [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]

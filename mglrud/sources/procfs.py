@@ -55,7 +55,11 @@ with no config reports the 5 largest processes. Each target is read on its
 
 Reading needs ptrace access to the process (PTRACE_MODE_READ, checked when
 smaps is opened) and clear_refs is writable only by the owner; mglrud runs as
-root. A process that exits between listing and reading (ENOENT, ESRCH, an empty
+root. So the write is careful about what it writes to: clear_refs is opened
+with O_NOFOLLOW through the /proc/PID directory (itself opened O_NOFOLLOW), and
+only when the process's start time there is still the one it had when the
+target listed it (a pid reused since, perhaps by another user's process, is
+counted as `exited`, not cleared). A process that exits between listing and reading (ENOENT, ESRCH, an empty
 smaps for a zombie) is counted as `exited`, not an error; a process that cannot
 be read gives its target a sentence saying why.
 
@@ -81,7 +85,7 @@ from mglrud.sources.base import Inputs, Part, Probe
 from mglrud.sources.smaps import ParseError, lru_split, mapping_name, parse_numa_maps, parse_smaps
 from mglrud.model.procfs import (MappingHeat, ProcessHeat, ProcfsData, ProcfsStats,
                              ProcfsTarget)
-from mglrud.targets import Candidate, ProcTable, Selection, select, start_time
+from mglrud.targets import Candidate, ProcTable, Selection, select, start_time, stat_start
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +111,36 @@ class Denied(Exception):
     """No access to the process; the message is the sentence a user reads."""
 
 
-def _clear_refs(fs: FS, pid: int) -> None:
+class Replaced(Exception):
+    """The pid now belongs to another process than the one the target selected (pid reuse)."""
+
+
+def _clear_refs(fs: FS, pid: int, start: int | None) -> None:
+    """Write "1" to /proc/PID/clear_refs of the process that started at `start`, and of no other.
+
+    The pid directory is opened once (O_NOFOLLOW: a symlink there, as in a planted or
+    mistaken paths.procfs tree, is refused) and both the start-time check and the write
+    go through that one descriptor: a /proc/PID directory fd stays bound to its process,
+    so a pid reused after the check cannot receive the write (openat then fails, ESRCH).
+    clear_refs itself is opened with O_NOFOLLOW too.
+    """
     # No O_CREAT/O_TRUNC: procfs needs neither, and a vanished process must fail, not create.
-    fd = os.open(fs.proc(pid, "clear_refs"), os.O_WRONLY)
+    dirfd = os.open(fs.proc(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        os.write(fd, b"1")
+        sfd = os.open("stat", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+        try:
+            now = stat_start(os.read(sfd, 4096).decode(errors="replace"))
+        finally:
+            os.close(sfd)
+        if start is None or now != start:
+            raise Replaced()
+        fd = os.open("clear_refs", os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(dirfd)
 
 
 def _read(fs: FS, pid: int, name: str) -> str:
@@ -123,6 +150,8 @@ def _read(fs: FS, pid: int, name: str) -> str:
 def _oserror(e: OSError, pid: int, what: str) -> Exception:
     if isinstance(e, (FileNotFoundError, ProcessLookupError)) or e.errno == errno.ESRCH:
         return Exited()
+    if e.errno == errno.ELOOP:
+        return OSError(errno.ELOOP, f"a symbolic link where procfs has none, refused {what} it")
     if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
         uid = os.geteuid()
         who = "root" if uid == 0 else f"uid {uid}"
@@ -296,7 +325,9 @@ class ProcfsSource:
     def _read_process(self, c: Candidate, target: str, clear: bool) -> None:
         pid = c.pid
         st = start_time(self.fs, pid)
-        if st is None:
+        # The pid was listed (and matched the target) earlier in the cycle: another process
+        # with that pid since, perhaps another user's, is not the one the target selected.
+        if st is None or (c.start is not None and st != c.start):
             raise Exited()
         state = self.procs.get(pid)
         if state is None or state.start_time != st:
@@ -316,8 +347,10 @@ class ProcfsSource:
         cleared = False
         if clear:
             try:
-                _clear_refs(self.fs, pid)
+                _clear_refs(self.fs, pid, st)
                 cleared = True
+            except Replaced:
+                raise Exited() from None
             except OSError as e:
                 raise _oserror(e, pid, "writing clear_refs of") from None
         t2 = self.clock()

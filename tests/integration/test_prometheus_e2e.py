@@ -369,7 +369,7 @@ def test_cold_target_alert_fires_for_the_cold_host_instance_only(stack):
 
 def test_no_alert_about_the_daemons(stack):
     """Health alerts stay quiet: every daemon is up, ages (or reads) and publishes fresh snapshots."""
-    for alert in ("MglrudDown", "MglrudAgingFailing", "MglrudSnapshotStale", "MglrudNoSourceUp",
+    for alert in ("MglrudDown", "MglrudAgingFailing", "MglrudSnapshotStale", "MglrudNoSourceUp", "MglrudSourceDown",
                   "MglrudConfigReloadFailed"):
         assert _ever_alerting(stack.api, alert) == {}, alert
 

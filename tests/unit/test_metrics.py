@@ -95,7 +95,7 @@ def test_families_names_and_labels(tmp_path):
     metrics, _ = render(_synthetic_paths(tmp_path))
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     assert set(families) == {
-        "mglrud_build_info", "mglrud_snapshot_age_seconds", "mglrud_source_up", "mglrud_aging_runs",
+        "mglrud_build_info", "mglrud_snapshot_age_seconds", "mglrud_source_up", "mglrud_source_chosen", "mglrud_aging_runs",
         "mglrud_aging_errors", "mglrud_aging_duration_seconds", "mglrud_last_successful_aging_timestamp_seconds",
         "mglrud_target_memcgs", "mglrud_target_memcgs_dropped", "mglrud_memcg_resident_bytes", "mglrud_memcg_generation_bytes",
         "mglrud_memcg_generation_age_seconds", "mglrud_memcg_cold_bytes", "mglrud_memcg_idle_age_seconds",

@@ -45,6 +45,7 @@ def test_without_lru_gen_auto_runs_procfs(tmp_path):
     assert p.interval_seconds == 60
     text = generate_latest(build_registry(Published(snap), wall=lambda: 1.7e9 + clock.t)).decode()
     assert 'mglrud_source_up{source="procfs"} 1.0' in text
+    assert 'mglrud_source_chosen{source="procfs"} 1.0' in text and 'mglrud_source_chosen{source="lru_gen"} 0.0' in text
     assert 'mglrud_mapping_accessed_bytes{comm="python3",mapping="[anon]",target="all"}' in text
     doc = report.to_dict(snap)
     assert doc["procfs"]["processes"][0]["pid"] == PID
