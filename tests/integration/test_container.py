@@ -78,7 +78,8 @@ def test_image_runs_the_daemon_as_pid_1_on_host_proc(image, tmp_path):
     name = f"mglrud-test-{os.getpid()}"
     try:
         cfg = tmp_path / "config.yaml"
-        cfg.write_text("sources: [procfs]\naging: {interval: 1s}\nsnapshot: {interval: 1s}\n"
+        # accessed bytes need the clear_refs opt-in (off by default: issue 15)
+        cfg.write_text("sources: [procfs]\nprocfs: {clear_refs: true}\naging: {interval: 1s}\nsnapshot: {interval: 1s}\n"
                        "metrics: {cold_thresholds: [1s, 2s]}\n"
                        f"targets: [{{name: ctr-workload, pid: {info['pid']}}}]\n")
         cfg.chmod(0o644)
