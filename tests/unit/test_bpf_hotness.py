@@ -50,6 +50,58 @@ def test_dump_combines_cpus_and_counts_every_matched_event():
         assert sum(c.pages for c in raw.cells.values()) == raw.matched  # all PTE events: 1 page each
 
 
+def _percpu_values(n, ncpus, slot, seed):
+    """n raw per-CPU values as the kernel returns them: struct region_val then padding (garbage here)."""
+    import random
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        v = b""
+        for _ in range(ncpus):
+            v += bpf_hotness.VAL.pack(rnd.randrange(1 << 40), rnd.randrange(1 << 40), rnd.choice([0, rnd.randrange(1 << 63)]))
+            v += bytes(rnd.randrange(256) for _ in range(slot - bpf_hotness.VAL.size))
+        out.append(v)
+    return out
+
+
+@pytest.mark.parametrize("ncpus,slot", [(1, 24), (2, 24), (3, 32), (64, 24)])
+def test_percpu_raw_decoding_equals_summing_each_cpu(ncpus, slot):
+    values = _percpu_values(50, ncpus, slot, seed=ncpus)
+    old = [H.combine_percpu([bpf_hotness.VAL.unpack(v[i * slot:i * slot + bpf_hotness.VAL.size]) for i in range(ncpus)])
+           for v in values]
+    new = bpf_hotness.combine_percpu_raw(values, ncpus, slot)
+    assert [H.combine_percpu([tuple(c)]) for c in new] == old
+    assert bpf_hotness.combine_percpu_raw([], ncpus, slot) == []
+
+
+def test_program_dump_reads_a_per_cpu_map_into_the_same_cells():
+    from mglrud import bpfsys
+
+    class Map(bpfsys.Map):  # a real Map's decoding, with the bpf(2) reads stood in for
+        def __init__(self, items, value_size, ncpus):
+            self.fd, self.key_size, self.value_size = -1, bpf_hotness.KEY.size, value_size
+            self.percpu, self.ncpus, self.slot, self._items = True, ncpus, (value_size + 7) // 8 * 8, items
+
+        def items(self):
+            return self._items
+
+        def lookup(self, key):
+            return bpf_hotness.U64.pack(3) * self.ncpus
+
+    ncpus = 4
+    values = _percpu_values(20, ncpus, 24, seed=7)
+    keys = [bpf_hotness.KEY.pack(0x7f00 + i, 100 + i % 3, 5, i % 2, (i >> 1) % 2) for i in range(20)]
+    prog = object.__new__(bpf_hotness.Program)
+    prog.maps = {"heat": Map(list(zip(keys, values)), 24, ncpus), "stats": Map([], 8, ncpus)}
+    raw = H.raw_from_dump(prog.dump())
+    assert (raw.events, raw.matched, raw.dropped) == (12, 12, 12)
+    for k, v in zip(keys, values):
+        region, tgid, memcg_id, node, lru = bpf_hotness.KEY.unpack(k)
+        per_cpu = [bpf_hotness.VAL.unpack(v[i * 24:(i + 1) * 24]) for i in range(ncpus)]
+        assert raw.cells[H.CellKey(tgid, memcg_id, region, node, H.LRU_NAMES[lru])] == H.combine_percpu(per_cpu)
+    assert len(raw.cells) == 20
+
+
 def test_first_aging_finds_the_whole_faulted_in_mapping():
     raw = H.raw_from_dump(DUMPS[0])
     mine = workload_regions(META["address"], META["size"])
