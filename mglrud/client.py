@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -20,10 +21,13 @@ class FetchError(Exception):
     pass
 
 
-def fetch_snapshot(url: str, timeout: float = 10.0) -> SnapshotDoc:
+def fetch_snapshot(url: str, timeout: float = 10.0, target: str | None = None,
+                   pid: int | None = None) -> SnapshotDoc:
     """GET URL/snapshot.json from a running `mglrud run`, read through the typed reader;
-    raises FetchError with what to do."""
-    full = url.rstrip("/") + "/snapshot.json"
+    raises FetchError with what to do. `target`/`pid` ask only for that part (the daemon
+    filters; an older one sends everything, and the renderers filter it the same way)."""
+    query = urllib.parse.urlencode([(k, v) for k, v in (("target", target), ("pid", pid)) if v is not None])
+    full = url.rstrip("/") + "/snapshot.json" + (f"?{query}" if query else "")
     try:
         with urllib.request.urlopen(full, timeout=timeout) as r:
             return from_dict(json.loads(r.read()))
@@ -66,7 +70,7 @@ def hotness_maps(snap: SnapshotDoc | dict, target: str | None,
 def report_main(args) -> int:
     """0 printed, 1 the daemon cannot be reached or has no data for the target/pid."""
     try:
-        snap = fetch_snapshot(args.url)
+        snap = fetch_snapshot(args.url, target=args.target, pid=args.pid)
         text = report.render(snap, target=args.target, pid=args.pid, maps=hotness_maps(snap, args.target, args.pid))
     except (FetchError, report.ReportError) as e:
         print(f"mglrud: report: {e}", file=sys.stderr)

@@ -97,3 +97,20 @@ def test_http_serves_the_query_and_refuses_a_bad_one(snap):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_client_and_heatmap_feed_ask_only_for_their_process(snap):
+    from mglrud import client
+    from mglrud.tui import feeds
+
+    srv, _ = mhttp.serve("127.0.0.1", 0, Published(snap))
+    url = f"http://127.0.0.1:{srv.server_port}"
+    try:
+        asked = client.fetch_snapshot(url, pid=META["pid"])
+        assert {g for g, _ in asked.regions()} == {META["pid"]}
+        assert asked.regions() == snapshot_json.from_dict(to_dict(snap)).regions(pid=META["pid"])
+        assert feeds.DaemonFeed(url, "m", None).poll().hotness.targets[0].name == "m"
+        assert len(feeds.DaemonFeed(url, "m", None).poll().hotness.targets) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
