@@ -221,10 +221,8 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 2) -> dict:
     snap = Snapshot(taken_at=1.8e9, page_size=4096, cold_thresholds=cfg.metrics.cold_thresholds,
                     idle_age_buckets=cfg.metrics.buckets, sources=(src.status(),), hotness=data)
     out["bpf_json_bytes"] = len(snapshot_json.to_json(snap).encode())
-    try:
-        out["bpf_json_pid_bytes"] = len(snapshot_json.to_json(snap, pid=1000).encode())
-    except TypeError:  # before: /snapshot.json has no filter
-        pass
+    if hasattr(snapshot_json, "Query"):  # before: /snapshot.json has no filter
+        out["bpf_json_pid_bytes"] = len(snapshot_json.to_json(snap, snapshot_json.Query(pid=1000)).encode())
     return out
 
 
@@ -278,7 +276,7 @@ def extract(rev: str, into: Path) -> str:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", sha], capture_output=True,
                              check=True).stdout
     with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
+        tar.extractall(into)  # our own repository's files
     return sha
 
 
@@ -353,7 +351,7 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
             ("one age_all cycle (CPU)", "age_all", fmt_ms),
             ("loop: wake-ups a minute (1 min aging, 10 s snapshots)", "wakeups_per_min",
              lambda x: "—" if x is None else f"{x:.0f}"),
-            ("loop busy (% of one core)", "loop_busy", lambda x: "—" if x is None else f"{x * 100:.1f} %"),
+            ("loop busy (% of one core)", "loop_busy", lambda x: "—" if x is None else f"{x * 100:.2f} %"),
             ("/snapshot.json", "json_bytes", fmt_b),
             ("RSS at the end (peak)", "VmRSS", fmt_b)]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())

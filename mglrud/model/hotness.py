@@ -166,6 +166,7 @@ def pfn_node_table(zones: list[tuple[int, int, int]]):
     def node(pfn: int) -> int:
         i = bisect.bisect_right(starts, pfn) - 1
         return zones[i][2] if i >= 0 and pfn < zones[i][1] else -1
+    node.zones = list(zones)  # residency() looks every page up at once with these
     return node
 
 
@@ -174,7 +175,13 @@ def residency(vma: Vma, entries: list[int], page_size: int, region_shift: int, n
 
     lru follows where the kernel puts the page: a page of a private mapping that
     pagemap does not flag as file (anonymous, or a copy-on-write copy) is anon;
-    a file page is file unless the mapping is shmem (swap-backed: anon LRU)."""
+    a file page is file unless the mapping is shmem (swap-backed: anon LRU).
+
+    With a node_of from pfn_node_table() every page is classified at once (numpy: about
+    ten times faster than a Python step per page); any other node_of is called per page."""
+    zones = getattr(node_of, "zones", None)
+    if zones is not None:
+        return _residency_zones(vma, entries, page_size, region_shift, zones)
     out: dict = {}
     pages_per_region_shift = region_shift - (page_size.bit_length() - 1)
     first = vma.start // page_size
@@ -187,6 +194,34 @@ def residency(vma: Vma, entries: list[int], page_size: int, region_shift: int, n
         key = ((first + i) >> pages_per_region_shift, node, lru)
         out[key] = out.get(key, 0) + 1
     return out
+
+
+def _residency_zones(vma: Vma, entries, page_size: int, region_shift: int, zones) -> dict:
+    """residency() with node_of = pfn_node_table(zones), vectorised; the same dict."""
+    import numpy as np  # imported on first use: only the BPF source reads residency
+
+    e = np.asarray(entries, dtype=np.uint64)
+    page = np.flatnonzero(e & np.uint64(PM_PRESENT))
+    if not len(page):
+        return {}
+    e = e[page]
+    file = (e & np.uint64(PM_FILE)) != 0 if not vma.shmem else np.zeros(len(e), dtype=bool)
+    pfn = e & np.uint64(PM_PFN_MASK)
+    node = np.full(len(e), -1, dtype=np.int64)
+    if zones:
+        starts = np.array([z[0] for z in zones], dtype=np.uint64)
+        i = np.searchsorted(starts, pfn, side="right") - 1
+        ok = (i >= 0) & (pfn != 0)
+        j = np.where(ok, i, 0)
+        ok &= pfn < np.array([z[1] for z in zones], dtype=np.uint64)[j]
+        node = np.where(ok, np.array([z[2] for z in zones], dtype=np.int64)[j], -1)
+    region = (page + vma.start // page_size) >> (region_shift - (page_size.bit_length() - 1))
+    # one integer per (region, node, lru), counted by np.unique
+    lo, nodes = int(region.min()), int(node.max()) + 2
+    code = ((region - lo) * nodes + (node + 1)) * 2 + file
+    keys, counts = np.unique(code, return_counts=True)
+    return {(int(k) // 2 // nodes + lo, int(k) // 2 % nodes - 1, "file" if k % 2 else "anon"): int(n)
+            for k, n in zip(keys.tolist(), counts.tolist())}
 
 
 # The top byte of a pagemap entry (little-endian u64): bit 7 present, bit 5 file/shared.

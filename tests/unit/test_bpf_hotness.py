@@ -547,3 +547,22 @@ def test_damon_bench_refuses_to_run_outside_the_test_guest(monkeypatch):
     with pytest.raises(SystemExit, match="refusing to touch DAMON"):
         damon_compare.Damon(1, 5000, 100000, 1000000, 10, 1000)
     assert touched == []
+
+
+@pytest.mark.parametrize("shmem", [False, True])
+def test_residency_with_a_zone_table_equals_looking_up_each_page(shmem):
+    # pfn_node_table()'s node_of takes residency()'s vectorised path; any other callable the
+    # per-page one: both must count the same pages in the same (region, node, lru) cells
+    import random
+    rnd = random.Random(int(shmem))
+    node_of = H.pfn_node_table([(1, 4096, 0), (4096, 100000, 0), (100000, 200000, 1), (300000, 400000, 3)])
+    pfns = [0, 5, 4096, 150000, 250000, 350000, 10**6]
+    entries = [rnd.choice([0, H.PM_PRESENT, H.PM_PRESENT | H.PM_FILE]) | rnd.choice(pfns + [rnd.randrange(1 << 55)])
+               for _ in range(5000)]
+    for start in (0x7f0000000000, 0x400000 + 3 * PAGE):
+        vma = H.Vma(start, start + len(entries) * PAGE, "x", shmem)
+        fast = H.residency(vma, entries, PAGE, SHIFT, node_of)
+        assert fast == H.residency(vma, entries, PAGE, SHIFT, lambda pfn: node_of(pfn))
+        assert sum(fast.values()) == sum(1 for e in entries if e & H.PM_PRESENT)
+        assert {n for _, n, _ in fast} == {-1, 0, 1, 3}
+    assert H.residency(H.Vma(0, PAGE, "", shmem), [0], PAGE, SHIFT, node_of) == {}
