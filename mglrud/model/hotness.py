@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from mglrud.model.histogram import cumulative
 
@@ -36,8 +37,10 @@ LN2 = math.log(2)
 
 # ---------------------------------------------------------------- raw reads
 
-@dataclass(frozen=True)
-class CellKey:
+# CellKey, Counts and CellState are NamedTuples, immutable like the dataclasses: there is one
+# of each per map cell per cycle (65k cells: 200k objects a cycle), and a NamedTuple is built
+# and hashed at C speed where a frozen dataclass runs Python for both.
+class CellKey(NamedTuple):
     tgid: int
     memcg_id: int
     region: int  # address >> region_shift
@@ -45,8 +48,7 @@ class CellKey:
     lru: str  # "anon" | "file"
 
 
-@dataclass(frozen=True)
-class Counts:
+class Counts(NamedTuple):
     pages: int  # young entries found, in base pages, summed over CPUs
     events: int
     last_ns: int  # CLOCK_MONOTONIC ns of the latest, max over CPUs (0: never)
@@ -74,15 +76,16 @@ def raw_from_dump(dump: dict) -> RawRead:
     cells = {}
     for e in dump["heat"]:
         key = CellKey(e["tgid"], e["memcg_id"], e["region"], e["node"], LRU_NAMES[e["lru"]])
-        cells[key] = combine_percpu([tuple(v) for v in e["percpu"]])
+        pc = e["percpu"]
+        # Program.dump() combines the CPUs already (one entry); captured dumps may hold each CPU's
+        cells[key] = Counts(*pc[0]) if len(pc) == 1 else combine_percpu([tuple(v) for v in pc])
     s = dump["stats"]
     return RawRead(dump["mono_ns"], cells, sum(s["events"]), sum(s["matched"]), sum(s["dropped"]))
 
 
 # ---------------------------------------------------------------- per-cell state
 
-@dataclass(frozen=True)
-class CellState:
+class CellState(NamedTuple):
     seen_pages: int  # the map's cumulative count at the previous read
     total_pages: int  # user-space cumulative of deltas (survives map resets)
     delta_pages: int  # found accessed since the previous read
@@ -333,9 +336,9 @@ def bucket_edges(nbuckets: int) -> list[float]:
 
 # ---------------------------------------------------------------- idle ages at region precision
 
-@dataclass(frozen=True)
-class RegionHeat:
-    """One (process, region, node, lru) cell as the snapshot carries it."""
+class RegionHeat(NamedTuple):
+    """One (process, region, node, lru) cell as the snapshot carries it (a NamedTuple for the
+    reason CellKey is one: one per cell per cycle)."""
 
     tgid: int
     memcg_id: int
