@@ -219,12 +219,12 @@ def _residency_zones(vma: Vma, entries, page_size: int, region_shift: int, zones
         ok &= pfn < np.array([z[1] for z in zones], dtype=np.uint64)[j]
         node = np.where(ok, np.array([z[2] for z in zones], dtype=np.int64)[j], -1)
     region = (page + vma.start // page_size) >> (region_shift - (page_size.bit_length() - 1))
-    # one integer per (region, node, lru), counted by np.unique
+    # one small integer per (region, node, lru) (regions of one mapping are few), counted by bincount
     lo, nodes = int(region.min()), int(node.max()) + 2
-    code = ((region - lo) * nodes + (node + 1)) * 2 + file
-    keys, counts = np.unique(code, return_counts=True)
-    return {(int(k) // 2 // nodes + lo, int(k) // 2 % nodes - 1, "file" if k % 2 else "anon"): int(n)
-            for k, n in zip(keys.tolist(), counts.tolist())}
+    counts = np.bincount(((region - lo) * nodes + (node + 1)) * 2 + file)
+    keys = np.flatnonzero(counts)
+    return {(k // 2 // nodes + lo, k // 2 % nodes - 1, "file" if k % 2 else "anon"): n
+            for k, n in zip(keys.tolist(), counts[keys].tolist())}
 
 
 # The top byte of a pagemap entry (little-endian u64): bit 7 present, bit 5 file/shared.
