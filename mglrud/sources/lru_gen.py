@@ -34,6 +34,8 @@ REASONS = ("einval", "erange", "enoent", "eperm", "memcg_gone", "no_debugfs", "o
 # empty for the root when memcg is disabled (cgroup_disable=memory).
 _MEMCG = re.compile(r"memcg +(\d+) ?(.*)")
 _NODE = re.compile(r" node +(\d+)")
+# Generation(...) without the NamedTuple's Python-level __new__: tens of thousands a read
+_tuple_new = tuple.__new__
 
 
 class ParseError(ValueError):
@@ -74,13 +76,16 @@ def parse(text: str) -> tuple[GenHistogram, ...]:
             if node is None:
                 raise ParseError(f"line {lineno}: generation before any node line")
             try:
-                anon, file = int(words[2].rstrip("x")), int(words[3].rstrip("x"))
+                anon, file = int(words[2]), int(words[3])
             except ValueError:
-                raise ParseError(f"line {lineno}: cannot read page counts in {line.strip()!r}") from None
+                try:
+                    anon, file = int(words[2].rstrip("x")), int(words[3].rstrip("x"))
+                except ValueError:
+                    raise ParseError(f"line {lineno}: cannot read page counts in {line.strip()!r}") from None
             seq = int(words[0])
             if gens and seq <= gens[-1].seq:
                 raise ParseError(f"line {lineno}: generation {seq} after {gens[-1].seq}")
-            gens.append(Generation(seq, int(words[1]) / 1000.0, anon, file))
+            gens.append(_tuple_new(Generation, (seq, int(words[1]) / 1000.0, anon, file)))
             continue
         if not words:
             continue
