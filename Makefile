@@ -9,7 +9,7 @@ PY := /usr/bin/python3
 PYTEST := env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -p no:cacheprovider
 ARGS ?=
 
-.PHONY: run check test test-host test-vm test-systemd kernel kernel-debug test-vm-debug fixtures install clean-kernel
+.PHONY: run check test test-host test-vm test-vm-stock test-systemd kernel kernel-debug test-vm-debug fixtures install clean-kernel deb image
 
 ## run: start mglrud on this machine with the built-in default config (Ctrl-C stops it)
 run:
@@ -35,8 +35,15 @@ test-host:
 test-vm:
 	@scripts/install-deps all
 	@mkdir -p .test-results/vm .test-results/vm-numa
-	kernel-patch/vm-run.sh --out $(CURDIR)/.test-results/vm -- -m "not numa" --junitxml=$(CURDIR)/.test-results/vm/junit.xml $(ARGS)
+	kernel-patch/vm-run.sh --out $(CURDIR)/.test-results/vm -- -m "not numa and not stock" --junitxml=$(CURDIR)/.test-results/vm/junit.xml $(ARGS)
 	kernel-patch/vm-run.sh --numa --out $(CURDIR)/.test-results/vm-numa -- -m numa --junitxml=$(CURDIR)/.test-results/vm-numa/junit.xml $(ARGS)
+
+## test-vm-stock: boot Debian's own newest linux-image-6.1.*-amd64 (no patch; fetched by
+## scripts/install-deps stock) and run the `stock` tier: the BPF source's accessed-bit probe
+test-vm-stock:
+	@scripts/install-deps stock >/dev/null
+	@mkdir -p .test-results/vm-stock
+	kernel-patch/vm-run.sh --variant stock --out $(CURDIR)/.test-results/vm-stock -- -m stock --junitxml=$(CURDIR)/.test-results/vm-stock/junit.xml $(ARGS)
 
 ## test-systemd: systemd 252 as PID 1 in the test guest: install, start, reload, watchdog, security
 test-systemd:
@@ -49,10 +56,23 @@ install:
 	@scripts/install-deps run
 	scripts/install.sh
 
+## deb: dist/mglrud_<version>_all.deb (debian/, lintian-clean; reused while the tree is unchanged).
+## Measured on 2 busy cores: 25 s dpkg-buildpackage + 15 s lintian cold, under 1 s reused.
+deb:
+	@scripts/install-deps deb
+	@start=$$(date +%s); scripts/build-deb --copy-to $(CURDIR)/dist >/dev/null && echo "deb: $$(( $$(date +%s) - start )) s"
+
+## image: the container image localhost/mglrud:<version> (scripts/build-image: mmdebstrap root
+## filesystem from Debian's archive with the .deb, imported by deploy/container/Containerfile).
+## Measured on 2 busy cores: rootfs 180 s with an empty package cache, 100-290 s warm; reused: seconds.
+image:
+	@scripts/install-deps container
+	@start=$$(date +%s); scripts/build-image && echo "image: $$(( $$(date +%s) - start )) s"
+
 ## test-vm-debug: the VM tier on a lockdep/KASAN/DEBUG_VM kernel (slow)
 test-vm-debug:
 	@scripts/install-deps all
-	kernel-patch/vm-run.sh --variant debug --timeout 3600 -- -m "not numa" $(ARGS)
+	kernel-patch/vm-run.sh --variant debug --timeout 3600 -- -m "not numa and not stock" $(ARGS)
 
 kernel:
 	kernel-patch/build.sh default

@@ -1,6 +1,7 @@
 """BPF hotness source: accuracy against known ground truth, aging overhead, daemon cost. VM only.
 
-Runs inside the test guest (it needs mglrud's tracepoint and bcc):
+Runs inside the test guest (it needs mglrud's tracepoint, or on Debian's stock kernel the
+accessed-bit probe of docs/stock-kernel.md, and bcc):
   kernel-patch/vm-run.sh --out DIR --exec '/usr/bin/python3 bench/bpf_hotness.py --out DIR'
 and prints the figures; they also go to DIR/bpf_hotness.txt (copy to bench/results/).
 
@@ -309,8 +310,19 @@ def main() -> int:
     p.add_argument("--per-block", type=int, default=4)
     p.add_argument("--daemon-seconds", type=float, default=60)
     p.add_argument("--skip", default="", help="comma-separated: accuracy,overhead,daemon")
+    p.add_argument("--events", default="", help="comma-separated attachments the overhead compares: "
+                   "tracepoint names, fexit, kretprobe (default: both tracepoints, or on a kernel without "
+                   "them, e.g. Debian's stock one, fexit)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    stock = not Path("/sys/kernel/tracing/events/vmscan/mm_vmscan_lru_gen_young").exists()
+    events = [e for e in args.events.split(",") if e] or (
+        ["fexit"] if stock else ["mm_vmscan_lru_gen_young_range", "mm_vmscan_lru_gen_young"])
+    enabled = Path("/sys/kernel/mm/lru_gen/enabled")
+    if int(enabled.read_text(), 16) == 0:
+        # a stock kernel with MGLRU built in but off (Debian's); this bench runs in a test guest only
+        enabled.write_text("y")
+        print("# MGLRU was off: switched on for the bench (guest only)", flush=True)
 
     CG.mkdir(exist_ok=True)
     (CG / "cgroup.subtree_control").write_text("+memory")
@@ -331,7 +343,7 @@ def main() -> int:
         m = Mapping(args.size)
         prog = Program(cfg, FS(Paths()))
         prog.set_targets({os.getpid()}, set())
-        emit([f"# program attached to vmscan:{prog.event}"])
+        emit([f"# program attached to {prog.event if prog.event in ('fexit', 'kretprobe') else 'vmscan:' + prog.event}"])
         for flush in (False, True):
             emit(["", f"## accuracy: {args.size >> 20} MiB mapping, {args.rounds} rounds per pattern "
                       f"(one aging per round), regions found accessed vs regions holding a touched page; "
@@ -343,8 +355,7 @@ def main() -> int:
     if "overhead" not in skip:
         m = Mapping(args.overhead_size)
         emit(["", "## overhead: aging pass time, program attached / not attached"])
-        emit(overhead(mid, m, args.blocks, args.per_block, cfg,
-                      ["mm_vmscan_lru_gen_young_range", "mm_vmscan_lru_gen_young"]))
+        emit(overhead(mid, m, args.blocks, args.per_block, cfg, events))
         del m
     if "daemon" not in skip:
         emit(["", "## daemon cost"])

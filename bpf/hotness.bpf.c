@@ -16,6 +16,26 @@
  * space per event. mglrud reads the maps once per cycle and computes deltas
  * itself; nothing here is ever reset.
  *
+ * Without the patch (a distribution kernel: docs/stock-kernel.md), the same
+ * fact is taken where the kernel clears the accessed bit: an fexit program
+ * (-DMGLRUD_ATTACH_FEXIT; BTF trampolines) on ptep_test_and_clear_young() and
+ * pmdp_test_and_clear_young(), out-of-line functions of arch/x86/mm/pgtable.c
+ * that MGLRU's walk and look-around call for each young entry; or, where fexit
+ * cannot attach, a kprobe + kretprobe pair on the same functions
+ * (-DMGLRUD_ATTACH_KPROBE). A return of 1 is one harvested accessed bit at
+ * `addr` of `vma->vm_mm`: the program resolves what the tracepoint carries
+ * itself (owner tgid and memcg from mm->owner, node and anon/file from the
+ * struct page of the entry's pfn) and counts into the same maps, same layout.
+ *
+ * Whoever clears the bit, it is gone for the next one: each harvest is classed
+ * by the current task (the harvester) -- mglrud's own aging writes (its tgid,
+ * config[CONFIG_SELF_TGID], set by user space), reclaim (kswapd or a task in
+ * direct/memcg reclaim: PF_KSWAPD or PF_MEMALLOC), or other (clear_refs,
+ * page_idle, DAMON, ...) -- and counted per class in stats[STAT_HARVEST_*].
+ * HEAT_HARVESTERS (a mask of 1 << HARVEST_*) says which classes count in
+ * `heat`: all of them on the tracepoint (which only MGLRU fires), aging only on
+ * the probe (docs/stock-kernel.md, "Which harvests are heat").
+ *
  * Loaded by bcc from this file (mglrud/sources/bpf_hotness.py); the constants
  * below come from -D flags:
  *   REGION_SHIFT   log2 of the region size (21: 2 MiB); with the range event at
@@ -25,7 +45,21 @@
  *                  stats[STAT_DROPPED] instead
  *   MAX_TGIDS      entries of `target_tgids`
  *   MAX_MEMCGS     entries of `target_memcgs`
+ *   MGLRUD_ATTACH_FEXIT / MGLRUD_ATTACH_KPROBE  the probe instead of the tracepoint
+ *   VMEMMAP_BASE   (the probe) address of the kernel variable vmemmap_base
+ *                  (/proc/kallsyms): struct page of a pfn, for node and anon/file
+ *   HEAT_HARVESTERS which harvester classes count in heat (see above)
  */
+
+/* struct task_struct: the harvester is the current task's (flags) */
+#include <linux/sched.h>
+
+#if defined(MGLRUD_ATTACH_FEXIT) || defined(MGLRUD_ATTACH_KPROBE)
+#define MGLRUD_PROBE 1
+#include <linux/mm_types.h>
+#include <linux/memcontrol.h>
+#include <linux/page-flags.h>
+#endif
 
 #ifndef REGION_SHIFT
 #define REGION_SHIFT 21
@@ -41,15 +75,15 @@
 #endif
 
 /* The tracepoint's `type`: folio_is_file_lru() */
-#define LRU_ANON 0
-#define LRU_FILE 1
+#define KEY_LRU_ANON 0
+#define KEY_LRU_FILE 1
 
 struct region_key {
 	u64 region;	/* addr >> REGION_SHIFT */
 	u32 tgid;	/* the mm's owner; 0 if it has none */
 	u16 memcg_id;
 	u8 node;
-	u8 lru;		/* LRU_ANON or LRU_FILE */
+	u8 lru;		/* KEY_LRU_ANON or KEY_LRU_FILE */
 };
 
 struct region_val {
@@ -58,12 +92,30 @@ struct region_val {
 	u64 last_ns;	/* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the latest one */
 };
 
-enum stat {
-	STAT_EVENTS,	/* every event seen */
+enum mglrud_stat {
+	STAT_EVENTS,	/* every event seen (the probe: every harvested bit) */
 	STAT_MATCHED,	/* events of a target, counted in heat */
 	STAT_DROPPED,	/* events of a target lost because heat was full */
-	NR_STATS,
+	/* base pages of targets found young, by harvester, whether counted in heat or not */
+	STAT_HARVEST_AGING,
+	STAT_HARVEST_RECLAIM,
+	STAT_HARVEST_OTHER,
+	MGLRUD_NR_STATS,
 };
+
+enum mglrud_harvester { HARVEST_AGING, HARVEST_RECLAIM, HARVEST_OTHER };
+
+#ifndef HEAT_HARVESTERS
+#ifdef MGLRUD_PROBE
+#define HEAT_HARVESTERS (1 << HARVEST_AGING)
+#else
+#define HEAT_HARVESTERS ((1 << HARVEST_AGING) | (1 << HARVEST_RECLAIM) | (1 << HARVEST_OTHER))
+#endif
+#endif
+
+/* config[CONFIG_SELF_TGID]: mglrud's tgid, whose writes to lru_gen are the aging it asks for */
+#define CONFIG_SELF_TGID 0
+#define NR_CONFIG 1
 
 /*
  * Per-CPU: each CPU updates its own copy of a value, so concurrent aging walks
@@ -71,10 +123,11 @@ enum stat {
  * counter. Only the first insertion of a key takes the bucket lock.
  */
 BPF_PERCPU_HASH(heat, struct region_key, struct region_val, MAX_REGIONS);
-BPF_PERCPU_ARRAY(stats, u64, NR_STATS);
+BPF_PERCPU_ARRAY(stats, u64, MGLRUD_NR_STATS);
 /* Filled by user space each cycle from the resolved targets; values unused. */
 BPF_HASH(target_tgids, u32, u8, MAX_TGIDS);
 BPF_HASH(target_memcgs, u32, u8, MAX_MEMCGS);
+BPF_ARRAY(config, u32, NR_CONFIG);
 
 static __always_inline void stat_inc(int i)
 {
@@ -108,7 +161,202 @@ static __always_inline bool targeted(u32 tgid, u32 memcg_id)
 	return target_tgids.lookup(&tgid) || target_memcgs.lookup(&memcg_id);
 }
 
-#ifdef USE_RANGE_EVENT
+static __always_inline void stat_add(int i, u64 n)
+{
+	u64 *v = stats.lookup(&i);
+
+	if (v)
+		*v += n;
+}
+
+/* Who is clearing the accessed bit: the current task. */
+static __always_inline int harvester(void)
+{
+	int k = CONFIG_SELF_TGID;
+	u32 *self = config.lookup(&k);
+	struct task_struct *task;
+	unsigned int flags = 0;
+
+	if (self && *self && (bpf_get_current_pid_tgid() >> 32) == *self)
+		return HARVEST_AGING;
+	task = (struct task_struct *)bpf_get_current_task();
+	bpf_probe_read_kernel(&flags, sizeof(flags), &task->flags);
+	/* kswapd, and direct or memcg reclaim (try_to_free_pages, try_to_free_mem_cgroup_pages) */
+	if (flags & (0x00020000 /* PF_KSWAPD */ | 0x00000800 /* PF_MEMALLOC */))
+		return HARVEST_RECLAIM;
+	return HARVEST_OTHER;
+}
+
+#ifdef MGLRUD_PROBE
+#ifndef VMEMMAP_BASE
+#error "the probe needs -DVMEMMAP_BASE=<address of vmemmap_base from /proc/kallsyms>"
+#endif
+/* x86-64 page-table entry bits (arch/x86/include/asm/pgtable_types.h) */
+#define X86_PAGE_PRESENT	(1UL << 0)
+#define X86_PAGE_PSE		(1UL << 7)
+#define X86_PFN_MASK		0x000ffffffffff000UL	/* PTE_PFN_MASK with 52 physical bits */
+#define X86_PMD_PFN_MASK	0x000fffffffe00000UL	/* and a 2 MiB aligned frame */
+
+/*
+ * One harvested accessed bit: entry @entry (its value after the clear: only the
+ * accessed bit changed) at @addr of @vma, mapping @nr_pages base pages.
+ */
+static __always_inline int harvest(struct vm_area_struct *vma, unsigned long addr, u64 entry, u64 nr_pages)
+{
+	struct region_key key = {};
+	struct mm_struct *mm = NULL;
+	struct task_struct *owner = NULL;
+	struct cgroup_subsys_state *css = NULL;
+	struct css_set *cgroups = NULL;
+	struct page *page;
+	unsigned long map_base = 0, flags = 0, head = 0;
+	u64 pfn;
+	u32 tgid = 0;
+	unsigned short memcg_id = 0;
+	int who;
+
+	stat_inc(STAT_EVENTS);
+	bpf_probe_read_kernel(&mm, sizeof(mm), &vma->vm_mm);
+	if (!mm)
+		return 0;
+	/* mm->owner exists with CONFIG_MEMCG (mm_update_next_owner() keeps it on a live thread) */
+	bpf_probe_read_kernel(&owner, sizeof(owner), &mm->owner);
+	if (owner) {
+		bpf_probe_read_kernel(&tgid, sizeof(tgid), &owner->tgid);
+		bpf_probe_read_kernel(&cgroups, sizeof(cgroups), &owner->cgroups);
+		if (cgroups)
+			bpf_probe_read_kernel(&css, sizeof(css), &cgroups->subsys[memory_cgrp_id]);
+		/* css is the first member of struct mem_cgroup; mem_cgroup_id() is memcg->id.id */
+		if (css)
+			bpf_probe_read_kernel(&memcg_id, sizeof(memcg_id), &((struct mem_cgroup *)css)->id.id);
+	}
+	if (!targeted(tgid, memcg_id))
+		return 0;
+	who = harvester();
+	stat_add(STAT_HARVEST_AGING + who, nr_pages);
+	if (!((HEAT_HARVESTERS >> who) & 1))
+		return 0;
+
+	pfn = (nr_pages > 1 ? entry & X86_PMD_PFN_MASK : entry & X86_PFN_MASK) >> 12;
+	bpf_probe_read_kernel(&map_base, sizeof(map_base), (void *)VMEMMAP_BASE);
+	page = (struct page *)map_base + pfn;
+	bpf_probe_read_kernel(&flags, sizeof(flags), &page->flags);
+	key.node = (flags >> NODES_PGSHIFT) & NODES_MASK;
+	/* folio_is_file_lru(): !PG_swapbacked, a flag of the head page */
+	bpf_probe_read_kernel(&head, sizeof(head), &page->compound_head);
+	if (head & 1)
+		bpf_probe_read_kernel(&flags, sizeof(flags), &((struct page *)(head - 1))->flags);
+	key.lru = (flags & (1UL << PG_swapbacked)) ? KEY_LRU_ANON : KEY_LRU_FILE;
+	key.region = addr >> REGION_SHIFT;
+	key.tgid = tgid;
+	key.memcg_id = memcg_id;
+	if (!count(&key, nr_pages, bpf_ktime_get_ns())) {
+		stat_inc(STAT_DROPPED);
+		return 0;
+	}
+	stat_inc(STAT_MATCHED);
+	return 0;
+}
+
+static __always_inline int harvest_pte(struct vm_area_struct *vma, unsigned long addr, pte_t *ptep)
+{
+	u64 val = 0;
+
+	bpf_probe_read_kernel(&val, sizeof(val), ptep);
+	if (!(val & X86_PAGE_PRESENT))
+		return 0;
+	return harvest(vma, addr, val, 1);
+}
+
+static __always_inline int harvest_pmd(struct vm_area_struct *vma, unsigned long addr, pmd_t *pmdp)
+{
+	u64 val = 0;
+
+	bpf_probe_read_kernel(&val, sizeof(val), pmdp);
+	/*
+	 * MGLRU also clears the accessed bit of non-leaf PMDs (walk_pmd_range_locked(),
+	 * LRU_GEN_NONLEAF_YOUNG): that is no page, only a THP (_PAGE_PSE) is one.
+	 */
+	if (!(val & X86_PAGE_PRESENT) || !(val & X86_PAGE_PSE))
+		return 0;
+	return harvest(vma, addr & ~((1UL << 21) - 1), val, 512);
+}
+
+#ifdef MGLRUD_ATTACH_FEXIT
+KRETFUNC_PROBE(ptep_test_and_clear_young, struct vm_area_struct *vma, unsigned long addr, pte_t *ptep, int ret)
+{
+	if (ret != 1)
+		return 0;
+	return harvest_pte(vma, addr, ptep);
+}
+
+KRETFUNC_PROBE(pmdp_test_and_clear_young, struct vm_area_struct *vma, unsigned long addr, pmd_t *pmdp, int ret)
+{
+	if (ret != 1)
+		return 0;
+	return harvest_pmd(vma, addr, pmdp);
+}
+#else
+/* kprobe + kretprobe: the arguments, kept from entry to return, per thread */
+struct call {
+	struct vm_area_struct *vma;
+	unsigned long addr;
+	void *entry;
+};
+BPF_HASH(calls_pte, u64, struct call, 4096);
+BPF_HASH(calls_pmd, u64, struct call, 4096);
+
+int kprobe__ptep_test_and_clear_young(struct pt_regs *ctx, struct vm_area_struct *vma, unsigned long addr,
+				      pte_t *ptep)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct call c = { .vma = vma, .addr = addr, .entry = ptep };
+
+	calls_pte.update(&id, &c);
+	return 0;
+}
+
+int kretprobe__ptep_test_and_clear_young(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct call *c = calls_pte.lookup(&id);
+	struct call copy;
+
+	if (!c)
+		return 0;
+	copy = *c;
+	calls_pte.delete(&id);
+	if (PT_REGS_RC(ctx) != 1)
+		return 0;
+	return harvest_pte(copy.vma, copy.addr, copy.entry);
+}
+
+int kprobe__pmdp_test_and_clear_young(struct pt_regs *ctx, struct vm_area_struct *vma, unsigned long addr,
+				      pmd_t *pmdp)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct call c = { .vma = vma, .addr = addr, .entry = pmdp };
+
+	calls_pmd.update(&id, &c);
+	return 0;
+}
+
+int kretprobe__pmdp_test_and_clear_young(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct call *c = calls_pmd.lookup(&id);
+	struct call copy;
+
+	if (!c)
+		return 0;
+	copy = *c;
+	calls_pmd.delete(&id);
+	if (PT_REGS_RC(ctx) != 1)
+		return 0;
+	return harvest_pmd(copy.vma, copy.addr, copy.entry);
+}
+#endif
+#elif defined(USE_RANGE_EVENT)
 #if REGION_SHIFT < 21
 #error "the range event needs regions of at least 2 MiB (REGION_SHIFT >= 21)"
 #endif
@@ -117,8 +365,14 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 	struct region_key key = {};
 	u64 now, file, anon;
 
+	int who;
+
 	stat_inc(STAT_EVENTS);
 	if (!args->nr_young || !targeted(args->tgid, args->memcg_id))
+		return 0;
+	who = harvester();
+	stat_add(STAT_HARVEST_AGING + who, (u64)args->nr_young * args->nr_pages);
+	if (!((HEAT_HARVESTERS >> who) & 1))
 		return 0;
 
 	key.region = args->addr >> REGION_SHIFT;
@@ -129,14 +383,14 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 	anon = (u64)(args->nr_young - args->nr_file) * args->nr_pages;
 	now = bpf_ktime_get_ns();
 	if (anon) {
-		key.lru = LRU_ANON;
+		key.lru = KEY_LRU_ANON;
 		if (!count(&key, anon, now)) {
 			stat_inc(STAT_DROPPED);
 			return 0;
 		}
 	}
 	if (file) {
-		key.lru = LRU_FILE;
+		key.lru = KEY_LRU_FILE;
 		if (!count(&key, file, now)) {
 			stat_inc(STAT_DROPPED);
 			return 0;
@@ -150,15 +404,21 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 {
 	struct region_key key = {};
 
+	int who;
+
 	stat_inc(STAT_EVENTS);
 	if (!targeted(args->tgid, args->memcg_id))
+		return 0;
+	who = harvester();
+	stat_add(STAT_HARVEST_AGING + who, args->nr_pages);
+	if (!((HEAT_HARVESTERS >> who) & 1))
 		return 0;
 
 	key.region = args->addr >> REGION_SHIFT;
 	key.tgid = args->tgid;
 	key.memcg_id = args->memcg_id;
 	key.node = args->nid;
-	key.lru = args->type ? LRU_FILE : LRU_ANON;
+	key.lru = args->type ? KEY_LRU_FILE : KEY_LRU_ANON;
 	if (!count(&key, args->nr_pages, bpf_ktime_get_ns())) {
 		stat_inc(STAT_DROPPED);
 		return 0;

@@ -17,6 +17,24 @@ fi
 # Give child cgroups the memory controller: memcgs are what mglrud ages.
 echo "+memory" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
 
+# Debian's stock kernel (vm-run.sh --variant stock): virtme-ng links /lib/modules/$(uname -r)
+# (on a tmpfs) to the unpacked package, whose build/source links are absolute
+# (/usr/src/linux-headers-*), i.e. dangling here. bcc looks for the headers through
+# them (the kernel has no CONFIG_IKHEADERS), so make a directory with the same
+# entries whose build/source point into the unpacked linux-headers packages.
+if [ -n "${MGLRUD_STOCK:-}" ]; then
+    kver=$(uname -r)
+    mods=/lib/modules/$kver
+    if [ -L "$mods" ] || [ ! -e "$mods" ]; then
+        rm -f "$mods" && mkdir -p "$mods" && for f in "$MGLRUD_STOCK/lib/modules/$kver"/*; do
+            case "$(basename "$f")" in build|source) ;; *) ln -s "$f" "$mods/" ;; esac
+        done
+    fi
+    ln -sfn "$MGLRUD_STOCK/usr/src/linux-headers-$kver" "$mods/build"
+    ln -sfn "$MGLRUD_STOCK/usr/src/linux-headers-${kver%-*}-common" "$mods/source"
+    ls "$mods/build/include/generated/autoconf.h" "$mods/source/include/linux/mm.h" >/dev/null \
+        || echo "[guest] the stock kernel's headers are not where bcc looks ($mods/build, $mods/source)"
+fi
 echo "[guest] kernel $(uname -r), $(nproc) CPUs, $(grep MemTotal /proc/meminfo | awk '{print $2/1024 " MiB"}'), nodes: $(ls -d /sys/devices/system/node/node* | xargs -n1 basename | tr '\n' ' ')"
 echo "[guest] lru_gen enabled: $(cat /sys/kernel/mm/lru_gen/enabled 2>/dev/null || echo missing)"
 

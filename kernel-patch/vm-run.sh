@@ -7,7 +7,9 @@
 #   --numa            two NUMA nodes (memory split in half, one CPU each)
 #   --cpus N          guest CPUs (default 2)
 #   --memory SIZE     guest memory (default 2G)
-#   --variant NAME    kernel variant: default | debug (lockdep, KASAN, DEBUG_VM)
+#   --variant NAME    kernel variant: default | debug (lockdep, KASAN, DEBUG_VM) |
+#                     stock (Debian's own linux-image-6.1.*-amd64 as shipped, no patch,
+#                     fetched by scripts/install-deps stock; docs/stock-kernel.md)
 #   --kvm             use KVM (hangs on these machines at the time of writing; TCG is the default)
 #   --timeout SECS    kill the guest after this long (default 1800)
 #   --out DIR         where the guest writes its results (default: a new temp dir)
@@ -42,7 +44,17 @@ done
 
 say() { printf '[vm %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-image=$("$HERE/build.sh" "$variant" | tail -1)
+stock=""
+if [ "$variant" = stock ]; then
+    # Debian's kernel, unpacked with its headers (bcc compiles against them in the guest:
+    # guest-run.sh points /lib/modules/$(uname -r)/build and source at them)
+    stock=$("$REPO/scripts/install-deps" stock | tail -1)
+    image=$(ls "$stock"/boot/vmlinuz-* 2>/dev/null | head -1)
+    label="Debian $(basename "$image" | sed 's/^vmlinuz-//') (stock)"
+else
+    image=$("$HERE/build.sh" "$variant" | tail -1)
+    label=$(basename "$(dirname "$(dirname "$(dirname "$(dirname "$image")")")")")
+fi
 [ -f "$image" ] || { echo "vm-run.sh: no kernel image (build.sh printed '$image')" >&2; exit 125; }
 export PATH=$CACHE/venv/bin:$PATH
 command -v vng >/dev/null || { echo "vm-run.sh: vng not found; run scripts/install-deps kernel" >&2; exit 125; }
@@ -56,13 +68,15 @@ smp=$cpus
 [ "$numa" = 1 ] && smp="$cpus,sockets=2,cores=$((cpus / 2)),threads=1"
 args=(--disable-microvm --run "$image" --cpus "$smp" --memory "$memory" --rwdir "$out" --verbose)
 [ "$kvm" = 1 ] || args+=(--disable-kvm)
+# The guest sees the host's root, but virtme-ng puts a tmpfs over /var/cache: hand it in
+[ -z "$stock" ] || args+=(--rodir "$stock")
 if [ "$numa" = 1 ]; then
     [ "$cpus" -ge 2 ] || { echo "vm-run.sh: --numa needs --cpus 2 or more" >&2; exit 2; }
     half=$(( $(numfmt --from=iec "$memory") / 2 / 1048576 ))M
     args+=(--numa "$half,cpus=0" --numa "$half,cpus=1-$((cpus - 1))")
 fi
 
-guest=(bash "$HERE/guest-run.sh" "$out" "$REPO")
+guest=(env "MGLRUD_STOCK=$stock" bash "$HERE/guest-run.sh" "$out" "$REPO")
 if [ -n "$cmd" ]; then
     guest+=(--exec "$cmd")
 else
@@ -70,7 +84,7 @@ else
 fi
 printf -v guest_cmd '%q ' "${guest[@]}"
 
-say "booting $(basename "$(dirname "$(dirname "$(dirname "$(dirname "$image")")")")") ($cpus CPUs, $memory$( [ "$numa" = 1 ] && echo ', 2 NUMA nodes'), $( [ "$kvm" = 1 ] && echo KVM || echo TCG)); results in $out"
+say "booting $label ($cpus CPUs, $memory$( [ "$numa" = 1 ] && echo ', 2 NUMA nodes'), $( [ "$kvm" = 1 ] && echo KVM || echo TCG)); results in $out"
 # The guest died of an int3 Oops whose breakpoint byte is no longer in memory: the
 # Code: line's byte before the <marked> one (RIP is just past the int3) is not cc.
 # The kernel had finished patching that site (text_poke_bp: a jump label or

@@ -67,7 +67,8 @@ def _addr(buf) -> int:
 
 def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
     """Number of possible CPUs ("0-3,8-11" -> the highest + 1, as the kernel sizes per-CPU values)."""
-    text = open(path).read().strip()
+    with open(path) as f:  # closed here, not whenever the garbage collector gets to it
+        text = f.read().strip()
     top = 0
     for part in text.split(","):
         top = max(top, int(part.split("-")[-1]))

@@ -3,7 +3,9 @@
 Looks at /sys/kernel/mm/lru_gen/enabled and /sys/kernel/debug/lru_gen
 (Documentation/admin-guide/mm/multigen_lru.rst), the tracepoint of mglrud's
 kernel patch (tracefs events/vmscan/mm_vmscan_lru_gen_young), bcc (Debian's python3-bpfcc),
-cgroup v2 (Documentation/admin-guide/cgroup-v2.rst) and privileges.
+cgroup v2 (Documentation/admin-guide/cgroup-v2.rst), the cgroup namespace
+(mglrud/cgroupns.py), privileges and the optional urwid, Pillow and python3-systemd
+(mglrud/optional.py).
 Exit status 0 when lru_gen can be read and aged, 1 otherwise.
 """
 
@@ -13,6 +15,7 @@ import errno
 import os
 from dataclasses import dataclass
 
+from mglrud import cgroupns, optional
 from mglrud.fs import FS, FileWriter
 from mglrud.sources import bpf_hotness, lru_gen, selection
 
@@ -108,6 +111,16 @@ def _bcc() -> Row:
     return Row("bcc importable", True, getattr(bcc, "__file__", "bcc"))
 
 
+def _optional() -> list[Row]:
+    """The Recommends other than bcc (its own row above): features, not whether mglrud can age."""
+    rows = []
+    for module, label in (("urwid", "urwid importable"), ("PIL", "Pillow importable"),
+                          ("systemd", "python3-systemd importable")):
+        problem = optional.missing(module)
+        rows.append(Row(label, problem is None, problem or f"{optional.OPTIONAL[module][1]}: available"))
+    return rows
+
+
 def _privileges(fs: FS) -> Row:
     if os.geteuid() == 0:
         return Row("privileges", True, "root")
@@ -130,22 +143,48 @@ def _cgroup2(fs: FS) -> Row:
     return Row("cgroup v2", True, f"{fs.paths.cgroupfs} with the memory controller")
 
 
+def _cgroup_namespace(fs: FS) -> Row:
+    """Not part of `usable`: lru_gen and memcg targets work in any namespace; process and unit targets do not."""
+    def read(path, link=False):
+        try:
+            return os.readlink(path) if link else path.read_text()
+        except OSError:
+            return None
+
+    private, detail = cgroupns.judge(read(fs.proc("self", "ns", "cgroup"), link=True),
+                                     read(fs.proc("self", "mountinfo")), read(fs.proc("1", "cgroup")),
+                                     fs.paths.cgroupfs)
+    return Row("cgroup namespace", private is not True, detail)
+
+
 def run(fs: FS) -> tuple[list[Row], bool]:
     enabled = _enabled(fs)
     readable, lruvecs = _readable(fs)
     writable = _writable(fs, lruvecs) if readable.ok else Row("debugfs lru_gen writable", False, "not readable")
-    rows = [enabled, readable, writable, _cgroup2(fs), _tracepoint(fs), _bcc(), _privileges(fs)]
+    rows = [enabled, readable, writable, _cgroup2(fs), _cgroup_namespace(fs), _tracepoint(fs), _bcc(), _privileges(fs),
+            *_optional()]
     return rows, enabled.ok and readable.ok and writable.ok
 
 
-def format_sources(fs: FS, requested: str | tuple[str, ...]) -> str:
-    """Which sources `mglrud run` would use with this config (sources/selection.py), and why the others not."""
+# What `mglrud check` says when the /proc source runs without clear_refs (the default).
+CLEAR_REFS_OFF = ("procfs.clear_refs is off (the default): resident, anon/file, swap and NUMA node bytes "
+                  "per mapping only; accessed bytes, idle and cold times need procfs.clear_refs: true, which "
+                  "clears the accessed bits reclaim uses and write-locks each read process's mmap")
+CLEAR_REFS_ON = ("procfs.clear_refs is on: accessed bytes are measured by writing /proc/PID/clear_refs, which "
+                 "clears the accessed bits reclaim uses and write-locks each read process's mmap")
+
+
+def format_sources(fs: FS, requested: str | tuple[str, ...], clear_refs: bool = False) -> str:
+    """Which sources `mglrud run` would use with this config (sources/selection.py), and why the others not;
+    with the /proc source, whether it writes clear_refs (procfs.clear_refs)."""
     probes = selection.probe_all(fs)
     choice = selection.choose(requested, probes)
     lines = ["", f"SOURCES ({'auto' if requested == selection.AUTO else 'configured: ' + ', '.join(requested)})"]
     for name, why in choice.why:
         state = ("used" if probes[name].usable else "down") if name in choice.active else "no"
         lines.append(f"{name.ljust(8)}  {state:6}  {why}")
+        if name == "procfs" and state == "used":
+            lines.append(f"{'':8}  {'':6}  {CLEAR_REFS_ON if clear_refs else CLEAR_REFS_OFF}")
     if not any(probes[name].usable for name in choice.active):
         lines.append("no chosen source can run here: mglrud would serve only its own metrics")
     return "\n".join(lines) + "\n"
@@ -154,7 +193,9 @@ def format_sources(fs: FS, requested: str | tuple[str, ...]) -> str:
 def bpf_program(fs: FS, cfg) -> Row:
     """Compile and attach the BPF source's program, then detach (ebpf_exporter's --config.check):
     the only way to know that bcc can build it against this kernel. Tried only where the
-    tracepoint exists and bcc imports, so never on a stock kernel."""
+    tracepoint (or, on a stock kernel, the accessed-bit probe: sources/bpf_probe.py) and bcc are there."""
+    from mglrud.sources import bpf_probe  # noqa: F401
+
     name = "bpf program"
     probe = bpf_hotness.probe(fs)
     if not probe.usable:
@@ -164,7 +205,10 @@ def bpf_program(fs: FS, cfg) -> Row:
     except bpf_hotness.Unavailable as e:
         return Row(name, False, str(e))
     prog.close()
-    return Row(name, True, f"{bpf_hotness.program_path(cfg)} compiled and attached to vmscan:{prog.event} "
+    where = f"vmscan:{prog.event}"
+    if prog.event in bpf_probe.MODES:  # no tracepoint: the probe on the accessed-bit helpers
+        where = f"{' and '.join(bpf_probe.FUNCS)} as {prog.event}"
+    return Row(name, True, f"{bpf_hotness.program_path(cfg)} compiled and attached to {where} "
                            f"in {prog.compile_seconds:.1f}s (then detached)")
 
 

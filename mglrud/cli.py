@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import logging
 import os
 import sys
 
 from mglrud import __version__, check, client, snapshot_json, systemd, tui, webconfig
-from mglrud.config import DEFAULT_PORT, DEFAULT_URL, Config, ConfigError, load
+from mglrud.config import DEFAULT_PORT, DEFAULT_URL, Config, ConfigError, escape, listen_address, load
 from mglrud.render.heatmap import OVERLAYS
 from mglrud.fs import FS
 
@@ -42,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="overrides listen.address (default 127.0.0.1)")
     run.add_argument("--listen.port", dest="listen_port", type=int, metavar="PORT",
                      help=f"overrides listen.port (default {DEFAULT_PORT}; 0 picks a free port)")
+    run.add_argument("--listen.socket", dest="listen_socket", metavar="PATH",
+                     help="overrides listen.socket: the root-only unix socket with the full view")
     run.add_argument("--web.listen-address", dest="web_listen_address", metavar="HOST:PORT",
                      help="address and port as node_exporter takes them: 127.0.0.1:9746, [::1]:9746, "
                           ":9746 (every IPv4 address); overrides listen.address and listen.port")
@@ -59,7 +60,8 @@ def _report_parser(sub) -> None:
     who = rep.add_mutually_exclusive_group(required=True)
     who.add_argument("--target", metavar="NAME", help="a configured target's name")
     who.add_argument("--pid", type=int, metavar="PID", help="a process of a configured target")
-    rep.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+    rep.add_argument("--url", help=f"the daemon's address (default: its socket {client.DEFAULT_SOCKET} when this user "
+                                   f"may connect to it, else {DEFAULT_URL})")
 
 
 def _heatmap_parser(sub) -> None:
@@ -82,7 +84,8 @@ def _heatmap_parser(sub) -> None:
     who = hm.add_mutually_exclusive_group(required=True)
     who.add_argument("--target", metavar="NAME", help="a configured target's name")
     who.add_argument("--pid", type=int, metavar="PID", help="one process")
-    hm.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
+    hm.add_argument("--url", help=f"the daemon's address (default: its socket {client.DEFAULT_SOCKET} when this user "
+                                  f"may connect to it, else {DEFAULT_URL})")
     hm.add_argument("--own", action="store_true", help="run an own session even if a daemon answers")
     hm.add_argument("--config", "-c", metavar="FILE",
                     help="own session: config to take the target (--target) and source settings from")
@@ -114,22 +117,20 @@ def load_config(args: argparse.Namespace) -> Config:
     cfg = load(args.config)
     paths = {n: getattr(args, f"path_{n}") for n in PATH_FLAGS if getattr(args, f"path_{n}", None)}
     for name, value in paths.items():
-        if not value.startswith("/"):
+        if not value.startswith("/") or not value.isprintable():
             raise ConfigError(f"--path.{name}", f"must be an absolute path, got {value!r}")
     if paths:
         cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, **paths))
     listen = {}
     if getattr(args, "listen_address", None):
-        try:
-            ipaddress.ip_address(args.listen_address)
-        except ValueError:
-            raise ConfigError("--listen.address", f"must be an IP address like 127.0.0.1 or ::1, "
-                                                  f"got {args.listen_address!r}") from None
-        listen["address"] = args.listen_address
+        listen["address"] = listen_address(args.listen_address, "--listen.address")
     if getattr(args, "listen_port", None) is not None:
         if not 0 <= args.listen_port <= 65535:
             raise ConfigError("--listen.port", f"must be from 0 to 65535, got {args.listen_port}")
         listen["port"] = args.listen_port
+    if getattr(args, "listen_socket", None):
+        cfg = dataclasses.replace(cfg, listen=dataclasses.replace(
+            cfg.listen, socket=_listen_socket(args.listen_socket, "--listen.socket")))
     if getattr(args, "web_listen_address", None):
         if listen:
             raise ConfigError("--web.listen-address", "give it or --listen.address/--listen.port, not both")
@@ -145,6 +146,14 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _listen_socket(value: str, key: str) -> str:
+    from mglrud.config.sections import _listen
+    try:
+        return _listen({"socket": value}).socket
+    except ConfigError as e:
+        raise ConfigError(key, e.message) from None
+
+
 def parse_listen_address(value: str) -> dict:
     """node_exporter's --web.listen-address: HOST:PORT, [V6]:PORT or :PORT -> listen.address, listen.port."""
     host, sep, port = value.rpartition(":")
@@ -153,13 +162,13 @@ def parse_listen_address(value: str) -> dict:
                                                   f"[::1]:{DEFAULT_PORT} or :{DEFAULT_PORT}, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    host = host or "0.0.0.0"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError("--web.listen-address", f"the host must be an IP address like 127.0.0.1 or [::1], "
-                                                  f"got {value!r}") from None
+    host = listen_address(host or "0.0.0.0", "--web.listen-address")
     return {"address": host, "port": int(port)}
+
+
+def load_failure(path: str | None, e: BaseException) -> str:
+    """One printable line for an exception other than ConfigError out of loading a config."""
+    return str(ConfigError(path or "(built-in defaults)", f"cannot load: {type(e).__name__}: {e}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mglrud: config: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a loader bug must still be one line and exit 2, not a traceback
+        print(f"mglrud: config: {load_failure(args.config, e)}", file=sys.stderr)
+        return 2
     # Under systemd, the journal with priorities (python3-systemd); else stderr with timestamps.
     journal = systemd.journal_handler() if args.command == "run" else None
     if journal is not None:
@@ -184,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     from mglrud.targets import missing_memcgs
 
     for key, problem in missing_memcgs(cfg.targets, FS(cfg.paths)):
+        key, problem = escape(key), escape(problem)  # the memcg glob is the config's text
         if args.command == "check":  # the preflight of a config: a typo is an error
             print(f"mglrud: config: {key}: {problem}", file=sys.stderr)
             return 2
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         rows, usable = check.run(FS(cfg.paths))
         sys.stdout.write(check.format_table(rows, usable))
-        sys.stdout.write(check.format_sources(FS(cfg.paths), cfg.sources))
+        sys.stdout.write(check.format_sources(FS(cfg.paths), cfg.sources, cfg.procfs.clear_refs))
         sys.stdout.write(check.format_bpf(check.bpf_program(FS(cfg.paths), cfg.bpf)))
         return 0 if usable else 1
 

@@ -2,33 +2,86 @@
 
 Rendering is pure and lives in mglrud/render/; this module only talks HTTP to
 the daemon (mglrud/http.py serves it) and turns failures into one line.
+
+Where: `--url`, else the daemon's unix socket (DEFAULT_SOCKET, the shipped
+config's `listen.socket`) when this user may connect to it -- root: only there
+are addresses and file names served (mglrud/redact.py) -- else DEFAULT_URL.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import socket
+import stat
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from mglrud.config import DEFAULT_URL
 from mglrud.render import report
 from mglrud.snapshot_json import SchemaError, SnapshotDoc, from_dict, read
+
+
+DEFAULT_SOCKET = "/run/mglrud/mglrud.sock"
+REDACTED_NOTE = ("this daemon gave the redacted snapshot (no addresses or file names: docs/security.md); "
+                 f"run as root to use its socket {DEFAULT_SOCKET}, or pass --url with credentials")
 
 
 class FetchError(Exception):
     pass
 
 
+def default_url(url: str | None, sock: str = DEFAULT_SOCKET) -> str:
+    """`url` when given; else unix:SOCK when it is a socket this user may connect to; else DEFAULT_URL."""
+    if url:
+        return url
+    try:
+        if stat.S_ISSOCK(os.stat(sock).st_mode) and os.access(sock, os.W_OK):
+            return f"unix:{sock}"
+    except OSError:
+        pass
+    return DEFAULT_URL
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def _get_unix(path: str, timeout: float, query: str = "") -> bytes:
+    conn = _UnixConnection(path, timeout)
+    try:
+        conn.request("GET", "/snapshot.json" + (f"?{query}" if query else ""))
+        r = conn.getresponse()
+        if r.status != 200:
+            raise urllib.error.HTTPError(f"unix:{path}", r.status, r.reason, r.headers, None)
+        return r.read()
+    finally:
+        conn.close()
+
+
 def fetch_snapshot(url: str, timeout: float = 10.0, target: str | None = None,
                    pid: int | None = None) -> SnapshotDoc:
-    """GET URL/snapshot.json from a running `mglrud run`, read through the typed reader;
-    raises FetchError with what to do. `target`/`pid` ask only for that part (the daemon
-    filters; an older one sends everything, and the renderers filter it the same way)."""
+    """GET URL/snapshot.json (URL http(s)://HOST:PORT or unix:PATH) from a running `mglrud run`,
+    read through the typed reader; raises FetchError with what to do. `target`/`pid` ask only
+    for that part (the daemon filters; an older one sends everything, and the renderers
+    filter it the same way)."""
     query = urllib.parse.urlencode([(k, v) for k, v in (("target", target), ("pid", pid)) if v is not None])
-    full = url.rstrip("/") + "/snapshot.json" + (f"?{query}" if query else "")
+    unix = url[len("unix:"):] if url.startswith("unix:") else None
+    full = url if unix else url.rstrip("/") + "/snapshot.json" + (f"?{query}" if query else "")
     try:
+        if unix:
+            return from_dict(json.loads(_get_unix(unix, timeout, query)))
         with urllib.request.urlopen(full, timeout=timeout) as r:
             return from_dict(json.loads(r.read()))
     except urllib.error.HTTPError as e:
@@ -70,7 +123,9 @@ def hotness_maps(snap: SnapshotDoc | dict, target: str | None,
 def report_main(args) -> int:
     """0 printed, 1 the daemon cannot be reached or has no data for the target/pid."""
     try:
-        snap = fetch_snapshot(args.url, target=args.target, pid=args.pid)
+        snap = fetch_snapshot(default_url(args.url), target=args.target, pid=args.pid)
+        if snap.redacted:
+            print(f"mglrud: report: {REDACTED_NOTE}", file=sys.stderr)
         text = report.render(snap, target=args.target, pid=args.pid, maps=hotness_maps(snap, args.target, args.pid))
     except (FetchError, report.ReportError) as e:
         print(f"mglrud: report: {e}", file=sys.stderr)

@@ -10,7 +10,8 @@ sources/selection.py (`sources:` in the config). Per cycle it:
 2. resolves targets to memcgs and lets each source prepare (`before_aging`:
    the BPF source loads its target maps, so that the aging about to run is counted);
 3. ages the memcgs that are due (mglrud/aging.py), and reads lru_gen again;
-4. asks each source for its part and assembles the immutable Snapshot.
+4. asks each source for its part and assembles the immutable Snapshot (lru_gen's part
+   leaves out what the cardinality controls say: sources/lru_gen.py select()).
 
 Used by the daemon's loop, by `mglrud snapshot` (once) and by the heatmap's own
 session. The Engine and its sources keep the only mutable state: the aging
@@ -47,7 +48,7 @@ class Engine:
         self.aging = Aging(clock, wall)
         self.sources: dict[str, Source] = {}  # the chosen ones, in table order
         self.choice: selection.Choice | None = None
-        self._problems: dict[str, str] = {}
+        self.notes = Notes(clock)
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -129,11 +130,13 @@ class Engine:
                 self._note(f"source {st.name}", st.reason)
             for what, problem in part.notes:
                 self._note(what, problem)
+        self.notes.flush()
         return Snapshot(
             taken_at=self.wall(),
             page_size=self.page_size,
             cold_thresholds=cfg.metrics.cold_thresholds,
             idle_age_buckets=cfg.metrics.buckets,
+            disabled_families=cfg.metrics.disable,
             targets=self._target_states(resolutions),
             sources=tuple(statuses),
             aging=self.aging.stats(),
@@ -144,7 +147,7 @@ class Engine:
 
     def _read_lru_gen(self, count_errors: bool) -> tuple[tuple[GenHistogram, ...], SourceStatus]:
         if lru_gen.NAME not in self.choice.active:
-            return (), SourceStatus(lru_gen.NAME, False, self.choice.reason(lru_gen.NAME))
+            return (), SourceStatus(lru_gen.NAME, False, self.choice.reason(lru_gen.NAME), chosen=False)
         try:
             return lru_gen.read(self.fs), SourceStatus(lru_gen.NAME, True)
         except lru_gen.Unavailable as e:
@@ -166,10 +169,62 @@ class Engine:
         return tuple(out)
 
     def _note(self, what: str, problem: str) -> None:
-        """Log a problem when it appears or changes, not every cycle."""
-        if self._problems.get(what, "") != problem:
-            if problem:
-                log.warning("%s: %s", what, problem)
-            elif what in self._problems:
-                log.info("%s: ok again", what)
-            self._problems[what] = problem
+        self.notes.note(what, problem)
+
+
+class Notes:
+    """Logs a problem when it appears, changes or goes away -- within a budget.
+
+    Targets whose processes come and go flip between "no running process" and "ok
+    again" every cycle; logged one line per flip, 200 of them wrote 1,935 lines in
+    95 s. So per WINDOW seconds at most BUDGET change lines are written, and at most
+    PER_KEY of them for any one key (a flapping key cannot use up the others' budget);
+    changes beyond that are counted, and once the window is over one summary line
+    names the keys, how often each changed and what it says now. The current state of
+    every target and source is in /snapshot.json and the metrics whatever the log says.
+    """
+
+    WINDOW = 300.0
+    BUDGET = 20
+    PER_KEY = 4
+    NAMED = 5  # keys named in the summary line; the rest are counted
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.problems: dict[str, str] = {}
+        self._start = clock()
+        self._logged = 0
+        self._per_key: dict[str, int] = {}
+        self._held: dict[str, int] = {}  # key -> changes not logged in this window
+
+    def note(self, what: str, problem: str) -> None:
+        self.flush()
+        if self.problems.get(what, "") == problem:
+            return
+        if what not in self.problems and not problem:
+            self.problems[what] = problem  # first seen, and fine: nothing to say
+            return
+        self.problems[what] = problem
+        if self._logged >= self.BUDGET or self._per_key.get(what, 0) >= self.PER_KEY:
+            self._held[what] = self._held.get(what, 0) + 1
+            return
+        self._logged += 1
+        self._per_key[what] = self._per_key.get(what, 0) + 1
+        if problem:
+            log.warning("%s: %s", what, problem)
+        else:
+            log.info("%s: ok again", what)
+
+    def flush(self) -> None:
+        """Once a window is over: the summary of what was held back, and a new budget."""
+        now = self.clock()
+        if now - self._start < self.WINDOW:
+            return
+        if self._held:
+            keys = sorted(self._held, key=lambda k: (-self._held[k], k))
+            named = "; ".join(f"{k}: {self._held[k]}x, now {self.problems[k] or 'ok'}" for k in keys[:self.NAMED])
+            more = f"; and {len(keys) - self.NAMED} more" if len(keys) > self.NAMED else ""
+            log.warning("%d state changes of %d targets/sources not logged in the last %ds (flapping; "
+                        "/snapshot.json has the current state): %s%s", sum(self._held.values()), len(keys),
+                        round(now - self._start), named, more)
+        self._start, self._logged, self._per_key, self._held = now, 0, {}, {}

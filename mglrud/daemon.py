@@ -1,15 +1,22 @@
 """The daemon: a loop that ages on schedule and publishes Snapshots, an HTTP server that renders them.
 
-Signal handlers only set events (SIGTERM/SIGINT: stop, SIGHUP: reload); the
-loop acts on them between cycles. A reload parses and validates the whole new
-config before swapping it in; a bad one is logged and the old one stays.
+Signals reach the loop through a self-pipe: signal.set_wakeup_fd() makes the
+interpreter's C-level handler write each signal's number to a socket the loop
+waits on with select(2) (SIGTERM/SIGINT: stop, SIGHUP: reload), and the Python
+handlers do nothing at all. A handler that set a threading.Event could deadlock:
+it runs in the main thread between bytecodes, possibly while that thread holds
+the Event's lock inside wait() (the signal module's documentation warns of it).
+A reload parses and validates the whole new config before swapping it in; a bad
+one (whatever the loader raises) is logged and the old one stays.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import select
 import signal
+import socket
 import threading
 import time
 from typing import Callable
@@ -19,7 +26,7 @@ from prometheus_client import ProcessCollector
 from mglrud import systemd, webconfig
 from mglrud.collectors import Published
 from mglrud.collectors.reload import ReloadCollector, ReloadState
-from mglrud.config import Config, ConfigError
+from mglrud.config import Config, ConfigError, escape
 from mglrud.cycle import Engine
 from mglrud.exposition import Exposition
 from mglrud.http import serve
@@ -45,9 +52,9 @@ class Daemon:
         self.reload_config = reload_config
         self.engine = engine or Engine(config)
         self.published = Published()
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.wake = threading.Event()
+        self.stop = threading.Event()  # set by the loop itself, read by anyone
+        self.reload = False
+        self._wakeup: socket.socket | None = None  # the self-pipe's read end while run() runs
         self.watchdog = systemd.Watchdog.from_env()
         self.reload_problem = ""  # shown in STATUS= until a reload succeeds
         self.serving = ""  # "address:port" once the HTTP server is up
@@ -55,9 +62,28 @@ class Daemon:
         self.server = None  # the HTTP server once serving
         self._status = ""
 
-    def _on_signal(self, signum, _frame) -> None:
-        (self.reload if signum == signal.SIGHUP else self.stop).set()
-        self.wake.set()
+    @staticmethod
+    def _on_signal(signum, _frame) -> None:
+        """Nothing: the signal's number is already in the self-pipe (set_wakeup_fd), and
+        anything that takes a lock here can deadlock the thread it interrupted."""
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a signal; act on those that came."""
+        if self._wakeup is None:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select([self._wakeup], [], [], timeout)
+        if not ready:
+            return
+        try:
+            data = self._wakeup.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGHUP:
+                self.reload = True
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.stop.set()
 
     def _reload(self) -> None:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
@@ -66,6 +92,14 @@ class Daemon:
         except ConfigError as e:
             log.error("reload failed, keeping the running config: config: %s", e)
             self.reload_problem = f"reload failed, previous config in force: {e}"
+            self.reloads.record(False)
+        except Exception as e:
+            # Anything else out of the loader (a bug, MemoryError, an I/O error) must not kill
+            # the daemon: exit 1 is not in RestartPreventExitStatus=2, so systemd would restart
+            # it into the same file in a loop. The old config stays, as for a ConfigError.
+            problem = escape(f"{type(e).__name__}: {e}")[:300]
+            log.error("reload failed, keeping the running config: cannot load: %s", problem)
+            self.reload_problem = f"reload failed, previous config in force: {problem}"
             self.reloads.record(False)
         else:
             self.reload_problem = ""
@@ -87,8 +121,23 @@ class Daemon:
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._wakeup = reader
+        previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(previous_fd)
+            self._wakeup = None
+            reader.close()
+            writer.close()
+
+    def _run(self) -> int:
         # The first cycle only reads (every memcg's first aging waits for its phase),
         # so /metrics has data from the moment the port is open.
         self.published.publish(self.engine.cycle(age=False))
@@ -105,6 +154,15 @@ class Daemon:
             raise ListenError(f"cannot serve on {cfg.listen.address}:{cfg.listen.port}: {e.strerror}", key) from None
         scheme = "https" if web is not None and web.current.tls is not None else "http"
         self.server = server
+        unix = None
+        if cfg.listen.socket:  # the full view for root (mglrud/redact.py); TCP serves on without it
+            try:
+                unix, _ = serve(cfg.listen.socket, 0, self.published, exposition=exposition,
+                                snapshot_interval=cfg.snapshot_interval)
+                log.info("serving the full snapshot, with addresses, to root on unix:%s", cfg.listen.socket)
+            except OSError as e:
+                log.warning("listen.socket: cannot serve on %s: %s; addresses and file names are served "
+                            "nowhere but to authenticated TCP clients", cfg.listen.socket, e.strerror)
         log.info("serving %s://%s:%d/metrics and /snapshot.json", scheme, cfg.listen.address, server.server_port)
         self.serving = f"{cfg.listen.address}:{server.server_port}"
         self._status = self.status_line()
@@ -117,8 +175,8 @@ class Daemon:
                 # Pinged only here: a cycle stuck in a kernel write stops the pings and
                 # systemd restarts us (WatchdogSec= in deploy/mglrud.service).
                 self.watchdog.ping()
-                if self.reload.is_set():
-                    self.reload.clear()
+                if self.reload:
+                    self.reload = False
                     self._reload()
                 now = time.monotonic()
                 if self.engine.due_in() <= 0 or now >= next_publish:
@@ -129,16 +187,17 @@ class Daemon:
                         # keep serving; mglrud_snapshot_age_seconds shows the stall.
                         log.exception("cycle failed; keeping the previous snapshot")
                         # not a tight loop of tracebacks (nor a watchdog kill: the loop is alive)
-                        self.wake.wait(min(self.config.snapshot_interval, self.watchdog.interval))
+                        self._sleep(min(self.config.snapshot_interval, self.watchdog.interval))
                     next_publish = time.monotonic() + self.config.snapshot_interval
                     self._send_status()
                 timeout = min(self.engine.due_in(), next_publish - time.monotonic(), self.watchdog.interval)
-                self.wake.wait(max(0.05, timeout))  # floor: never spin
-                self.wake.clear()
+                self._sleep(max(0.05, timeout))  # floor: never spin
         finally:
             systemd.notify("STOPPING=1")
-            server.shutdown()
-            server.server_close()
+            for s in (server, unix):
+                if s is not None:
+                    s.shutdown()
+                    s.server_close()
         log.info("stopped")
         return 0
 

@@ -6,6 +6,10 @@ explicit choice, and an exporter-toolkit web config (mglrud/webconfig.py) adds
 TLS, client certificates, basic auth and response headers. Requests only
 render the published Snapshot, so a scrape never ages anything.
 
+Who sees what (mglrud/redact.py, docs/security.md): addresses and file names
+only on the root-only unix socket and over TCP to clients the web config
+authenticates; any other TCP client gets the redacted snapshot and metrics.
+
 Connections are bounded, and so is the time each may take (mglrud/listener.py: one
 selector thread reads request heads under a total deadline, at most MAX_CONNECTIONS
 open, a few worker threads answer); a response has RESPONSE_TIMEOUT seconds in total
@@ -22,6 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 from mglrud import __version__, snapshot_json
+from mglrud.redact import RedactedView
 from mglrud.basicauth import BasicAuth
 from mglrud.exposition import Exposition
 from mglrud.listener import Server
@@ -62,6 +67,20 @@ class Site:
         self.snapshot_interval = snapshot_interval
         self.wall = wall
         self.auth = BasicAuth()
+        # The redacted view, its own render cache: for TCP clients nobody authenticated
+        self.redacted = RedactedView(published)
+        self.redacted_exposition = Exposition(self.redacted, extra=exposition.extra, wall=exposition.wall)
+
+    def full_view(self, web: WebConfig | None, unix: bool) -> bool:
+        """Addresses and file names: to the unix socket's clients (root: the socket is 0600), and
+        over TCP only to clients the web config authenticates -- every request has passed basic
+        auth, or the TLS handshake required and verified a client certificate."""
+        if unix:
+            return True
+        if web is None:
+            return False
+        tls = web.tls
+        return bool(web.users) or (tls is not None and tls.client_auth_type == "RequireAndVerifyClientCert")
 
     def health(self) -> tuple[int, str]:
         snap = self.published.current
@@ -137,12 +156,13 @@ class Handler(BaseHTTPRequestHandler):
                        extra=[("WWW-Authenticate", "Basic")])
             return
         path = self.path.split("?", 1)[0]
+        full = self.site.full_view(self.web, self.client_address[0] == "unix")
         if path == "/metrics":
-            data, headers = self.site.exposition.metrics(self.headers.get("Accept"),
-                                                         self.headers.get("Accept-Encoding"))
+            exposition = self.site.exposition if full else self.site.redacted_exposition
+            data, headers = exposition.metrics(self.headers.get("Accept"), self.headers.get("Accept-Encoding"))
             self._send(200, headers[0][1], data, body, extra=headers[1:] + [("Vary", "Accept, Accept-Encoding")])
         elif path == "/snapshot.json":
-            snap = self.site.published.current
+            snap = (self.site.published if full else self.site.redacted).current
             try:
                 query = snapshot_json.parse_query(self.path.partition("?")[2])
             except ValueError as e:
@@ -180,10 +200,12 @@ class Handler(BaseHTTPRequestHandler):
 
 def serve(address: str, port: int, published, *, exposition: Exposition | None = None,
           web: WebConfigSource | None = None, snapshot_interval: float = 10.0) -> tuple[Server, threading.Thread]:
-    """Bind now (so errors surface at start) and serve from a background thread."""
+    """Bind now (so errors surface at start) and serve from a background thread. An `address`
+    that is an absolute path is a unix socket (the full view, no web config; `port` unused)."""
     site = Site(published, exposition or Exposition(published), web, snapshot_interval)
     server = Server(address, port, lambda sock, addr, head, cfg: Handler(sock, addr, head, site, cfg), web)
     server.site = site
-    thread = threading.Thread(target=server.serve_forever, name="mglrud-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=f"mglrud-http{'-unix' if server.path else ''}",
+                              daemon=True)
     thread.start()
     return server, thread

@@ -23,6 +23,7 @@ import os
 import queue
 import selectors
 import socket
+import stat
 import ssl
 import threading
 import time
@@ -58,18 +59,24 @@ class Server:
     """
 
     def __init__(self, address: str, port: int, handle: Callable, web: WebConfigSource | None = None):
-        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.socket.bind((address, port))
-            self.socket.listen(BACKLOG)
-            self.socket.setblocking(False)
-        except OSError:
-            self.socket.close()
-            raise
-        self.server_address = self.socket.getsockname()
-        self.server_port = self.server_address[1]
+        # An absolute path: a unix socket that only its owner (root) may connect to (mglrud/redact.py)
+        self.path = address if address.startswith("/") else None
+        if self.path is not None:
+            self.socket = _unix_listener(self.path)
+            self.server_address, self.server_port = self.path, 0
+        else:
+            family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+            self.socket = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self.socket.bind((address, port))
+                self.socket.listen(BACKLOG)
+                self.socket.setblocking(False)
+            except OSError:
+                self.socket.close()
+                raise
+            self.server_address = self.socket.getsockname()
+            self.server_port = self.server_address[1]
         self.handle = handle  # handle(sock, address, head, web): answers one request on a blocking socket
         self.web = web
         self.max_connections = MAX_CONNECTIONS
@@ -144,6 +151,8 @@ class Server:
                     log.warning("http: cannot accept: %s", e.strerror)
                     time.sleep(0.1)
                 return
+            if self.path is not None:
+                address = ("unix", 0)  # AF_UNIX peers have no address; handlers and logs want a pair
             with self._open_lock:
                 self._open += 1
             web = self.web.current if self.web is not None else None
@@ -252,11 +261,49 @@ class Server:
 
     def server_close(self) -> None:
         self.socket.close()
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _unix_listener(path: str) -> socket.socket:
+    """A listening unix socket at `path`, mode 0600 in a directory of mode 0700, both root's
+    when mglrud runs as root: connect(2) needs write permission on the socket file, so no
+    other user can reach it. A stale socket from a previous run is replaced; anything else
+    at the path is refused, never removed."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    st = os.stat(parent)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{parent} is not ours or is writable by others; refusing to put the "
+                                   f"socket there")
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+        else:
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # created 0600: no window in which others may connect
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock
 
 
 def _sans_allowed(sock, web: WebConfig | None) -> bool:

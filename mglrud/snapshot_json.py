@@ -104,9 +104,12 @@ def to_dict(snap: Snapshot, query: Query | None = None) -> dict:
         "memcgs": memcgs,
         "aging": {"runs": snap.aging.runs, "errors": dict(snap.aging.errors)},
         # The /proc source's mappings (null when it does not run): see procfs_dict.
-        "procfs": procfs_dict(snap.procfs, snap.cold_thresholds, q) if snap.procfs is not None else None,
+        "procfs": procfs_dict(snap.procfs, snap.cold_thresholds, snap.redacted, query=q) if snap.procfs is not None else None,
         # The BPF source's per-region heat (null when it does not run): see hotness_dict.
-        "hotness": hotness_dict(snap.hotness, q) if snap.hotness is not None else None,
+        "hotness": hotness_dict(snap.hotness, snap.redacted, query=q) if snap.hotness is not None else None,
+        # true: served to a client who may not see addresses (mglrud/redact.py): mapping
+        # addresses are null, names are classes, and there are no regions or bucket ranges
+        "redacted": snap.redacted,
     }
     if not q.empty:
         matched = sum(1 for t in snap.hotness.targets if q.target in (None, t.name) for r in t.regions
@@ -120,7 +123,8 @@ def to_json(snap: Snapshot, query: Query | None = None) -> str:
     return json.dumps(to_dict(snap, query), indent=1, sort_keys=False) + "\n"
 
 
-def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), query: Query | None = None) -> dict:
+def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), redacted: bool = False,
+                query: Query | None = None) -> dict:
     """The /proc source's part of /snapshot.json: every resident mapping of every process read.
 
     Unlike the metrics, nothing is grouped or cut to the top K: the JSON is for
@@ -137,7 +141,8 @@ def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), query
             if not m.resident_bytes:
                 continue
             maps.append({
-                "start": f"{m.start:#x}", "end": f"{m.end:#x}", "name": m.name, "perms": m.perms,
+                "start": None if redacted else f"{m.start:#x}", "end": None if redacted else f"{m.end:#x}",
+                "name": m.name, "perms": m.perms,
                 "resident_bytes": m.resident_bytes, "anon_bytes": m.anon_bytes, "file_bytes": m.file_bytes,
                 "swap_bytes": m.swap_bytes, "accessed_bytes": m.accessed_bytes, "idle_seconds": m.idle_seconds,
                 "node_bytes": {str(n): b for n, b in m.node_bytes},
@@ -148,6 +153,10 @@ def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), query
                       "mappings": maps, "mappings_not_resident": len(p.mappings) - len(maps)})
     s = data.stats
     return {
+        # procfs.clear_refs: false (the default) -> accessed_bytes and idle_seconds are null, and say why
+        "clear_refs": data.clear_refs,
+        "accessed": ("measured: clear_refs written after each read" if data.clear_refs else
+                     "not measured: procfs.clear_refs is off (set it to true to measure accessed bytes)"),
         "targets": [{"name": t.name, "pids": list(t.pids), "problem": t.problem} for t in data.targets
                     if q.target in (None, t.name)],
         "processes": procs,
@@ -156,7 +165,7 @@ def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), query
     }
 
 
-def hotness_dict(data: HotnessData, query: Query | None = None) -> dict:
+def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None = None) -> dict:
     """The BPF source's part of /snapshot.json: every region cell and bucket, in bytes.
     `idle_seconds` is null for a resident region never found accessed since start;
     `resident_bytes` is null when the process's residency was not read. `query` keeps
@@ -197,9 +206,9 @@ def hotness_dict(data: HotnessData, query: Query | None = None) -> dict:
         "targets": [{
             "name": t.name, "kind": t.kind, "tgids": list(t.tgids), "memcg_ids": list(t.memcg_ids),
             "accessed_bytes_total": [{"node": n, "lru": l, "bytes": b} for n, l, b in t.accessed_bytes_total],
-            "buckets": [{"ranges": [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
+            "buckets": [{"ranges": [] if redacted else [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
                          "accessed_bytes": b.accessed_bytes} for b in t.buckets],
-            "regions": cells(t),
+            "regions": [] if redacted else cells(t),
         } for t in data.targets if q.target in (None, t.name)],
     }
 
@@ -255,8 +264,8 @@ class MemcgDoc:
 
 @dataclass(frozen=True)
 class MappingDoc:
-    start: str  # hex
-    end: str
+    start: str | None  # hex; None in a redacted document (mglrud/redact.py)
+    end: str | None
     name: str
     perms: str
     resident_bytes: int
@@ -270,11 +279,11 @@ class MappingDoc:
 
     @property
     def lo(self) -> int:
-        return int(self.start, 16)
+        return int(self.start, 16) if self.start else 0
 
     @property
     def hi(self) -> int:
-        return int(self.end, 16)
+        return int(self.end, 16) if self.end else 0
 
     def nodes(self) -> dict[int, int]:
         return {int(n): b for n, b in self.node_bytes.items()}
@@ -301,6 +310,8 @@ class ProcfsTargetDoc:
 
 @dataclass(frozen=True)
 class ProcfsDoc:
+    clear_refs: bool = False
+    accessed: str = ""
     targets: tuple[ProcfsTargetDoc, ...] = ()
     processes: tuple[ProcessDoc, ...] = ()
     stats: dict = field(default_factory=dict)
@@ -378,6 +389,7 @@ class SnapshotDoc:
     aging: dict = field(default_factory=dict)
     procfs: ProcfsDoc | None = None
     hotness: HotnessDoc | None = None
+    redacted: bool = False  # no addresses, file names or regions: mglrud/redact.py
 
     def target_names(self) -> set[str]:
         names = {t.name for t in self.targets}

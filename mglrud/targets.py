@@ -33,6 +33,8 @@ class Proc:
     comm: str
     cmdline: str  # NUL separators shown as spaces; at most CMDLINE_MAX bytes of it
     cgroup: str | None  # cgroup v2 path; None on a cgroup v1-only host (no "0::" line)
+    start: int | None = None  # start time (stat field 22): with the pid, which process this was when listed
+    uid: int | None = None  # real uid (status "Uid:"); read only when a target requires one
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,18 @@ def proc_cgroup(text: str) -> str | None:
     return None
 
 
-def read_proc(fs: FS, pid: int, cmdline: bool) -> Proc | None:
+def status_uid(text: str) -> int | None:
+    """The real uid from /proc/PID/status ("Uid:\treal effective saved fs")."""
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def read_proc(fs: FS, pid: int, cmdline: bool, uid: bool = False) -> Proc | None:
     """None when the process exited meanwhile or is not readable."""
     try:
         comm = fs.proc(pid, "comm").read_text().rstrip("\n")
@@ -76,18 +89,20 @@ def read_proc(fs: FS, pid: int, cmdline: bool) -> Proc | None:
         if cmdline:
             with open(fs.proc(pid, "cmdline"), "rb") as f:
                 cmd = f.read(CMDLINE_MAX).replace(b"\0", b" ").decode(errors="replace").strip()
+        owner = status_uid(fs.proc(pid, "status").read_text()) if uid else None
     except OSError:  # exited meanwhile (ENOENT, ESRCH while torn down) or not readable
         return None
-    return Proc(pid, comm, cmd, cgroup)
+    return Proc(pid, comm, cmd, cgroup, start_time(fs, pid), owner)
 
 
-def scan_procs(fs: FS, cmdline: bool) -> list[Proc]:
-    """Every process, in pid order; `cmdline` reads command lines too (only cmdline targets need them)."""
+def scan_procs(fs: FS, cmdline: bool, uid: bool = False) -> list[Proc]:
+    """Every process, in pid order; `cmdline` reads command lines too (only cmdline targets need them),
+    `uid` the owner (only targets that require a uid need it)."""
     try:
         pids = [int(p.name) for p in fs.proc().iterdir() if p.name.isdigit()]
     except OSError:
         return []
-    return [p for p in (read_proc(fs, pid, cmdline) for pid in sorted(pids)) if p is not None]
+    return [p for p in (read_proc(fs, pid, cmdline, uid) for pid in sorted(pids)) if p is not None]
 
 
 class ProcTable:
@@ -99,21 +114,22 @@ class ProcTable:
     def __init__(self, fs: FS, targets: tuple[Target, ...]):
         self.fs = fs
         self.cmdline = any(t.kind == "cmdline" for t in targets)
+        self.uid = any(t.uid is not None for t in targets)
         self._all: list[Proc] | None = None
         self._pids: dict[int, Proc | None] = {}
 
     def all(self) -> list[Proc]:
         if self._all is None:
-            self._all = scan_procs(self.fs, self.cmdline)
+            self._all = scan_procs(self.fs, self.cmdline, self.uid)
         return self._all
 
     def of(self, t: Target) -> list[Proc]:
         """The processes target `t` selects now (for a memcg target: those in its cgroups)."""
         if t.kind == "pid" and self._all is None:
             if t.value not in self._pids:
-                self._pids[t.value] = read_proc(self.fs, t.value, self.cmdline)
+                self._pids[t.value] = read_proc(self.fs, t.value, self.cmdline, self.uid)
             p = self._pids[t.value]
-            return [p] if p is not None else []
+            return [p] if p is not None and selects(t, p) else []
         return [p for p in self.all() if selects(t, p)]
 
 
@@ -129,7 +145,12 @@ def nearest_memcg(path: str, index: dict[str, int]) -> str | None:
 
 def selects(t: Target, p: Proc) -> bool:
     """Whether target `t` covers process `p`; a memcg target covers the processes in the
-    cgroups it matches (a process of a cgroup v1-only host counts as in "/")."""
+    cgroups it matches (a process of a cgroup v1-only host counts as in "/"). A target's
+    `uid`/`cgroup` requirements must hold too: a comm or command line alone is no identity."""
+    if t.uid is not None and p.uid != t.uid:
+        return False
+    if t.cgroup_pattern is not None and not memcg_matches(t.cgroup_pattern, p.cgroup or "/"):
+        return False
     if t.kind == "memcg":
         return memcg_matches(t.pattern, p.cgroup or "/")
     if t.kind == "pid":
@@ -150,6 +171,7 @@ class Candidate:
     pid: int
     comm: str
     rss_bytes: int
+    start: int | None = None  # the process's start time when it was listed (Proc.start)
 
 
 @dataclass(frozen=True)
@@ -169,17 +191,19 @@ def read_rss(fs: FS, pid: int, page_size: int) -> int:
         return 0
 
 
+def stat_start(text: str) -> int | None:
+    """Field 22 (starttime) of a /proc/PID/stat text; comm (field 2) is in parentheses and may contain ") "."""
+    try:
+        return int(text[text.rfind(")") + 2:].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def start_time(fs: FS, pid: int) -> int | None:
     """Field 22 of /proc/PID/stat: with the pid, it tells a process from a later one with the same pid."""
     try:
-        text = fs.proc(pid, "stat").read_text()
+        return stat_start(fs.proc(pid, "stat").read_text())
     except OSError:
-        return None
-    # comm (field 2) is in parentheses and may itself contain ") ".
-    rest = text[text.rfind(")") + 2:].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
         return None
 
 
@@ -200,7 +224,7 @@ def select(targets: Iterable[Target], fs: FS, exclude: Iterable[int] = (),
                 if p.pid not in rss:
                     rss[p.pid] = read_rss(fs, p.pid, page_size)
                 if rss[p.pid] > 0:
-                    chosen.append(Candidate(p.pid, p.comm, rss[p.pid]))
+                    chosen.append(Candidate(p.pid, p.comm, rss[p.pid], p.start))
         chosen.sort(key=lambda c: (-c.rss_bytes, c.pid))
         problem = "" if chosen else f"no running process with {t.kind} {t.value}"
         out.append(Selection(t, tuple(chosen), problem))

@@ -31,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from mglrud.config import ConfigError, _StrictLoader
+from mglrud import boundedyaml
+from mglrud.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,9 @@ def _headers(v: Any, path: str) -> tuple[tuple[str, str], ...]:
 def parse(text: str, path: str) -> WebConfig:
     """The file's text -> WebConfig without its SSLContext (pure: no file is opened)."""
     try:
-        doc = yaml.load(text, Loader=_StrictLoader)
+        doc = boundedyaml.parse(text)
+    except boundedyaml.TooBig as e:
+        raise _err(path, "", str(e)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ class DaemonProc:
     port: int = 0
     wrapped: bool = False  # started under a wrapper (unshare ...): mglrud is the wrapper's child
     wait: float = WAIT  # the bound start() was given, also wait_metrics()'s default
+    # its listen.socket: the full view (addresses, file names; mglrud/redact.py), which
+    # get()/snapshot()/metrics() read; `base` (TCP, no web config) serves the redacted one
+    socket: str = ""
 
     @classmethod
     def start(cls, args: list[str], log: Path, *, wrapper: list[str] | None = None, forks: bool = True,
@@ -55,12 +59,16 @@ class DaemonProc:
         With PORT, readiness is /metrics answering on it (for log levels that hide the
         "serving" line); otherwise the port is read from that line.
         """
+        sock = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--listen.socket"), "")
+        if wrapper is None and not sock:
+            sock = str(log.parent / "mglrud-run" / "mglrud.sock")
+            args = [*args, "--listen.socket", sock]
         argv = wrapper if wrapper is not None else [sys.executable, "-m", "mglrud", "run", *args]
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
         with open(log, "w") as out:
             proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
-        d = cls(proc, log, port, wrapper is not None and forks, wait)
+        d = cls(proc, log, port, wrapper is not None and forks, wait, sock)
         try:
             d._wait_serving(wait)
         except BaseException:
@@ -75,7 +83,27 @@ class DaemonProc:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def full(self) -> str:
+        """The --url of the full view (`mglrud report`, `heatmap`)."""
+        return f"unix:{self.socket}" if self.socket else self.base
+
     def get(self, path: str, timeout: float = 60.0) -> str:
+        """PATH from the full view: the socket when there is one, else TCP."""
+        if self.socket:
+            from mglrud.client import _UnixConnection
+            conn = _UnixConnection(self.socket, timeout)
+            try:
+                conn.request("GET", path)
+                r = conn.getresponse()
+                if r.status != 200:
+                    raise urllib.error.HTTPError(f"unix:{self.socket}{path}", r.status, r.reason, r.headers, None)
+                return r.read().decode()
+            finally:
+                conn.close()
+        return self.get_tcp(path, timeout)
+
+    def get_tcp(self, path: str, timeout: float = 60.0) -> str:
         with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
             return r.read().decode()
 
@@ -115,8 +143,9 @@ class DaemonProc:
         while time.monotonic() < deadline:
             if self.port:
                 try:
-                    self.get("/metrics", timeout=10)
-                    return
+                    self.get_tcp("/metrics", timeout=10)
+                    if not self.socket or os.path.exists(self.socket):  # bound right after the TCP port
+                        return
                 except OSError:
                     pass
             elif m := SERVING.search(self.log_text()):

@@ -14,8 +14,13 @@ from typing import Callable
 
 from prometheus_client.core import CollectorRegistry
 
-from mglrud.collectors import bpf, memcg, procfs, selfmetrics
+from mglrud.collectors import bpf, memcg, procfs, selfmetrics, workload
 from mglrud.model import Snapshot
+
+# `metrics.disable` keys -> family names: the per-memcg, per-mapping and per-target data
+# families. mglrud's own families (selfmetrics.py, the sources' counters) cannot be
+# switched off: the alert rules and `up`-style checks stand on them.
+FAMILIES: dict[str, str] = {**memcg.FAMILIES, **workload.FAMILIES, **procfs.FAMILIES, **bpf.FAMILIES}
 
 
 class Published:
@@ -38,8 +43,14 @@ def families(snap: Snapshot | None, now: float):
     yield from selfmetrics.families(snap, now)
     if snap is None:
         return
-    for module in (memcg, procfs, bpf):
-        yield from module.families(snap)
+    # metrics.disable is a rendering switch: the Snapshot (and /snapshot.json, the TUI, the
+    # report) keeps the data, only these families are left out of /metrics. It travels in
+    # the Snapshot, so the rendered text stays a function of the snapshot alone (the
+    # render-once cache in exposition.py relies on that) and a reload applies it from the
+    # next snapshot on, like cold_thresholds.
+    off = getattr(snap, "disabled_families", frozenset())
+    for module in (memcg, workload, procfs, bpf):
+        yield from (f for f in module.families(snap) if f.name not in off)
 
 
 class SnapshotCollector:

@@ -14,6 +14,15 @@ from prometheus_client.utils import floatToGoString
 
 from mglrud.model import hotness as H
 
+# metrics.disable keys -> the families they switch off (collectors/__init__.py gathers them).
+# mglrud_target_accessed_bytes is a counter: its family name has no _total.
+FAMILIES = {
+    "access_offset": "mglrud_target_access_offset_ratio",
+    "region_idle_age": "mglrud_target_region_idle_age_seconds",
+    "region_cold": "mglrud_target_region_cold_bytes",
+    "target_accessed": "mglrud_target_accessed_bytes",
+}
+
 HELP = {
     "offset": "Access heat over the target's address space, as a gauge histogram whose bucket values are "
               "BYTES PER SECOND: the exponentially weighted rate (half-life bpf.half_life) of bytes the MGLRU "
@@ -90,7 +99,15 @@ def families(snap):
     region = GaugeMetricFamily("mglrud_bpf_region_bytes", "Size of the regions heat is counted in "
                                "(bpf.region_size).", value=data.region_size)
     attached = GaugeMetricFamily("mglrud_bpf_program_attached", "1 while bpf/hotness.bpf.c is attached; "
-                                 "`event` is the tracepoint (the range event when the kernel has it).",
+                                 "`event` is the tracepoint (the range event when the kernel has it), or, "
+                                 "without mglrud's patch, fexit or kretprobe (the accessed-bit probe).",
                                  labels=["event"])
     attached.add_metric([data.event or "unknown"], 1)
-    yield from (ev, matched, dropped, entries, cap, region, attached)
+    harvested = CounterMetricFamily("mglrud_bpf_harvested_bytes", "Bytes of targets' pages found accessed, "
+                                    "by who cleared the accessed bit: aging (mglrud's lru_gen writes), "
+                                    "reclaim (kswapd, direct or memcg reclaim), other (clear_refs, page_idle, "
+                                    "DAMON...). Only aging counts in heat on the probe (docs/stock-kernel.md).",
+                                    labels=["harvester"])
+    for who, pages in data.harvested:
+        harvested.add_metric([who], pages * data.page_size)
+    yield from (ev, matched, dropped, entries, cap, region, attached, harvested)

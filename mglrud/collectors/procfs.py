@@ -24,6 +24,15 @@ from prometheus_client.utils import floatToGoString
 from mglrud.model.procfs import cold_bytes, group_mappings, idle_histogram, lru_share
 from mglrud.model.lru_gen import LRUS
 
+# metrics.disable keys -> the families they switch off (collectors/__init__.py gathers them).
+FAMILIES = {
+    "mapping_resident": "mglrud_mapping_resident_bytes",
+    "mapping_accessed": "mglrud_mapping_accessed_bytes",
+    "mapping_idle": "mglrud_mapping_idle_seconds",
+    "mapping_cold": "mglrud_mapping_cold_bytes",
+    "mapping_idle_age": "mglrud_mapping_idle_age_seconds",
+}
+
 HELP = {
     "resident": "Resident bytes of the target's mappings (smaps Rss), by NUMA node (numa_maps) and LRU. "
                 "lru=\"anon\" is anonymous memory and shmem/memfd/SysV shared memory (swap-backed); "
@@ -82,7 +91,9 @@ def families(snap):
             idles = [m.idle_seconds for m, span in g.mappings if m.idle_seconds is not None and span is not None]
             if idles:
                 idle.add_metric(labels, min(idles))
-            for th in thresholds:
+            # Without clear_refs nothing is measured idle, ever: no cold series rather than
+            # a 0 that reads as "nothing is cold".
+            for th in thresholds if data.clear_refs else ():
                 per_lru = dict.fromkeys(LRUS, 0)
                 for m, span in g.mappings:
                     for lru, b in lru_share(m, cold_bytes(m, th, span)).items():

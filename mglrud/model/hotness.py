@@ -253,6 +253,65 @@ def residency_one_node(vma: Vma, data: bytes, page_size: int, region_shift: int,
     return out
 
 
+# Residency by node without page frame numbers. pagemap shows PFNs only to CAP_SYS_ADMIN, which
+# the shipped unit does not keep; move_pages(2) with nodes=NULL answers "which node is this page
+# on" for the caller's own pages and those of processes it may ptrace (PTRACE_MODE_READ_REALCREDS,
+# mm/migrate.c find_mm_struct()), i.e. with the CAP_SYS_PTRACE the /proc source already needs.
+# Its status array gives per page a node (>= 0) or -errno (-ENOENT: not present). The counts
+# below take the low byte of each status and count (node, lru) pairs per region with bytes.count,
+# at C speed, instead of one Python int per page.
+NODE_BYTES_MAX = 64  # nodes 0..63 are counted at C speed; a chunk with a higher node takes the slow way
+_UNKNOWN = 0x7F  # any negative status (low byte) becomes this: node -1
+_NODE_BYTE = bytes(b if b < NODE_BYTES_MAX else _UNKNOWN for b in range(256))
+# pagemap's top byte -> a tag from a range no node byte can take, so (node, tag) pairs in an
+# interleaved buffer can only match at even offsets: 0xA0 absent, 0xA1 anon, 0xA2 file
+_TAG_ANON = bytes(0xA1 if b & 0x80 else 0xA0 for b in range(256))  # present -> anon (shmem)
+_TAG_FILE = bytes((0xA2 if b & 0x20 else 0xA1) if b & 0x80 else 0xA0 for b in range(256))
+
+
+def residency_by_status(vma: Vma, data: bytes, status: bytes, page_size: int, region_shift: int) -> dict:
+    """pagemap bytes (8 per page of vma) and move_pages(2)'s status (4 bytes, little-endian int,
+    per page) -> {(region, node, lru): resident pages}; the same classes as residency(); a page
+    pagemap shows present whose status is an error (it went away between the two) is on node -1.
+    Nodes must be below NODE_BYTES_MAX (the caller checks)."""
+    out: dict = {}
+    tags = data[7::8].translate(_TAG_ANON if vma.shmem else _TAG_FILE)
+    # -errno's low byte is 0xFF - errno + 1: at least 0x7B for every errno there is (< 133), so
+    # no error reads as a node 0..63
+    nodes = bytes(status[0::4]).translate(_NODE_BYTE)
+    pairs = bytearray(2 * len(tags))
+    pairs[0::2], pairs[1::2] = nodes, tags
+    per = 1 << (region_shift - (page_size.bit_length() - 1))
+    first = vma.start // page_size
+    i = 0
+    while i < len(tags):
+        region = (first + i) // per
+        j = min(len(tags), (region + 1) * per - first)
+        if tags.count(0xA0, i, j) != j - i:
+            chunk = bytes(pairs[2 * i:2 * j])
+            for n in set(nodes[i:j]):
+                for tag, lru in ((0xA1, "anon"), (0xA2, "file")):
+                    c = chunk.count(bytes((n, tag)))
+                    if c:
+                        key = (region, -1 if n == _UNKNOWN else n, lru)
+                        out[key] = out.get(key, 0) + c
+        i = j
+    return out
+
+
+def residency_per_page(vma: Vma, data: bytes, nodes, page_size: int, region_shift: int) -> dict:
+    """residency_by_status() one page at a time, for any node number (`nodes`: an int per page)."""
+    out: dict = {}
+    shift = region_shift - (page_size.bit_length() - 1)
+    first = vma.start // page_size
+    for i, top in enumerate(data[7::8]):
+        if top & 0x80:
+            lru = "file" if top & 0x20 and not vma.shmem else "anon"
+            key = ((first + i) >> shift, nodes[i] if nodes[i] >= 0 else -1, lru)
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 # ---------------------------------------------------------------- address-offset histogram
 
 def collapsed_spans(vmas: list[tuple[int, int, int]]) -> list[tuple[int, int, int, int]]:
@@ -427,4 +486,8 @@ class HotnessData:
     map_entries: int = 0
     map_capacity: int = 0
     notes: tuple[str, ...] = field(default=())  # e.g. processes whose residency could not be read
-    event: str = ""  # the tracepoint the program is attached to
+    event: str = ""  # the tracepoint the program is attached to, or "fexit"/"kretprobe" (the probe)
+    # base pages of targets found young since the program was loaded, by who cleared the
+    # accessed bit: (("aging", n), ("reclaim", n), ("other", n)); docs/stock-kernel.md
+    harvested: tuple[tuple[str, int], ...] = ()
+

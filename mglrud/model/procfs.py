@@ -86,6 +86,7 @@ class ProcfsData:
     targets: tuple[ProcfsTarget, ...] = ()
     stats: ProcfsStats = field(default_factory=ProcfsStats)
     top_mappings: int = 10
+    clear_refs: bool = False  # procfs.clear_refs: off, no accessed bytes, idle or cold times
 
 
 # ---------------------------------------------------------------- derived values

@@ -20,6 +20,7 @@ class SourceStatus:
     name: str
     up: bool
     reason: str = ""  # why it is down, as a sentence
+    chosen: bool = True  # run because of `sources:` (lru_gen is reported even when not chosen)
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,10 @@ class Snapshot:
     aging: AgingStats = field(default_factory=AgingStats)
     procfs: ProcfsData | None = None  # the /proc source's mappings, when that source runs
     hotness: HotnessData | None = None  # the BPF source's per-region heat, when it runs
+    disabled_families: frozenset[str] = frozenset()  # metrics.disable: families /metrics leaves out
+    # (target, reason, memcgs) the lru_gen source left out of `lruvecs`: reason "empty" (no
+    # resident pages, metrics.keep_empty_memcgs off) or "max_memcgs" (metrics.max_memcgs_per_target)
+    memcgs_dropped: tuple[tuple[str, str, int], ...] = ()
+    # mglrud/redact.py made this for a client who may not see addresses or file names: mapping
+    # names are classes, and /snapshot.json leaves out addresses and per-region cells
+    redacted: bool = False

@@ -39,6 +39,7 @@ def procfs_rows(data: ProcfsData, cold_thresholds: tuple[float, ...], size=size)
     """`mglrud snapshot`'s table: per target, the same top-K groups the metrics show; `size` formats bytes."""
     rows = [("TARGET", "COMM", "MAPPING", "RESIDENT", "ACCESSED", "IDLE")
             + tuple(f"COLD>={go_float(t)}s" for t in cold_thresholds)]
+    measured = getattr(data, "clear_refs", True)
     for t in data.targets:
         procs = tuple(p for p in data.processes if p.target == t.name)
         for g in group_mappings(procs, t.name, data.top_mappings):
@@ -46,6 +47,7 @@ def procfs_rows(data: ProcfsData, cold_thresholds: tuple[float, ...], size=size)
             rows.append((t.name, g.comm, g.name, size(sum(g.resident.values())),
                          "-" if g.accessed is None else size(g.accessed),
                          f"{min(idles):.0f}s" if idles else "-")
+                        # without clear_refs nothing is ever measured idle: unknown, not 0
                         + tuple(size(sum(cold_bytes(m, th, span) for m, span in g.mappings))
-                                for th in cold_thresholds))
+                                if measured else "-" for th in cold_thresholds))
     return rows

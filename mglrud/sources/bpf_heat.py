@@ -1,15 +1,24 @@
 """The BPF source's second half: from counted cells to each target's HotnessData.
 
 The counts say which regions the aging walk found accessed; what is resident,
-and on which node, comes from /proc/PID/smaps (which mappings hold pages) and
-/proc/PID/pagemap (which pages, and their page frames; Documentation/admin-guide/
-mm/pagemap.rst) read here, so that resident regions never found accessed show
-up too. The maths is in mglrud/model/hotness.py; sources/bpf_hotness.py mixes
+and on which node, comes from /proc/PID/smaps (which mappings hold pages),
+/proc/PID/pagemap (which pages; Documentation/admin-guide/mm/pagemap.rst) and,
+on a machine with several nodes, move_pages(2) with nodes=NULL (man 2
+move_pages: the node each page is on), read here, so that resident regions never
+found accessed show up too. pagemap's page frame numbers would say the node as
+well, but the kernel shows them only to CAP_SYS_ADMIN, which the shipped unit
+drops (without it every page read node -1); move_pages needs only ptrace read
+access to the process (CAP_SYS_PTRACE, which the unit keeps for the /proc source). The maths is in mglrud/model/hotness.py; sources/bpf_hotness.py mixes
 this in.
 """
 
 from __future__ import annotations
 
+import array
+import ctypes
+import errno
+import os
+import platform
 from collections import Counter
 
 from mglrud.fs import FS
@@ -19,6 +28,52 @@ from mglrud.sources.smaps import is_shmem, parse_smaps
 # A process whose mapped-and-resident address space is larger than this is not
 # read through pagemap (8 bytes per 4 KiB page: 16 GiB -> 32 MiB read per cycle).
 MAX_SCAN_BYTES = 16 << 30
+
+
+# move_pages(2) is asked about this many pages per call: 64 KiB of addresses, 16 KiB of statuses
+CHUNK_PAGES = 8192
+_SYS_MOVE_PAGES = {"x86_64": 279, "aarch64": 239, "ppc64le": 301, "s390x": 310}.get(platform.machine())
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def move_pages_status(pid: int, start: int, npages: int, page_size: int) -> bytes:
+    """move_pages(pid, npages, pages, NULL, status, 0) for the pages from `start` on: the
+    status array's bytes (a little-endian int per page: its node, or -errno such as -ENOENT
+    when not present). Raises OSError: EPERM without ptrace access, ENOSYS without
+    CONFIG_MIGRATION, ESRCH when the process is gone."""
+    if _SYS_MOVE_PAGES is None:
+        raise OSError(errno.ENOSYS, f"move_pages(2) number unknown for {platform.machine()}")
+    pages = array.array("Q", range(start, start + npages * page_size, page_size))
+    status = array.array("i", bytes(4 * npages))
+    r = _libc.syscall(ctypes.c_long(_SYS_MOVE_PAGES), ctypes.c_long(pid), ctypes.c_ulong(npages),
+                      ctypes.c_void_p(pages.buffer_info()[0]), None,
+                      ctypes.c_void_p(status.buffer_info()[0]), ctypes.c_int(0))
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return status.tobytes()
+
+
+def residency_move_pages(pid: int, vma: H.Vma, data: bytes, page_size: int, region_shift: int,
+                         status_of=move_pages_status) -> dict:
+    """A VMA's cells with the node of each page from move_pages(2), CHUNK_PAGES at a time;
+    a chunk pagemap shows without any present page is not asked about."""
+    cells: Counter = Counter()
+    npages = len(data) // 8
+    for i in range(0, npages, CHUNK_PAGES):
+        n = min(CHUNK_PAGES, npages - i)
+        part = data[8 * i:8 * (i + n)]
+        if not any(part[7::8]):  # no page of the chunk present (or swapped): nothing to ask
+            continue
+        start = vma.start + i * page_size
+        status = status_of(pid, start, n, page_size)
+        sub = H.Vma(start, start + n * page_size, vma.path, vma.shmem)
+        if max(memoryview(status).cast("i")) < H.NODE_BYTES_MAX:
+            cells.update(H.residency_by_status(sub, part, status, page_size, region_shift))
+        else:  # a node beyond 63: one Python step per page, for this chunk only
+            cells.update(H.residency_per_page(sub, part, memoryview(status).cast("i"), page_size, region_shift))
+    return dict(cells)
 
 
 def node_of_pfn(fs: FS):
@@ -32,9 +87,13 @@ def node_of_pfn(fs: FS):
     return H.pfn_node_table(zones), (nodes.pop() if len(nodes) == 1 else None)
 
 
-def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes):
+def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes, status_of=move_pages_status):
     """(mapped spans [(start, end)], {(region, node, lru): pages} or None, why not) of one
-    process; None if it is gone. The spans (from smaps) are there even when pagemap is not."""
+    process; None if it is gone. The spans (from smaps) are there even when pagemap is not.
+    `nodes` is node_of_pfn()'s answer; with several nodes each page's node comes from
+    move_pages(2) (`status_of`), or, where the kernel refuses that (ENOSYS: no
+    CONFIG_MIGRATION; EPERM: a seccomp filter or LSM), from pagemap's PFNs (node -1 when
+    the kernel hides them, i.e. without CAP_SYS_ADMIN)."""
     try:
         vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text()) if e.rss > 0]
     except (OSError, ValueError):
@@ -43,18 +102,26 @@ def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes):
     if sum(e.end - e.start for e in vmas) > MAX_SCAN_BYTES:
         return spans, None, f"mapped resident space over {MAX_SCAN_BYTES >> 30} GiB; residency not read"
     cells: Counter = Counter()
+    node_of, only = nodes
     try:
         with open(fs.proc(pid, "pagemap"), "rb") as f:
             for e in vmas:
                 f.seek(e.start // page_size * 8)
                 data = f.read((e.end - e.start) // page_size * 8)
                 vma = H.Vma(e.start, e.end, e.path, is_shmem(e.path))
-                node_of, only = nodes
                 if only is not None:
                     cells.update(H.residency_one_node(vma, data, page_size, region_shift, only))
-                else:
-                    cells.update(H.residency(vma, memoryview(data).cast("Q").tolist(), page_size, region_shift,
-                                             node_of))
+                    continue
+                if status_of is not None:
+                    try:
+                        cells.update(residency_move_pages(pid, vma, data, page_size, region_shift, status_of))
+                        continue
+                    except OSError as err:
+                        if err.errno in (errno.ESRCH, errno.ENOENT):
+                            return None  # gone meanwhile
+                        status_of = None  # refused: the PFNs, for this and the next mappings
+                cells.update(H.residency(vma, memoryview(data).cast("Q").tolist(), page_size, region_shift,
+                                         node_of))
     except OSError as e:
         return spans, None, f"cannot read pagemap: {e.strerror}"
     return spans, dict(cells), ""
@@ -62,6 +129,8 @@ def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes):
 
 class HeatBuilder:
     """Per-target assembly for BpfHotnessSource (its cfg, fs, page_size, state, accessed and _had)."""
+
+    status_of = staticmethod(move_pages_status)  # tests give a stand-in (the fixtures' pids are not real)
 
     def _build(self, targets, procs, memcgs, now_ns: int, entries: int, last=frozenset()) -> H.HotnessData:
         """`last`: cells read for the last time (deleted from the map after this); those of
@@ -99,7 +168,8 @@ class HeatBuilder:
             spans_in, resident = [], {}
             for tg in scan:
                 if tg not in residency_cache:
-                    residency_cache[tg] = read_residency(self.fs, tg, cfg.region_shift, page, nodes)
+                    residency_cache[tg] = read_residency(self.fs, tg, cfg.region_shift, page, nodes,
+                                                          self.status_of)
                 r = residency_cache[tg]
                 if r is None:
                     continue

@@ -21,11 +21,15 @@ not store (mglrud_bpf_dropped_events_total).
 
 When the tracepoint is missing or bcc cannot compile or attach the program,
 the source is down with the reason (mglrud_source_up{source="bpf"}, `mglrud
-check`, the log) and the other sources carry on.
+check`, the log) and the other sources carry on. A program that failed to load,
+or whose maps could no longer be read (bpf(2) errors: OSError), is started again
+after RETRY_FIRST seconds, then after twice as long each time up to RETRY_MAX,
+and at once on a reload (SIGHUP); its counters go on from the old program's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -39,6 +43,8 @@ from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
 from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
+from mglrud.sources import bpf_probe
+from mglrud.programs import bpf_program
 from mglrud.sources.base import Inputs, Part, Probe
 from mglrud.sources.bpf_heat import HeatBuilder
 from mglrud.targets import ProcTable
@@ -51,9 +57,17 @@ EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young")
 # (patch 3 of kernel-patch/): what the program attaches to when the kernel has it, because
 # a program on the per-entry event multiplies the time of an aging pass.
 RANGE_EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young_range")
-DEFAULT_PROGRAM = Path(__file__).resolve().parents[2] / "bpf" / "hotness.bpf.c"
+DEFAULT_PROGRAM = bpf_program("hotness.bpf.c")  # package data in a wheel, bpf/ in a checkout
 MAX_TGIDS = 4096
 MAX_MEMCGS = 4096
+# A failed program is started again after 30 s, 1 min, 2 min, ... at most every 30 min: a
+# (re)start compiles the program (about a second; 15 s in a TCG guest) inside the loop.
+RETRY_FIRST = 30.0
+RETRY_MAX = 1800.0
+# What reading or updating the maps raises when the kernel side is gone or broken: bpf(2)
+# errors (bpfsys.BpfError is an OSError) and a value of the wrong size. Anything else is a
+# bug in mglrud and goes to the daemon loop's traceback, not into a silent "down".
+MAP_ERRORS = (OSError, struct.error)
 
 
 class Unavailable(Exception):
@@ -84,8 +98,10 @@ def pick_event(cfg: Bpf, fs: FS) -> str | None:
 KEY = struct.Struct("<QIHBB")  # region, tgid, memcg_id, node, lru
 VAL = struct.Struct("<QQQ")  # pages, events, last_ns
 U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
-MAPS = ["heat", "stats", "target_tgids", "target_memcgs"]
+MAPS = ["heat", "stats", "target_tgids", "target_memcgs", "config"]
 STATS = ("events", "matched", "dropped")
+# stats[3..5]: base pages of targets found young, by who cleared the bit (bpf/hotness.bpf.c)
+HARVESTERS = ("aging", "reclaim", "other")
 
 
 def combine_percpu_raw(values: list[bytes], ncpus: int, slot: int) -> list[list[int]]:
@@ -113,18 +129,31 @@ class Program:
     def __init__(self, cfg: Bpf, fs: FS, event: str | None = None):
         # `event` forces one of the two tracepoints (benchmarks compare them)
         self.event = event or pick_event(cfg, fs)
-        if self.event is None:
-            raise Unavailable(f"{fs.tracefs(*EVENT)} missing: the kernel lacks mglrud's tracepoint "
-                              f"(kernel-patch/), or tracefs is not mounted")
+        attach, flags = "tracepoint", cflags(cfg, self.event == RANGE_EVENT[-1])
+        if self.event is None or self.event in bpf_probe.MODES:
+            # no tracepoint: the accessed-bit probe of a stock kernel (docs/stock-kernel.md)
+            check = bpf_probe.probe(fs)
+            if not check.usable:
+                raise Unavailable(f"{fs.tracefs(*EVENT)} missing (the kernel lacks mglrud's tracepoint, "
+                                  f"kernel-patch/, or tracefs is not mounted), and {check.detail}")
+            attach = self.event or check.mode
+            flags = cflags(cfg) + [f"-DVMEMMAP_BASE={check.vmemmap_base:#x}ULL"]
         path = program_path(cfg)
         if not path.is_file():
             raise Unavailable(f"BPF program {path} not found (bpf.program)")
         started = time.monotonic()
+        answer: dict = {}
         try:
             fds, self._held, self.child_seconds = bpf_loader.load(
-                path, cflags(cfg, self.event == RANGE_EVENT[-1]), self.event, MAPS)
+                path, flags, self.event or attach, MAPS, attach=attach, answer_out=answer)
         except bpf_loader.LoadError as e:
             raise Unavailable(str(e)) from None
+        if attach != "tracepoint":
+            # the event label of mglrud_bpf_attached: how the program is attached
+            self.event = answer.get("mode", attach)
+            self.fallback = answer.get("fallback", "")
+            if self.fallback:
+                log.warning("source bpf: fexit unavailable, attached as kprobe+kretprobe: %s", self.fallback)
         self.maps: dict[str, bpfsys.Map] = {}
         try:
             for name in MAPS:
@@ -147,6 +176,8 @@ class Program:
         self.capacity = cfg.max_regions
 
     def set_targets(self, tgids: set[int], memcg_ids: set[int]) -> None:
+        # this process writes lru_gen: the harvests it causes are the aging's (the program's harvester())
+        self.maps["config"].update(U32.pack(0), U32.pack(os.getpid()))
         for name, want in (("target_tgids", tgids), ("target_memcgs", memcg_ids)):
             table = self.maps[name]
             have = {U32.unpack(k)[0] for k in table.keys()}
@@ -170,7 +201,10 @@ class Program:
         zero = bytes(stats.slot * stats.ncpus)  # an array has every key; never absent in practice
         out = {"stats": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(i)) or zero)]
                          for i, n in enumerate(STATS)},
-               "heat": cells}
+               "heat": cells,
+               "harvest": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(len(STATS) + i))
+                                                                               or zero)]
+                           for i, n in enumerate(HARVESTERS)}}
         out["mono_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return out
 
@@ -208,8 +242,12 @@ def target_memcgs(targets: tuple[Target, ...], index: dict[str, int]) -> dict[st
 # ---------------------------------------------------------------- the source
 
 class BpfHotnessSource(HeatBuilder):
-    def __init__(self, cfg: Bpf, fs: FS, loader=Program, wall=time.time):
-        self.cfg, self.fs, self.loader, self.wall = cfg, fs, loader, wall
+    def __init__(self, cfg: Bpf, fs: FS, loader=Program, wall=time.time, clock=time.monotonic):
+        self.cfg, self.fs, self.loader, self.wall, self.clock = cfg, fs, loader, wall, clock
+        self._retry_at: float | None = None  # when a failed program is started again
+        self._backoff = RETRY_FIRST
+        self._up_since = 0.0
+        self.restarts = 0
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.program = None
         self._started = False  # start() tried (configure() starts it once)
@@ -218,6 +256,8 @@ class BpfHotnessSource(HeatBuilder):
         self.accessed: dict[str, Counter] = {}  # target -> (node, lru) -> bytes, cumulative
         self.stats = (0, 0, 0)
         self.stats_base = (0, 0, 0)  # counts of the programs before this one (see carry_over)
+        self.harvested = tuple((n, 0) for n in HARVESTERS)  # this program's, latest read
+        self.harvest_base = (0,) * len(HARVESTERS)
         self._procs: dict | None = None
         self._memcgs: dict = {}
         # target name -> (tgids, memcg ids) it had at the previous read: whose cells it may still
@@ -225,13 +265,15 @@ class BpfHotnessSource(HeatBuilder):
         self._had: dict[str, tuple[frozenset, frozenset]] = {}
 
     def start(self) -> bool:
+        self._retry_at = None
         try:
             self.program = self.loader(self.cfg, self.fs)
         except Unavailable as e:
             self.program, self.reason = None, str(e)
-            log.warning("source bpf: %s", e)
+            log.warning("source bpf: %s; trying again in %ds", e, self._schedule_retry())
             return False
         self.reason = ""
+        self._up_since = self.clock()
         log.info("source bpf: %s attached to vmscan:%s (compiled in %.1fs; "
                  "%d KiB regions, map of %d entries)", program_path(self.cfg), getattr(self.program, "event", "?"),
                  getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
@@ -241,7 +283,7 @@ class BpfHotnessSource(HeatBuilder):
 
     @classmethod
     def make(cls, config: Config, fs: FS, clock, wall) -> "BpfHotnessSource":
-        return cls(config.bpf, fs)
+        return cls(config.bpf, fs, wall=wall, clock=clock)
 
     def configure(self, config: Config, probe: Probe, why: str) -> None:
         """Compile and attach on first use (~1 s; ~15 s under TCG); a reload that changes bpf:
@@ -250,16 +292,35 @@ class BpfHotnessSource(HeatBuilder):
             self.close()
             # the new program's maps start from zero: its counts go on from these
             self.stats_base, self.state, self._had = self.stats, {}, {}
+            self.harvest_base = tuple(b + v for b, (_, v) in zip(self.harvest_base, self.harvested))
+            self.harvested = tuple((n, 0) for n, _ in self.harvested)
             self.cfg, self._started = config.bpf, False
         if not self._started:
             self._started = True
             self.start()
+        elif self.program is None:  # a reload is also the way to say "try again now"
+            self._backoff = RETRY_FIRST
+            self.restart()
+
+    def _schedule_retry(self) -> int:
+        """The next start after the current backoff, which then doubles; returns the seconds."""
+        wait = self._backoff
+        self._retry_at = self.clock() + wait
+        self._backoff = min(self._backoff * 2, RETRY_MAX)
+        return round(wait)
+
+    def restart(self) -> bool:
+        """Start a new program after a failed one: its maps start from zero, so the counters
+        go on from the old one's (as on a reload that recompiles)."""
+        self.stats_base, self.state, self._had = self.stats, {}, {}
+        self.restarts += 1
+        return self.start()
 
     def reschedule(self, within: float) -> None:
         pass
 
     def due_in(self) -> float:
-        return float("inf")
+        return float("inf") if self._retry_at is None else self._retry_at - self.clock()
 
     def before_aging(self, inputs: Inputs) -> None:
         self.fs = inputs.fs
@@ -273,6 +334,7 @@ class BpfHotnessSource(HeatBuilder):
         """Continue the counters of the source this one replaces (a reload that changed bpf:
         recompiles the program, whose maps start from zero): exported counters never go down."""
         self.stats_base = old.stats
+        self.harvest_base = tuple(b + v for b, (_, v) in zip(old.harvest_base, old.harvested))
         self.accessed = {name: Counter(c) for name, c in old.accessed.items()}
 
     def close(self) -> None:
@@ -280,6 +342,7 @@ class BpfHotnessSource(HeatBuilder):
             self.program.close()
             self.program = None
             self.reason = "stopped"
+        self._retry_at = None
 
     def status(self) -> SourceStatus:
         return SourceStatus(NAME, self.program is not None, self.reason)
@@ -289,19 +352,21 @@ class BpfHotnessSource(HeatBuilder):
         aging, so that the aging about to run is counted."""
         self._procs = target_processes(targets, procs or ProcTable(self.fs, targets))
         self._memcgs = target_memcgs(targets, index)
+        if self.program is None and self._retry_at is not None and self.clock() >= self._retry_at:
+            self.restart()
         if self.program is None:
             return
         tgids = {p for ps in self._procs.values() for p in ps}
         ids = {i for ms in self._memcgs.values() for i in ms}
         try:
             self.program.set_targets(tgids, ids)
-        except Exception as e:
+        except MAP_ERRORS as e:
             self._fail(f"updating the BPF target maps failed: {e}")
 
     def _fail(self, reason: str) -> None:
-        log.error("source bpf: %s", reason)
         self.close()
         self.reason = reason
+        log.error("source bpf: %s; starting the program again in %ds", reason, self._schedule_retry())
 
     def cycle(self, targets: tuple[Target, ...], index: dict[str, int],
               procs: ProcTable | None = None) -> H.HotnessData | None:
@@ -316,10 +381,13 @@ class BpfHotnessSource(HeatBuilder):
         ids = {i for ms in memcgs.values() for i in ms}
         try:
             dump = self.program.dump()
-        except Exception as e:  # the kernel side went away: report, do not crash the loop
+        except MAP_ERRORS as e:  # the kernel side went away: report, start again later
             self._fail(f"reading the BPF maps failed: {e}")
             return None
+        if self.clock() - self._up_since >= self._backoff:
+            self._backoff = RETRY_FIRST  # up for as long as it last waited: a later failure is a new one
         raw = H.raw_from_dump(dump)
+        self.harvested = tuple((n, sum(dump.get("harvest", {}).get(n, ()))) for n in HARVESTERS)
         stale = [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
         # tgid 0: an mm with no owner task (the tracepoint's convention); kept, it cannot be looked up
         alive = {t for t in {k.tgid for k in raw.cells} - tgids if t == 0 or self.fs.proc(t).exists()}
@@ -331,6 +399,8 @@ class BpfHotnessSource(HeatBuilder):
         # what the kernel counted for it meanwhile (reclaim's look-around, aging by others) is
         # still in its cells, read now for the last time
         data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale))
+        data = dataclasses.replace(data, harvested=tuple((n, b + v) for (n, v), b in
+                                                         zip(self.harvested, self.harvest_base)))
         self._had = {t.name: (frozenset(procs.get(t.name, ())), frozenset(memcgs.get(t.name, ()))) for t in targets}
         if stale:
             self.program.delete(stale)
@@ -340,7 +410,8 @@ class BpfHotnessSource(HeatBuilder):
 
 
 def probe(fs: FS) -> Probe:
-    """The tracepoint of mglrud's kernel patch and bcc; whether the program compiles
+    """The tracepoint of mglrud's kernel patch (else, on a stock kernel, the accessed-bit probe)
+    and bcc; whether the program compiles
     and attaches is only known when the source starts (sources/bpf_hotness.py)."""
     event = fs.tracefs("events", "vmscan", "mm_vmscan_lru_gen_young")
     try:
@@ -348,8 +419,12 @@ def probe(fs: FS) -> Probe:
     except PermissionError:
         return Probe("bpf", False, f"{event} is not readable: run mglrud as root")
     if not found:
-        return Probe("bpf", False, f"no tracepoint {event}: a kernel without mglrud's patch (kernel-patch/), "
-                                   f"or tracefs not mounted")
+        # a kernel without mglrud's patch: the accessed-bit probe (sources/bpf_probe.py) where it can run
+        check = bpf_probe.probe(fs)
+        if check.usable:
+            return Probe("bpf", True, check.detail)
+        return Probe("bpf", False, f"no tracepoint {event} (a kernel without mglrud's patch, kernel-patch/, "
+                                   f"or tracefs not mounted), and {check.detail}")
     # Found, not imported: importing bcc maps LLVM into the daemon for good (~40 MiB resident);
     # only the short-lived loader child imports it (mglrud/bpf_loader.py), and says so if it fails.
     try:

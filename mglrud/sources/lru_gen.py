@@ -196,7 +196,8 @@ def probe(fs: FS) -> Probe:
 class LruGenSource(Passive):
     """The generations of the target memcgs. lru_gen is read once per cycle, before and again
     after aging, by the Engine (it is also what the Engine ages through): this source only
-    picks the target memcgs' lruvecs out of that read."""
+    picks the target memcgs' lruvecs out of that read, less what the cardinality controls
+    leave out (select(), metrics.max_memcgs_per_target and metrics.keep_empty_memcgs)."""
 
     name = NAME
 
@@ -210,5 +211,44 @@ class LruGenSource(Passive):
     def part(self, inputs: Inputs) -> Part:
         index = inputs.index
         # .get: a memcg that went offline since the first read is no longer in the index.
-        return Part(data={"lruvecs": tuple(h for h in inputs.lruvecs if h.memcg_path in inputs.owner
-                                           and index.get(h.memcg_path) == h.memcg_id)})
+        picked = tuple(h for h in inputs.lruvecs if h.memcg_path in inputs.owner
+                       and index.get(h.memcg_path) == h.memcg_id)
+        m = inputs.config.metrics
+        owner = {path: t.name for path, t in inputs.owner.items()}
+        kept, dropped = select(picked, owner, m.max_memcgs_per_target, m.keep_empty_memcgs)
+        return Part(data={"lruvecs": kept, "memcgs_dropped": dropped})
+
+
+def select(lruvecs: tuple[GenHistogram, ...], owner: dict[str, str], cap: int, keep_empty: bool
+           ) -> tuple[tuple[GenHistogram, ...], tuple[tuple[str, str, int], ...]]:
+    """The cardinality controls on memcgs (docs/fleet.md): the lruvecs to export, and
+    (target, reason, memcgs) left out. A memcg goes whole (every node) or not at all.
+
+    reason "empty": no page on any LRU of any node (unless keep_empty) -- the default
+    target /** matches every memcg of the host, most of them empty on a busy machine.
+    reason "max_memcgs": beyond `cap` per target (0: no cap), keeping the largest by
+    resident pages (ties by path, so the choice is stable between snapshots).
+
+    This is data reduction, done here rather than in the collectors: the memcgs left out
+    are still aged (aging sees every target memcg), but the Snapshot, /snapshot.json and
+    the rendered text do not carry them, so a 10k-memcg host costs 10k lruvecs once per
+    cycle and not in every consumer of the Snapshot.
+    """
+    pages: dict[str, int] = {}
+    for h in lruvecs:
+        pages[h.memcg_path] = pages.get(h.memcg_path, 0) + h.pages("anon") + h.pages("file")
+    by_target: dict[str, list[str]] = {}
+    for path in pages:
+        by_target.setdefault(owner.get(path, ""), []).append(path)
+    keep: set[str] = set()
+    dropped = []
+    for target, paths in sorted(by_target.items()):
+        empty = 0
+        if not keep_empty:
+            empty = sum(1 for p in paths if not pages[p])
+            paths = [p for p in paths if pages[p]]
+        paths.sort(key=lambda p: (-pages[p], p))
+        over = paths[cap:] if cap else []
+        keep.update(paths[:cap] if cap else paths)
+        dropped += [(target, "empty", empty), (target, "max_memcgs", len(over))]
+    return tuple(h for h in lruvecs if h.memcg_path in keep), tuple(dropped)

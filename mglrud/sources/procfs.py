@@ -36,8 +36,11 @@ What that costs and changes -- read this before pointing it at production:
   unreferenced, so pages accessed once before the clear and not since are easier
   to reclaim than they would have been. cAdvisor's referenced-bytes metric
   (--disable_metrics=referenced_memory to turn it off) clears them the same way.
-  Set `procfs.clear_refs: false` to only read; accessed bytes are then not
-  reported (Referenced would count since an unknown time).
+  So clear_refs is OFF unless `procfs.clear_refs: true` (as cAdvisor keeps its
+  referenced-bytes metric off by default): the source then only reads, and
+  reports resident, anon/file, swap and NUMA node bytes per mapping; accessed
+  bytes, idle and cold times are not reported (Referenced would count since an
+  unknown time), and ProcfsData.clear_refs says so.
 - A page shared by several processes carries one referenced flag: a clear in
   one process resets the flag the others' smaps also look at.
 
@@ -52,7 +55,11 @@ with no config reports the 5 largest processes. Each target is read on its
 
 Reading needs ptrace access to the process (PTRACE_MODE_READ, checked when
 smaps is opened) and clear_refs is writable only by the owner; mglrud runs as
-root. A process that exits between listing and reading (ENOENT, ESRCH, an empty
+root. So the write is careful about what it writes to: clear_refs is opened
+with O_NOFOLLOW through the /proc/PID directory (itself opened O_NOFOLLOW), and
+only when the process's start time there is still the one it had when the
+target listed it (a pid reused since, perhaps by another user's process, is
+counted as `exited`, not cleared). A process that exits between listing and reading (ENOENT, ESRCH, an empty
 smaps for a zombie) is counted as `exited`, not an error; a process that cannot
 be read gives its target a sentence saying why.
 
@@ -71,14 +78,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from mglrud.config import Config, Target
+from mglrud.config import Config, Procfs, Target
 from mglrud.fs import FS
 from mglrud.model import SourceStatus
 from mglrud.sources.base import Inputs, Part, Probe
 from mglrud.sources.smaps import ParseError, lru_split, mapping_name, parse_numa_maps, parse_smaps
 from mglrud.model.procfs import (MappingHeat, ProcessHeat, ProcfsData, ProcfsStats,
                              ProcfsTarget)
-from mglrud.targets import Candidate, ProcTable, Selection, select, start_time
+from mglrud.targets import Candidate, ProcTable, Selection, select, start_time, stat_start
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +111,36 @@ class Denied(Exception):
     """No access to the process; the message is the sentence a user reads."""
 
 
-def _clear_refs(fs: FS, pid: int) -> None:
+class Replaced(Exception):
+    """The pid now belongs to another process than the one the target selected (pid reuse)."""
+
+
+def _clear_refs(fs: FS, pid: int, start: int | None) -> None:
+    """Write "1" to /proc/PID/clear_refs of the process that started at `start`, and of no other.
+
+    The pid directory is opened once (O_NOFOLLOW: a symlink there, as in a planted or
+    mistaken paths.procfs tree, is refused) and both the start-time check and the write
+    go through that one descriptor: a /proc/PID directory fd stays bound to its process,
+    so a pid reused after the check cannot receive the write (openat then fails, ESRCH).
+    clear_refs itself is opened with O_NOFOLLOW too.
+    """
     # No O_CREAT/O_TRUNC: procfs needs neither, and a vanished process must fail, not create.
-    fd = os.open(fs.proc(pid, "clear_refs"), os.O_WRONLY)
+    dirfd = os.open(fs.proc(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        os.write(fd, b"1")
+        sfd = os.open("stat", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+        try:
+            now = stat_start(os.read(sfd, 4096).decode(errors="replace"))
+        finally:
+            os.close(sfd)
+        if start is None or now != start:
+            raise Replaced()
+        fd = os.open("clear_refs", os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(dirfd)
 
 
 def _read(fs: FS, pid: int, name: str) -> str:
@@ -120,6 +150,8 @@ def _read(fs: FS, pid: int, name: str) -> str:
 def _oserror(e: OSError, pid: int, what: str) -> Exception:
     if isinstance(e, (FileNotFoundError, ProcessLookupError)) or e.errno == errno.ESRCH:
         return Exited()
+    if e.errno == errno.ELOOP:
+        return OSError(errno.ELOOP, f"a symbolic link where procfs has none, refused {what} it")
     if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
         uid = os.geteuid()
         who = "root" if uid == 0 else f"uid {uid}"
@@ -146,7 +178,7 @@ class ProcfsSource:
     """
 
     def __init__(self, fs: FS, *, max_processes: int = DEFAULT_MAX_PROCESSES,
-                 top_mappings: int = DEFAULT_TOP_MAPPINGS, clear_refs: bool = True,
+                 top_mappings: int = DEFAULT_TOP_MAPPINGS, clear_refs: bool = Procfs.clear_refs,
                  read_numa: bool | None = None, exclude: Iterable[int] | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
         self.fs = fs
@@ -182,6 +214,12 @@ class ProcfsSource:
     def configure(self, config: Config, probe: Probe, why: str) -> None:
         """A reload keeps the intervals and idle times."""
         p = config.procfs
+        if probe.usable and p.clear_refs != getattr(self, "_said_clear", None):
+            # Once per setting, not per cycle: /snapshot.json's procfs.accessed says it too.
+            log.info("procfs: %s", "clear_refs on: accessed bytes measured (procfs.clear_refs: true)" if p.clear_refs
+                     else "clear_refs off (the default): resident, anon/file, swap and node bytes only; "
+                          "accessed bytes need procfs.clear_refs: true")
+            self._said_clear = p.clear_refs
         self.reconfigure(max_processes=p.max_processes, top_mappings=p.top_mappings, clear_refs=p.clear_refs)
         self.probe, self.why = probe, why
 
@@ -247,6 +285,7 @@ class ProcfsSource:
             stats=ProcfsStats(self.reads, tuple(sorted(self.errors.items())), self.read_seconds,
                               self.clear_seconds, self.bytes_scanned),
             top_mappings=self.top_mappings,
+            clear_refs=self.clear,
         )
 
     def _read_target(self, sel: Selection, clear: bool) -> None:
@@ -286,7 +325,9 @@ class ProcfsSource:
     def _read_process(self, c: Candidate, target: str, clear: bool) -> None:
         pid = c.pid
         st = start_time(self.fs, pid)
-        if st is None:
+        # The pid was listed (and matched the target) earlier in the cycle: another process
+        # with that pid since, perhaps another user's, is not the one the target selected.
+        if st is None or (c.start is not None and st != c.start):
             raise Exited()
         state = self.procs.get(pid)
         if state is None or state.start_time != st:
@@ -306,8 +347,10 @@ class ProcfsSource:
         cleared = False
         if clear:
             try:
-                _clear_refs(self.fs, pid)
+                _clear_refs(self.fs, pid, st)
                 cleared = True
+            except Replaced:
+                raise Exited() from None
             except OSError as e:
                 raise _oserror(e, pid, "writing clear_refs of") from None
         t2 = self.clock()

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from mglrud import client
+from mglrud import client, optional
 from mglrud.render import heatmap as HM
 from mglrud.tui.feeds import (DaemonFeed, HeatmapError, History, OwnSession, Poller,  # noqa: F401 (the package's API)
                               check_daemon_has, open_feed, own_config)
@@ -95,6 +95,8 @@ def main(args) -> int:
             check_writable(args.png)
             if args.columns < 1:
                 raise HeatmapError(f"--columns must be at least 1, got {args.columns}")
+        if problem := optional.missing("PIL" if args.png else "urwid"):  # before anything is aged
+            raise HeatmapError(problem)
         feed, first = open_feed(args)
         if args.png:
             return png_main(args, feed, first)

@@ -123,11 +123,12 @@ def open_feed(args):
         raise HeatmapError(f"no process {args.pid}")
     why = "--own"
     if not args.own:
-        feed = DaemonFeed(args.url, args.target, args.pid)
+        url = client.default_url(args.url)
+        feed = DaemonFeed(url, args.target, args.pid)
         try:
             first = feed.poll()
         except client.FetchError:
-            why = f"no daemon at {args.url}"
+            why = f"no daemon at {url}"
         else:
             check_daemon_has(first, args.target, args.pid)
             return feed, first
@@ -136,6 +137,8 @@ def open_feed(args):
 
 def check_daemon_has(snap: SnapshotDoc | dict, target: str | None, pid: int | None) -> None:
     snap = read(snap)
+    if snap.redacted:
+        raise HeatmapError(f"{client.REDACTED_NOTE}; or run the heatmap with --own")
     names = snap.target_names()
     known = ", ".join(sorted(names)) or "none"
     if target is not None and target not in names:

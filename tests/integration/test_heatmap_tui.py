@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -48,22 +49,25 @@ def workload():
 def daemon(tmp_path, workload):
     cfg = tmp_path / "mglrud.yaml"
     cfg.write_text("aging: {interval: 2s}\nsnapshot: {interval: 1s}\nmetrics: {cold_thresholds: [2s, 4s]}\n"
+                   "procfs: {clear_refs: true}\n"  # explicitly: it needs accessed bytes (off by default)
                    f"targets: [{{name: wl, pid: {workload['pid']}}}]\n")
-    d = DaemonProc.start(["-c", str(cfg), "--listen.address", "127.0.0.1", "--listen.port", "0"],
-                         tmp_path / "mglrud.log")
+    # a short socket path: the TUI's status line names it and must keep room for PAUSED
+    run = tempfile.mkdtemp(prefix="m")
+    d = DaemonProc.start(["-c", str(cfg), "--listen.address", "127.0.0.1", "--listen.port", "0",
+                          "--listen.socket", f"{run}/s"], tmp_path / "mglrud.log")
     try:
         deadline = time.monotonic() + WAIT
-        while not _measured(d.base, workload["pid"], workload["hot"][0]):
+        while not _measured(d, workload["pid"], workload["hot"][0]):
             assert time.monotonic() < deadline, "no complete interval:\n" + d.log_text()
             time.sleep(0.5)
         yield d
     finally:
         d.stop()
+        shutil.rmtree(run, ignore_errors=True)
 
 
-def _measured(url: str, pid: int, start: int) -> bool:
-    with urllib.request.urlopen(f"{url}/snapshot.json", timeout=10) as r:
-        snap = json.loads(r.read())
+def _measured(d: DaemonProc, pid: int, start: int) -> bool:
+    snap = d.snapshot()  # the full view, from the daemon's socket
     return any(p["pid"] == pid and any(int(m["start"], 16) == start and m["accessed_bytes"] for m in p["mappings"])
                for p in (snap.get("procfs") or {}).get("processes", ()))
 
@@ -151,8 +155,8 @@ def band_of(screen: str, address: int) -> int:
 
 def test_tui_attached_overlays_intervals_zoom_pause_quit(daemon, workload, tmux):
     hot, cold, pid = workload["hot"][0], workload["cold"][0], workload["pid"]
-    t = tmux(f"{sys.executable} -m mglrud heatmap --pid {pid} --url {daemon.base} --aggregate 1")
-    s = t.wait("attached mode and a few columns", lambda s: f"attached to daemon {daemon.base}" in status(s)
+    t = tmux(f"{sys.executable} -m mglrud heatmap --pid {pid} --url {daemon.full} --aggregate 1")
+    s = t.wait("attached mode and a few columns", lambda s: f"attached to daemon {daemon.full}" in status(s)
                and columns(s)[0] >= 6)
     assert f"pid {pid}" in status(s) and "aging daemon's" in status(s) and "aggregate 1s" in status(s)
     assert "heat (hottest part" in s
@@ -219,10 +223,15 @@ def test_tui_attached_overlays_intervals_zoom_pause_quit(daemon, workload, tmux)
     t.wait("exit 0", lambda s: "EXIT=0" in s)
 
 
-def test_tui_own_session_without_a_daemon(workload, tmux):
+def test_tui_own_session_without_a_daemon(workload, tmux, tmp_path):
     hot, pid = workload["hot"][0], workload["pid"]
+    # the session's source settings come from --config: clear_refs on, explicitly, since the
+    # heat columns need accessed bytes (off by default)
+    cfg = tmp_path / "own.yaml"
+    cfg.write_text("procfs: {clear_refs: true}\n")
     # nothing listens on port 1 of 127.0.0.1 (a privileged port no test uses)
-    t = tmux(f"{sys.executable} -m mglrud heatmap --pid {pid} --url http://127.0.0.1:1 --aging 2 --aggregate 1")
+    t = tmux(f"{sys.executable} -m mglrud heatmap --pid {pid} --config {cfg} --url http://127.0.0.1:1 "
+             f"--aging 2 --aggregate 1")
     s = t.wait("own session", lambda s: "own session (procfs): no daemon at http://127.0.0.1:1" in status(s))
     assert "aging 2s" in status(s)
     s = t.wait("a measured interval", lambda s: any(c.rstrip().endswith("@") for _, _, c in body(s)))
@@ -251,7 +260,7 @@ def test_png_against_the_daemon_has_the_hot_mapping_in_the_hot_colour(daemon, wo
     from mglrud.render import png
 
     out = tmp_path / "hm.png"
-    r = _heatmap("--pid", str(workload["pid"]), "--url", daemon.base, "--png", str(out), "--columns", "2",
+    r = _heatmap("--pid", str(workload["pid"]), "--url", daemon.full, "--png", str(out), "--columns", "2",
                  "--aggregate", "1")
     assert r.returncode == 0, r.stderr
     layout, colour = png.read_newest_cells(out)
@@ -262,15 +271,15 @@ def test_png_against_the_daemon_has_the_hot_mapping_in_the_hot_colour(daemon, wo
 def test_bad_input_fails_in_one_line(daemon, workload, tmp_path):
     pid = str(workload["pid"])
     cases = [
-        (["--pid", pid, "--url", daemon.base, "--png", "/nonexistent-dir/x.png"], "directory /nonexistent-dir does not exist"),
-        (["--pid", pid, "--url", daemon.base, "--png", str(tmp_path)], "is a directory"),
-        (["--pid", "4194304", "--url", daemon.base, "--png", str(tmp_path / "a.png")], "no process 4194304"),
-        (["--target", "nope", "--url", daemon.base, "--png", str(tmp_path / "b.png")],
+        (["--pid", pid, "--url", daemon.full, "--png", "/nonexistent-dir/x.png"], "directory /nonexistent-dir does not exist"),
+        (["--pid", pid, "--url", daemon.full, "--png", str(tmp_path)], "is a directory"),
+        (["--pid", "4194304", "--url", daemon.full, "--png", str(tmp_path / "a.png")], "no process 4194304"),
+        (["--target", "nope", "--url", daemon.full, "--png", str(tmp_path / "b.png")],
          "the daemon has no target 'nope'; its targets: wl"),
-        (["--pid", "1", "--url", daemon.base, "--png", str(tmp_path / "c.png")], "the daemon has no data for pid 1"),
+        (["--pid", "1", "--url", daemon.full, "--png", str(tmp_path / "c.png")], "the daemon has no data for pid 1"),
         (["--target", "wl", "--url", "http://127.0.0.1:1", "--png", str(tmp_path / "d.png")],
          "no daemon to ask, and no target 'wl'"),
-        (["--pid", pid, "--url", daemon.base], "needs a terminal"),
+        (["--pid", pid, "--url", daemon.full], "needs a terminal"),
     ]
     for args, message in cases:
         r = _heatmap(*args)

@@ -28,6 +28,7 @@ CONFIG = """
 aging: {interval: 2s}
 snapshot: {interval: 1s}
 metrics: {cold_thresholds: [2s, 4s]}
+procfs: {clear_refs: true}  # explicitly: the test measures accessed bytes (off by default)
 """
 
 pytestmark = [
@@ -54,7 +55,7 @@ def daemon(tmp_path):
     cfg = tmp_path / "mglrud.yaml"
     cfg.write_text(CONFIG)
     inner = (f"{sys.executable} {WORKLOAD} --size {SIZE} --seconds 600 > {tmp_path}/workload.json & "
-             f"exec {sys.executable} -m mglrud run -c {cfg} --listen.port 0")
+             f"exec {sys.executable} -m mglrud run -c {cfg} --listen.port 0 --listen.socket {tmp_path}/run/m.sock")
     # mglrud is the namespace's init: when it exits, the kernel kills the workload with it.
     d = DaemonProc.start([], tmp_path / "mglrud.log", wrapper=[
         "unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", "sh", "-c", inner])
@@ -88,8 +89,9 @@ def test_default_targets_serve_hot_and_cold_mappings(daemon):
     [cold] = samples(fams, "mglrud_mapping_cold_bytes", target="all", mapping="[anon]", lru="anon", threshold="2.0")
     assert cold.value >= 0.9 * SIZE
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/snapshot.json", timeout=10) as r:
-        snap = json.loads(r.read())
+    # the addresses are on the socket (root's); TCP without authentication redacts them
+    from mglrud.client import _get_unix
+    snap = json.loads(_get_unix(f"{tmp_path}/run/m.sock", 10))
     info = json.loads((tmp_path / "workload.json").read_text())
     [p] = snap["procfs"]["processes"]
     by_start = {int(m["start"], 16): m for m in p["mappings"]}

@@ -69,7 +69,7 @@ def mapping(heat: procfs.ProcessHeat, start: int):
 
 
 def test_hot_mapping_is_accessed_cold_is_not(workload):
-    src = procfs.ProcfsSource(FS(Paths()))
+    src = procfs.ProcfsSource(FS(Paths()), clear_refs=True)  # explicitly: it measures accessed bytes
     first = src.read([target(workload["pid"])], force=True)
     [p] = first.processes
     assert p.interval_seconds is None  # the first read only starts an interval
@@ -110,7 +110,7 @@ def test_a_process_that_exits_mid_read_is_counted(monkeypatch, when):
             return original(fs, pid, *args)
 
         monkeypatch.setattr(procfs, "_read" if when == "smaps" else "_clear_refs", exit_first)
-        src = procfs.ProcfsSource(FS(Paths()))
+        src = procfs.ProcfsSource(FS(Paths()), clear_refs=True)  # explicitly: "clear_refs" exits there
         data = src.read([target(proc.pid)], force=True)
         assert proc.poll() is not None
         assert data.processes == ()
@@ -127,7 +127,7 @@ from mglrud.fs import FS
 from mglrud.sources import procfs
 pid = int(sys.argv[1])
 t = Target(name="root-owned", kind="pid", value=pid, interval=60.0, can_swap=True, force_scan=True)
-data = procfs.ProcfsSource(FS(Paths())).read([t], force=True)
+data = procfs.ProcfsSource(FS(Paths()), clear_refs=True).read([t], force=True)  # as before: read and clear
 print(json.dumps({"problem": data.targets[0].problem, "errors": dict(data.stats.errors),
                   "processes": len(data.processes)}))
 """

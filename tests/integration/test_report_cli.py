@@ -2,8 +2,10 @@
 
 The daemon's only target is the workload's pid, so it clears the accessed bits
 of no other process on this machine. It listens on 127.0.0.1 with port 0 (the
-kernel picks a free one; the test reads it from the log). Both processes are
-stopped by their pids.
+kernel picks a free one; the test reads it from the log) and on a unix socket in
+the test's directory: the report needs addresses, which only the socket (root's)
+serves; over TCP without authentication they are redacted (docs/security.md).
+Both processes are stopped by their pids.
 """
 
 import json
@@ -11,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,18 +44,19 @@ def workload():
 def daemon(tmp_path, workload):
     cfg = tmp_path / "mglrud.yaml"
     cfg.write_text("aging: {interval: 2s}\nsnapshot: {interval: 1s}\nmetrics: {cold_thresholds: [2s, 4s]}\n"
+                   "procfs: {clear_refs: true}\n"  # explicitly: it needs accessed bytes (off by default)
                    f"targets: [{{name: wl, pid: {workload['pid']}}}]\n")
     d = DaemonProc.start(["-c", str(cfg), "--listen.address", "127.0.0.1", "--listen.port", "0"],
                          tmp_path / "mglrud.log", wait=60)
     try:
-        yield d.base, workload, d
+        yield d.full, workload, d  # its listen.socket (DaemonProc gives it one)
     finally:
         d.stop()
 
 
 def _cold_mapping_measured(url: str, pid: int, start: int) -> bool:
-    with urllib.request.urlopen(f"{url}/snapshot.json", timeout=10) as r:
-        snap = json.loads(r.read())
+    from mglrud.client import _get_unix
+    snap = json.loads(_get_unix(url[len("unix:"):], 10))
     for p in (snap.get("procfs") or {}).get("processes", ()):
         if p["pid"] == pid:
             return any(int(m["start"], 16) == start and m["accessed_bytes"] is not None for m in p["mappings"])
@@ -91,3 +93,10 @@ def test_report_for_a_pid_that_is_not_a_target_fails_in_one_line(daemon):
                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.startswith("mglrud: report: ") and len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_over_unauthenticated_tcp_the_report_gets_no_addresses_and_says_so(daemon):
+    url, info, d = daemon
+    out = subprocess.run([sys.executable, "-m", "mglrud", "report", "--target", "wl", "--url", d.base],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
+    assert "redacted snapshot" in out.stderr and f"{info['cold'][0]:#x}" not in out.stdout, out.stderr

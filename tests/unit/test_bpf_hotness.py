@@ -478,16 +478,15 @@ class BPF:
 def fake_bcc(tmp_path, monkeypatch):
     (tmp_path / "fakebcc" / "bcc").mkdir(parents=True)
     (tmp_path / "fakebcc" / "bcc" / "__init__.py").write_text(FAKE_BCC)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fakebcc"))
     monkeypatch.setenv("FAKE_BCC_MARK", str(tmp_path / "mark"))
-    return tmp_path
+    return tmp_path  # the loader child ignores PYTHONPATH (-I): tests pass extra_path
 
 
 def test_loader_child_hands_over_the_descriptors_and_skips_bcc_cleanup(fake_bcc):
     from mglrud import bpf_loader
 
     maps, held, seconds = bpf_loader.load(fake_bcc / "hotness.bpf.c", ["-DX=1"], "mm_vmscan_lru_gen_young_range",
-                                          bpf_hotness.MAPS, timeout=60)
+                                          bpf_hotness.MAPS, timeout=60, extra_path=(str(fake_bcc / "fakebcc"),))
     try:
         assert list(maps) == bpf_hotness.MAPS and len(held) == 2 and seconds >= 0
         for name, fd in maps.items():
@@ -504,7 +503,8 @@ def test_loader_child_reports_a_compile_error(fake_bcc):
     from mglrud import bpf_loader
 
     with pytest.raises(bpf_loader.LoadError, match=r"bcc could not compile or load .*broken\.bpf\.c"):
-        bpf_loader.load(fake_bcc / "broken.bpf.c", [], "mm_vmscan_lru_gen_young_range", bpf_hotness.MAPS, timeout=60)
+        bpf_loader.load(fake_bcc / "broken.bpf.c", [], "mm_vmscan_lru_gen_young_range", bpf_hotness.MAPS, timeout=60,
+                        extra_path=(str(fake_bcc / "fakebcc"),))
 
 
 def test_possible_cpus_is_the_highest_plus_one(tmp_path):

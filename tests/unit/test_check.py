@@ -97,3 +97,7 @@ def test_sources_section_says_which_source_runs_and_why(tmp_path):
     assert "lru_gen   down    configured, but cannot run" in named
     assert "procfs    no      not in the configured sources" in named
     assert "no chosen source can run here" in named and "no chosen source" not in auto
+    # issue 15 item 5: clear_refs is opt-in, and check says what that leaves out
+    assert "procfs.clear_refs is off (the default)" in auto and "accessed bytes" in auto
+    assert "procfs.clear_refs is on" in format_sources(fs, "auto", clear_refs=True)
+    assert "clear_refs is o" not in named  # no /proc source, nothing to say

@@ -16,7 +16,7 @@ MALFORMED = [
     ("listen: {address: localhost}\n",
      "mglrud: config: listen.address: must be an IP address like 127.0.0.1 or ::1, got 'localhost'"),
     ("listen: {adress: 127.0.0.1}\n",
-     "mglrud: config: listen.adress: unknown key; known keys here: address, port"),
+     "mglrud: config: listen.adress: unknown key; known keys here: address, port, socket"),
     ("colour: blue\n",
      "mglrud: config: colour: unknown key; known keys here: listen, aging, snapshot, metrics, targets, paths, log, "
      "sources, procfs, bpf, web_config_file"),
@@ -59,7 +59,7 @@ MALFORMED = [
      "mglrud: config: targets[1].name: 'a' is already the name of targets[0]"),
     ("targets:\n  - {memcg: /x, colour: red}\n",
      "mglrud: config: targets[0].colour: unknown key; known keys here: name, memcg, pid, comm, cmdline, unit, "
-     "interval, can_swap, force_scan"),
+     "interval, can_swap, force_scan, uid, cgroup"),
     ("targets:\n  - {memcg: '/a**b'}\n",
      "mglrud: config: targets[0].memcg: ** must be a whole path component, as in /system.slice/**"),
     ("targets:\n  - {memcg: /x, interval: fast}\n",

@@ -28,10 +28,10 @@ MORE = [
     # wrong types
     ("listen: {port: '9746'}\n", E + "listen.port: must be an integer from 1 to 65535, got '9746'"),
     ("listen: {port: true}\n", E + "listen.port: must be an integer from 1 to 65535, got True"),
-    ("listen: [127.0.0.1]\n", E + "listen: must be a mapping of address, port, got list"),
+    ("listen: [127.0.0.1]\n", E + "listen: must be a mapping of address, port, socket, got list"),
     ("targets: {memcg: /a}\n", E + "targets: must be a non-empty list; leave the key out to age every memcg"),
     ("targets: [5]\n", E + "targets[0]: must be a mapping of name, memcg, pid, comm, cmdline, unit, interval, "
-                           "can_swap, force_scan, got int"),
+                           "can_swap, force_scan, uid, cgroup, got int"),
     ("targets: [{pid: 1.5}]\n", E + "targets[0].pid: must be an integer from 1 to 4194304, got 1.5"),
     ("targets: [{memcg: /a, name: 5}]\n", E + "targets[0].name: must be a non-empty string, got 5"),
     ("aging: {dry_run: null}\n", E + "aging.dry_run: must be true or false, got None"),

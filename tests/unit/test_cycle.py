@@ -147,3 +147,49 @@ def test_duration_histogram_counts_every_run(tmp_path):
     a = eng.cycle(age_all=True).aging
     assert a.duration_counts[-1] == a.runs == 4
     assert list(a.duration_counts) == sorted(a.duration_counts), "cumulative"
+
+
+def test_churning_targets_do_not_flood_the_log(tmp_path, caplog):
+    """Issue 18 item 3: 200 targets that come and go every cycle wrote a line per flip
+    (1,935 lines in 95 s). Now: a budget per window and one summary line for the rest."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="mglrud.cycle")
+    present = [(1, "/", [(0, [(5, 9000, 10, 20)])])] + [(10 + i, f"/m{i}", [(0, [(3, 100, 1, 1)])])
+                                                        for i in range(200)]
+    absent = present[:1]
+    targets = ", ".join(f"{{memcg: /m{i}}}" for i in range(200))
+    eng, _, clock = _engine(tmp_path, f"targets: [{targets}]", present)
+    lines_at = {}
+    for n in range(62):  # one cycle every 10 s, a little over two windows
+        (tmp_path / "debugfs" / "lru_gen").write_text(lru_gen_text(absent if n % 2 else present))
+        eng.cycle(age=False)
+        clock.t += 10
+        lines_at[n] = len(caplog.records)
+    flips = [r for r in caplog.records if r.getMessage().startswith("target memcg:/m")]
+    summaries = [r.getMessage() for r in caplog.records if "not logged in the last" in r.getMessage()]
+    assert lines_at[9] <= 21  # the issue's 95 s: at most the budget of 20 (+ the sources line)
+    from mglrud.cycle import Notes
+    assert len(flips) <= 3 * Notes.BUDGET and len(summaries) == 2
+    # 200 targets x 29 flips in the first window (cycle 0 is the first look), less the ones logged
+    held = [int(s.split(" state changes")[0]) for s in summaries]
+    assert held == [200 * 29 - Notes.BUDGET, 200 * 30 - Notes.BUDGET]
+    assert "of 200 targets/sources" in summaries[0] and "and 195 more" in summaries[0]
+    # What the targets say now is still exact in the snapshot, whatever the log held back.
+    snap = eng.cycle(age=False)
+    assert all(t.problem == f"no memcg in lru_gen matches {t.selector}" for t in snap.targets)
+
+
+def test_a_problem_and_its_recovery_are_logged_when_not_flapping(caplog):
+    import logging
+    from mglrud.cycle import Notes
+
+    caplog.set_level(logging.INFO, logger="mglrud.cycle")
+    clock = Clock()
+    notes = Notes(clock)
+    notes.note("target a", "")  # first seen fine: nothing to say
+    notes.note("target a", "no running process with comm a")
+    notes.note("target a", "no running process with comm a")  # unchanged: said once
+    notes.note("target a", "")
+    assert [r.getMessage() for r in caplog.records] == ["target a: no running process with comm a",
+                                                        "target a: ok again"]

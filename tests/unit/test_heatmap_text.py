@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import GOLDEN
+from fixture_snapshots import procfs_snapshot
 from mglrud import snapshot_json
 from mglrud.config import loads
 from mglrud.model import Snapshot
@@ -12,7 +12,7 @@ from mglrud.render import heatmap as HM
 from mglrud.sources import bpf_hotness
 from tests.bpf_replay import DUMPS, META, PAGE, ReplayProgram, fixture_proc
 
-PROCFS = {"taken_at": 100.0, "procfs": json.loads((GOLDEN / "snapshot.procfs.json").read_text())}
+PROCFS = {"taken_at": 100.0, "procfs": procfs_snapshot()}
 PID = PROCFS["procfs"]["processes"][0]["pid"]
 
 

@@ -7,13 +7,13 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import GOLDEN
+from fixture_snapshots import procfs_snapshot
 from mglrud.render import heatmap as HM
 from mglrud.render import png
 from tests.bpf_replay import META
 from test_heatmap_text import _bpf_series, _first_interval
 
-PROCFS = {"taken_at": 100.0, "procfs": json.loads((GOLDEN / "snapshot.procfs.json").read_text())}
+PROCFS = {"taken_at": 100.0, "procfs": procfs_snapshot()}
 PID = PROCFS["procfs"]["processes"][0]["pid"]
 HOT, COLD, FILE, MEMFD = 0x7fb73b0bf000, 0x7fb73b4c0000, 0x7fb73ac00000, 0x7fb73a800000
 REGION = 2 << 20

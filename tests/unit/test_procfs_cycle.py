@@ -25,7 +25,8 @@ def engine(tmp_path, yaml=""):
 
 
 def test_without_lru_gen_auto_runs_procfs(tmp_path):
-    eng, clock, root = engine(tmp_path, "aging: {interval: 1m}")
+    # clear_refs on, explicitly: this test follows an accessed-bytes interval (the default is off)
+    eng, clock, root = engine(tmp_path, "aging: {interval: 1m}\nprocfs: {clear_refs: true}")
     assert eng.choice.active == ("procfs",)
     snap = eng.cycle(age=False)  # the daemon's first cycle: read, do not clear
     assert (root / str(PID) / "clear_refs").read_text() == ""
@@ -44,6 +45,7 @@ def test_without_lru_gen_auto_runs_procfs(tmp_path):
     assert p.interval_seconds == 60
     text = generate_latest(build_registry(Published(snap), wall=lambda: 1.7e9 + clock.t)).decode()
     assert 'mglrud_source_up{source="procfs"} 1.0' in text
+    assert 'mglrud_source_chosen{source="procfs"} 1.0' in text and 'mglrud_source_chosen{source="lru_gen"} 0.0' in text
     assert 'mglrud_mapping_accessed_bytes{comm="python3",mapping="[anon]",target="all"}' in text
     doc = report.to_dict(snap)
     assert doc["procfs"]["processes"][0]["pid"] == PID
@@ -76,3 +78,22 @@ def test_snapshot_exit_status_follows_the_chosen_sources(tmp_path, capsys):
     cfg = tmp_path / "lru_gen_only.yaml"
     cfg.write_text("sources: [lru_gen]\n")
     assert cli.main(["snapshot", "--no-age", "-c", str(cfg)] + flags) == 1  # named, and down
+
+
+def test_default_config_never_writes_clear_refs_and_says_so(tmp_path):
+    """Issue 15 item 5: the built-in default reads /proc only; /metrics has resident bytes,
+    no accessed bytes, and /snapshot.json says accessed bytes need procfs.clear_refs: true."""
+    eng, clock, root = engine(tmp_path, "aging: {interval: 1m}")
+    assert eng.config.procfs.clear_refs is False
+    for _ in range(3):
+        snap = eng.cycle()
+        clock.t += 60
+    assert (root / str(PID) / "clear_refs").read_text() == ""
+    text = generate_latest(build_registry(Published(snap), wall=lambda: 1.7e9 + clock.t)).decode()
+    assert 'mglrud_mapping_resident_bytes{comm="python3",lru="anon",mapping="[anon]",node="0",target="all"}' in text
+    assert "\nmglrud_mapping_accessed_bytes{" not in text and "\nmglrud_mapping_cold_bytes{" not in text
+    from mglrud.render.snapshot_table import procfs_rows
+    rows = procfs_rows(snap.procfs, snap.cold_thresholds)[1:]
+    assert rows and all(r[4:] == ("-",) * 5 for r in rows)  # accessed, idle, cold: unknown, not 0B
+    doc = report.to_dict(snap)["procfs"]
+    assert doc["clear_refs"] is False and "procfs.clear_refs" in doc["accessed"]

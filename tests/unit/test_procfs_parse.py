@@ -149,9 +149,11 @@ def fake_proc(tmp_path: Path, smaps: str, pids=(PID,)) -> Path:
     return root
 
 
-def make_source(root: Path, clock, **kw):
+def make_source(root: Path, clock, clear_refs=True, **kw):
+    """The source on a fake /proc. clear_refs ON unless a test says otherwise: these tests measure
+    accessed bytes, which need it (the source's default, like procfs.clear_refs', is off)."""
     fs = FS(Paths(procfs=str(root), sysfs=str(root / "nosys")))
-    return procfs.ProcfsSource(fs, clock=clock, wall=clock, exclude=(), **kw)
+    return procfs.ProcfsSource(fs, clock=clock, wall=clock, exclude=(), clear_refs=clear_refs, **kw)
 
 
 def target(kind="pid", value=PID, name="wl", interval=30.0):
@@ -243,6 +245,26 @@ def test_clear_refs_off_reads_only(tmp_path):
     [p] = src.read([target()]).processes
     assert (root / str(PID) / "clear_refs").read_text() == ""
     assert p.interval_seconds is None and all(m.accessed_bytes is None for m in p.mappings)
+
+
+def test_clear_refs_is_off_by_default_and_the_rest_is_still_read(tmp_path):
+    """Issue 15 item 5: without the opt-in, no write to clear_refs, ever; resident, anon/file,
+    swap and node bytes are still there, and the data says accessed bytes are not measured."""
+    assert procfs.ProcfsSource.__init__.__kwdefaults__["clear_refs"] is False
+    root = fake_proc(tmp_path, SMAPS)
+    clock = Clock()
+    src = procfs.ProcfsSource(FS(Paths(procfs=str(root), sysfs=str(root / "nosys"))), clock=clock, wall=clock,
+                              exclude=())
+    for _ in range(3):
+        data = src.read([target()])
+        clock.t += 60
+    assert (root / str(PID) / "clear_refs").read_text() == ""
+    assert data.clear_refs is False and data.stats.clear_seconds == 0
+    [p] = data.processes
+    assert all(m.accessed_bytes is None and m.idle_seconds is None for m in p.mappings)
+    assert sum(m.resident_bytes for m in p.mappings) > 0
+    assert sum(m.anon_bytes for m in p.mappings) > 0 and sum(m.file_bytes for m in p.mappings) > 0
+    assert all(m.node_bytes for m in p.mappings if m.resident_bytes)
 
 
 # ---------------------------------------------------------------- derived values

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from conftest import GOLDEN
+from fixture_snapshots import lru_gen_snapshot, procfs_snapshot
 from mglrud import snapshot_json
 from mglrud.render import report
 from tests.bpf_replay import replayed_snapshot
 
-PROCFS = {"procfs": json.loads((GOLDEN / "snapshot.procfs.json").read_text())}
+PROCFS = {"procfs": procfs_snapshot()}
 PID = PROCFS["procfs"]["processes"][0]["pid"]
 
 
@@ -60,7 +60,7 @@ def test_first_interval_shows_unknown_not_zero():
 
 @pytest.mark.parametrize("name", ["vm-1node", "vm-2node"])
 def test_a_snapshot_without_mapping_data_says_which_sources_to_run(name):
-    snap = json.loads((GOLDEN / f"snapshot.{name}.json").read_text())
+    snap = lru_gen_snapshot(name)
     with pytest.raises(report.ReportError, match="neither the procfs nor the bpf source"):
         report.render(snap, pid=1)
 

@@ -13,7 +13,6 @@ from mglrud import http as mhttp, snapshot_json
 from mglrud.collectors import Published
 from mglrud.snapshot_json import Query, parse_query, to_dict, to_json
 from tests.bpf_replay import META, replayed_snapshot
-from test_http_endpoints import _req
 
 
 @pytest.fixture(scope="module")
@@ -84,27 +83,41 @@ def test_bad_queries_name_the_parameter(qs, message):
     assert parse_query("target=web&pid=12&offset=3&limit=4") == Query("web", 12, 3, 4)
 
 
-def test_http_serves_the_query_and_refuses_a_bad_one(snap):
-    srv, _ = mhttp.serve("127.0.0.1", 0, Published(snap))
+def _unix_get(path, target):
+    from mglrud import client
+    conn = client._UnixConnection(path, 30)
     try:
-        status, _, body = _req(srv.server_port, f"/snapshot.json?pid={META['pid']}&limit=2")
+        conn.request("GET", target)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_http_serves_the_query_and_refuses_a_bad_one(snap, tmp_path):
+    # the unix socket: the full view (over TCP without credentials regions are redacted)
+    sock = str(tmp_path / "s.sock")
+    srv, _ = mhttp.serve(sock, 0, Published(snap))
+    try:
+        status, body = _unix_get(sock, f"/snapshot.json?pid={META['pid']}&limit=2")
         assert status == 200
-        assert _regions(json.loads(body)) == _regions(to_dict(snap, Query(pid=META["pid"], limit=2)))
-        status, _, body = _req(srv.server_port, "/snapshot.json?pid=x")
+        assert _regions(json.loads(body)) == _regions(to_dict(snap, Query(pid=META["pid"], limit=2))) != []
+        status, body = _unix_get(sock, "/snapshot.json?pid=x")
         assert (status, body) == (400, b"/snapshot.json: pid='x' is not a positive integer\n")
-        status, _, body = _req(srv.server_port, "/snapshot.json")
+        status, body = _unix_get(sock, "/snapshot.json")
         assert (status, body) == (200, to_json(snap).encode())
     finally:
         srv.shutdown()
         srv.server_close()
 
 
-def test_client_and_heatmap_feed_ask_only_for_their_process(snap):
+def test_client_and_heatmap_feed_ask_only_for_their_process(snap, tmp_path):
     from mglrud import client
     from mglrud.tui import feeds
 
-    srv, _ = mhttp.serve("127.0.0.1", 0, Published(snap))
-    url = f"http://127.0.0.1:{srv.server_port}"
+    sock = str(tmp_path / "s.sock")
+    srv, _ = mhttp.serve(sock, 0, Published(snap))
+    url = f"unix:{sock}"
     try:
         asked = client.fetch_snapshot(url, pid=META["pid"])
         assert {g for g, _ in asked.regions()} == {META["pid"]}

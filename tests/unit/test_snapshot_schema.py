@@ -4,15 +4,13 @@ is refused with the field named."""
 
 import dataclasses
 import json
-from pathlib import Path
-
 import pytest
 
+from fixture_snapshots import lru_gen_snapshot, procfs_snapshot
 from mglrud import snapshot_json
 from mglrud.model import Snapshot
 from tests.bpf_replay import replayed_snapshot
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 def round_trip(doc: dict) -> dict:
@@ -21,13 +19,13 @@ def round_trip(doc: dict) -> dict:
 
 @pytest.mark.parametrize("name", ["vm-1node", "vm-2node"])
 def test_lru_gen_snapshots_round_trip(name):
-    doc = json.loads((GOLDEN / f"snapshot.{name}.json").read_text())
+    doc = lru_gen_snapshot(name)
     assert round_trip(doc) == doc
 
 
 def test_procfs_part_round_trips():
     doc = {**json.loads(json.dumps(snapshot_json.to_dict(Snapshot(1.0, 4096, (30.0,), (30.0,))))),
-           "procfs": json.loads((GOLDEN / "snapshot.procfs.json").read_text())}
+           "procfs": procfs_snapshot()}
     assert round_trip(doc) == doc
     read = snapshot_json.from_dict(doc)
     assert read.procfs.processes[0].mappings[0].lo == int(doc["procfs"]["processes"][0]["mappings"][0]["start"], 16)

@@ -1,5 +1,7 @@
 """targets.py: memcg globs and process targets resolved to memcgs through /proc/PID/cgroup."""
 
+from pathlib import Path
+
 import pytest
 
 from conftest import captured_roots, paths_for
@@ -106,3 +108,52 @@ def test_captured_workload_pids_resolve_to_their_memcgs(root):
     res = resolve(loads("targets:\n" + targets).targets, lruvecs, fs)
     found = {m for r in res for m in r.memcgs}
     assert found and all(m.startswith("/mglrud-fixture/") for m in found), found
+
+
+def test_a_huge_command_line_is_matched_on_its_first_cmdline_max_bytes_only(monkeypatch):
+    """Issue 18 item 1: any user chooses their argv, and the example config's `python3 .*worker\\.py`
+    is quadratic in the text searched. A 1 MB argv of "python3 " is read (and so matched) only up
+    to CMDLINE_MAX: before the cap the whole megabyte was read and the search ran for minutes."""
+    import subprocess
+    import sys
+
+    from mglrud import targets
+    from mglrud.config import load
+
+    [t] = [t for t in load(str(Path(__file__).parents[2] / "config.example.yaml")).targets if t.kind == "cmdline"]
+    assert t.pattern.pattern == r"python3 .*worker\.py"
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; print('up', flush=True); time.sleep(60)"]
+                             + [" ".join(["python3"] * 16000)] * 9, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "up\n"
+        fs = FS(Paths())
+        assert len(fs.proc(child.pid, "cmdline").read_bytes()) > 1 << 20
+        read = []
+        real_open = open
+
+        class Counted:
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+            def read(self, n=-1):
+                data = self.f.read(n)
+                read.append(len(data))
+                return data
+
+        monkeypatch.setattr(targets, "open", lambda *a, **k: Counted(real_open(*a, **k)), raising=False)
+        p = targets.read_proc(fs, child.pid, cmdline=True)
+        assert sum(read) <= targets.CMDLINE_MAX and len(p.cmdline.encode()) <= targets.CMDLINE_MAX
+        assert p.cmdline.startswith(f"{sys.executable} -c import sys") and len(p.cmdline) >= targets.CMDLINE_MAX - 1
+        assert not targets.selects(t, p)  # bounded text: one search over 4 KiB
+        procs = targets.ProcTable(fs, (t,))
+        assert child.pid not in [q.pid for q in procs.of(t)]  # a whole /proc scan, every cmdline capped
+        assert max(read) <= targets.CMDLINE_MAX
+    finally:
+        child.kill()
+        child.wait()

@@ -2,12 +2,11 @@
 snapshots, and the own session's live aging interval (an Engine on a synthetic lru_gen, recorded writes)."""
 
 import argparse
-import json
 import os
 
 import pytest
 
-from conftest import GOLDEN
+from fixture_snapshots import procfs_snapshot
 from mglrud import tui
 from mglrud.config import loads
 from mglrud.aging import phase
@@ -17,7 +16,7 @@ from synth import lru_gen_text
 from test_cycle import MEMCGS, Clock
 
 PROCFS = {"taken_at": 100.0, "targets": [{"name": "wl"}],
-          "procfs": json.loads((GOLDEN / "snapshot.procfs.json").read_text())}
+          "procfs": procfs_snapshot()}
 PID = PROCFS["procfs"]["processes"][0]["pid"]
 PID_SELF = os.getpid()  # a process that exists
 

@@ -96,7 +96,7 @@ def test_web_listen_address(value, want):
 
 
 @pytest.mark.parametrize("argv,line", [
-    (["--web.listen-address", "localhost:9746"], "--web.listen-address: the host must be an IP address"),
+    (["--web.listen-address", "localhost:9746"], "--web.listen-address: must be an IP address"),
     (["--web.listen-address", "127.0.0.1"], "--web.listen-address: must be HOST:PORT"),
     (["--web.listen-address", "127.0.0.1:70000"], "--web.listen-address: must be HOST:PORT"),
     (["--web.listen-address", "127.0.0.1:1", "--listen.port", "2"], "--web.listen-address: give it or"),

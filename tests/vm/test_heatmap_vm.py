@@ -88,7 +88,7 @@ def test_live_heatmap_shows_exactly_the_hot_rows_hot(heated):
 
     d, info = heated
     pid, (hlo, hhi), (clo, chi) = info["pid"], info["hot"], info["cold"]
-    feed, hist = tui.DaemonFeed(d.base), tui.History(None, pid)
+    feed, hist = tui.DaemonFeed(d.full), tui.History(None, pid)
     deadline = time.monotonic() + 3 * INTERVAL + 30
     while time.monotonic() < deadline and len(hist.columns) < 2 * INTERVAL:
         hist.add(feed.poll())
@@ -115,7 +115,7 @@ def test_png_has_the_hot_colour_on_exactly_the_hot_rows(heated, tmp_path):
     d, info = heated
     pid, (hlo, hhi), (clo, chi) = info["pid"], info["hot"], info["cold"]
     out = tmp_path / "heatmap.png"
-    r = subprocess.run([sys.executable, "-m", "mglrud", "heatmap", "--pid", str(pid), "--url", d.base,
+    r = subprocess.run([sys.executable, "-m", "mglrud", "heatmap", "--pid", str(pid), "--url", d.full,
                         "--png", str(out), "--aggregate", str(INTERVAL)], cwd=REPO, capture_output=True,
                        text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
@@ -133,7 +133,7 @@ def test_png_has_the_hot_colour_on_exactly_the_hot_rows(heated, tmp_path):
 def test_report_lists_the_never_touched_mapping_first(heated):
     d, info = heated
     pid, (clo, chi) = info["pid"], info["cold"]
-    r = subprocess.run([sys.executable, "-m", "mglrud", "report", "--pid", str(pid), "--url", d.base],
+    r = subprocess.run([sys.executable, "-m", "mglrud", "report", "--pid", str(pid), "--url", d.full],
                        cwd=REPO, capture_output=True, text=True, timeout=120,
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr

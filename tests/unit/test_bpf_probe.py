@@ -1,0 +1,103 @@
+"""The accessed-bit probe's availability check (mglrud/sources/bpf_probe.py), through the FS seam:
+each way a kernel can lack it gives one line saying why; a stock x86-64 kernel gives fexit."""
+
+import importlib.util
+
+import pytest
+
+from mglrud.config import Paths
+from mglrud.fs import FS
+from mglrud.sources import bpf_probe
+from mglrud.sources.bpf_hotness import probe as probe_bpf
+
+KALLSYMS = """ffffffff81000000 T _stext
+ffffffff8107a2b0 T ptep_test_and_clear_young
+ffffffff8107a2e0 T pmdp_test_and_clear_young
+ffffffff82a1b0c8 D vmemmap_base
+"""
+
+
+def machine(tmp_path, kallsyms=KALLSYMS, btf=True, traceable=True, headers=True):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "kallsyms").write_text(kallsyms)
+    (tmp_path / "sys" / "kernel" / "btf").mkdir(parents=True)
+    if btf:
+        (tmp_path / "sys" / "kernel" / "btf" / "vmlinux").write_bytes(b"\x9f\xeb")
+    (tmp_path / "tracing").mkdir()
+    funcs = "ptep_test_and_clear_young\npmdp_test_and_clear_young\n" if traceable else "pmdp_test_and_clear_young\n"
+    (tmp_path / "tracing" / "available_filter_functions").write_text("do_sys_open\n" + funcs)
+    if headers:
+        (tmp_path / "modules" / "6.1.0-57-amd64" / "build" / "include").mkdir(parents=True)
+    return FS(Paths(procfs=str(tmp_path / "proc"), sysfs=str(tmp_path / "sys"), debugfs=str(tmp_path / "debugfs"),
+                    tracefs=str(tmp_path / "tracing")))
+
+
+PROBE = bpf_probe.probe
+
+
+def check(tmp_path, fs, machine="x86_64"):
+    return PROBE(fs, machine=machine, release="6.1.0-57-amd64", modules=tmp_path / "modules")
+
+
+@pytest.fixture(autouse=True)
+def no_env(monkeypatch):
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+
+
+def test_stock_x86_kernel_gets_fexit(tmp_path):
+    c = check(tmp_path, machine(tmp_path))
+    assert (c.usable, c.mode, c.vmemmap_base) == (True, "fexit", 0xffffffff82a1b0c8)
+    assert "fexit on ptep_test_and_clear_young and pmdp_test_and_clear_young" in c.detail
+    assert str(tmp_path / "modules" / "6.1.0-57-amd64" / "build") in c.detail
+
+
+def test_no_btf_falls_back_to_kretprobe(tmp_path):
+    c = check(tmp_path, machine(tmp_path, btf=False))
+    assert (c.usable, c.mode) == (True, "kretprobe") and "CONFIG_DEBUG_INFO_BTF" in c.detail
+
+
+def test_not_ftrace_able_falls_back_to_kretprobe(tmp_path):
+    c = check(tmp_path, machine(tmp_path, traceable=False))
+    assert (c.usable, c.mode) == (True, "kretprobe") and "available_filter_functions" in c.detail
+
+
+@pytest.mark.parametrize("why, kw, arch, expect", [
+    ("arm64", {}, "aarch64", "no accessed-bit probe on aarch64"),
+    ("symbol missing", {"kallsyms": KALLSYMS.replace("T ptep_test_and_clear_young", "T other")}, "x86_64",
+     "no symbol ptep_test_and_clear_young in"),
+    ("addresses hidden", {"kallsyms": KALLSYMS.replace("ffffffff82a1b0c8", "0000000000000000")}, "x86_64",
+     "no address for vmemmap_base: run mglrud as root"),
+    ("no headers", {"headers": False}, "x86_64", "install linux-headers-6.1.0-57-amd64"),
+])
+def test_unusable_says_why_in_one_line(tmp_path, why, kw, arch, expect):
+    c = check(tmp_path, machine(tmp_path, **kw), machine=arch)
+    assert not c.usable and c.mode == "" and expect in c.detail and "\n" not in c.detail
+
+
+def test_no_bcc(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bcc" else real(n, *a))
+    c = check(tmp_path, machine(tmp_path))
+    assert not c.usable and "apt install python3-bpfcc" in c.detail
+
+
+def test_headers_from_bcc_kernel_source(tmp_path, monkeypatch):
+    src = tmp_path / "headers"
+    src.mkdir()
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(src))
+    c = check(tmp_path, machine(tmp_path, headers=False))
+    assert c.usable and str(src) in c.detail
+
+
+def test_selection_without_tracepoint_uses_the_probe(tmp_path, monkeypatch):
+    fs = machine(tmp_path)
+    monkeypatch.setattr(bpf_probe, "probe", lambda fs: check(tmp_path, fs))
+    p = probe_bpf(fs)
+    assert p.usable and "fexit" in p.detail
+
+
+def test_selection_without_tracepoint_nor_probe_says_both(tmp_path, monkeypatch):
+    fs = machine(tmp_path, headers=False)
+    monkeypatch.setattr(bpf_probe, "probe", lambda fs: check(tmp_path, fs))
+    p = probe_bpf(fs)
+    assert not p.usable and "mm_vmscan_lru_gen_young" in p.detail and "install linux-headers" in p.detail
