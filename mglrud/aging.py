@@ -31,6 +31,19 @@ log = logging.getLogger(__name__)
 DURATION_EDGES = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Memcgs due within this many seconds are aged in the same wake-up.
 SLACK = 0.25
+# Wake-ups to age are at least spacing() apart: a fraction of the shortest interval, at most
+# one snapshot interval. Every wake-up reads (and after aging re-reads) lru_gen, which with
+# thousands of memcgs costs more than the writes, so 3,000 phases spread over a minute must
+# not mean hundreds of wake-ups a minute. A memcg is then aged up to that much after its phase,
+# never before it; its next aging stays on its phase (due + interval), so lateness does not
+# add up, and walks are still spread, over about WAKEUPS groups an interval.
+WAKEUPS = 6
+
+
+def spacing(intervals, snapshot_interval: float) -> float:
+    """The least time between two wake-ups to age (see WAKEUPS)."""
+    shortest = min(intervals, default=0.0)
+    return max(SLACK, min(snapshot_interval, shortest / WAKEUPS))
 
 
 def phase(path: str, interval: float) -> float:
@@ -46,6 +59,8 @@ class Aging:
         self.duration_sum = 0.0
         self.last_success: dict[str, float] = {}  # target name -> wall time
         self.next_due: dict[str, float] = {}  # memcg path -> monotonic time
+        self.spacing = SLACK  # see spacing(); the Engine sets it from the config
+        self.last_aged = float("-inf")  # monotonic time of the latest wake-up that aged
 
     # ------------------------------------------------------------ the schedule
 
@@ -60,7 +75,9 @@ class Aging:
                 self.next_due[path] = now + phase(path, t.interval)
 
     def due_in(self) -> float:
-        return min(self.next_due.values(), default=float("inf")) - self.clock()
+        """Seconds until the next wake-up to age: the earliest due memcg, spaced (spacing())."""
+        return max(min(self.next_due.values(), default=float("inf")),
+                   self.last_aged + self.spacing) - self.clock()
 
     def due(self, owner: dict[str, Target], age_all: bool) -> list[str]:
         now = self.clock()
@@ -68,6 +85,7 @@ class Aging:
 
     def reschedule(self, within: float) -> None:
         latest = self.clock() + within
+        self.last_aged = float("-inf")  # not held back by the spacing either
         for path, due in self.next_due.items():
             self.next_due[path] = min(due, latest)
 
@@ -76,22 +94,33 @@ class Aging:
     def age(self, due: list[str], lruvecs: tuple[GenHistogram, ...], owner: dict[str, Target],
             resolutions: tuple[Resolution, ...], writer: Writer,
             reread: Callable[[], tuple[GenHistogram, ...]]) -> None:
-        """Age every node of each due memcg, then schedule its next aging one interval on."""
+        """Age every node of each due memcg, then schedule its next aging one interval on.
+
+        Linear in lruvecs + due memcgs: the lruvecs are grouped by path and the targets
+        by memcg once, not scanned again for every due memcg."""
+        self.last_aged = self.clock()
         index = memcg_index(lruvecs)
+        nodes: dict[str, list[GenHistogram]] = {}
+        for h in lruvecs:
+            if index.get(h.memcg_path) == h.memcg_id:
+                nodes.setdefault(h.memcg_path, []).append(h)
+        due_set = set(due)
+        names: dict[str, list[str]] = {}  # memcg path -> the targets that own or share it
+        for r in resolutions:
+            for path in r.memcgs:
+                if path in due_set:
+                    names.setdefault(path, []).append(r.target.name)
         for path in due:
             t = owner[path]
             ok = False
-            for h in lruvecs:
-                if h.memcg_path != path or h.memcg_id != index[path]:
-                    continue
+            for h in nodes.get(path, ()):
                 res = lru_gen.age(h, writer, reread, t.can_swap, t.force_scan, self.clock)
                 self._observe(res)
                 ok = ok or res.ok
             if ok:
                 stamp = self.wall()
-                for r in resolutions:
-                    if path in r.memcgs:
-                        self.last_success[r.target.name] = stamp
+                for name in names.get(path, ()):
+                    self.last_success[name] = stamp
             now = self.clock()
             nxt = self.next_due[path] + t.interval
             self.next_due[path] = nxt if nxt > now else now + t.interval

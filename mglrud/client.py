@@ -17,6 +17,7 @@ import socket
 import stat
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -57,10 +58,10 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def _get_unix(path: str, timeout: float) -> bytes:
+def _get_unix(path: str, timeout: float, query: str = "") -> bytes:
     conn = _UnixConnection(path, timeout)
     try:
-        conn.request("GET", "/snapshot.json")
+        conn.request("GET", "/snapshot.json" + (f"?{query}" if query else ""))
         r = conn.getresponse()
         if r.status != 200:
             raise urllib.error.HTTPError(f"unix:{path}", r.status, r.reason, r.headers, None)
@@ -69,14 +70,18 @@ def _get_unix(path: str, timeout: float) -> bytes:
         conn.close()
 
 
-def fetch_snapshot(url: str, timeout: float = 10.0) -> SnapshotDoc:
+def fetch_snapshot(url: str, timeout: float = 10.0, target: str | None = None,
+                   pid: int | None = None) -> SnapshotDoc:
     """GET URL/snapshot.json (URL http(s)://HOST:PORT or unix:PATH) from a running `mglrud run`,
-    read through the typed reader; raises FetchError with what to do."""
+    read through the typed reader; raises FetchError with what to do. `target`/`pid` ask only
+    for that part (the daemon filters; an older one sends everything, and the renderers
+    filter it the same way)."""
+    query = urllib.parse.urlencode([(k, v) for k, v in (("target", target), ("pid", pid)) if v is not None])
     unix = url[len("unix:"):] if url.startswith("unix:") else None
-    full = url if unix else url.rstrip("/") + "/snapshot.json"
+    full = url if unix else url.rstrip("/") + "/snapshot.json" + (f"?{query}" if query else "")
     try:
         if unix:
-            return from_dict(json.loads(_get_unix(unix, timeout)))
+            return from_dict(json.loads(_get_unix(unix, timeout, query)))
         with urllib.request.urlopen(full, timeout=timeout) as r:
             return from_dict(json.loads(r.read()))
     except urllib.error.HTTPError as e:
@@ -118,7 +123,7 @@ def hotness_maps(snap: SnapshotDoc | dict, target: str | None,
 def report_main(args) -> int:
     """0 printed, 1 the daemon cannot be reached or has no data for the target/pid."""
     try:
-        snap = fetch_snapshot(default_url(args.url))
+        snap = fetch_snapshot(default_url(args.url), target=args.target, pid=args.pid)
         if snap.redacted:
             print(f"mglrud: report: {REDACTED_NOTE}", file=sys.stderr)
         text = report.render(snap, target=args.target, pid=args.pid, maps=hotness_maps(snap, args.target, args.pid))

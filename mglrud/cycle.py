@@ -27,7 +27,7 @@ import time
 from typing import Callable
 
 from mglrud import sources
-from mglrud.aging import Aging
+from mglrud.aging import Aging, spacing
 from mglrud.config import Config, Target
 from mglrud.fs import FS, Writer, make_writer
 from mglrud.model import Snapshot, SourceStatus, TargetState
@@ -56,6 +56,7 @@ class Engine:
         self.config = config
         self.fs = FS(config.paths)
         self.writer = self._fixed_writer or make_writer(self.fs, config.aging.dry_run)
+        self.aging.spacing = spacing([t.interval for t in config.targets], config.snapshot_interval)
         self._choose()
 
     def _choose(self) -> None:

@@ -163,10 +163,15 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, headers[0][1], data, body, extra=headers[1:] + [("Vary", "Accept, Accept-Encoding")])
         elif path == "/snapshot.json":
             snap = (self.site.published if full else self.site.redacted).current
+            try:
+                query = snapshot_json.parse_query(self.path.partition("?")[2])
+            except ValueError as e:
+                self._send(400, "text/plain; charset=utf-8", f"/snapshot.json: {e}\n".encode(), body)
+                return
             if snap is None:
                 self._send(503, "text/plain; charset=utf-8", b"no snapshot yet\n", body)
             else:
-                self._send(200, "application/json", snapshot_json.to_json(snap).encode(), body)
+                self._send(200, "application/json", snapshot_json.to_json(snap, query).encode(), body)
         elif path == "/-/healthy":
             code, text = self.site.health()
             self._send(code, "text/plain; charset=utf-8", text.encode(), body)

@@ -23,10 +23,64 @@ from mglrud.model.snapshot import Snapshot
 JSON_VERSION = 1
 
 
-def to_dict(snap: Snapshot) -> dict:
+@dataclass(frozen=True)
+class Query:
+    """What GET /snapshot.json?target=&pid=&offset=&limit= asks for: one target's and/or one
+    process's part (memcgs, /proc processes, BPF regions), and a page of the BPF region cells
+    (offset and limit count cells in document order, after the filters). The empty query is
+    the whole document, byte for byte what it was before queries existed."""
+
+    target: str | None = None
+    pid: int | None = None
+    offset: int = 0
+    limit: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == Query()
+
+
+def parse_query(qs: str) -> Query:
+    """A URL query string -> Query; ValueError naming the bad parameter (HTTP 400)."""
+    from urllib.parse import parse_qs
+
+    try:
+        q = parse_qs(qs, keep_blank_values=True, strict_parsing=bool(qs), max_num_fields=8)
+    except ValueError as e:
+        raise ValueError(f"cannot parse the query {qs!r}: {e}") from None
+    known = ("target", "pid", "offset", "limit")
+    for k, v in q.items():
+        if k not in known:
+            raise ValueError(f"unknown parameter {k!r}; /snapshot.json takes {', '.join(known)}")
+        if len(v) != 1:
+            raise ValueError(f"parameter {k!r} given {len(v)} times")
+    args: dict = {}
+    if "target" in q:
+        args["target"] = q["target"][0]
+    for k in ("pid", "offset", "limit"):
+        if k in q:
+            v = q[k][0]
+            if not v.isascii() or not v.isdigit() or (k == "pid" and int(v) == 0):
+                raise ValueError(f"{k}={v!r} is not a {'positive' if k == 'pid' else 'non-negative'} integer")
+            args[k] = int(v)
+    return Query(**args)
+
+
+def to_dict(snap: Snapshot, query: Query | None = None) -> dict:
+    """The document; `query` keeps one target's / process's part and a page of region cells,
+    and adds "query" (what was asked, and how many region cells matched before paging)."""
+    q = query or Query()
     page = snap.page_size
     memcgs = []
-    for h in snap.lruvecs:
+    lruvecs = snap.lruvecs
+    if q.target is not None:
+        mine = {m for t in snap.targets if t.name == q.target for m in t.memcgs}
+        lruvecs = tuple(h for h in lruvecs if h.memcg_path in mine)
+    if q.pid is not None:  # the memcgs of the process's region cells (what the heatmap shows them with)
+        ids = {r.memcg_id for t in (snap.hotness.targets if snap.hotness else ()) for r in t.regions
+               if r.tgid == q.pid}
+        lruvecs = tuple(h for h in lruvecs if h.memcg_id in ids)
+    for h in lruvecs:
         idle = idle_lower_bounds(h)
         gens = []
         for rel, (g, i) in enumerate(zip(reversed(h.generations), reversed(idle))):
@@ -39,7 +93,7 @@ def to_dict(snap: Snapshot) -> dict:
                            for lru in LRUS},
             "generations": gens,
         })
-    return {
+    doc = {
         "version": JSON_VERSION,
         "taken_at": snap.taken_at,
         "page_size": page,
@@ -50,28 +104,38 @@ def to_dict(snap: Snapshot) -> dict:
         "memcgs": memcgs,
         "aging": {"runs": snap.aging.runs, "errors": dict(snap.aging.errors)},
         # The /proc source's mappings (null when it does not run): see procfs_dict.
-        "procfs": procfs_dict(snap.procfs, snap.cold_thresholds, snap.redacted) if snap.procfs is not None else None,
+        "procfs": procfs_dict(snap.procfs, snap.cold_thresholds, snap.redacted, query=q) if snap.procfs is not None else None,
         # The BPF source's per-region heat (null when it does not run): see hotness_dict.
-        "hotness": hotness_dict(snap.hotness, snap.redacted) if snap.hotness is not None else None,
+        "hotness": hotness_dict(snap.hotness, snap.redacted, query=q) if snap.hotness is not None else None,
         # true: served to a client who may not see addresses (mglrud/redact.py): mapping
         # addresses are null, names are classes, and there are no regions or bucket ranges
         "redacted": snap.redacted,
     }
+    if not q.empty:
+        matched = sum(1 for t in snap.hotness.targets if q.target in (None, t.name) for r in t.regions
+                      if q.pid in (None, r.tgid)) if snap.hotness is not None else 0
+        doc["query"] = {"target": q.target, "pid": q.pid, "offset": q.offset, "limit": q.limit,
+                        "regions_matched": matched}
+    return doc
 
 
-def to_json(snap: Snapshot) -> str:
-    return json.dumps(to_dict(snap), indent=1, sort_keys=False) + "\n"
+def to_json(snap: Snapshot, query: Query | None = None) -> str:
+    return json.dumps(to_dict(snap, query), indent=1, sort_keys=False) + "\n"
 
 
-def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), redacted: bool = False) -> dict:
+def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), redacted: bool = False,
+                query: Query | None = None) -> dict:
     """The /proc source's part of /snapshot.json: every resident mapping of every process read.
 
     Unlike the metrics, nothing is grouped or cut to the top K: the JSON is for
     tools (the live TUI) that want the whole picture. Addresses are hex strings;
     mappings without a resident byte are counted, not listed.
     """
+    q = query or Query()
     procs = []
     for p in data.processes:
+        if q.target not in (None, p.target) or q.pid not in (None, p.pid):
+            continue
         maps = []
         for m in p.mappings:
             if not m.resident_bytes:
@@ -93,18 +157,35 @@ def procfs_dict(data: ProcfsData, cold_thresholds: tuple[float, ...] = (), redac
         "clear_refs": data.clear_refs,
         "accessed": ("measured: clear_refs written after each read" if data.clear_refs else
                      "not measured: procfs.clear_refs is off (set it to true to measure accessed bytes)"),
-        "targets": [{"name": t.name, "pids": list(t.pids), "problem": t.problem} for t in data.targets],
+        "targets": [{"name": t.name, "pids": list(t.pids), "problem": t.problem} for t in data.targets
+                    if q.target in (None, t.name)],
         "processes": procs,
         "stats": {"reads": s.reads, "errors": dict(s.errors), "read_seconds": s.read_seconds,
                   "clear_refs_seconds": s.clear_seconds, "scanned_bytes": s.bytes_scanned},
     }
 
 
-def hotness_dict(data: HotnessData, redacted: bool = False) -> dict:
+def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None = None) -> dict:
     """The BPF source's part of /snapshot.json: every region cell and bucket, in bytes.
     `idle_seconds` is null for a resident region never found accessed since start;
-    `resident_bytes` is null when the process's residency was not read."""
+    `resident_bytes` is null when the process's residency was not read. `query` keeps
+    one target, one process's cells, and a page of the cells (Query)."""
     page = data.page_size
+    q = query or Query()
+    end = None if q.limit is None else q.offset + q.limit
+    seen = 0
+
+    def cells(t) -> list:
+        nonlocal seen
+        if q.empty:
+            return [region(r) for r in t.regions]
+        out = []
+        for r in t.regions:
+            if q.pid is None or r.tgid == q.pid:
+                if seen >= q.offset and (end is None or seen < end):
+                    out.append(region(r))
+                seen += 1
+        return out
 
     def region(r: RegionHeat) -> dict:
         return {"tgid": r.tgid, "memcg_id": r.memcg_id, "start": r.start, "node": r.node, "lru": r.lru,
@@ -127,8 +208,8 @@ def hotness_dict(data: HotnessData, redacted: bool = False) -> dict:
             "accessed_bytes_total": [{"node": n, "lru": l, "bytes": b} for n, l, b in t.accessed_bytes_total],
             "buckets": [{"ranges": [] if redacted else [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
                          "accessed_bytes": b.accessed_bytes} for b in t.buckets],
-            "regions": [] if redacted else [region(r) for r in t.regions],
-        } for t in data.targets],
+            "regions": [] if redacted else cells(t),
+        } for t in data.targets if q.target in (None, t.name)],
     }
 
 

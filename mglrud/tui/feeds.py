@@ -31,12 +31,13 @@ class DaemonFeed:
 
     mode = "attached"
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, target: str | None = None, pid: int | None = None):
+        self.url, self.target, self.pid = url, target, pid
         self.describe = f"attached to daemon {url}"
 
     def poll(self) -> SnapshotDoc:
-        return client.fetch_snapshot(self.url, timeout=5.0)
+        # only what the heatmap shows: the daemon's whole document is MBs at 65k cells
+        return client.fetch_snapshot(self.url, timeout=5.0, target=self.target, pid=self.pid)
 
     def aging(self, snap: SnapshotDoc | None) -> str:
         spans = sorted({p.interval_seconds for p in (read(snap).processes() if snap else ())
@@ -123,7 +124,7 @@ def open_feed(args):
     why = "--own"
     if not args.own:
         url = client.default_url(args.url)
-        feed = DaemonFeed(url)
+        feed = DaemonFeed(url, args.target, args.pid)
         try:
             first = feed.poll()
         except client.FetchError:

@@ -50,6 +50,58 @@ def test_dump_combines_cpus_and_counts_every_matched_event():
         assert sum(c.pages for c in raw.cells.values()) == raw.matched  # all PTE events: 1 page each
 
 
+def _percpu_values(n, ncpus, slot, seed):
+    """n raw per-CPU values as the kernel returns them: struct region_val then padding (garbage here)."""
+    import random
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        v = b""
+        for _ in range(ncpus):
+            v += bpf_hotness.VAL.pack(rnd.randrange(1 << 40), rnd.randrange(1 << 40), rnd.choice([0, rnd.randrange(1 << 63)]))
+            v += bytes(rnd.randrange(256) for _ in range(slot - bpf_hotness.VAL.size))
+        out.append(v)
+    return out
+
+
+@pytest.mark.parametrize("ncpus,slot", [(1, 24), (2, 24), (3, 32), (64, 24)])
+def test_percpu_raw_decoding_equals_summing_each_cpu(ncpus, slot):
+    values = _percpu_values(50, ncpus, slot, seed=ncpus)
+    old = [H.combine_percpu([bpf_hotness.VAL.unpack(v[i * slot:i * slot + bpf_hotness.VAL.size]) for i in range(ncpus)])
+           for v in values]
+    new = bpf_hotness.combine_percpu_raw(values, ncpus, slot)
+    assert [H.combine_percpu([tuple(c)]) for c in new] == old
+    assert bpf_hotness.combine_percpu_raw([], ncpus, slot) == []
+
+
+def test_program_dump_reads_a_per_cpu_map_into_the_same_cells():
+    from mglrud import bpfsys
+
+    class Map(bpfsys.Map):  # a real Map's decoding, with the bpf(2) reads stood in for
+        def __init__(self, items, value_size, ncpus):
+            self.fd, self.key_size, self.value_size = -1, bpf_hotness.KEY.size, value_size
+            self.percpu, self.ncpus, self.slot, self._items = True, ncpus, (value_size + 7) // 8 * 8, items
+
+        def items(self):
+            return self._items
+
+        def lookup(self, key):
+            return bpf_hotness.U64.pack(3) * self.ncpus
+
+    ncpus = 4
+    values = _percpu_values(20, ncpus, 24, seed=7)
+    keys = [bpf_hotness.KEY.pack(0x7f00 + i, 100 + i % 3, 5, i % 2, (i >> 1) % 2) for i in range(20)]
+    prog = object.__new__(bpf_hotness.Program)
+    prog.maps = {"heat": Map(list(zip(keys, values)), 24, ncpus), "stats": Map([], 8, ncpus)}
+    raw = H.raw_from_dump(prog.dump())
+    assert (raw.events, raw.matched, raw.dropped) == (12, 12, 12)
+    for k, v in zip(keys, values):
+        region, tgid, memcg_id, node, lru = bpf_hotness.KEY.unpack(k)
+        per_cpu = [bpf_hotness.VAL.unpack(v[i * 24:(i + 1) * 24]) for i in range(ncpus)]
+        assert raw.cells[H.CellKey(tgid, memcg_id, region, node, H.LRU_NAMES[lru])] == H.combine_percpu(per_cpu)
+    assert len(raw.cells) == 20
+
+
 def test_first_aging_finds_the_whole_faulted_in_mapping():
     raw = H.raw_from_dump(DUMPS[0])
     mine = workload_regions(META["address"], META["size"])
@@ -495,3 +547,22 @@ def test_damon_bench_refuses_to_run_outside_the_test_guest(monkeypatch):
     with pytest.raises(SystemExit, match="refusing to touch DAMON"):
         damon_compare.Damon(1, 5000, 100000, 1000000, 10, 1000)
     assert touched == []
+
+
+@pytest.mark.parametrize("shmem", [False, True])
+def test_residency_with_a_zone_table_equals_looking_up_each_page(shmem):
+    # pfn_node_table()'s node_of takes residency()'s vectorised path; any other callable the
+    # per-page one: both must count the same pages in the same (region, node, lru) cells
+    import random
+    rnd = random.Random(int(shmem))
+    node_of = H.pfn_node_table([(1, 4096, 0), (4096, 100000, 0), (100000, 200000, 1), (300000, 400000, 3)])
+    pfns = [0, 5, 4096, 150000, 250000, 350000, 10**6]
+    entries = [rnd.choice([0, H.PM_PRESENT, H.PM_PRESENT | H.PM_FILE]) | rnd.choice(pfns + [rnd.randrange(1 << 55)])
+               for _ in range(5000)]
+    for start in (0x7f0000000000, 0x400000 + 3 * PAGE):
+        vma = H.Vma(start, start + len(entries) * PAGE, "x", shmem)
+        fast = H.residency(vma, entries, PAGE, SHIFT, node_of)
+        assert fast == H.residency(vma, entries, PAGE, SHIFT, lambda pfn: node_of(pfn))
+        assert sum(fast.values()) == sum(1 for e in entries if e & H.PM_PRESENT)
+        assert {n for _, n, _ in fast} == {-1, 0, 1, 3}
+    assert H.residency(H.Vma(0, PAGE, "", shmem), [0], PAGE, SHIFT, node_of) == {}

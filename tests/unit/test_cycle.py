@@ -3,7 +3,7 @@
 import errno
 
 from mglrud.config import loads
-from mglrud.aging import phase
+from mglrud.aging import SLACK, phase
 from mglrud.cycle import Engine
 from mglrud.fs import RecordingWriter
 from synth import lru_gen_text
@@ -65,6 +65,36 @@ def test_memcgs_are_spread_over_the_interval(tmp_path):
         clock.t += 1.0
     assert sorted(w.commands) == sorted(f"+ {10 + i} 0 3 1 1" for i in range(40))
     assert max(per_step) < 40
+
+
+def test_many_memcgs_are_aged_in_few_wakeups_never_early(tmp_path):
+    # 600 phases spread over a minute: the loop (as daemon.py runs it: wake at due_in() or at the
+    # next publish, 10 s) ages them in about WAKEUPS groups a minute, not hundreds of wake-ups;
+    # each memcg is aged once per interval, never before its phase, at most 10 s after it.
+    many = [(10 + i, f"/m{i}", [(0, [(3, 100, 1, 1)]), (1, [(3, 100, 1, 1)])]) for i in range(600)]
+    eng, w, clock = _engine(tmp_path, "aging: {interval: 1m}\nsnapshot: {interval: 10s}\n"
+                                      "targets: [{memcg: '/m*'}]", many)
+    start = clock.t
+    eng.cycle(age=False)
+    aged: dict[str, list[float]] = {}
+    wakeups, publish = 0, clock.t + 10
+    while clock.t < start + 180:
+        clock.t = max(clock.t + 0.05, min(clock.t + eng.due_in(), publish))
+        before = len(w.commands)
+        eng.cycle()
+        for c in w.commands[before:]:
+            aged.setdefault(c.split()[1], []).append(clock.t)
+        wakeups += 1
+        publish = clock.t + 10
+    assert wakeups <= 3 * 12, f"{wakeups} wake-ups in 3 minutes"
+    assert len(aged) == 600
+    for i in range(600):
+        times = aged[str(10 + i)][::2]  # two nodes, aged in the same wake-up
+        assert aged[str(10 + i)][1::2] == times
+        due = [start + phase(f"/m{i}", 60.0) + 60 * k for k in range(len(times))]
+        # the k-th aging follows the k-th due time (SLACK early at most): once per interval
+        assert all(-SLACK <= t - d <= 10 + SLACK for t, d in zip(times, due)), (i, times, due)
+        assert len(times) >= 3
 
 
 def test_interval_is_kept_per_memcg(tmp_path):

@@ -1,0 +1,393 @@
+"""Scale (issue 19): mglrud's cost from 10 to 3,000 memcgs and 65k BPF cells, before and after, in one run.
+
+Everything is SYNTHETIC but goes through the real code in the kernel's formats:
+
+- lru_gen: N memcgs (systemd services and kubepods paths) x 2 nodes x 4 generations, printed with
+  lru_gen_seq_show()'s formats (tests/unit/synth.py), read by the real Engine (dry run: RecordingWriter);
+- BPF: a Program whose maps (bpfsys.Map with items() given) hold C cells x P CPUs of struct
+  region_key / region_val bytes as BPF_MAP_LOOKUP_BATCH returns them, read by the real
+  Program.dump(), raw_from_dump(), step() and the source's per-target assembly (residency excluded:
+  the fixture's processes have no pagemap);
+- residency: a real read of /proc/self/pagemap over this process's own 1 GiB mapping (all pages
+  touched), decoded for one node and, with a zone table splitting the PFNs in two, for two nodes.
+
+BEFORE is mglrud at --before (default: where this branch left main, `git merge-base HEAD main`),
+extracted with `git archive` into a temporary directory; AFTER is this tree. Each measurement is one
+fresh subprocess (/usr/bin/python3 bench/scale.py --worker ROOT ...) importing mglrud from ROOT, so
+the two never share a process and RSS is each one's own. Runs are interleaved (before, after, before,
+...) and the table shows medians. CPU figures are process CPU time (time.process_time): the machine
+is shared, and CPU time is what a cycle costs.
+
+  /usr/bin/python3 bench/scale.py [--runs 5] [--sizes 10,160,1000,3000] [--cells 65536]
+
+Writes the table to bench/results/scale.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = "/usr/bin/python3"
+
+CONFIG = """
+aging: {interval: 1m, dry_run: true}
+snapshot: {interval: 10s}
+targets: [{name: services, memcg: "/system.slice/**"}, {name: pods, memcg: "/kubepods.slice/**"}]
+"""
+
+
+# ---------------------------------------------------------------- fixtures (run in the worker)
+
+def lru_gen_rows(memcgs: int):
+    rows = []
+    for i in range(memcgs):
+        path = f"/system.slice/service-{i:04d}.service" if i % 2 else f"/kubepods.slice/pod-{i:04d}/ctr"
+        nodes = [(n, [(10 + g, 1000 * (4 - g) + i, 100 * g + i + n, 50 * g + i) for g in range(4)]) for n in (0, 1)]
+        rows.append((i + 2, path, nodes))
+    return rows
+
+
+def paths_yaml(tmp: Path) -> str:
+    return (f"paths: {{debugfs: '{tmp / 'debugfs'}', procfs: '{tmp / 'proc'}', "
+            f"sysfs: '{tmp / 'sys'}', cgroupfs: '{tmp / 'cgroup'}'}}\n")
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def cpu(f):
+    t0 = time.process_time()
+    r = f()
+    return time.process_time() - t0, r
+
+
+def rss() -> dict:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def memcg_worker(memcgs: int) -> dict:
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from synth import lru_gen_text
+    from mglrud import exposition, snapshot_json
+    from mglrud.collectors import Published
+    from mglrud.config import loads
+    from mglrud.cycle import Engine
+    from mglrud.fs import RecordingWriter
+
+    tmp = Path(tempfile.mkdtemp(prefix="mglrud-scale-"))
+    (tmp / "debugfs").mkdir()
+    (tmp / "debugfs" / "lru_gen").write_text(lru_gen_text(lru_gen_rows(memcgs)))
+    clock = Clock()
+    eng = Engine(loads(CONFIG + paths_yaml(tmp)), writer=RecordingWriter(), clock=clock,
+                 wall=lambda: 1.7e9 + clock.t)
+    out = {}
+    eng.cycle(age=False)
+    # The daemon's loop (daemon.py) over simulated time: wake at due_in() or at the next publish
+    # (snapshot.interval 10 s), run a cycle; the simulated clock also moves by each cycle's CPU time.
+    start, busy, wakeups, steady = clock.t, 0.0, 0, []
+    publish = clock.t + 10
+    while clock.t - start < 60 and (wakeups < 12 or clock.t - start < 10):
+        clock.t = max(clock.t + 0.05, min(clock.t + eng.due_in(), publish))
+        before = len(eng.writer.commands)
+        dt, snap = cpu(eng.cycle)
+        clock.t += dt
+        busy += dt
+        wakeups += 1
+        publish = clock.t + 10
+        if len(eng.writer.commands) > before:
+            steady.append((dt, len(eng.writer.commands) - before))
+    out["loop_busy"] = busy / (clock.t - start)
+    out["wakeups_per_min"] = wakeups / (clock.t - start) * 60
+    out["loop_cycle"] = statistics.median(d for d, _ in steady) if steady else 0.0
+    # one steady cycle: a sixth of the memcgs due (what one 10 s publish covers of a 1 min interval)
+    for i, p in enumerate(list(eng.aging.next_due)):
+        eng.aging.next_due[p] = clock.t + (0 if i % 6 == 0 else 1e6)
+    eng.aging.last_aged = float("-inf") if hasattr(eng.aging, "last_aged") else None
+    out["steady"], _ = cpu(eng.cycle)
+    out["age_all"], snap = cpu(lambda: eng.cycle(age_all=True))
+    # scrapes: the first of a snapshot renders it, the next ones get the same bytes
+    exp = exposition.Exposition(Published(snap), wall=lambda: snap.taken_at + 1)
+    out["scrape_first"], (body, _) = cpu(exp.metrics)
+    out["scrape_cached"], _ = cpu(exp.metrics)
+    out["series"] = sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
+    out["json_bytes"] = len(snapshot_json.to_json(snap).encode())
+    out.update(rss())
+    return out
+
+
+KEY = struct.Struct("<QIHBB")  # bpf/hotness.bpf.c struct region_key
+VAL = struct.Struct("<QQQ")  # struct region_val
+
+
+def bpf_items(cells: int, cpus: int, tgids: int, memcg_id: int, round_: int):
+    """`cells` keys over `tgids` processes (regions x 2 nodes x 2 lrus each), each with `cpus`
+    per-CPU values; `round_` grows the counts as aging passes would. (numpy only builds the
+    fixture, fast; the code measured reads the bytes.)"""
+    import numpy as np
+    per = cells // tgids
+    c = np.arange(per * tgids, dtype=np.uint64) % per
+    i = np.arange(cpus, dtype=np.uint64)
+    ci = c[:, None] + i[None, :]
+    v = np.empty((per * tgids, cpus, 3), dtype="<u8")
+    v[:, :, 0] = ci % 7 * round_
+    v[:, :, 1] = ci % 3 * round_
+    v[:, :, 2] = np.where(ci % 3 != 0, c[:, None] + 10**9 * round_, 0)
+    raw = v.tobytes()
+    size = cpus * VAL.size
+    items = []
+    for t in range(tgids):
+        for k in range(per):
+            n = t * per + k
+            key = KEY.pack(0x7f0000000 + k // 4, 1000 + t, memcg_id, (k >> 1) & 1, k & 1)
+            items.append((key, raw[n * size:(n + 1) * size]))
+    return items
+
+
+def bpf_worker(cells: int, cpus: int, cycles: int = 2) -> dict:
+    from mglrud import bpfsys, snapshot_json
+    from mglrud.config import loads
+    from mglrud.fs import FS
+    from mglrud.model import Snapshot
+    from mglrud.sources import bpf_hotness
+    from mglrud.targets import ProcTable
+
+    tgids, memcg_id = 16, 5
+    tmp = Path(tempfile.mkdtemp(prefix="mglrud-scale-bpf-"))
+    for t in range(tgids):
+        (tmp / "proc" / str(1000 + t)).mkdir(parents=True)  # alive; no smaps: residency not read
+    cfg = loads(f"bpf: {{max_regions: {max(cells, 1024)}}}\ntargets: [{{name: pods, memcg: /kubepods.slice/pod}}]\n"
+                + paths_yaml(tmp))
+    fs = FS(cfg.paths)
+
+    class FakeMap(bpfsys.Map):
+        def __init__(self, value_size, ncpus, items):
+            self.fd, self.key_size, self.value_size, self.max_entries = -1, KEY.size, value_size, len(items)
+            self.type, self.percpu, self.ncpus = 0, True, ncpus
+            self.slot = (value_size + 7) // 8 * 8
+            self._items = items
+
+        def items(self):
+            return self._items
+
+        def lookup(self, key):
+            return bytes(8 * self.ncpus)
+
+        def delete(self, key):
+            return True
+
+    prog = object.__new__(bpf_hotness.Program)
+    prog.event, prog._held, prog.compile_seconds, prog.capacity = "mm_vmscan_lru_gen_young", [], 0.0, cells
+    prog.set_targets = lambda tgids, ids: None
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, fs, loader=lambda c, f: prog)
+    src.start()
+    index = {"/kubepods.slice/pod": memcg_id}
+    times = []
+    data = None
+    for r in range(cycles):
+        prog.maps = {"heat": FakeMap(VAL.size, cpus, bpf_items(cells, cpus, tgids, memcg_id, r + 1)),
+                     "stats": FakeMap(8, cpus, [])}
+        procs = ProcTable(fs, cfg.targets)
+        dt, data = cpu(lambda: src.cycle(cfg.targets, index, procs))
+        times.append(dt)
+        prog.maps = {}  # the fixture's bytes: not the source's memory
+    assert data is not None and sum(len(t.regions) for t in data.targets) == cells, "every cell reached the snapshot"
+    import gc
+    gc.collect()
+    out = {"bpf_cycle": statistics.median(times[1:])}
+    out.update(rss())  # the source's state and the snapshot's data, the fixture's bytes freed
+    snap = Snapshot(taken_at=1.8e9, page_size=4096, cold_thresholds=cfg.metrics.cold_thresholds,
+                    idle_age_buckets=cfg.metrics.buckets, sources=(src.status(),), hotness=data)
+    out["bpf_json_bytes"] = len(snapshot_json.to_json(snap).encode())
+    if hasattr(snapshot_json, "Query"):  # before: /snapshot.json has no filter
+        out["bpf_json_pid_bytes"] = len(snapshot_json.to_json(snap, snapshot_json.Query(pid=1000)).encode())
+    return out
+
+
+def residency_worker(gib: float = 1.0) -> dict:
+    from mglrud.model import hotness as H
+    size = int(gib * (1 << 30))
+    page = os.sysconf("SC_PAGE_SIZE")
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for off in range(0, size, page):  # touch every page: all resident
+        m[off] = 1
+    import ctypes
+    start = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    vma = H.Vma(start, start + size, "", False)
+    out = {}
+    t0 = time.perf_counter()
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(start // page * 8)
+        data = f.read(size // page * 8)
+    out["pagemap_read"] = (time.perf_counter() - t0) / gib
+    entries = memoryview(data).cast("Q")
+    pfns = sorted(e & H.PM_PFN_MASK for e in entries[::4096])
+    mid = pfns[len(pfns) // 2]  # two "nodes": the PFNs below and above the median
+    node_of = H.pfn_node_table([(0, mid, 0), (mid, 1 << 52, 1)])
+    # warm-up on one region (imports, e.g. numpy's ~250 ms, are paid once by a daemon, not per read)
+    H.residency_one_node(vma, data[:4096], page, 21, 0)
+    H.residency(vma, entries[:512].tolist(), page, 21, node_of)
+    dt, one = cpu(lambda: H.residency_one_node(vma, data, page, 21, 0))
+    out["residency_one"] = dt / gib
+    dt, two = cpu(lambda: H.residency(vma, entries.tolist(), page, 21, node_of))
+    out["residency_two"] = dt / gib
+    assert sum(one.values()) == sum(two.values()) == size // page, "every page resident and counted"
+    del entries
+    m.close()
+    return out
+
+
+WORKERS = {"memcg": lambda a: memcg_worker(int(a[0])), "bpf": lambda a: bpf_worker(int(a[0]), int(a[1])),
+           "residency": lambda a: residency_worker()}
+
+
+# ---------------------------------------------------------------- the driver
+
+def run_worker(root: Path, what: str, *args) -> dict:
+    r = subprocess.run([PY, str(Path(__file__).resolve()), "--worker", str(root), what, *map(str, args)],
+                       capture_output=True, text=True, timeout=3600, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    if r.returncode:
+        raise SystemExit(f"worker {root} {what} {args} failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def extract(rev: str, into: Path) -> str:
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", sha], capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+        tar.extractall(into)  # our own repository's files
+    return sha
+
+
+def med(results: list[dict], key: str):
+    xs = [r[key] for r in results if key in r]
+    return statistics.median(xs) if xs else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--slow-runs", type=int, default=1, help="runs of the before side's slowest items (BPF, 3000)")
+    p.add_argument("--sizes", default="10,160,1000,3000")
+    p.add_argument("--cells", type=int, default=65536)
+    p.add_argument("--before", default="")
+    p.add_argument("--after", default="", help="a revision to measure instead of this working tree")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "scale.txt"))
+    args = p.parse_args(argv)
+    if args.worker:
+        root, what, *rest = args.worker
+        sys.path.insert(0, root)
+        print(json.dumps(WORKERS[what](rest)))
+        return 0
+
+    before_rev = args.before or subprocess.run(["git", "-C", str(REPO), "merge-base", "HEAD", "main"],
+                                               capture_output=True, text=True, check=True).stdout.strip()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="mglrud-scale-before-") as tmp:
+        before_sha = extract(before_rev, Path(tmp) / "before")
+        after = Path(tmp) / "after"
+        after_sha = extract(args.after, after) if args.after else "the working tree"
+        roots = {"before": Path(tmp) / "before", "after": after if args.after else REPO}
+        res: dict = {}
+        jobs = [("memcg", n) for n in sizes] + [("bpf", args.cells, 2), ("bpf", args.cells, 64), ("residency",)]
+        for i in range(args.runs):
+            for job in jobs:
+                for side in ("before", "after"):
+                    slow = side == "before" and (job[0] == "bpf" or (job[0] == "memcg" and job[1] >= 3000))
+                    if slow and i >= args.slow_runs:
+                        continue
+                    t0 = time.monotonic()
+                    r = run_worker(roots[side], *job)
+                    res.setdefault((side,) + job, []).append(r)
+                    print(f"run {i + 1}/{args.runs} {side} {job}: {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+    lines = table(res, sizes, args, before_sha, after_sha)
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    Path(args.out).write_text(text)
+    return 0
+
+
+def fmt_ms(x):
+    return "—" if x is None else (f"{x * 1000:.0f} ms" if x >= 0.1 else f"{x * 1000:.1f} ms" if x >= 0.001
+                                 else f"{x * 1e6:.0f} µs")
+
+
+def fmt_b(x):
+    return "—" if x is None else f"{x / (1 << 20):.1f} MiB" if x >= 1 << 20 else f"{x / 1024:.0f} KiB"
+
+
+def table(res, sizes, args, before_sha, after_sha) -> list[str]:
+    def cell(key, job, f):
+        b, a = med(res.get(("before",) + job, []), key), med(res.get(("after",) + job, []), key)
+        ratio = f" ({b / a:.1f}x)" if a and b and key not in ("series",) and abs(b / a - 1) > 0.05 else ""
+        return f"{f(b)} → {f(a)}{ratio}"
+
+    rows = [("series on /metrics", "series", lambda x: "—" if x is None else f"{x:,.0f}"),
+            ("one scrape: the first of a snapshot (renders it; CPU)", "scrape_first", fmt_ms),
+            ("the same bytes, already rendered (CPU)", "scrape_cached", fmt_ms),
+            ("one steady cycle (1/6 of memcgs due; CPU)", "steady", fmt_ms),
+            ("one age_all cycle (CPU)", "age_all", fmt_ms),
+            ("loop: wake-ups a minute (1 min aging, 10 s snapshots)", "wakeups_per_min",
+             lambda x: "—" if x is None else f"{x:.0f}"),
+            ("loop busy (% of one core)", "loop_busy", lambda x: "—" if x is None else f"{x * 100:.2f} %"),
+            ("/snapshot.json", "json_bytes", fmt_b),
+            ("RSS at the end (peak)", "VmRSS", fmt_b)]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    out = [f"# bench/scale.py — {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+           f"# command: /usr/bin/python3 bench/scale.py --runs {args.runs} --slow-runs {args.slow_runs} "
+           f"--sizes {args.sizes} --cells {args.cells}",
+           f"# kernel {platform.release()}, {os.cpu_count()} CPUs, load average at end {load} (shared machine: read ratios)",
+           f"# before = {before_sha}, after = {after_sha} (git archive into a temp dir); each figure: median of "
+           f"{args.runs} runs ({args.slow_runs} for the before side's 3000-memcg and BPF runs), one fresh "
+           f"subprocess each, before and after interleaved",
+           "# SYNTHETIC fixtures in the kernel's formats; each cell: before → after (before/after)",
+           "",
+           "| what | " + " | ".join(f"{n} memcgs" for n in sizes) + " |",
+           "|---" * (len(sizes) + 1) + "|"]
+    for label, key, f in rows:
+        out.append(f"| {label} | " + " | ".join(cell(key, ("memcg", n), f) for n in sizes) + " |")
+    hw = [f"{fmt_b(med(res.get((s, 'memcg', sizes[-1]), []), 'VmHWM'))}" for s in ("before", "after")]
+    out.append(f"| peak RSS (VmHWM) at {sizes[-1]} memcgs | {hw[0]} → {hw[1]} |")
+    out += ["", f"BPF source, {args.cells} cells (16 processes), synthetic map values through Program.dump() "
+                f"(residency excluded); CPU per steady cycle:", "",
+            "| what | 2 CPUs | 64 CPUs |", "|---|---|---|"]
+    for label, key, f in (("one cycle (read, combine, step, assemble; CPU)", "bpf_cycle", fmt_ms),
+                          ("/snapshot.json, everything", "bpf_json_bytes", fmt_b),
+                          ("/snapshot.json?pid=P, one process", "bpf_json_pid_bytes", fmt_b),
+                          ("RSS after the cycles (fixture freed)", "VmRSS", fmt_b)):
+        out.append(f"| {label} | " + " | ".join(cell(key, ("bpf", args.cells, c), f) for c in (2, 64)) + " |")
+    out += ["", "Residency from a real /proc/self/pagemap read of a 1 GiB anonymous mapping, every page touched:", "",
+            "| what | per GiB |", "|---|---|"]
+    for label, key in (("read pagemap (2 MiB of entries; wall)", "pagemap_read"),
+                       ("decode, one node (CPU)", "residency_one"), ("decode, two nodes (CPU)", "residency_two")):
+        out.append(f"| {label} | {cell(key, ('residency',), fmt_ms)} |")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

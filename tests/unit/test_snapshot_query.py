@@ -1,0 +1,129 @@
+"""/snapshot.json?target=&pid=&offset=&limit=: one target's or process's part, a page of region cells.
+
+The snapshot is the BPF source replaying the dumps captured in the test guest (tests/bpf_replay.py);
+the whole document without a query is the golden tests' business (test_snapshot_schema.py), here it
+is only compared with itself through the query path.
+"""
+
+import json
+
+import pytest
+
+from mglrud import http as mhttp, snapshot_json
+from mglrud.collectors import Published
+from mglrud.snapshot_json import Query, parse_query, to_dict, to_json
+from tests.bpf_replay import META, replayed_snapshot
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory):
+    s, _ = replayed_snapshot(tmp_path_factory.mktemp("replay"))
+    return s
+
+
+def _regions(doc):
+    return [r for t in doc["hotness"]["targets"] for r in t["regions"]]
+
+
+def test_no_query_is_the_whole_document_byte_for_byte(snap):
+    assert to_json(snap, Query()) == to_json(snap) == to_json(snap, parse_query(""))
+    assert "query" not in to_dict(snap)
+
+
+def test_pid_keeps_that_process_only(snap):
+    whole = to_dict(snap)
+    assert len({r["tgid"] for r in _regions(whole)}) >= 1
+    doc = to_dict(snap, Query(pid=META["pid"]))
+    assert _regions(doc) == [r for r in _regions(whole) if r["tgid"] == META["pid"]] != []
+    assert doc["query"]["regions_matched"] == len(_regions(doc))
+    assert {m["memcg_id"] for m in doc["memcgs"]} <= {r["memcg_id"] for r in _regions(doc)}
+    assert _regions(to_dict(snap, Query(pid=1))) == [] and to_dict(snap, Query(pid=1))["memcgs"] == []
+
+
+def test_target_keeps_that_target_only(snap):
+    doc = to_dict(snap, Query(target="m"))
+    assert [t["name"] for t in doc["hotness"]["targets"]] == ["m"]
+    assert [t["name"] for t in doc["targets"]] == [t["name"] for t in to_dict(snap)["targets"]], "all still listed"
+    assert to_dict(snap, Query(target="nope"))["hotness"]["targets"] == []
+
+
+def test_pages_of_regions_add_up_to_the_whole_list(snap):
+    whole = _regions(to_dict(snap))
+    assert len(whole) > 7
+    pages, offset = [], 0
+    while True:
+        doc = to_dict(snap, Query(offset=offset, limit=7))
+        got = _regions(doc)
+        assert doc["query"]["regions_matched"] == len(whole)
+        if not got:
+            break
+        assert len(got) <= 7
+        pages += got
+        offset += 7
+    assert pages == whole
+    assert _regions(to_dict(snap, Query(limit=0))) == []
+
+
+def test_the_typed_reader_reads_a_filtered_document(snap):
+    # "query" is not part of SnapshotDoc (the round-trip tests hold it to the unfiltered document)
+    doc = snapshot_json.from_dict(json.loads(to_json(snap, Query(pid=META["pid"], limit=3))))
+    assert sum(len(v) for v in doc.regions().values()) == 3 and {g for g, _ in doc.regions()} == {META["pid"]}
+
+
+@pytest.mark.parametrize("qs,message", [
+    ("pid=abc", "pid='abc' is not a positive integer"),
+    ("pid=0", "pid='0' is not a positive integer"),
+    ("limit=-1", "limit='-1' is not a non-negative integer"),
+    ("pid=1&pid=2", "parameter 'pid' given 2 times"),
+    ("colour=red", "unknown parameter 'colour'; /snapshot.json takes target, pid, offset, limit"),
+])
+def test_bad_queries_name_the_parameter(qs, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace("?", r"\?")):
+        parse_query(qs)
+    assert parse_query("target=web&pid=12&offset=3&limit=4") == Query("web", 12, 3, 4)
+
+
+def _unix_get(path, target):
+    from mglrud import client
+    conn = client._UnixConnection(path, 30)
+    try:
+        conn.request("GET", target)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_http_serves_the_query_and_refuses_a_bad_one(snap, tmp_path):
+    # the unix socket: the full view (over TCP without credentials regions are redacted)
+    sock = str(tmp_path / "s.sock")
+    srv, _ = mhttp.serve(sock, 0, Published(snap))
+    try:
+        status, body = _unix_get(sock, f"/snapshot.json?pid={META['pid']}&limit=2")
+        assert status == 200
+        assert _regions(json.loads(body)) == _regions(to_dict(snap, Query(pid=META["pid"], limit=2))) != []
+        status, body = _unix_get(sock, "/snapshot.json?pid=x")
+        assert (status, body) == (400, b"/snapshot.json: pid='x' is not a positive integer\n")
+        status, body = _unix_get(sock, "/snapshot.json")
+        assert (status, body) == (200, to_json(snap).encode())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_client_and_heatmap_feed_ask_only_for_their_process(snap, tmp_path):
+    from mglrud import client
+    from mglrud.tui import feeds
+
+    sock = str(tmp_path / "s.sock")
+    srv, _ = mhttp.serve(sock, 0, Published(snap))
+    url = f"unix:{sock}"
+    try:
+        asked = client.fetch_snapshot(url, pid=META["pid"])
+        assert {g for g, _ in asked.regions()} == {META["pid"]}
+        assert asked.regions() == snapshot_json.from_dict(to_dict(snap)).regions(pid=META["pid"])
+        assert feeds.DaemonFeed(url, "m", None).poll().hotness.targets[0].name == "m"
+        assert len(feeds.DaemonFeed(url, "m", None).poll().hotness.targets) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
