@@ -64,13 +64,13 @@ def measure(total: int, intervals: int, pause: float) -> dict:
         try:
             info = json.loads(proc.stdout.readline())
             pid = info["pid"]
-            procfs._clear_refs(fs, pid)  # the first interval starts here
+            procfs._clear_refs(fs, pid, procfs.start_time(fs, pid))  # the first interval starts here
             rows = []
             for _ in range(intervals):
                 time.sleep(pause * 1.5)  # let the hot half be rewritten once
                 t_smaps, text = timed(lambda: (fs.proc(pid, "smaps")).read_text())
                 t_numa, _ = timed(lambda: (fs.proc(pid, "numa_maps")).read_text())
-                t_clear, _ = timed(lambda: procfs._clear_refs(fs, pid))
+                t_clear, _ = timed(lambda: procfs._clear_refs(fs, pid, procfs.start_time(fs, pid)))
                 entries = smaps.parse_smaps(text)
                 rss = sum(e.rss for e in entries)
                 ref = sum(e.referenced for e in entries)
