@@ -1,0 +1,176 @@
+"""The demo's load generator for memcached (Debian's python3-pymemcache): a fill, then reads.
+
+- fill: keys 0 .. N-1 (`key:%08d`) in order, each with a value of --value-size bytes;
+- reads: keys drawn from a normal distribution around the middle of the first
+  --read-fraction of the key range (sigma --sigma of that range), for --read-seconds;
+  the keys above it are filled but never read.
+
+With --pid (memcached's pid, root), it also records where the fill put the keys: after
+each batch of keys it reads /proc/PID/pagemap (Documentation/admin-guide/mm/pagemap.rst;
+bit 63: present) over memcached's anonymous writable mappings, and the pages that became
+present during a batch are that batch's (slab pages are allocated as items are stored).
+That is the ground truth `demo/guest.py` and tests/vm/test_memcached_vm.py compare the
+heat against. One progress line on stderr; the result as JSON (--out).
+
+    python3 demo/load.py --port 11311 --keys 30000 --pid PID --out load.json fill
+    python3 demo/load.py --port 11311 --keys 30000 --read-seconds 60 --out reads.json read
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+PAGE = 4096
+REGION_SHIFT = 21
+
+
+def key(i: int) -> str:
+    return f"key:{i:08d}"
+
+
+def anon_ranges(pid: int) -> list[tuple[int, int]]:
+    """memcached's anonymous writable private mappings (heap and mmap'd slab pages)."""
+    out = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        f = line.split()
+        if f[1].startswith("rw") and (len(f) < 6 or f[5] == "[heap]"):
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            out.append((lo, hi))
+    return out
+
+
+def present_pages(pid: int) -> set[int]:
+    """Page numbers (address // PAGE) present in memory in memcached's anonymous mappings."""
+    out = set()
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        for lo, hi in anon_ranges(pid):
+            f.seek(lo // PAGE * 8)
+            data = f.read((hi - lo) // PAGE * 8)
+            top = data[7::8]  # bit 63 is bit 7 of each entry's last byte
+            first = lo // PAGE
+            out.update(first + i for i, b in enumerate(top) if b & 0x80)
+    return out
+
+
+class Progress:
+    """One line on stderr, rewritten at most every 0.5 s."""
+
+    def __init__(self):
+        self.at = 0.0
+
+    def __call__(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.at >= 0.5:
+            self.at = now
+            sys.stderr.write("\r" + text.ljust(78))
+            sys.stderr.flush()
+
+    def done(self, text: str) -> None:
+        self(text, force=True)
+        sys.stderr.write("\n")
+
+
+def connect(port: int):
+    from pymemcache.client.base import Client
+
+    return Client(("127.0.0.1", port), connect_timeout=10, timeout=30, no_delay=True)
+
+
+def fill(port: int, keys: int, value_size: int, pid: int | None, seconds: float = 0.0, batches: int = 40) -> dict:
+    """Set every key in order, paced to last at least `seconds` (so that several aging passes
+    see it progress); with pid, which 2 MiB regions each batch of keys went to."""
+    c = connect(port)
+    value = bytes(range(256)) * (value_size // 256) + b"v" * (value_size % 256)
+    show = Progress()
+    before = present_pages(pid) if pid else set()
+    per = max(1, -(-keys // batches))
+    region_keys: dict[int, Counter] = {}  # region start -> {batch: new pages}
+    spans = []
+    start = time.time()
+    for b, lo in enumerate(range(0, keys, per)):
+        hi = min(keys, lo + per)
+        c.set_many({key(i): value for i in range(lo, hi)}, noreply=False)
+        spans.append((lo, hi))
+        if pid:
+            now = present_pages(pid)
+            for p in now - before:
+                region_keys.setdefault((p * PAGE) >> REGION_SHIFT << REGION_SHIFT, Counter())[b] += 1
+            before = now
+        rate = hi / max(time.time() - start, 1e-6)
+        show(f"fill: {hi}/{keys} keys ({100 * hi // keys}%), {rate:.0f} keys/s")
+        ahead = start + seconds * hi / keys - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
+    show.done(f"fill: {keys} keys of {value_size} B in {time.time() - start:.1f}s")
+    regions = {}
+    for r, batch_pages in sorted(region_keys.items()):
+        b, pages = batch_pages.most_common(1)[0]
+        touched = sorted(batch_pages)
+        regions[r] = {"keys": [spans[touched[0]][0], spans[touched[-1]][1]], "pages": sum(batch_pages.values()),
+                      "main_batch": spans[b]}
+    c.close()
+    return {"keys": keys, "value_size": value_size, "fill_start": start, "fill_end": time.time(),
+            "regions": {f"{r:#x}": v for r, v in regions.items()}}
+
+
+def reads(port: int, keys: int, read_fraction: float, sigma: float, seconds: float, seed: int = 1) -> dict:
+    """Gets of normally distributed keys in [0, read_fraction * keys) for `seconds`."""
+    c = connect(port)
+    n = max(1, int(keys * read_fraction))
+    mu, sd = n / 2, sigma * n
+    rng = random.Random(seed)
+    counts: Counter = Counter()
+    show = Progress()
+    start = time.time()
+    end = start + seconds
+    gets = hits = 0
+    while time.time() < end:
+        batch = []
+        while len(batch) < 32:
+            k = int(rng.gauss(mu, sd))
+            if 0 <= k < n:
+                batch.append(k)
+        got = c.get_many([key(k) for k in batch])
+        gets += len(set(batch))
+        hits += len(got)
+        counts.update(batch)
+        left = end - time.time()
+        show(f"reads: {gets} gets ({100 * hits // max(gets, 1)}% hits), keys ~N({mu:.0f}, {sd:.0f}), "
+             f"{max(0.0, left):.0f}s left")
+    show.done(f"reads: {gets} gets in {time.time() - start:.1f}s, {100 * hits // max(gets, 1)}% hits; "
+               f"keys {n}..{keys - 1} never read")
+    c.close()
+    return {"read_keys": n, "mu": mu, "sigma": sd, "read_start": start, "read_end": time.time(), "gets": gets,
+            "hits": hits, "counts": {str(k): v for k, v in sorted(counts.items())}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("phase", choices=("fill", "read"))
+    p.add_argument("--port", type=int, default=11311)
+    p.add_argument("--keys", type=int, default=30000)
+    p.add_argument("--value-size", type=int, default=1024)
+    p.add_argument("--read-fraction", type=float, default=0.8, help="share of the key range read (from key 0)")
+    p.add_argument("--sigma", type=float, default=0.1, help="sigma of the reads, as a share of the read range")
+    p.add_argument("--read-seconds", type=float, default=60.0)
+    p.add_argument("--fill-seconds", type=float, default=0.0, help="pace the fill to last at least this long")
+    p.add_argument("--pid", type=int, help="fill: memcached's pid, to record where the keys went")
+    p.add_argument("--out", help="write the result here as JSON")
+    a = p.parse_args(argv)
+    if a.phase == "fill":
+        res = fill(a.port, a.keys, a.value_size, a.pid, a.fill_seconds)
+    else:
+        res = reads(a.port, a.keys, a.read_fraction, a.sigma, a.read_seconds)
+    if a.out:
+        Path(a.out).write_text(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
