@@ -93,7 +93,7 @@ class Viewer(threading.Thread):
         self.history = History(None, pid)
         self.stop = threading.Event()
         self.phase = "starting"
-        self.snaps: list[dict] = []  # the raw documents, for the closing numbers
+        self.last: dict | None = None  # the newest document, for the closing numbers
         self.lock = threading.Lock()
 
     def run(self) -> None:
@@ -103,7 +103,7 @@ class Viewer(threading.Thread):
                 doc = get_json(self.base + "/snapshot.json")
                 with self.lock:
                     if self.history.add(doc):
-                        self.snaps.append(doc)
+                        self.last = doc
             except OSError as e:
                 say(f"snapshot: {e}")
             now = time.time() // self.aggregate
@@ -129,11 +129,12 @@ def start_memcached(port: int, memory_mb: int, extra: list[str]) -> subprocess.P
     cg.mkdir(exist_ok=True)
     procs = cg / "cgroup.procs"
 
-    def enter():  # in the child, before exec: memcached starts in its own memcg
+    def enter():  # in the child, before exec: memcached starts in its own memcg, on CPU 0
         procs.write_text(str(os.getpid()))
+        os.sched_setaffinity(0, {0})
 
     m = subprocess.Popen(["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(port), "-U", "0",
-                          "-m", str(memory_mb), "-t", "2", *extra], preexec_fn=enter)
+                          "-m", str(memory_mb), "-t", "1", *extra], preexec_fn=enter)
     deadline = time.monotonic() + 60
     import socket
     while time.monotonic() < deadline:
@@ -196,23 +197,26 @@ def run_load(phase: str, a, out: Path, pid: int | None = None) -> dict:
             "--read-seconds", str(a.read_seconds), "--fill-seconds", str(a.fill_seconds), "--out", str(res)]
     if pid:
         argv += ["--pid", str(pid)]
-    subprocess.run(argv, check=True)
+    # On memcached's CPU: under TCG, QEMU's software TLB keeps a translation until the vCPU
+    # switches address space, so a page the aging walk cleared the accessed bit of is not
+    # marked accessed again while memcached stays alone on its vCPU (a real TLB is small
+    # enough to lose it); the client on the same vCPU switches it at every request.
+    subprocess.run(argv, check=True, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
     return json.loads(res.read_text())
 
 
 # ---------------------------------------------------------------- what the picture shows
 
-def pass_heats(docs: list[dict], pid: int, lo: float, hi: float) -> dict[int, list[float]]:
-    """Per region start: the heat of every measured aging pass that ran in [lo, hi) (from the
-    snapshots' `passes` and `found_in`), each pass taken once."""
-    seen: set = set()
+def pass_heats(columns, lo: float, hi: float) -> dict[int, list[float]]:
+    """Per region start: the heat of every measured aging pass that ran in [lo, hi), from the
+    History's columns (render/heatmap.py columns(): a snapshot's own column has no heat for
+    BPF rows, a pass's column has what the pass found)."""
     out: dict[int, list[float]] = {}
-    for d in docs:
-        for t, cells in HM.pass_columns(from_dict(d), pid=pid, seen=seen):
-            if lo <= t < hi:
-                for k, c in cells.items():
-                    if c.heat is not None:
-                        out.setdefault(k.start, []).append(c.heat)
+    for t, cells in columns:
+        if lo <= t < hi:
+            for k, c in cells.items():
+                if c.heat is not None:
+                    out.setdefault(k.start, []).append(c.heat)
     return out
 
 
@@ -221,15 +225,14 @@ def mean(xs) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def summarize(fill: dict, reads: dict, docs: list[dict], pid: int, idle: tuple[float, float] | None,
+def summarize(fill: dict, reads: dict, columns, last: dict, pid: int, idle: tuple[float, float] | None,
               aging: float) -> dict:
     """The closing numbers: the filled range, the hot band, the least-read and never-read keys'
     regions, what memcached touched alone; per region, mean heat over the read phase's passes."""
     regions = {int(r, 16): v for r, v in fill["regions"].items() if v["pages"] >= 64}  # slab pages, not stray ones
     n, mu, sd = reads["read_keys"], reads["mu"], reads["sigma"]
-    during = pass_heats(docs, pid, reads["read_start"], reads["read_end"] + aging)
-    last = from_dict(docs[-1])
-    cells = last.regions(pid=pid)
+    during = pass_heats(columns, reads["read_start"], reads["read_end"] + aging)
+    cells = from_dict(last).regions(pid=pid)
 
     def mid(r):
         lo, hi = regions[r]["keys"]
@@ -253,7 +256,7 @@ def summarize(fill: dict, reads: dict, docs: list[dict], pid: int, idle: tuple[f
          "gets": reads["gets"], "read_keys": n, "mu": mu, "sigma": sd, "keys": fill["keys"]}
     s["ratio"] = s["heat_hot"] / s["heat_least_read"] if s["heat_least_read"] else float("inf")
     if idle is not None:
-        alone = pass_heats(docs, pid, *idle)
+        alone = pass_heats(columns, *idle)
         s["alone_slab_regions_found"] = sorted(r for r in regions if any(h > 0 for h in alone.get(r, [])))
         s["alone_other_regions_found"] = sorted(r for r, hs in alone.items() if r not in regions and any(hs))
         s["alone_passes"] = max((len(v) for v in alone.values()), default=0)
@@ -339,8 +342,7 @@ def main(argv=None) -> int:
         viewer.stop.set()
         viewer.join(timeout=30)
         viewer.print_frame()
-        docs = viewer.snaps
-        (out / "snapshot.json").write_text(json.dumps(docs[-1]))
+        (out / "snapshot.json").write_text(json.dumps(viewer.last))
         r = subprocess.run([sys.executable, "-m", "mglrud", "report", "--pid", str(m.pid), "--url", base],
                            cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         (out / "report.txt").write_text(r.stdout + r.stderr)
@@ -350,7 +352,7 @@ def main(argv=None) -> int:
                          f"mglrud heatmap: memcached (pid {m.pid}), {a.keys} keys x {a.value_size} B, "
                          f"aging {a.aging:g}s, {a.aggregate:g}s columns")
         drawn.image.save(out / "heatmap.png", format="PNG", pnginfo=drawn.pnginfo())
-        s = summarize(fill, reads, docs, m.pid, idle, a.aging)
+        s = summarize(fill, reads, list(viewer.history.columns), viewer.last, m.pid, idle, a.aging)
         s["phases"] = {"start": t0, "idle": list(idle), "fill": [fill["fill_start"], fill["fill_end"]],
                        "reads": [reads["read_start"], reads["read_end"]]}
         (out / "summary.json").write_text(json.dumps(s, indent=1))

@@ -45,16 +45,40 @@ def anon_ranges(pid: int) -> list[tuple[int, int]]:
     return out
 
 
-def present_pages(pid: int) -> set[int]:
-    """Page numbers (address // PAGE) present in memory in memcached's anonymous mappings."""
-    out = set()
+def present_regions(pid: int) -> dict[int, bytes]:
+    """{2 MiB region start: per page of the region, the top byte of its pagemap entry (bit 7 =
+    bit 63: present; 0 where memcached has no anonymous mapping)} over memcached's anonymous
+    mappings. Regions are compared as bytes, so only those that changed are looked at page by
+    page (TCG is slow)."""
+    per = 1 << (REGION_SHIFT - 12)
+    out: dict[int, bytearray] = {}
     with open(f"/proc/{pid}/pagemap", "rb") as f:
         for lo, hi in anon_ranges(pid):
             f.seek(lo // PAGE * 8)
-            data = f.read((hi - lo) // PAGE * 8)
-            top = data[7::8]  # bit 63 is bit 7 of each entry's last byte
-            first = lo // PAGE
-            out.update(first + i for i, b in enumerate(top) if b & 0x80)
+            top = f.read((hi - lo) // PAGE * 8)[7::8]
+            page = lo // PAGE
+            i = 0
+            while i < len(top):
+                r = (page + i) // per
+                off = (page + i) - r * per
+                j = min(len(top), i + per - off)
+                buf = out.setdefault(r << REGION_SHIFT, bytearray(per))
+                buf[off:off + j - i] = top[i:j]
+                i = j
+    return {r: bytes(b) for r, b in out.items()}
+
+
+def new_pages(before: dict[int, bytes], now: dict[int, bytes]) -> dict[int, int]:
+    """{region start: pages present in `now` and not in `before`}."""
+    out: dict[int, int] = {}
+    for r, top in now.items():
+        old = before.get(r)
+        if old == top:
+            continue
+        old = old or bytes(len(top))
+        n = sum(1 for a, b in zip(old, top) if b & 0x80 and not a & 0x80)
+        if n:
+            out[r] = n
     return out
 
 
@@ -88,7 +112,7 @@ def fill(port: int, keys: int, value_size: int, pid: int | None, seconds: float 
     c = connect(port)
     value = bytes(range(256)) * (value_size // 256) + b"v" * (value_size % 256)
     show = Progress()
-    before = present_pages(pid) if pid else set()
+    before = present_regions(pid) if pid else {}
     per = max(1, -(-keys // batches))
     region_keys: dict[int, Counter] = {}  # region start -> {batch: new pages}
     spans = []
@@ -98,9 +122,9 @@ def fill(port: int, keys: int, value_size: int, pid: int | None, seconds: float 
         c.set_many({key(i): value for i in range(lo, hi)}, noreply=False)
         spans.append((lo, hi))
         if pid:
-            now = present_pages(pid)
-            for p in now - before:
-                region_keys.setdefault((p * PAGE) >> REGION_SHIFT << REGION_SHIFT, Counter())[b] += 1
+            now = present_regions(pid)
+            for r, n in new_pages(before, now).items():
+                region_keys.setdefault(r, Counter())[b] += n
             before = now
         rate = hi / max(time.time() - start, 1e-6)
         show(f"fill: {hi}/{keys} keys ({100 * hi // keys}%), {rate:.0f} keys/s")
