@@ -8,7 +8,8 @@
 With --pid (memcached's pid, root), it also records where the fill put the keys: after
 each batch of keys it reads /proc/PID/pagemap (Documentation/admin-guide/mm/pagemap.rst;
 bit 63: present) over memcached's anonymous writable mappings, and the pages that became
-present during a batch are that batch's (slab pages are allocated as items are stored).
+present during a batch, outside what was mapped before the fill (the hash table, stacks),
+are that batch's (memcached mmaps a 1 MiB slab page whenever a slab class needs one).
 That is the ground truth `demo/guest.py` and tests/vm/test_memcached_vm.py compare the
 heat against. One progress line on stderr; the result as JSON (--out).
 
@@ -68,18 +69,37 @@ def present_regions(pid: int) -> dict[int, bytes]:
     return {r: bytes(b) for r, b in out.items()}
 
 
-def new_pages(before: dict[int, bytes], now: dict[int, bytes]) -> dict[int, int]:
-    """{region start: pages present in `now` and not in `before`}."""
-    out: dict[int, int] = {}
-    for r, top in now.items():
+def new_pages(before: dict[int, bytes], now: dict[int, bytes], skip=()) -> list[int]:
+    """Addresses of the pages present in `now` and not in `before`, but for pages inside the
+    (lo, hi) ranges of `skip`; ascending."""
+    out = []
+    for r, top in sorted(now.items()):
         old = before.get(r)
         if old == top:
             continue
         old = old or bytes(len(top))
-        n = sum(1 for a, b in zip(old, top) if b & 0x80 and not a & 0x80)
-        if n:
-            out[r] = n
+        out += [r + i * PAGE for i, (a, b) in enumerate(zip(old, top)) if b & 0x80 and not a & 0x80
+                and not any(lo <= r + i * PAGE < hi for lo, hi in skip)]
     return out
+
+
+def runs(addresses: list[int], least: int = 64) -> list[tuple[int, int]]:
+    """Ascending page addresses -> the (lo, hi) runs of contiguous pages at least `least` long:
+    slab pages (memcached writes every chunk header of a new slab page when it allocates it)."""
+    out = []
+    for a in addresses:
+        if out and out[-1][1] == a:
+            out[-1][1] = a + PAGE
+        else:
+            out.append([a, a + PAGE])
+    return [(lo, hi) for lo, hi in out if hi - lo >= least * PAGE]
+
+
+def slab_geometry(c) -> tuple[int, int]:
+    """(chunk size, chunks per page) of the slab class holding most items (`stats slabs`)."""
+    st = {k.decode() if isinstance(k, bytes) else k: v for k, v in c.stats("slabs").items()}
+    best = max((int(v), k.split(":")[0]) for k, v in st.items() if k.endswith(":used_chunks"))[1]
+    return int(st[f"{best}:chunk_size"]), int(st[f"{best}:chunks_per_page"])
 
 
 class Progress:
@@ -108,23 +128,27 @@ def connect(port: int):
 
 def fill(port: int, keys: int, value_size: int, pid: int | None, seconds: float = 0.0, batches: int = 40) -> dict:
     """Set every key in order, paced to last at least `seconds` (so that several aging passes
-    see it progress); with pid, which 2 MiB regions each batch of keys went to."""
+    see it progress); with pid, which keys each 2 MiB region holds.
+
+    The ground truth: memcached takes a new 1 MiB slab page only when the class's previous one is
+    full, so the j-th slab page allocated holds keys [j * per_page, (j + 1) * per_page); a new
+    page shows in pagemap as a run of newly present pages (it writes every chunk's header when
+    it takes the page), outside what was mapped before the fill (hash table, stacks)."""
     c = connect(port)
     value = bytes(range(256)) * (value_size // 256) + b"v" * (value_size % 256)
     show = Progress()
     before = present_regions(pid) if pid else {}
+    premapped = anon_ranges(pid) if pid else []
     per = max(1, -(-keys // batches))
-    region_keys: dict[int, Counter] = {}  # region start -> {batch: new pages}
-    spans = []
+    pages: list[tuple[int, int]] = []  # slab pages (lo, hi) in allocation order
     start = time.time()
-    for b, lo in enumerate(range(0, keys, per)):
+    for lo in range(0, keys, per):
         hi = min(keys, lo + per)
         c.set_many({key(i): value for i in range(lo, hi)}, noreply=False)
-        spans.append((lo, hi))
         if pid:
             now = present_regions(pid)
-            for r, n in new_pages(before, now).items():
-                region_keys.setdefault(r, Counter())[b] += n
+            # within a batch, later pages are lower: mmap hands out addresses downwards
+            pages += sorted(runs(new_pages(before, now, premapped)), reverse=True)
             before = now
         rate = hi / max(time.time() - start, 1e-6)
         show(f"fill: {hi}/{keys} keys ({100 * hi // keys}%), {rate:.0f} keys/s")
@@ -132,15 +156,24 @@ def fill(port: int, keys: int, value_size: int, pid: int | None, seconds: float 
         if ahead > 0:
             time.sleep(ahead)
     show.done(f"fill: {keys} keys of {value_size} B in {time.time() - start:.1f}s")
-    regions = {}
-    for r, batch_pages in sorted(region_keys.items()):
-        b, pages = batch_pages.most_common(1)[0]
-        touched = sorted(batch_pages)
-        regions[r] = {"keys": [spans[touched[0]][0], spans[touched[-1]][1]], "pages": sum(batch_pages.values()),
-                      "main_batch": spans[b]}
+    chunk, per_page = slab_geometry(c)
     c.close()
-    return {"keys": keys, "value_size": value_size, "fill_start": start, "fill_end": time.time(),
-            "regions": {f"{r:#x}": v for r, v in regions.items()}}
+    regions: dict[int, dict] = {}
+    for j, (plo, phi) in enumerate(pages):
+        klo, khi = j * per_page, min(keys, (j + 1) * per_page)
+        if klo >= keys:
+            break
+        r = plo >> REGION_SHIFT << REGION_SHIFT
+        while r < phi:
+            n = (min(phi, r + (1 << REGION_SHIFT)) - max(plo, r)) // PAGE
+            e = regions.setdefault(r, {"keys": [klo, khi], "pages": 0, "slab_pages": []})
+            e["keys"] = [min(e["keys"][0], klo), max(e["keys"][1], khi)]
+            e["pages"] += n
+            e["slab_pages"].append([f"{plo:#x}", f"{phi:#x}", klo, khi])
+            r += 1 << REGION_SHIFT
+    return {"keys": keys, "value_size": value_size, "chunk_size": chunk, "chunks_per_page": per_page,
+            "fill_start": start, "fill_end": time.time(), "slab_pages": len(pages),
+            "regions": {f"{r:#x}": v for r, v in sorted(regions.items())}}
 
 
 def reads(port: int, keys: int, read_fraction: float, sigma: float, seconds: float, seed: int = 1) -> dict:
