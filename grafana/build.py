@@ -18,7 +18,9 @@ project's venv (scripts/install-deps) or any Python >= 3.11:
 
 Metric names and labels: docs/metrics.md. The recorded series
 (memcg:..., instance:..., job:..., target:...) come from
-deploy/prometheus/rules/mglrud.rules.yml: the dashboards need those rules loaded.
+deploy/prometheus/rules/mglrud.rules.yml: the dashboards need those rules loaded;
+the Kubernetes dashboard's (namespace:..., pod:..., container:...) from
+deploy/prometheus/rules/mglrud-kubernetes.rules.yml.
 """
 
 from __future__ import annotations
@@ -416,8 +418,71 @@ def daemon():
     return b.build()
 
 
+# Kubernetes: the recorded series of deploy/prometheus/rules/mglrud-kubernetes.rules.yml (mglrud_memcg_info
+# joined with kube-state-metrics). None of them has mglrud's NUMA node label: they are summed over it.
+K8S = 'job=~"$job", namespace=~"$namespace"'
+K8S_POD = K8S + ', instance=~"$instance", pod=~"$pod"'
+
+
+def kubernetes():
+    b = Board("mglrud-kubernetes", "mglrud / Kubernetes",
+              "Which namespace, pod and container holds the cold memory: mglrud's memcgs named by "
+              "mglrud_memcg_info and joined with kube-state-metrics' kube_pod_info and kube_pod_container_info. "
+              "Needs deploy/prometheus/rules/mglrud.rules.yml and mglrud-kubernetes.rules.yml loaded, and "
+              "kube-state-metrics scraped by the same Prometheus.",
+              [v_datasource(), v_job(),
+               v_query("namespace", "Namespace",
+                       'label_values(namespace:mglrud_memcg_resident_bytes:sum{job=~"$job"}, namespace)'),
+               v_query("instance", "Node (instance)",
+                       f'label_values(pod:mglrud_memcg_resident_bytes:sum{{{K8S}}}, instance)'),
+               v_query("pod", "Pod",
+                       f'label_values(pod:mglrud_memcg_resident_bytes:sum{{{K8S}, instance=~"$instance"}}, pod)'),
+               v_query("threshold", "Cold after (s)",
+                       'label_values(namespace:mglrud_memcg_cold_bytes:sum{job=~"$job"}, threshold)',
+                       multi=False, include_all=False, sort=dm.VariableSort.NUMERICAL_DESC)])
+    b.row("Namespaces")
+    b.add(bar_panel("bytes"), "Top 10 namespaces by cold bytes",
+          "Bytes of the namespace's pods (their containers, sandboxes and pod cgroups, on every node) not "
+          "accessed for at least the chosen threshold.",
+          [q(f'topk(10, namespace:mglrud_memcg_cold_bytes:sum{{{K8S}, threshold="$threshold"}})', "{{namespace}}",
+             instant=True)])
+    b.add(timeseries_panel("percentunit", max_=1), "Cold fraction per namespace",
+          "Cold bytes / resident bytes of each namespace's pods at the chosen threshold.",
+          [q(f'namespace:mglrud_memcg_cold_fraction:ratio{{{K8S}, threshold="$threshold"}}', "{{namespace}}")])
+    b.row("Pods")
+    b.add(bar_panel("bytes"), "Top 10 pods by cold bytes",
+          "The pods with the most memory idle for at least the chosen threshold.",
+          [q(f'topk(10, pod:mglrud_memcg_cold_bytes:sum{{{K8S_POD}, threshold="$threshold"}})',
+             "{{namespace}}/{{pod}}", instant=True)])
+    b.add(timeseries_panel("percentunit", max_=1), "Cold fraction per pod",
+          "Cold bytes / resident bytes of each pod at the chosen threshold.",
+          [q(f'pod:mglrud_memcg_cold_fraction:ratio{{{K8S_POD}, threshold="$threshold"}}', "{{namespace}}/{{pod}}")])
+    b.add(timeseries_panel("bytes"), "Resident and cold bytes per pod",
+          "Each pod's memory on the multi-gen LRU, and how much of it is cold.",
+          [q(f'pod:mglrud_memcg_resident_bytes:sum{{{K8S_POD}}}', "{{namespace}}/{{pod}} resident"),
+           q(f'pod:mglrud_memcg_cold_bytes:sum{{{K8S_POD}, threshold="$threshold"}}', "{{namespace}}/{{pod}} cold")])
+    b.add(timeseries_panel("bytes", stacked=True), "Cold bytes by QoS class",
+          "Cold bytes of the selected nodes' pod memcgs by the pod's QoS class (Guaranteed, Burstable, "
+          "BestEffort; mglrud_memcg_info). Cold Guaranteed memory is memory reserved for nothing.",
+          [q(f'sum by (qos_class) (memcg:mglrud_memcg_cold_bytes:sum{{job=~"$job", instance=~"$instance", '
+             f'threshold="$threshold"}} * on (job, instance, memcg) group_left (qos_class) '
+             f'mglrud_memcg_info{{job=~"$job", qos_class!=""}})', "{{qos_class}}")])
+    b.row("Containers")
+    b.add(bar_panel("bytes"), "Top 10 containers by cold bytes",
+          "Cold bytes of each container's own memcg (the pod's sandbox and pod cgroup are in the pod's total "
+          "only).",
+          [q(f'topk(10, container:mglrud_memcg_cold_bytes:sum{{{K8S_POD}, threshold="$threshold"}})',
+             "{{namespace}}/{{pod}}/{{container}}", instant=True)])
+    b.add(timeseries_panel("percentunit", max_=1), "Cold fraction per container",
+          "Cold bytes / resident bytes of each container at the chosen threshold.",
+          [q(f'container:mglrud_memcg_cold_fraction:ratio{{{K8S_POD}, threshold="$threshold"}}',
+             "{{namespace}}/{{pod}}/{{container}}")])
+    return b.build()
+
+
 DASHBOARDS = {"mglrud-fleet.json": fleet, "mglrud-host.json": host,
-              "mglrud-process.json": process, "mglrud-heat.json": heat, "mglrud-daemon.json": daemon}
+              "mglrud-process.json": process, "mglrud-heat.json": heat, "mglrud-daemon.json": daemon,
+              "mglrud-kubernetes.json": kubernetes}
 
 
 def render() -> dict[str, str]:

@@ -3,7 +3,8 @@
 Looks at /sys/kernel/mm/lru_gen/enabled and /sys/kernel/debug/lru_gen
 (Documentation/admin-guide/mm/multigen_lru.rst), the tracepoint of mglrud's
 kernel patch (tracefs events/vmscan/mm_vmscan_lru_gen_young), bcc (Debian's python3-bpfcc),
-cgroup v2 (Documentation/admin-guide/cgroup-v2.rst) and privileges.
+cgroup v2 (Documentation/admin-guide/cgroup-v2.rst), the cgroup namespace
+(mglrud/cgroupns.py) and privileges.
 Exit status 0 when lru_gen can be read and aged, 1 otherwise.
 """
 
@@ -13,6 +14,7 @@ import errno
 import os
 from dataclasses import dataclass
 
+from mglrud import cgroupns
 from mglrud.fs import FS, FileWriter
 from mglrud.sources import bpf_hotness, lru_gen, selection
 
@@ -130,11 +132,25 @@ def _cgroup2(fs: FS) -> Row:
     return Row("cgroup v2", True, f"{fs.paths.cgroupfs} with the memory controller")
 
 
+def _cgroup_namespace(fs: FS) -> Row:
+    """Not part of `usable`: lru_gen and memcg targets work in any namespace; process and unit targets do not."""
+    def read(path, link=False):
+        try:
+            return os.readlink(path) if link else path.read_text()
+        except OSError:
+            return None
+
+    private, detail = cgroupns.judge(read(fs.proc("self", "ns", "cgroup"), link=True),
+                                     read(fs.proc("self", "mountinfo")), read(fs.proc("1", "cgroup")),
+                                     fs.paths.cgroupfs)
+    return Row("cgroup namespace", private is not True, detail)
+
+
 def run(fs: FS) -> tuple[list[Row], bool]:
     enabled = _enabled(fs)
     readable, lruvecs = _readable(fs)
     writable = _writable(fs, lruvecs) if readable.ok else Row("debugfs lru_gen writable", False, "not readable")
-    rows = [enabled, readable, writable, _cgroup2(fs), _tracepoint(fs), _bcc(), _privileges(fs)]
+    rows = [enabled, readable, writable, _cgroup2(fs), _cgroup_namespace(fs), _tracepoint(fs), _bcc(), _privileges(fs)]
     return rows, enabled.ok and readable.ok and writable.ok
 
 

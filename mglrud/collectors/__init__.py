@@ -14,7 +14,7 @@ from typing import Callable
 
 from prometheus_client.core import CollectorRegistry
 
-from mglrud.collectors import bpf, memcg, procfs, selfmetrics
+from mglrud.collectors import bpf, memcg, procfs, selfmetrics, workload
 from mglrud.model import Snapshot
 
 
@@ -38,7 +38,7 @@ def families(snap: Snapshot | None, now: float):
     yield from selfmetrics.families(snap, now)
     if snap is None:
         return
-    for module in (memcg, procfs, bpf):
+    for module in (memcg, workload, procfs, bpf):
         yield from module.families(snap)
 
 

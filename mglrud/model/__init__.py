@@ -5,6 +5,7 @@
     procfs.py     mappings per process (sources/procfs.py)
     hotness.py    per-region heat found by the aging walk (sources/bpf_hotness.py)
     histogram.py  the cumulative idle-age step they share
+    workload.py   the unit, pod and container a memcg path names (systemd, docker, podman, kubelet)
 """
 
 from mglrud.model.snapshot import AgingStats, Snapshot, SourceStatus, TargetState

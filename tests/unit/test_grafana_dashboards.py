@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-RULES = REPO / "deploy" / "prometheus" / "rules" / "mglrud.rules.yml"
+RULE_FILES = sorted((REPO / "deploy" / "prometheus" / "rules").glob("*.yml"))
 SDK_PIN = "grafana-foundation-sdk==1769699998!10.1.0"
 
 # Grafana's built-in variables, set by Grafana itself.
@@ -67,6 +67,8 @@ def _exported_names() -> set[str]:
         for kind, name in re.findall(r'(\w*)MetricFamily\(\s*"(mglrud_\w+)"', text):
             if kind == "Counter":
                 names |= {name + "_total"}
+            elif kind == "Info":
+                names.add(name + "_info")
             elif kind in ("Histogram", "GaugeHistogram"):
                 names |= {name + s for s in ("_bucket", "_count", "_sum", "_gcount", "_gsum")}
             else:
@@ -75,7 +77,7 @@ def _exported_names() -> set[str]:
 
 
 def _recorded_names() -> set[str]:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
+    groups = [g for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]]
     return {r["record"] for g in groups for r in g["rules"] if "record" in r}
 
 
@@ -89,8 +91,8 @@ def _exprs(d: dict) -> list[str]:
 
 def test_dashboards_exist():
     assert {p.name for p in DASHBOARDS} == {"mglrud-fleet.json", "mglrud-host.json", "mglrud-process.json",
-                                            "mglrud-heat.json",
-                                            "mglrud-daemon.json"}
+                                            "mglrud-heat.json", "mglrud-daemon.json",
+                                            "mglrud-kubernetes.json"}
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
@@ -145,14 +147,15 @@ def test_variables(path):
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_series_names_exist(path):
-    """Every series a query names is exported by mglrud, recorded by mglrud.rules.yml, or Prometheus' own."""
+    """Every series a query names is exported by mglrud, recorded by deploy/prometheus/rules/, or Prometheus' own."""
     known = _exported_names() | _recorded_names() | PROMETHEUS_SERIES
     d = json.loads(path.read_text())
     for expr in _exprs(d):
         stripped = re.sub(r'"[^"]*"|\[[^]]*\]|\{[^}]*\}', " ", expr)  # drop strings, ranges, matchers
         for word in re.findall(r"[A-Za-z_:][\w:]*", stripped):
             if word in PROMQL_WORDS or word in ("job", "instance", "le", "node", "lru", "gen", "memcg", "comm",
-                                                "mapping", "reason", "source", "target", "threshold", "e"):
+                                                "mapping", "reason", "source", "target", "threshold", "e",
+                                                "namespace", "pod", "container", "qos_class"):
                 continue
             assert word in known, f"{path.name}: {word!r} in {expr!r} is neither exported nor recorded"
 

@@ -100,7 +100,8 @@ def test_families_names_and_labels(tmp_path):
         "mglrud_target_memcgs", "mglrud_memcg_resident_bytes", "mglrud_memcg_generation_bytes",
         "mglrud_memcg_generation_age_seconds", "mglrud_memcg_cold_bytes", "mglrud_memcg_idle_age_seconds",
         # a gauge histogram's count and sum, which text format 0.0.4 can only show as gauges
-        "mglrud_memcg_idle_age_seconds_gcount", "mglrud_memcg_idle_age_seconds_gsum"}
+        "mglrud_memcg_idle_age_seconds_gcount", "mglrud_memcg_idle_age_seconds_gsum",
+        "mglrud_memcg_info"}  # issue 16: the workload each memcg path names
     assert families["mglrud_snapshot_age_seconds"].samples[0].value == 2.5
     res = {(s.labels["memcg"], s.labels["node"], s.labels["lru"]): s.value
            for s in families["mglrud_memcg_resident_bytes"].samples}

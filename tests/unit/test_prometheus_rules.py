@@ -15,6 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "prometheus"
 RULES = DEPLOY / "rules" / "mglrud.rules.yml"
+RULE_FILES = sorted((DEPLOY / "rules").glob("*.yml"))
 RULE_TESTS = sorted((DEPLOY / "tests").glob("*.yml"))
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 RUNBOOK = REPO / "README.md"
@@ -28,14 +29,20 @@ def _promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def _alerts() -> list[dict]:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
+    groups = [g for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]]
     return [r for g in groups for r in g["rules"] if "alert" in r]
 
 
-def test_check_rules():
-    r = _promtool("check", "rules", str(RULES))
+@pytest.mark.parametrize("rules", RULE_FILES, ids=lambda p: p.name)
+def test_check_rules(rules):
+    r = _promtool("check", "rules", str(rules))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout
+
+
+def test_every_rule_file_has_unit_tests():
+    tested = {(f.parent / rf).resolve() for f in RULE_TESTS for rf in yaml.safe_load(f.read_text())["rule_files"]}
+    assert set(RULE_FILES) <= tested, set(RULE_FILES) - tested
 
 
 def test_rule_unit_tests():
