@@ -4,8 +4,8 @@ demo/guest.py runs as `make demo` does, with a small key count and --fill-before
 memcached (Debian's) fills KEYS keys in order in its own memcg; demo/load.py records from
 memcached's pagemap which 2 MiB regions each batch of keys went to (the truth); the memcg is
 aged twice (clearing the fill's accessed bits); `mglrud run` with the BPF source starts; then
-memcached runs alone, then the reads (normal around the middle of the first 80 % of the
-keys; the last 20 % filled but never read).
+memcached runs alone, then the reads (normal around the middle of the first 70 % of the
+keys; the last 30 % filled but never read).
 
 - The regions of the most-read keys (the middle +-1 sigma) are hotter, in mean heat per
   aging pass during the reads, than those of the least-read keys (beyond 2 sigma) by at
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = 8000  # x 1 KiB: about 9 MiB of slab pages, 5 regions
+KEYS = 12000  # x 1 KiB in 1184-byte chunks: 14 MiB of slab pages, about 8 regions
 FACTOR = 3.0
 REGION = 2 << 20
 
@@ -37,7 +37,7 @@ REGION = 2 << 20
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("memcached-demo")
     r = subprocess.run([sys.executable, str(REPO / "demo" / "guest.py"), "--out", str(out), "--keys", str(KEYS),
-                        "--fill-before-daemon", "--idle-seconds", "10", "--read-seconds", "30", "--aging", "5",
+                        "--fill-before-daemon", "--read-fraction", "0.7", "--idle-seconds", "10", "--read-seconds", "30", "--aging", "5",
                         "--aggregate", "5", "--height", "30"],
                        cwd=REPO, capture_output=True, text=True, timeout=1800)  # bcc: minutes on a busy host
     print(r.stdout[-6000:], r.stderr[-3000:])
