@@ -226,35 +226,52 @@ def mean(xs) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+def expected_reads(fill: dict, counts: dict[int, int]) -> dict[int, float]:
+    """Per region start: the gets its keys had, per key: each slab page it holds a part of
+    counts with the share of the page's bytes in the region (the ground truth of demo/load.py)."""
+    out = {}
+    for r, v in fill["regions"].items():
+        r = int(r, 16)
+        got = held = 0.0
+        for lo, hi, klo, khi in v["slab_pages"]:
+            lo, hi = int(lo, 16), int(hi, 16)
+            share = (min(hi, r + REGION) - max(lo, r)) / (hi - lo)
+            got += share * sum(counts.get(k, 0) for k in range(klo, khi))
+            held += share * (khi - klo)
+        out[r] = got / held if held else 0.0
+    return out
+
+
 def summarize(fill: dict, reads: dict, columns, last: dict, pid: int, idle: tuple[float, float] | None,
               aging: float) -> dict:
-    """The closing numbers: the filled range, the hot band, the least-read and never-read keys'
-    regions, what memcached touched alone; per region, mean heat over the read phase's passes."""
+    """The closing numbers: per region of slab pages, mean heat over the read phase's aging
+    passes, against the gets its keys had (the ground truth): the most-read region, the
+    least-read one (of those holding read keys), those holding only never-read keys."""
     regions = {int(r, 16): v for r, v in fill["regions"].items() if v["pages"] >= 64}  # slab pages, not stray ones
-    n, mu, sd = reads["read_keys"], reads["mu"], reads["sigma"]
+    counts = {int(k): n for k, n in reads["counts"].items()}
+    per_key = expected_reads(fill, counts)
     during = pass_heats(columns, reads["read_start"], reads["read_end"] + aging)
     cells = from_dict(last).regions(pid=pid)
-
-    def mid(r):
-        lo, hi = regions[r]["keys"]
-        return (lo + hi) / 2
 
     def heat(rs):
         return mean(mean(during.get(r, [0.0])) for r in rs)
 
-    read_regions = [r for r in regions if regions[r]["keys"][1] <= n]
-    never = [r for r in regions if regions[r]["keys"][0] >= n]
-    hot = [r for r in read_regions if abs(mid(r) - mu) <= sd]
-    cold = [r for r in read_regions if abs(mid(r) - mu) >= 2 * sd]
+    read = sorted((r for r in regions if per_key[r] > 0), key=lambda r: -per_key[r])
+    never = sorted(r for r in regions if per_key[r] == 0)
+    hot, cold = read[:1], read[-1:] if len(read) > 1 else []
     s = {"regions": len(regions), "filled_bytes": sum(regions[r]["pages"] for r in regions) * 4096,
          "span": [min(regions, default=0), max(regions, default=0) + REGION],
-         "hot": sorted(hot), "least_read": sorted(cold), "never_read": sorted(never),
+         "keys_of": {f"{r:#x}": regions[r]["keys"] for r in sorted(regions)},
+         "gets_per_key": {f"{r:#x}": round(per_key[r], 2) for r in sorted(regions)},
+         "heat": {f"{r:#x}": round(heat([r]), 3) for r in sorted(regions)},
+         "hot": hot, "least_read": cold, "never_read": never,
          "heat_hot": heat(hot), "heat_least_read": heat(cold), "heat_never_read": heat(never),
          "passes_in_reads": max((len(v) for v in during.values()), default=0),
          "never_read_found": sorted(r for r in never if any(h > 0 for h in during.get(r, []))),
          "idle_seconds_never_read": [next((c.idle_seconds for c in cells.get((pid, r), []) if c.lru == "anon"), None)
-                                     for r in sorted(never)],
-         "gets": reads["gets"], "read_keys": n, "mu": mu, "sigma": sd, "keys": fill["keys"]}
+                                     for r in never],
+         "gets": reads["gets"], "read_keys": reads["read_keys"], "never_read_keys": reads["never_read_keys"],
+         "mu": reads["mu"], "sigma": reads["sigma"], "keys": fill["keys"]}
     s["ratio"] = s["heat_hot"] / s["heat_least_read"] if s["heat_least_read"] else float("inf")
     if idle is not None:
         alone = pass_heats(columns, *idle)
@@ -268,23 +285,27 @@ def describe(s: dict) -> str:
     def span(rs):
         return f"{min(rs):#x}-{max(rs) + REGION:#x}" if rs else "none"
 
+    def one(rs):
+        return f"{rs[0]:#x} (keys {s['keys_of'][f'{rs[0]:#x}'][0]}..{s['keys_of'][f'{rs[0]:#x}'][1] - 1}, " \
+               f"{s['gets_per_key'][f'{rs[0]:#x}']} gets per key)" if rs else "none"
+
     lines = [
         f"filled: keys 0..{s['keys'] - 1} in {s['regions']} regions of 2 MiB ({s['filled_bytes'] >> 20} MiB of slab "
-        f"pages), {span(list(range(s['span'][0], s['span'][1], REGION)))}; memcached allocates slab pages downwards, "
-        f"so key 0 is at the top address",
-        f"hot band: keys {s['mu'] - s['sigma']:.0f}..{s['mu'] + s['sigma']:.0f} (the middle +-1 sigma of the "
-        f"{s['read_keys']} keys read) in {len(s['hot'])} regions {span(s['hot'])}: mean heat "
-        f"{s['heat_hot']:.2f} per aging pass (share of the region found accessed)",
-        f"least read: keys beyond 2 sigma in {len(s['least_read'])} regions: mean heat {s['heat_least_read']:.2f}; "
-        f"hot band / least read = {s['ratio']:.1f}x over {s['passes_in_reads']} passes",
-        f"never read: keys {s['read_keys']}..{s['keys'] - 1} in {len(s['never_read'])} regions {span(s['never_read'])}: "
-        f"mean heat {s['heat_never_read']:.2f}; found accessed during the reads: "
+        f"pages), {span(list(range(s['span'][0], s['span'][1], REGION)))}; memcached maps each new slab page below "
+        f"the previous one, so key 0 is at the top address",
+        f"hot band: reads ~N({s['mu']:.0f}, {s['sigma']:.0f}) of keys {s['never_read_keys']}..{s['keys'] - 1}; "
+        f"most-read region {one(s['hot'])}: mean heat {s['heat_hot']:.2f} per aging pass (share of the region "
+        f"found accessed)",
+        f"least read: {one(s['least_read'])}: mean heat {s['heat_least_read']:.2f}; most / least read = "
+        f"{s['ratio']:.1f}x over {s['passes_in_reads']} passes",
+        f"never read: keys 0..{s['never_read_keys'] - 1}, wholly in {len(s['never_read'])} regions "
+        f"{span(s['never_read'])}: mean heat {s['heat_never_read']:.2f}; found accessed during the reads: "
         f"{', '.join(hex(r) for r in s['never_read_found']) or 'none'}",
     ]
     if "alone_passes" in s:
-        lines.append(f"memcached alone ({s['alone_passes']} passes, no client): {len(s['alone_slab_regions_found'])} "
-                     f"slab regions and {len(s['alone_other_regions_found'])} others found accessed (its threads: "
-                     f"LRU maintainer, crawler, clock; text, stacks, hash table)")
+        lines.append(f"memcached alone ({s['alone_passes']} passes, no client): "
+                     f"{', '.join(hex(r) for r in s['alone_slab_regions_found']) or 'no'} slab region(s) and "
+                     f"{len(s['alone_other_regions_found'])} others (text, libraries, stacks, arenas) found accessed")
     return "\n".join(lines)
 
 

@@ -4,8 +4,8 @@ demo/guest.py runs as `make demo` does, with a small key count and --fill-before
 memcached (Debian's) fills KEYS keys in order in its own memcg; demo/load.py records from
 memcached's pagemap which 2 MiB regions each batch of keys went to (the truth); the memcg is
 aged twice (clearing the fill's accessed bits); `mglrud run` with the BPF source starts; then
-memcached runs alone, then the reads (normal around the middle of the first 70 % of the
-keys; the last 30 % filled but never read).
+memcached runs alone, then the reads (normal around the middle of the last 70 % of the
+keys; the first 30 % filled but never read).
 
 - The regions of the most-read keys (the middle +-1 sigma) are hotter, in mean heat per
   aging pass during the reads, than those of the least-read keys (beyond 2 sigma) by at
@@ -14,8 +14,13 @@ keys; the last 30 % filled but never read).
   their cells have no idle age in /snapshot.json, and `mglrud report --pid` counts them in
   NOT-ACCESSED.
 
-What memcached touches on its own (its LRU maintainer and crawler threads, its clock, hash
-table and stacks) is measured in the phase with no client and printed (summary.json).
+What memcached touches on its own is measured in the phase with no client and printed
+(summary.json). Its LRU maintainer thread looks at the tail of the cold LRU, the oldest items
+(key 0's slab page), about once a second, and its crawler may read every item header: both are
+off here (-o no_lru_maintainer,no_lru_crawler), so that nothing but the client touches items;
+`make demo` runs memcached with its defaults and shows them. The never-read keys are the first
+ones filled: a get walks its hash bucket's chain up to its key, past the items stored after it
+(new items go to the chain's head), so items stored before every read key are never walked past.
 
 Runs inside the guest (kernel-patch/vm-run.sh -- tests/vm/test_memcached_vm.py); skipped elsewhere.
 """
@@ -37,7 +42,8 @@ REGION = 2 << 20
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("memcached-demo")
     r = subprocess.run([sys.executable, str(REPO / "demo" / "guest.py"), "--out", str(out), "--keys", str(KEYS),
-                        "--fill-before-daemon", "--read-fraction", "0.7", "--idle-seconds", "10", "--read-seconds", "30", "--aging", "5",
+                        "--fill-before-daemon", "--read-fraction", "0.7", "--idle-seconds", "10",
+                        "--memcached-opts", "-o no_lru_maintainer,no_lru_crawler", "--read-seconds", "30", "--aging", "5",
                         "--aggregate", "5", "--height", "30"],
                        cwd=REPO, capture_output=True, text=True, timeout=1800)  # bcc: minutes on a busy host
     print(r.stdout[-6000:], r.stderr[-3000:])
