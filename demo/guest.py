@@ -102,6 +102,9 @@ class Viewer(threading.Thread):
             try:
                 doc = get_json(self.base + "/snapshot.json")
                 with self.lock:
+                    # names from /proc/PID/maps at every poll, not every 10 s: the fill maps new
+                    # slab pages, and a region first seen unnamed would get a row of its own
+                    self.history.maps_at = float("-inf")
                     if self.history.add(doc):
                         self.last = doc
             except OSError as e:
