@@ -259,8 +259,10 @@ def summarize(fill: dict, reads: dict, columns, last: dict, pid: int, idle: tupl
     def heat(rs):
         return mean(mean(during.get(r, [0.0])) for r in rs)
 
-    read = sorted((r for r in regions if per_key[r] > 0), key=lambda r: -per_key[r])
-    never = sorted(r for r in regions if per_key[r] == 0)
+    first_read = reads["never_read_keys"]
+    # regions of read keys only (not sharing a slab page with never-read keys), most gets first
+    read = sorted((r for r in regions if regions[r]["keys"][0] >= first_read), key=lambda r: -per_key[r])
+    never = sorted(r for r in regions if regions[r]["keys"][1] <= first_read)
     hot, cold = read[:1], read[-1:] if len(read) > 1 else []
     s = {"regions": len(regions), "filled_bytes": sum(regions[r]["pages"] for r in regions) * 4096,
          "span": [min(regions, default=0), max(regions, default=0) + REGION],

@@ -80,7 +80,7 @@ def test_never_read_regions_are_reported_never_accessed(demo):
     reported = 0
     for line in report.splitlines()[1:]:
         f = line.split()
-        if len(f) > 9 and f[0] == "hotness" and int(f[3], 16) < hi and lo < int(f[4], 16):
+        if len(f) > 9 and f[0] == "hotness" and f[1].isdigit() and int(f[3], 16) < hi and lo < int(f[4], 16):
             reported += _bytes(f[8])
     assert reported >= never_bytes * 0.99, (reported, never_bytes, report)
 
