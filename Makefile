@@ -9,12 +9,17 @@ PY := /usr/bin/python3
 PYTEST := env PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -p no:cacheprovider
 ARGS ?=
 
-.PHONY: run check test test-host test-vm test-vm-stock test-systemd kernel kernel-debug test-vm-debug fixtures install clean-kernel deb image
+.PHONY: demo run check test test-host test-vm test-vm-stock test-systemd kernel kernel-debug test-vm-debug fixtures install clean-kernel deb image
 
 ## run: start mglrud on this machine with the built-in default config (Ctrl-C stops it)
 run:
 	@scripts/install-deps run
 	PYTHONPATH=$(CURDIR) /usr/bin/python3 -m mglrud run $(ARGS)
+
+## demo: memcached's live heatmap with the BPF source, in the test guest; heatmap.png in demo-out/ (ARGS: scripts/demo --help)
+demo:
+	@scripts/install-deps demo
+	scripts/demo $(ARGS)
 
 ## check: the preflight table of what this kernel supports
 check:

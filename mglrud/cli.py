@@ -77,9 +77,9 @@ def _heatmap_parser(sub) -> None:
                "aging interval is the daemon's config); up/down (k/j) select a row; z or enter zoom into the "
                "selected row's address range; Z, u or backspace zoom out; p or space pause.\n"
                "Without colour (NO_COLOR, TERM=dumb, --no-color) the glyphs carry the map: heat . : - = + * # % @, "
-               "node digits, a/f for anon/file, ? not measured yet, blank not resident.\n"
-               "A column merges the snapshots of its interval (hottest wins); an interval without one gets no "
-               "column. Exit status: 0, or 1 with one line (no such process, target or pid unknown to the "
+               "node digits, a/f for anon/file, ? not measured in the interval, blank not resident.\n"
+               "A column shows the hottest measurement of its interval: a /proc snapshot, or an aging pass of the "
+               "BPF source (none in the interval: ?); an interval without a snapshot gets no column. Exit status: 0, or 1 with one line (no such process, target or pid unknown to the "
                "daemon, unwritable --png path).")
     who = hm.add_mutually_exclusive_group(required=True)
     who.add_argument("--target", metavar="NAME", help="a configured target's name")

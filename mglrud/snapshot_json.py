@@ -194,7 +194,8 @@ def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None 
                 "accessed_bytes_total": r.accessed_pages_total * page,
                 "heat_bytes_per_second": r.rate * page,
                 "idle_seconds": r.idle_seconds if math.isfinite(r.idle_seconds) else None,
-                "found": [{"seconds_ago": a, "bytes": n * page} for a, n in r.found]}
+                "found": [{"seconds_ago": a, "bytes": n * page} for a, n in r.found],
+                "found_in": [{"seq": q, "bytes": n * page} for q, n in r.found_in]}
 
     return {
         "region_size": data.region_size,
@@ -203,6 +204,10 @@ def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None 
         "events": data.events, "matched": data.matched, "dropped": data.dropped,
         "map_entries": data.map_entries, "map_capacity": data.map_capacity,
         "notes": list(data.notes),
+        # Aging passes of the targets' memcgs, newest first (null: not known): heat is per pass,
+        # a region's `found_in` the bytes each pass found
+        "passes": None if data.passes is None else [
+            {"memcg_id": p.memcg_id, "seq": p.seq, "at": p.at, "measured": p.measured} for p in data.passes],
         "targets": [{
             "name": t.name, "kind": t.kind, "tgids": list(t.tgids), "memcg_ids": list(t.memcg_ids),
             "accessed_bytes_total": [{"node": n, "lru": l, "bytes": b} for n, l, b in t.accessed_bytes_total],
@@ -324,6 +329,20 @@ class FoundDoc:
 
 
 @dataclass(frozen=True)
+class FoundInDoc:
+    seq: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PassDoc:
+    memcg_id: int
+    seq: int  # the memcg's max_seq after the pass
+    at: float  # wall time of the pass
+    measured: bool = True  # False: the first pass seen, what it found accumulated over an unknown time
+
+
+@dataclass(frozen=True)
 class RegionDoc:
     tgid: int
     memcg_id: int
@@ -336,6 +355,7 @@ class RegionDoc:
     heat_bytes_per_second: float
     idle_seconds: float | None
     found: tuple[FoundDoc, ...] | None = None  # newest first; None: a daemon older than `found`
+    found_in: tuple[FoundInDoc, ...] = ()  # per aging pass (PassDoc.seq of its memcg), newest first
 
 
 @dataclass(frozen=True)
@@ -375,6 +395,7 @@ class HotnessDoc:
     map_capacity: int = 0
     notes: tuple[str, ...] = ()
     targets: tuple[TargetHeatDoc, ...] = ()
+    passes: tuple[PassDoc, ...] | None = None  # newest first; None: a daemon older than passes
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,9 @@ class RegionHeat(NamedTuple):
     idle_seconds: float  # inf: resident but never found accessed since start
     # (seconds ago, pages) of each recent aging pass that found the cell accessed, newest first
     found: tuple[tuple[float, int], ...] = ()
+    # (pass seq, pages) of the same finds where the read followed a pass of the cell's memcg
+    # (AgingPass.seq), newest first: what heat per aging pass is computed from
+    found_in: tuple[tuple[int, int], ...] = ()
 
 
 def region_bytes(r: RegionHeat, page_size: int) -> int:
@@ -277,6 +280,50 @@ def cold_bytes(regions, threshold: float, page_size: int) -> int:
     return sum((r.resident_pages or 0) - warm_pages(r, threshold, inclusive=False) for r in regions) * page_size
 
 
+# ---------------------------------------------------------------- aging passes
+
+@dataclass(frozen=True)
+class AgingPass:
+    """One aging pass of a memcg, seen as its max_seq moving between two reads of the maps
+    (by mglrud's aging or the kernel's own). Heat is defined per pass: the pages the reads
+    after it found accessed, over the time since the memcg's previous pass."""
+
+    memcg_id: int
+    seq: int  # the memcg's max_seq after the pass (the largest over its nodes; lru_gen)
+    at: float  # wall time the pass created its generation (the youngest generation's birth)
+    # False for the first pass seen of a memcg: what it found accumulated since an unknown
+    # earlier walk (for a new process, since it started), not over one aging interval
+    measured: bool
+
+
+def passes_seen(prev: dict, lruvecs, wall_now: float) -> tuple[dict, dict]:
+    """(new per-memcg state {memcg_id: (path, max_seq, at, passes seen)}, {memcg_id: AgingPass}
+    of the memcgs whose max_seq moved since `prev`) from one lru_gen read (GenHistograms,
+    ages relative to about `wall_now`). The first read of a memcg is a baseline, not a pass;
+    a memcg id now on another path is a new memcg (the kernel reuses ids)."""
+    now: dict = {}
+    for h in lruvecs:
+        if not h.generations:
+            continue
+        seq, at = h.max_seq, wall_now - h.generations[-1].age_seconds
+        old = now.get(h.memcg_id)
+        if old is not None:  # one memcg on several nodes: its newest generation
+            seq, at = max(old[1], seq), max(old[2], at)
+        now[h.memcg_id] = (h.memcg_path, seq, at)
+    state, moved = {}, {}
+    for mid, (path, seq, at) in now.items():
+        p = prev.get(mid)
+        if p is None or p[0] != path:
+            state[mid] = (path, seq, at, 0)
+        elif seq > p[1]:
+            # measured from the second pass seen on: the first ends an interval of unknown start
+            moved[mid] = AgingPass(mid, seq, at, measured=p[3] >= 1)
+            state[mid] = (path, seq, at, p[3] + 1)
+        else:
+            state[mid] = p
+    return state, moved
+
+
 # ---------------------------------------------------------------- the snapshot's part
 
 @dataclass(frozen=True)
@@ -313,4 +360,7 @@ class HotnessData:
     # base pages of targets found young since the program was loaded, by who cleared the
     # accessed bit: (("aging", n), ("reclaim", n), ("other", n)); docs/stock-kernel.md
     harvested: tuple[tuple[str, int], ...] = ()
+    # recent aging passes of the targets' memcgs, newest first; None: not known (no lru_gen read
+    # given to the source), and heat falls back to the latest read's finds
+    passes: tuple[AgingPass, ...] | None = None
 

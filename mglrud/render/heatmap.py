@@ -7,22 +7,26 @@ to; columns are snapshots, oldest left. Pure: the caller fetches the snapshots
 Where the rows come from depends on the source (docs/metrics.md "/snapshot.json"):
 - procfs: one row per mapping; heat is the share of its resident bytes referenced
   in the latest interval (smaps `Referenced` after clear_refs).
-- hotness (BPF): one row per region of `region_size`; heat is the share of the
-  region the latest aging pass found accessed (its `found` entry; 0 when the pass
-  found nothing there). The mapping name comes from the procfs part of the same
-  snapshot where that source runs too, or from /proc/PID/maps the caller read, else "?".
+- hotness (BPF): one row per region of `region_size`; heat is defined per aging
+  pass (`passes` in the snapshot; a memcg's max_seq moving): the share of the region
+  that pass found accessed (its `found_in` entry with the pass's seq; 0 when it found
+  nothing there). columns() puts each pass in the interval it ran in and a snapshot
+  only as "resident, not measured", so that an interval with no pass reads "?" rather
+  than "nothing accessed". A snapshot from a daemon without `passes`: the latest finds.
+  The mapping name comes from the procfs part of the same snapshot where that source
+  runs too, or from /proc/PID/maps the caller read, else "?".
 
 Overlays: `heat` (a ramp from "." to "@"), `node` (the node holding most of the
 row's resident bytes, as a digit), `lru` ("a" anon, "f" file, by majority).
 A blank cell: the row did not exist (or was not resident) in that snapshot;
-"?": it existed but no complete interval had been measured yet.
+"?": it existed but nothing measured it in that interval.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mglrud.snapshot_json import RegionDoc, SnapshotDoc, read
+from mglrud.snapshot_json import PassDoc, RegionDoc, SnapshotDoc, read
 
 RAMP = ".:-=+*#%@"  # "." none accessed ... "@" (nearly) all
 OVERLAYS = ("heat", "node", "lru")
@@ -38,7 +42,7 @@ class RowKey:
 
 @dataclass(frozen=True)
 class Cell:
-    heat: float | None  # share of the row accessed in the latest interval, 0..1; None: not measured yet
+    heat: float | None  # share of the row accessed in the latest interval, 0..1; None: not measured
     node: int | None
     lru: str | None  # "anon" or "file"
 
@@ -67,31 +71,98 @@ def procfs_cells(snap: SnapshotDoc | dict, target: str | None = None, pid: int |
     return out
 
 
+def _hotness_rows(snap: SnapshotDoc, target, pid, maps) -> list[tuple[RowKey, list[RegionDoc], object, object]]:
+    """(row, its region cells, majority node, majority lru) of every BPF region of the target or pid."""
+    size = snap.hotness.region_size
+    named = sorted(procfs_cells(snap))  # names only: any target, any pid
+    named += [RowKey(p, s, e, n) for p, ms in (maps or {}).items() for s, e, n in ms]
+    out = []
+    for (tgid, start), rs in snap.regions(target, pid).items():
+        name = next((k.name for k in named if k.pid == tgid and k.start < start + size and start < k.end), "?")
+        # residency where read, else what was accessed, to say where the row lives
+        nodes, lrus = split_bytes(rs, lambda r: r.resident_bytes or r.accessed_bytes_total)
+        out.append((RowKey(tgid, start, start + size, name), rs, _majority(nodes), _majority(lrus)))
+    return out
+
+
+def pass_heat(rs: list[RegionDoc], passes: dict[int, PassDoc], size: int) -> float | None:
+    """Share of a row that the given aging passes (one per memcg) found accessed; None when no
+    region of the row has a measured pass (none yet, or only the first, whose interval is unknown)."""
+    acc, measured = 0, False
+    for r in rs:
+        p = passes.get(r.memcg_id)
+        if p is None or not p.measured:
+            continue
+        measured = True
+        acc += sum(f.bytes for f in r.found_in if f.seq == p.seq)
+    return min(acc / size, 1.0) if measured else None
+
+
 def hotness_cells(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None,
                   maps: dict[int, list[tuple[int, int, str]]] | None = None) -> dict[RowKey, Cell]:
     """`maps`: pid -> [(start, end, name)] read from /proc/PID/maps by the caller, to name
-    regions where the snapshot has no procfs part."""
+    regions where the snapshot has no procfs part. Heat: what the newest aging pass of the
+    row's memcg found (a snapshot with `passes`), else (an older daemon) the latest finds."""
     snap = read(snap)
     if not snap.hotness:
         return {}
     size = snap.hotness.region_size
-    named = sorted(procfs_cells(snap))  # names only: any target, any pid
-    named += [RowKey(p, s, e, n) for p, ms in (maps or {}).items() for s, e, n in ms]
-    regions = snap.regions(target, pid)
-    latest = _latest_pass(snap, [r for rs in regions.values() for r in rs])
+    rows = _hotness_rows(snap, target, pid, maps)
+    if snap.hotness.passes is not None:
+        newest: dict[int, PassDoc] = {}
+        for p in sorted(snap.hotness.passes, key=lambda p: (p.at, p.seq)):
+            newest[p.memcg_id] = p
+        return {k: Cell(pass_heat(rs, newest, size), node, lru) for k, rs, node, lru in rows}
+    latest = _latest_pass(snap, [r for _, rs, _, _ in rows for r in rs])
     out = {}
-    for (tgid, start), rs in regions.items():
-        name = next((k.name for k in named if k.pid == tgid and k.start < start + size and start < k.end), "?")
-        # residency where read, else what was accessed, to say where the row lives
-        nodes, lrus = split_bytes(rs, lambda r: r.resident_bytes or r.accessed_bytes_total)
+    for key, rs, node, lru in rows:
         if latest is _NO_FOUND:  # an older snapshot without `found`: the latest cycle's deltas
             acc = sum(r.accessed_bytes for r in rs)
         else:
             acc = sum(r.found[0].bytes for r in rs
                       if latest is not None and r.found and r.found[0].seconds_ago <= latest + WALK)
-        heat = min(acc / size, 1.0)
-        out[RowKey(tgid, start, start + size, name)] = Cell(heat, _majority(nodes), _majority(lrus))
+        out[key] = Cell(min(acc / size, 1.0), node, lru)
     return out
+
+
+def pass_columns(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None,
+                 maps: dict[int, list[tuple[int, int, str]]] | None = None,
+                 seen: set | None = None) -> list[tuple[float, dict[RowKey, Cell]]]:
+    """One column per aging pass the snapshot lists and `seen` (updated) does not hold yet, at the
+    pass's time: the rows of its memcg with what it found ('?' for a pass not measured)."""
+    snap = read(snap)
+    if not snap.hotness or snap.hotness.passes is None:
+        return []
+    seen = set() if seen is None else seen
+    size = snap.hotness.region_size
+    rows = _hotness_rows(snap, target, pid, maps)
+    out = []
+    for p in sorted(snap.hotness.passes, key=lambda p: (p.at, p.seq)):
+        if (p.memcg_id, p.seq) in seen:
+            continue
+        seen.add((p.memcg_id, p.seq))
+        col = {k: Cell(pass_heat(rs, {p.memcg_id: p}, size), node, lru)
+               for k, rs, node, lru in rows if any(r.memcg_id == p.memcg_id for r in rs)}
+        if col:
+            out.append((p.at, col))
+    return out
+
+
+def columns(snap: SnapshotDoc | dict, target: str | None = None, pid: int | None = None,
+            maps: dict[int, list[tuple[int, int, str]]] | None = None,
+            seen: set | None = None) -> list[tuple[float, dict[RowKey, Cell]]]:
+    """A snapshot as grid columns, by time. Without aging passes (the /proc source, an older daemon):
+    one column at taken_at. With them, heat is per aging pass: a column at taken_at that only says
+    which rows are resident (heat not measured, '?'), and one per pass not in `seen`, at its own time.
+    So an interval holding only snapshots taken between two passes is drawn as not measured, and a
+    pass read late is drawn in the interval it ran in."""
+    snap = read(snap)
+    here = cells(snap, target, pid, maps)
+    if not snap.hotness or snap.hotness.passes is None:
+        return [(snap.taken_at, here)]
+    bpf = {k for k, _, _, _ in _hotness_rows(snap, target, pid, maps)}
+    presence = {k: (Cell(None, c.node, c.lru) if k in bpf else c) for k, c in here.items()}
+    return sorted([(snap.taken_at, presence)] + pass_columns(snap, target, pid, maps, seen), key=lambda c: c[0])
 
 
 def split_bytes(regions: list[RegionDoc], weight) -> tuple[dict[int, int], dict[str, int]]:
@@ -138,9 +209,16 @@ def _latest_pass(snap: SnapshotDoc, regions: list[RegionDoc]):
 
 def grid(snaps: list[SnapshotDoc | dict], target: str | None = None, pid: int | None = None,
          maps: dict[int, list[tuple[int, int, str]]] | None = None) -> Grid:
-    """The union of every snapshot's rows, by address; one column per snapshot in the order given."""
+    """The union of every snapshot's rows, by address; one column per snapshot in the order given
+    (and, for snapshots with aging passes, one per pass: columns())."""
     docs = [read(s) for s in snaps]
-    return grid_of([(s.taken_at, cells(s, target, pid, maps)) for s in docs])
+    seen: set = set()
+    out = []
+    for s in docs:
+        out += columns(s, target, pid, maps, seen)
+    if seen:  # a pass read late lies before the snapshot that listed it
+        out.sort(key=lambda c: c[0])
+    return grid_of(out)
 
 
 def grid_of(columns: list[tuple[float, dict[RowKey, Cell]]]) -> Grid:
@@ -164,7 +242,7 @@ def glyph(cell: Cell | None, overlay: str = "heat") -> str:
 
 
 LEGENDS = {
-    "heat": f"heat: share of the row accessed in the interval, '{RAMP[0]}' none .. '{RAMP[-1]}' all; '?' not measured yet",
+    "heat": f"heat: share of the row accessed in the interval, '{RAMP[0]}' none .. '{RAMP[-1]}' all; '?' not measured",
     "node": "node: the NUMA node holding most of the row; '?' unknown",
     "lru": "lru: 'a' anon, 'f' file (by majority)",
 }
@@ -297,7 +375,7 @@ def legend(overlay: str) -> list[tuple[str, str]]:
         runs = [("legend", "heat (hottest part of band/interval): ")]
         runs += [(f"heat{i}", RAMP[i]) for i in range(len(RAMP))]
         return runs + [("legend", f" {RAMP[0]} none .. {RAMP[-1]} all accessed; "), ("unknown", "?"),
-                       ("legend", " not measured yet; blank: not resident")]
+                       ("legend", " not measured; blank: not resident")]
     if overlay == "node":
         return [("legend", "NUMA node holding most of the row: "), ("node0", "0"), ("node1", "1"),
                 ("node2", "2"), ("node3", "3"), ("legend", " ...; "), ("unknown", "?"), ("legend", " unknown")]

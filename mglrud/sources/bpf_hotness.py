@@ -90,6 +90,11 @@ class BpfHotnessSource(HeatBuilder):
         # target name -> (tgids, memcg ids) it had at the previous read: whose cells it may still
         # claim when they are read for the last time (a process that exited since)
         self._had: dict[str, tuple[frozenset, frozenset]] = {}
+        # aging passes (model/hotness.py AgingPass): per memcg its lru_gen state and recent passes,
+        # per cell the (pass seq, pages) of its recent finds that followed a pass
+        self._memcg_seq: dict = {}
+        self._passes: dict[int, tuple[H.AgingPass, ...]] = {}
+        self._found_in: dict[H.CellKey, tuple[tuple[int, int], ...]] = {}
 
     def start(self) -> bool:
         self._retry_at = None
@@ -121,6 +126,7 @@ class BpfHotnessSource(HeatBuilder):
             self.stats_base, self.state, self._had = self.stats, {}, {}
             self.harvest_base = tuple(b + v for b, (_, v) in zip(self.harvest_base, self.harvested))
             self.harvested = tuple((n, 0) for n, _ in self.harvested)
+            self._memcg_seq, self._passes, self._found_in = {}, {}, {}
             self.cfg, self._started = config.bpf, False
         if not self._started:
             self._started = True
@@ -154,7 +160,7 @@ class BpfHotnessSource(HeatBuilder):
         self.prepare(inputs.config.targets, inputs.index, inputs.procs)
 
     def part(self, inputs: Inputs) -> Part:
-        data = self.cycle(inputs.config.targets, inputs.index, inputs.procs)
+        data = self.cycle(inputs.config.targets, inputs.index, inputs.procs, lruvecs=inputs.lruvecs)
         return Part((self.status(),), {"hotness": data})
 
     def carry_over(self, old: "BpfHotnessSource") -> None:
@@ -196,8 +202,10 @@ class BpfHotnessSource(HeatBuilder):
         log.error("source bpf: %s; starting the program again in %ds", reason, self._schedule_retry())
 
     def cycle(self, targets: tuple[Target, ...], index: dict[str, int],
-              procs: ProcTable | None = None) -> H.HotnessData | None:
-        """Read the counts (after aging) and build this cycle's HotnessData."""
+              procs: ProcTable | None = None, lruvecs=None) -> H.HotnessData | None:
+        """Read the counts (after aging) and build this cycle's HotnessData. `lruvecs`: lru_gen's
+        read after the aging (the Engine's), whose max_seq says which memcgs had an aging pass
+        since the previous read; without it the data has no passes (heat per read, as before)."""
         if self._procs is None:
             self.prepare(targets, index, procs)
         procs, memcgs = self._procs, self._memcgs
@@ -220,6 +228,7 @@ class BpfHotnessSource(HeatBuilder):
         alive = {t for t in {k.tgid for k in raw.cells} - tgids if t == 0 or self.fs.proc(t).exists()}
         stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid not in tgids and k.tgid not in alive]
         self.state = H.step(self.state, raw, self.cfg.half_life)
+        self._note_passes(lruvecs)
         self.stats = tuple(b + n for b, n in zip(self.stats_base, (raw.events, raw.matched, raw.dropped)))
         # built before the stale keys go, so that their last deltas reach the targets' counters:
         # a process gone since the previous read is no longer among a target's processes, but
@@ -228,12 +237,49 @@ class BpfHotnessSource(HeatBuilder):
         data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale))
         data = dataclasses.replace(data, harvested=tuple((n, b + v) for (n, v), b in
                                                          zip(self.harvested, self.harvest_base)))
+        if lruvecs is not None:
+            data = self._with_passes(data, memcgs)
         self._had = {t.name: (frozenset(procs.get(t.name, ())), frozenset(memcgs.get(t.name, ()))) for t in targets}
         if stale:
             self.program.delete(stale)
             for k in stale:
                 self.state.pop(k, None)
+                self._found_in.pop(k, None)
         return data
+
+    def _note_passes(self, lruvecs) -> dict:
+        """Which memcgs had an aging pass since the previous read (their max_seq moved), and
+        tag this read's finds in them with that pass's seq. What one read finds after a pass
+        is what the pass found: the Engine reads right after it ages."""
+        if lruvecs is None:
+            return {}
+        self._memcg_seq, moved = H.passes_seen(self._memcg_seq, lruvecs, self.wall())
+        for mid, p in moved.items():
+            self._passes[mid] = ((p,) + self._passes.get(mid, ()))[:H.HISTORY]
+        for mid in set(self._passes) - set(self._memcg_seq):
+            del self._passes[mid]  # the memcg is gone
+        for k, s in self.state.items():
+            p = moved.get(k.memcg_id)
+            if p is not None and s.delta_pages:
+                self._found_in[k] = (((p.seq, s.delta_pages),) + self._found_in.get(k, ()))[:H.HISTORY]
+        for k in set(self._found_in) - set(self.state):
+            del self._found_in[k]
+        return moved
+
+    def _with_passes(self, data: H.HotnessData, memcgs: dict) -> H.HotnessData:
+        """`data` with each region's pass-tagged finds and the recent passes of the memcgs shown."""
+        shift = self.cfg.region_shift
+        ids = {i for ms in memcgs.values() for i in ms}
+        targets = []
+        for t in data.targets:
+            regions = []
+            for r in t.regions:
+                ids.add(r.memcg_id)
+                found_in = self._found_in.get(H.CellKey(r.tgid, r.memcg_id, r.start >> shift, r.node, r.lru), ())
+                regions.append(dataclasses.replace(r, found_in=found_in) if found_in else r)
+            targets.append(dataclasses.replace(t, regions=tuple(regions)))
+        passes = sorted((p for i in ids for p in self._passes.get(i, ())), key=lambda p: (-p.at, p.memcg_id))
+        return dataclasses.replace(data, targets=tuple(targets), passes=tuple(passes))
 
 
 def probe(fs: FS) -> Probe:

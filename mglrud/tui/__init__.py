@@ -67,12 +67,14 @@ def png_main(args, feed, first) -> int:
         time.sleep(min(1.0, args.aggregate))
         history.add(feed.poll())
     g = history.grid()
-    # Drop the leading intervals that measured nothing (a fresh session's first read).
+    # Drop the leading intervals that measured nothing (a fresh session's first read), and the
+    # trailing ones: the interval still running has no aging pass in it yet (BPF heat is per pass).
     view = HM.View(overlay=args.overlay, aggregate=args.aggregate)
     agg = HM.aggregate(g, args.aggregate)
     keep = [i for i in range(len(agg.times)) if any(c[i] is not None and c[i].heat is not None for c in agg.cells)]
     first_t = agg.times[keep[-args.columns]] if keep else 0.0
-    cols = [(t, c) for t, c in history.columns if t >= first_t]
+    end_t = agg.times[keep[-1]] + args.aggregate if keep else float("inf")
+    cols = [(t, c) for t, c in history.columns if first_t <= t < end_t]
     who = f"target {args.target}" if args.target is not None else f"pid {args.pid}"
     title = (f"mglrud heatmap: {who}, overlay {args.overlay}, {feed.mode}, "
              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(cols[-1][0] if cols else time.time()))}")

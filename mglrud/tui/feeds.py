@@ -8,6 +8,7 @@ poller that keeps keys from ever waiting for a source.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import threading
@@ -156,7 +157,10 @@ class History:
 
     def __init__(self, target: str | None, pid: int | None):
         self.target, self.pid = target, pid
-        self.columns: collections.deque = collections.deque(maxlen=HISTORY)
+        # (time, cells) by time: one per snapshot, and one per aging pass where the snapshots list
+        # them (render/heatmap.py columns()); a pass lies before the snapshot that first listed it
+        self.columns: list = []
+        self.passes: set = set()  # (memcg id, seq) of the passes already in columns
         self.maps: dict[int, list[tuple[int, int, str]]] = {}
         self.maps_at = -MAPS_REFRESH
         self.latest: SnapshotDoc | None = None
@@ -164,12 +168,15 @@ class History:
     def add(self, snap: SnapshotDoc | dict) -> bool:
         snap = read(snap)
         t = snap.taken_at
-        if self.columns and self.columns[-1][0] >= t:
+        if self.latest is not None and self.latest.taken_at >= t:
             return False  # the daemon has not published a new one since
         if snap.hotness and time.monotonic() - self.maps_at >= MAPS_REFRESH:
             self.maps = client.hotness_maps(snap, self.target, self.pid)
             self.maps_at = time.monotonic()
-        self.columns.append((t, HM.cells(snap, self.target, self.pid, self.maps)))
+        for col in HM.columns(snap, self.target, self.pid, self.maps, self.passes):
+            bisect.insort(self.columns, col, key=lambda c: c[0])
+        if len(self.columns) > HISTORY:
+            del self.columns[:len(self.columns) - HISTORY]
         self.latest = snap
         return True
 
