@@ -276,7 +276,7 @@ class BpfHotnessSource(HeatBuilder):
             for r in t.regions:
                 ids.add(r.memcg_id)
                 found_in = self._found_in.get(H.CellKey(r.tgid, r.memcg_id, r.start >> shift, r.node, r.lru), ())
-                regions.append(dataclasses.replace(r, found_in=found_in) if found_in else r)
+                regions.append(r._replace(found_in=found_in) if found_in else r)  # RegionHeat: a NamedTuple
             targets.append(dataclasses.replace(t, regions=tuple(regions)))
         passes = sorted((p for i in ids for p in self._passes.get(i, ())), key=lambda p: (-p.at, p.memcg_id))
         return dataclasses.replace(data, targets=tuple(targets), passes=tuple(passes))
