@@ -153,7 +153,7 @@ def test_snapshot_ages_once_per_node(tmp_path):
 
     def snap(*flags):
         p = subprocess.run([sys.executable, "-m", "mglrud", "snapshot", "--json", "-c", str(config), *flags],
-                           cwd=REPO, capture_output=True, text=True, timeout=WAIT)
+                           cwd=REPO, capture_output=True, text=True, errors="replace", timeout=WAIT)
         assert p.returncode == 0, p.stderr
         return {m["node"]: m["generations"][0]["seq"] for m in json.loads(p.stdout)["memcgs"]}
 
