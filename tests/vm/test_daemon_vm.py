@@ -136,7 +136,7 @@ log: {{level: debug}}
 
 
 def test_check_passes_on_the_patched_kernel():
-    p = subprocess.run([sys.executable, "-m", "mglrud", "check"], cwd=REPO, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "mglrud", "check"], cwd=REPO, capture_output=True, text=True, errors="replace",
                        timeout=WAIT)
     assert p.returncode == 0, p.stdout + p.stderr
     rows = {line.split("  ")[0]: line for line in p.stdout.splitlines()[1:8]}
