@@ -119,19 +119,25 @@ def residency_one_node(vma: Vma, data: bytes, page_size: int, region_shift: int,
     one Python step per page."""
     out: dict = {}
     top = data[7::8].translate(_CLASS_ANON if vma.shmem else _CLASS_FILE)
-    per = 1 << (region_shift - (page_size.bit_length() - 1))
-    first = vma.start // page_size
-    i = 0
-    while i < len(top):
-        region = (first + i) // per
-        j = min(len(top), (region + 1) * per - first)
+    for region, i, j in region_spans(vma, len(top), page_size, region_shift):
         chunk = top[i:j]
         for cls, lru in ((1, "anon"), (2, "file")):
             n = chunk.count(cls)
             if n:
                 out[(region, node, lru)] = n
-        i = j
     return out
+
+
+def region_spans(vma: Vma, pages: int, page_size: int, region_shift: int):
+    """(region, i, j) for each region the first `pages` pages of vma fall in: pages [i, j)."""
+    per = 1 << (region_shift - (page_size.bit_length() - 1))
+    first = vma.start // page_size
+    i = 0
+    while i < pages:
+        region = (first + i) // per
+        j = min(pages, (region + 1) * per - first)
+        yield region, i, j
+        i = j
 
 
 # Residency by node without page frame numbers. pagemap shows PFNs only to CAP_SYS_ADMIN, which
@@ -162,12 +168,7 @@ def residency_by_status(vma: Vma, data: bytes, status: bytes, page_size: int, re
     nodes = bytes(status[0::4]).translate(_NODE_BYTE)
     pairs = bytearray(2 * len(tags))
     pairs[0::2], pairs[1::2] = nodes, tags
-    per = 1 << (region_shift - (page_size.bit_length() - 1))
-    first = vma.start // page_size
-    i = 0
-    while i < len(tags):
-        region = (first + i) // per
-        j = min(len(tags), (region + 1) * per - first)
+    for region, i, j in region_spans(vma, len(tags), page_size, region_shift):
         if tags.count(0xA0, i, j) != j - i:
             chunk = bytes(pairs[2 * i:2 * j])
             for n in set(nodes[i:j]):
@@ -176,7 +177,6 @@ def residency_by_status(vma: Vma, data: bytes, status: bytes, page_size: int, re
                     if c:
                         key = (region, -1 if n == _UNKNOWN else n, lru)
                         out[key] = out.get(key, 0) + c
-        i = j
     return out
 
 
