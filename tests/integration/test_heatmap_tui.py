@@ -165,10 +165,18 @@ def test_tui_attached_overlays_intervals_zoom_pause_quit(daemon, workload, tmux)
     for _ in range(band_of(s, hot)):
         t.keys("j")
     t.keys("z")
-    s = t.wait("zoom", lambda s: "zoom 1: " in status(s))
-    rows = body(s)
-    lo, hi = (int(x, 16) for x in re.search(r"zoom 1: (0x[0-9a-f]+)-(0x[0-9a-f]+)", status(s)).groups())
-    assert lo <= hot < hi and all(lo <= start < hi for start, _, _ in rows), s
+
+    def window(s):
+        m = re.search(r"zoom 1: (0x[0-9a-f]+)-(0x[0-9a-f]+)", status(s))
+        return tuple(int(x, 16) for x in m.groups()) if m else None
+
+    def zoomed(s):  # the whole zoomed frame drawn (tmux may show a redraw half done)
+        w = window(s)
+        return w is not None and all(w[0] <= start < w[1] for start, _, _ in body(s))
+
+    s = t.wait("zoom", zoomed)
+    lo, hi = window(s)
+    assert lo <= hot < hi, s
     while not any(start == hot for start, _, _ in body(s)):  # zoom further until the hot mapping is a row
         t.keys(*["j"] * band_of(s, hot), "z")
         depth = int(re.search(r"zoom (\d+):", status(s)).group(1))
