@@ -123,8 +123,8 @@ class BpfHotnessSource(HeatBuilder):
         if self._started and self.cfg != config.bpf:
             self.close()
             # the new program's maps start from zero: its counts go on from these
-            self.stats_base, self.state, self._had = self.stats, {}, {}
-            self.harvest_base = tuple(b + v for b, (_, v) in zip(self.harvest_base, self.harvested))
+            self.carry_over(self)
+            self.state, self._had = {}, {}
             self.harvested = tuple((n, 0) for n, _ in self.harvested)
             self._memcg_seq, self._passes, self._found_in = {}, {}, {}
             self.cfg, self._started = config.bpf, False
