@@ -41,7 +41,7 @@ def _enabled(fs: FS) -> Row:
         return Row("lru_gen enabled", False, f"cannot read {path}: {e}")
     bits = ", ".join(n for b, n in ENABLED_BITS.items() if value & b) or "none"
     if not value & 0x1:
-        return Row("lru_gen enabled", False, f"{value:#06x} ({bits}): echo y > {path}")
+        return Row("lru_gen enabled", False, f"{value:#06x} ({bits}): MGLRU is off; {lru_gen.how_to_enable(fs)}")
     return Row("lru_gen enabled", True, f"{value:#06x} ({bits})")
 
 

@@ -57,6 +57,10 @@ class Engine:
         self.fs = FS(config.paths)
         self.writer = self._fixed_writer or make_writer(self.fs, config.aging.dry_run)
         self.aging.spacing = spacing([t.interval for t in config.targets], config.snapshot_interval)
+        if config.lru_gen.enable and not config.aging.dry_run:
+            done = lru_gen.switch_on(self.fs)
+            if done:
+                log.warning("%s", done)
         self._choose()
 
     def _choose(self) -> None:

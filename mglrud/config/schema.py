@@ -99,6 +99,15 @@ class Procfs:
 
 
 @dataclass(frozen=True)
+class LruGen:
+    """What mglrud may do to /sys/kernel/mm/lru_gen/enabled (docs/stock-kernel.md)."""
+
+    # Off by default: a kernel built with CONFIG_LRU_GEN=y but MGLRU off at run time (Debian 12's)
+    # stays off unless the config asks, since switching it on changes how the whole machine reclaims.
+    enable: bool = False
+
+
+@dataclass(frozen=True)
 class Bpf:
     """The BPF hotness source (sources/bpf_hotness.py, bpf/hotness.bpf.c)."""
 
@@ -127,6 +136,7 @@ class Config:
     sources: str | tuple[str, ...] = "auto"  # "auto" or names from the table in mglrud/sources/
     procfs: Procfs = Procfs()
     bpf: Bpf = Bpf()
+    lru_gen: LruGen = LruGen()
     web_config_file: str = ""  # exporter-toolkit web config (mglrud/webconfig.py); empty: plain HTTP
 
 

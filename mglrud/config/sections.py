@@ -11,7 +11,7 @@ import yaml
 
 from mglrud import boundedyaml
 from mglrud.config.schema import (Aging, Bpf, Config, DEFAULT_TARGETS, Listen, LOG_LEVELS, MAX_NR_GENS, MAX_TARGETS,
-                                  Metrics, MIN_INTERVAL, Paths, Procfs, SELECTORS, Target, UNIT_SUFFIXES)
+                                  LruGen, Metrics, MIN_INTERVAL, Paths, Procfs, SELECTORS, Target, UNIT_SUFFIXES)
 from mglrud.config.values import (_bool, ConfigError, _durations, format_duration, _int, _mapping, memcg_glob,
                                   parse_duration, _str, _text)
 
@@ -267,7 +267,12 @@ def _bpf(v: Any) -> Bpf:
 
 
 TOP_KEYS = ("listen", "aging", "snapshot", "metrics", "targets", "paths", "log", "sources", "procfs", "bpf",
-            "web_config_file")
+            "lru_gen", "web_config_file")
+
+
+def _lru_gen(v: Any) -> LruGen:
+    v = _mapping(v, "lru_gen", ("enable",))
+    return LruGen(enable=_bool(v.get("enable", LruGen.enable), "lru_gen.enable"))
 
 
 def _web_config_file(v: Any) -> str:
@@ -305,6 +310,7 @@ def from_dict(doc: Any, source: str = "(built-in defaults)") -> Config:
         sources=_sources(doc["sources"]) if "sources" in doc else Config.sources,
         procfs=_procfs(doc.get("procfs")),
         bpf=_bpf(doc.get("bpf")),
+        lru_gen=_lru_gen(doc.get("lru_gen")),
         web_config_file=_web_config_file(doc.get("web_config_file")),
     )
 

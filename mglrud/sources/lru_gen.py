@@ -181,15 +181,51 @@ def age(lruvec: GenHistogram, writer: Writer, reread: Callable[[], tuple[GenHist
     return AgingResult(lruvec.memcg_path, lruvec.node, reason, clock() - start, tuple(commands))
 
 
+def enabled_value(fs: FS) -> int | None:
+    """/sys/kernel/mm/lru_gen/enabled as a number (bit 0: MGLRU on), None when it cannot be read."""
+    try:
+        return int(fs.sys("kernel", "mm", "lru_gen", "enabled").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def how_to_enable(fs: FS) -> str:
+    return (f"set lru_gen.enable: true in the config, or echo y > {fs.sys('kernel', 'mm', 'lru_gen', 'enabled')} "
+            f"(either changes how the whole machine reclaims memory)")
+
+
+def switch_on(fs: FS) -> str:
+    """`lru_gen.enable: true`: write `y` to lru_gen/enabled when MGLRU is compiled in but off.
+    The only place mglrud writes that file. Returns what it did, for the log."""
+    path = fs.sys("kernel", "mm", "lru_gen", "enabled")
+    value = enabled_value(fs)
+    if value is None:
+        return f"lru_gen.enable: {path} cannot be read: the kernel has no CONFIG_LRU_GEN; nothing switched on"
+    if value & 0x1:
+        return ""
+    try:
+        with open(path, "w") as f:
+            f.write("y")
+    except OSError as e:
+        return f"lru_gen.enable: cannot write {path}: {e.strerror}; MGLRU stays off"
+    return f"lru_gen.enable: MGLRU was off ({value:#06x}); wrote y to {path}"
+
+
 def probe(fs: FS) -> Probe:
+    enabled = fs.sys("kernel", "mm", "lru_gen", "enabled")
     try:
         lruvecs = read(fs)
     except Unavailable as e:
-        enabled = fs.sys("kernel", "mm", "lru_gen", "enabled")
         if not enabled.exists():
             return Probe("lru_gen", False, f"{enabled} missing: the kernel is built without CONFIG_LRU_GEN "
                                            f"(no multi-gen LRU)")
         return Probe("lru_gen", False, str(e))
+    value = enabled_value(fs)
+    # Compiled in but off (Debian 12's kernel): debugfs lru_gen still lists memcgs and takes aging
+    # commands, but the pages are on the classic LRU, so its generations say nothing.
+    if value is not None and not value & 0x1:
+        return Probe("lru_gen", False, f"MGLRU is compiled in but off ({enabled} is {value:#06x}): "
+                                       f"{how_to_enable(fs)}")
     return Probe("lru_gen", True, f"{fs.lru_gen} readable ({len({h.memcg_id for h in lruvecs})} memcgs)")
 
 

@@ -48,7 +48,8 @@ def test_core_bit_off_is_not_usable(tmp_path):
     rows, usable = run(_tree(tmp_path, enabled="0x0006"))
     assert not usable
     (row,) = [r for r in rows if r.name == "lru_gen enabled"]
-    assert row.detail.startswith("0x0006 (mm_walk, nonleaf_young): echo y > ")
+    assert row.detail.startswith("0x0006 (mm_walk, nonleaf_young): MGLRU is off; set lru_gen.enable: true in "
+                                 "the config, or echo y > ")
 
 
 def test_stock_kernel_without_lru_gen(tmp_path):

@@ -19,7 +19,7 @@ MALFORMED = [
      "mglrud: config: listen.adress: unknown key; known keys here: address, port, socket"),
     ("colour: blue\n",
      "mglrud: config: colour: unknown key; known keys here: listen, aging, snapshot, metrics, targets, paths, log, "
-     "sources, procfs, bpf, web_config_file"),
+     "sources, procfs, bpf, lru_gen, web_config_file"),
     ("aging: {interval: 30}\n",
      "mglrud: config: aging.interval: must be a duration with a unit like 30s, 5m or 1h, got 30"),
     ("aging: {interval: 5x}\n",
@@ -76,7 +76,7 @@ MALFORMED = [
      "mglrud: config: procfs.max_processes: must be an integer from 1 to 100, got 0"),
     ("- just\n- a list\n",
      "mglrud: config: (top level): must be a mapping with keys like listen, aging, snapshot, metrics, targets, "
-     "paths, log, sources, procfs, bpf, web_config_file, got list"),
+     "paths, log, sources, procfs, bpf, lru_gen, web_config_file, got list"),
     ("snapshot: 10s\n",
      "mglrud: config: snapshot: must be a mapping of interval, got str"),
 ]

@@ -21,7 +21,7 @@ from test_config import MALFORMED as BASE
 
 E = "mglrud: config: "
 DURATION = "must be a duration with a unit like 30s, 5m or 1h, got "
-TOP = "listen, aging, snapshot, metrics, targets, paths, log, sources, procfs, bpf, web_config_file"
+TOP = "listen, aging, snapshot, metrics, targets, paths, log, sources, procfs, bpf, lru_gen, web_config_file"
 
 # (yaml text, the exact stderr line)
 MORE = [
