@@ -98,8 +98,8 @@ def _tracepoint(fs: FS) -> Row:
     if not fs.tracefs("events").is_dir():
         return Row(name, False, f"tracefs not mounted at {fs.paths.tracefs} "
                                 f"(mount -t tracefs none {fs.paths.tracefs})")
-    return Row(name, False, f"{fs.tracefs(*TRACEPOINTS[0])} missing: stock kernel; the BPF source needs "
-                            f"mglrud's kernel patch")
+    return Row(name, False, f"{fs.tracefs(*TRACEPOINTS[0])} missing: stock kernel; the BPF source uses the "
+                            f"accessed-bit probe instead where it can (BPF SOURCE below, docs/stock-kernel.md)")
 
 
 def _bcc() -> Row:
@@ -200,6 +200,10 @@ def bpf_program(fs: FS, cfg) -> Row:
     probe = bpf_hotness.probe(fs)
     if not probe.usable:
         return Row(name, False, f"not tried: {probe.detail}")
+    value = lru_gen.enabled_value(fs)
+    if value is not None and not value & 0x1:  # it would count nothing: no aging walk runs
+        return Row(name, False, f"not tried: MGLRU is off (lru_gen enabled above); once on, it would use: "
+                                f"{probe.detail}")
     try:
         prog = bpf_hotness.Program(cfg, fs)
     except bpf_hotness.Unavailable as e:

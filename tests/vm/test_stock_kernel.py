@@ -10,18 +10,24 @@ program attaches as fexit to ptep_test_and_clear_young()/pmdp_test_and_clear_you
 - Under memcg reclaim (a file mapping twice its cgroup's memory.max, read in a loop):
   reclaim's harvests show up as harvester="reclaim", and the target's heat (accessed
   bytes) is exactly the aging's harvests, the documented choice.
+- MGLRU off, as the kernel boots: `mglrud check` says how to switch it on, and
+  `mglrud run` (sources: auto, no lru_gen.enable) serves the /proc source's data and
+  leaves it off.
 
-MGLRU is compiled in but off on this kernel; the test switches it on (the daemon never
-does unless configured to) and back off after.
+MGLRU is compiled in but off on this kernel; the probe test switches it on (the daemon
+never does unless configured to) and back off after.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import test_bpf_hotness as bh
 from test_bpf_hotness import daemons, samples  # noqa: F401 (daemons is a fixture)
+from tests.daemonproc import DaemonProc
 
 pytestmark = pytest.mark.stock
 ENABLED = Path("/sys/kernel/mm/lru_gen/enabled")
@@ -29,9 +35,13 @@ TRACEPOINT = Path("/sys/kernel/tracing/events/vmscan/mm_vmscan_lru_gen_young")
 
 
 @pytest.fixture(autouse=True)
-def stock_mglru(monkeypatch):
-    """MGLRU on for the test; the kernel must be one without mglrud's tracepoint."""
+def stock_kernel():
     assert not TRACEPOINT.exists(), f"{TRACEPOINT} exists: run the stock tier on Debian's kernel (--variant stock)"
+
+
+@pytest.fixture
+def stock_mglru(monkeypatch):
+    """MGLRU on for the test."""
     before = ENABLED.read_text().strip()
     ENABLED.write_text("y")
     # bcc compiles against the full kernel headers here: ~1 min under an idle TCG guest, over 10 on a host shared by four guests
@@ -48,7 +58,7 @@ def harvested(text: str) -> dict[str, float]:
     return {lab["harvester"]: v for lab, v in samples(text, "mglrud_bpf_harvested_bytes_total")}
 
 
-def test_probe_through_the_daemon(memcgs, workloads, daemons, tmp_path):
+def test_probe_through_the_daemon(stock_mglru, memcgs, workloads, daemons, tmp_path):
     """One daemon (bcc compiles for minutes in a busy TCG guest), two targets: the hot block,
     and a file mapping read in a loop in a cgroup whose memory.max is half of it."""
     size, hot = 64 << 20, 16 << 20
@@ -74,3 +84,31 @@ def test_probe_through_the_daemon(memcgs, workloads, daemons, tmp_path):
     assert h["reclaim"] > 0 and h["aging"] > 0, h
     # heat counts the aging's harvests only: the targets' accessed bytes are those, to the byte
     assert acc == h["aging"], (acc, h)
+
+
+def test_mglru_off_is_left_off(memcgs, workloads, tmp_path):
+    """As Debian boots it: check says how to switch MGLRU on; the daemon serves /proc data without doing so."""
+    assert int(ENABLED.read_text(), 16) == 0, ENABLED.read_text()
+    cfg = tmp_path / "mglrud.yaml"
+    w = workloads("--size", "16M", cgroup=memcgs("stock-off"))
+    cfg.write_text(f"targets: [{{name: off, pid: {w.pid}}}]\nsnapshot: {{interval: 1s}}\n")
+    check = subprocess.run([sys.executable, "-m", "mglrud", "check", "-c", str(cfg)], capture_output=True,
+                           text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(bh.REPO)})
+    print(check.stdout)
+    assert check.returncode == 1, check.stdout + check.stderr
+    lines = check.stdout.splitlines()
+    row = {tuple(line.split()[:2]): line for line in lines if len(line.split()) > 2}
+    assert "MGLRU is off; set lru_gen.enable: true in the config, or echo y > " in row["lru_gen", "enabled"]
+    assert "MGLRU is compiled in but off" in row["lru_gen", "no"] and ("procfs", "used") in row, check.stdout
+    # the BPF row names the mode the probe would attach in, without compiling (nothing to count yet)
+    assert "MGLRU is off" in row["bpf", "program"] and "fexit on ptep_test_and_clear_young" in row["bpf", "program"]
+    d = DaemonProc.start(["-c", str(cfg), "--listen.port", "0"], tmp_path / "mglrud.log", wait=600)
+    try:
+        text = d.wait_metrics(lambda t: any(lab["target"] == "off" and v >= 16 << 20 for lab, v in
+                                            samples(t, "mglrud_mapping_resident_bytes")), "the workload's mapping")
+    finally:
+        d.stop()
+    up = {lab["source"]: v for lab, v in samples(text, "mglrud_source_up")}
+    chosen = {lab["source"]: v for lab, v in samples(text, "mglrud_source_chosen")}
+    assert up["procfs"] == 1 and chosen["lru_gen"] == 0 and chosen["bpf"] == 0, (up, chosen)
+    assert int(ENABLED.read_text(), 16) == 0, "mglrud switched MGLRU on"
