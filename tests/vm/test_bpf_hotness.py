@@ -97,6 +97,8 @@ def check_hot_block(d: DaemonProc, w, size: int, hot: int) -> None:
     """Target `hotblock` (the workload w touching the first HOT of SIZE bytes): its hot
     buckets are exactly the hot block's, its regions anon on node 0 with residency."""
     text = d.wait_agings(10, "hot block")
+    # a workload that stopped (workload.py --seconds) leaves its target without spans: say so
+    assert w.proc.poll() is None, f"the hot-block workload exited ({w.proc.returncode}) before the check"
     heat = offset_heat(text, "hotblock")
     snap = d.snapshot()["hotness"]
     t = next(t for t in snap["targets"] if t["name"] == "hotblock")
@@ -107,6 +109,7 @@ def check_hot_block(d: DaemonProc, w, size: int, hot: int) -> None:
     inside = [i for i, r in enumerate(ranges) if r and all(lo <= s and e <= hi for _, s, e in r)]
     cold = [i for i, r in enumerate(ranges) if r and all(first_cold <= s and e <= end for _, s, e in r)]
     in_mapping = [i for i, r in enumerate(ranges) if r and all(lo <= s and e <= end for _, s, e in r)]
+    assert in_mapping, f"no heat bucket inside the mapping {lo:#x}-{end:#x}: {ranges[:3]} ... {t['tgids']}"
     top = max(heat[i] for i in in_mapping)
     hot_buckets = {i for i in in_mapping if heat[i] >= 0.25 * top}
     report = (f"hot buckets {sorted(hot_buckets)}, inside the hot block {inside}, cold {cold}; "
