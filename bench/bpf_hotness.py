@@ -310,6 +310,11 @@ def main() -> int:
     p.add_argument("--per-block", type=int, default=4)
     p.add_argument("--daemon-seconds", type=float, default=60)
     p.add_argument("--skip", default="", help="comma-separated: accuracy,overhead,daemon")
+    p.add_argument("--accuracy-events", default="", help="comma-separated attachments the accuracy tables "
+                   "are made for, one program at a time: a tracepoint name, fexit, kretprobe (default: the "
+                   "one the daemon picks)")
+    p.add_argument("--tlb", choices=("both", "flush", "noflush"), default="both",
+                   help="accuracy with the TLB flushed before each round's touches, without, or both")
     p.add_argument("--events", default="", help="comma-separated attachments the overhead compares: "
                    "tracepoint names, fexit, kretprobe (default: both tracepoints, or on a kernel without "
                    "them, e.g. Debian's stock one, fexit)")
@@ -341,16 +346,18 @@ def main() -> int:
 
     if "accuracy" not in skip:
         m = Mapping(args.size)
-        prog = Program(cfg, FS(Paths()))
-        prog.set_targets({os.getpid()}, set())
-        emit([f"# program attached to {prog.event if prog.event in ('fexit', 'kretprobe') else 'vmscan:' + prog.event}"])
-        for flush in (False, True):
-            emit(["", f"## accuracy: {args.size >> 20} MiB mapping, {args.rounds} rounds per pattern "
-                      f"(one aging per round), regions found accessed vs regions holding a touched page; "
-                      + ("TLB flushed before each round's touches" if flush else
-                         "no TLB flush (touches through a stale TLB entry set no accessed bit)")])
-            emit(accuracy(prog, m, mid, args.rounds, seed=5, flush=flush))
-        prog.close()
+        for event in [e for e in args.accuracy_events.split(",") if e] or [None]:
+            prog = Program(cfg, FS(Paths()), event=event)
+            prog.set_targets({os.getpid()}, set())
+            where = prog.event if prog.event in ("fexit", "kretprobe") else "vmscan:" + prog.event
+            emit(["", f"# program attached to {where}"])
+            for flush in {"both": (False, True), "flush": (True,), "noflush": (False,)}[args.tlb]:
+                emit(["", f"## accuracy ({where}): {args.size >> 20} MiB mapping, {args.rounds} rounds per "
+                          f"pattern (one aging per round), regions found accessed vs regions holding a touched "
+                          f"page; " + ("TLB flushed before each round's touches" if flush else
+                                       "no TLB flush (touches through a stale TLB entry set no accessed bit)")])
+                emit(accuracy(prog, m, mid, args.rounds, seed=5, flush=flush))
+            prog.close()
         del m
     if "overhead" not in skip:
         m = Mapping(args.overhead_size)
