@@ -64,7 +64,7 @@ def test_mglru_off_is_left_off(memcgs, workloads, tmp_path):
     assert int(ENABLED.read_text(), 16) == 0, ENABLED.read_text()
     cfg = tmp_path / "mglrud.yaml"
     w = workloads("--size", "16M", cgroup=memcgs("stock-off"))
-    cfg.write_text(f"targets: [{{name: off, pid: {w.pid}}}]\nsnapshot: {{interval: 1s}}\n")
+    cfg.write_text(f"targets: [{{name: mglruoff, pid: {w.pid}}}]\nsnapshot: {{interval: 1s}}\n")
     check = subprocess.run([sys.executable, "-m", "mglrud", "check", "-c", str(cfg)], capture_output=True,
                            text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(bh.REPO)})
     print(check.stdout)
@@ -77,7 +77,7 @@ def test_mglru_off_is_left_off(memcgs, workloads, tmp_path):
     assert "MGLRU is off" in row["bpf", "program"] and "fexit on ptep_test_and_clear_young" in row["bpf", "program"]
     d = DaemonProc.start(["-c", str(cfg), "--listen.port", "0"], tmp_path / "mglrud.log", wait=600)
     try:
-        text = d.wait_metrics(lambda t: any(lab["target"] == "off" and v >= 16 << 20 for lab, v in
+        text = d.wait_metrics(lambda t: any(lab["target"] == "mglruoff" and v >= 16 << 20 for lab, v in
                                             samples(t, "mglrud_mapping_resident_bytes")), "the workload's mapping")
     finally:
         d.stop()
