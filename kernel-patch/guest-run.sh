@@ -30,20 +30,8 @@ if [ -n "${MGLRUD_STOCK:-}" ]; then
             case "$(basename "$f")" in build|source) ;; *) ln -s "$f" "$mods/" ;; esac
         done
     fi
-    # Copied into the guest's tmpfs (about 60 MB: the x86 headers only): clang looks each
-    # #include up in several directories, and every lookup on the host's 9p mount is a
-    # round trip through the emulator; on it bcc's compile took 10-14 min in a busy guest.
-    src=$MGLRUD_STOCK/usr/src hdr=/tmp/mglrud-stock-headers
-    if [ ! -d "$hdr/common/include" ]; then
-        mkdir -p "$hdr/build" "$hdr/common/arch"
-        cp -a "$src/linux-headers-$kver/." "$hdr/build/"
-        cp -a "$src/linux-headers-${kver%-*}-common/Makefile" "$src/linux-headers-${kver%-*}-common/include" \
-            "$hdr/common/"
-        cp -a "$src/linux-headers-${kver%-*}-common/arch/x86" "$hdr/common/arch/"
-        echo "[guest] stock headers copied to $hdr ($(du -sm "$hdr" | cut -f1) MB)"
-    fi
-    ln -sfn "$hdr/build" "$mods/build"
-    ln -sfn "$hdr/common" "$mods/source"
+    ln -sfn "$MGLRUD_STOCK/usr/src/linux-headers-$kver" "$mods/build"
+    ln -sfn "$MGLRUD_STOCK/usr/src/linux-headers-${kver%-*}-common" "$mods/source"
     ls "$mods/build/include/generated/autoconf.h" "$mods/source/include/linux/mm.h" >/dev/null \
         || echo "[guest] the stock kernel's headers are not where bcc looks ($mods/build, $mods/source)"
 fi
