@@ -74,3 +74,22 @@ def test_switch_on_without_config_lru_gen(tmp_path):
     assert "no CONFIG_LRU_GEN" in lru_gen.switch_on(fs)
     assert not (tmp_path / "sys").exists()
 
+
+
+def test_check_names_the_probe_mode_without_compiling_while_off(tmp_path, monkeypatch):
+    from mglrud import check
+    from mglrud.config import Bpf, Paths
+    from mglrud.fs import FS
+    from mglrud.sources.base import Probe
+
+    off_tree(tmp_path)
+    fs = FS(Paths(sysfs=str(tmp_path / "sys"), debugfs=str(tmp_path / "debugfs")))
+    monkeypatch.setattr(check.bpf_hotness, "probe", lambda fs: Probe("bpf", True, "fexit on ptep_test_and_clear_young"))
+
+    def no_compile(*a, **kw):
+        raise AssertionError("compiled while MGLRU is off")
+    monkeypatch.setattr(check.bpf_hotness, "Program", no_compile)
+    row = check.bpf_program(fs, Bpf())
+    assert not row.ok
+    assert row.detail == "not tried: MGLRU is off (lru_gen enabled above); once on, it would use: fexit on " \
+                         "ptep_test_and_clear_young"
