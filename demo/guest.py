@@ -108,10 +108,7 @@ class Viewer(threading.Thread):
         while not self.stop.is_set():
             try:
                 doc = get_json(self.base)
-                with self.lock:
-                    # names from /proc/PID/maps at every poll, not every 10 s: the fill maps new
-                    # slab pages, and a region first seen unnamed would get a row of its own
-                    self.history.maps_at = float("-inf")
+                with self.lock:  # History re-reads /proc/PID/maps when a region is new (new slab pages)
                     if self.history.add(doc):
                         self.last = doc
             except client.FetchError as e:
