@@ -321,7 +321,10 @@ def describe(s: dict) -> str:
         f"{s['ratio']:.1f}x over {s['passes_in_reads']} passes",
         f"never read: keys 0..{s['never_read_keys'] - 1}, wholly in {len(s['never_read'])} regions "
         f"{span(s['never_read'])}: mean heat {s['heat_never_read']:.2f}; found accessed during the reads: "
-        f"{', '.join(hex(r) for r in s['never_read_found']) or 'none'}",
+        f"{', '.join(hex(r) for r in s['never_read_found']) or 'none'}" if s["never_read"] else
+        f"never read: keys 0..{s['never_read_keys'] - 1}, wholly in no region (each of theirs holds read keys "
+        f"too: a 2 MiB region holds about {REGION // (s['filled_bytes'] // s['keys'])} keys; a smaller "
+        f"--read-fraction leaves more never read)",
     ]
     if "alone_passes" in s:
         lines.append(f"memcached alone ({s['alone_passes']} passes, no client): "
