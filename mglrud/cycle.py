@@ -9,7 +9,9 @@ sources/selection.py (`sources:` in the config). Per cycle it:
    table (targets.ProcTable);
 2. resolves targets to memcgs and lets each source prepare (`before_aging`:
    the BPF source loads its target maps, so that the aging about to run is counted);
-3. ages the memcgs that are due (mglrud/aging.py), and reads lru_gen again;
+3. ages the memcgs that are due (mglrud/aging.py), and reads lru_gen again, parsing only
+   the aged memcgs' sections (and any new memcg): the others keep the first read's
+   generations, from just before the aging writes (lru_gen.reparse());
 4. asks each source for its part and assembles the immutable Snapshot (lru_gen's part
    leaves out what the cardinality controls say: sources/lru_gen.py select()).
 
@@ -115,7 +117,8 @@ class Engine:
             if due:
                 self.aging.age(due, lruvecs, owner, resolutions, self.writer, lambda: lru_gen.read(self.fs))
                 try:
-                    lruvecs = lru_gen.read(self.fs)
+                    # only the aged memcgs' sections are parsed again (lru_gen.reparse())
+                    lruvecs = lru_gen.read(self.fs, lruvecs, set(due))
                 except lru_gen.Unavailable as e:
                     lruvecs, status = (), SourceStatus(lru_gen.NAME, False, str(e))
                 inputs = dataclasses.replace(inputs, lruvecs=lruvecs, index=memcg_index(lruvecs))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import re
 import time
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +37,16 @@ _MEMCG = re.compile(r"memcg +(\d+) ?(.*)")
 _NODE = re.compile(r" node +(\d+)")
 # Generation(...) without the NamedTuple's Python-level __new__: tens of thousands a read
 _tuple_new = tuple.__new__
+_anon, _file = itemgetter(2), itemgetter(3)  # Generation.anon_pages, .file_pages
+
+
+def _histogram(memcg_id: int, path: str, node: int, generations: tuple) -> GenHistogram:
+    """GenHistogram(...) without the frozen dataclass' __init__ (one object.__setattr__ a
+    field): the same object, at a third of the cost, thousands of times a read."""
+    h = object.__new__(GenHistogram)
+    object.__setattr__(h, "__dict__", {"memcg_id": memcg_id, "memcg_path": path, "node": node,
+                                       "generations": generations})
+    return h
 
 
 class ParseError(ValueError):
@@ -61,11 +72,13 @@ def parse(text: str) -> tuple[GenHistogram, ...]:
     node: int | None = None
     gens: list[Generation] = []
 
+    last = -1  # the latest generation's seq in this lruvec
+
     def flush() -> None:
         if memcg is not None and node is not None:
             if not gens:
                 raise ParseError(f"memcg {memcg[0]} node {node} has no generations")
-            out.append(GenHistogram(memcg[0], memcg[1], node, tuple(gens)))
+            out.append(_histogram(memcg[0], memcg[1], node, tuple(gens)))
 
     for lineno, line in enumerate(text.splitlines(), 1):
         words = line.split()
@@ -83,9 +96,10 @@ def parse(text: str) -> tuple[GenHistogram, ...]:
                 except ValueError:
                     raise ParseError(f"line {lineno}: cannot read page counts in {line.strip()!r}") from None
             seq = int(words[0])
-            if gens and seq <= gens[-1].seq:
-                raise ParseError(f"line {lineno}: generation {seq} after {gens[-1].seq}")
+            if seq <= last and gens:
+                raise ParseError(f"line {lineno}: generation {seq} after {last}")
             gens.append(_tuple_new(Generation, (seq, int(words[1]) / 1000.0, anon, file)))
+            last = seq
             continue
         if not words:
             continue
@@ -108,9 +122,48 @@ def parse(text: str) -> tuple[GenHistogram, ...]:
     return tuple(out)
 
 
-def read(fs: FS) -> tuple[GenHistogram, ...]:
+def reparse(text: str, previous: tuple[GenHistogram, ...], fresh: set[str]) -> tuple[GenHistogram, ...]:
+    """parse(text) for a read taken just after aging `fresh` (memcg paths), `previous` being
+    the read before it: every memcg in `fresh`, and every one not in `previous` under the same
+    id, is parsed from `text`; the others keep their lruvecs from `previous`. In `text`'s order.
+
+    Why: lru_gen was parsed whole before and after aging, most of a cycle at thousands of
+    memcgs, while a wake-up ages a few of them (aging.WAKEUPS groups an interval). What the
+    others keep is the read of a moment earlier (before the aging writes), as good as the
+    snapshot's own age. Text that does not split cleanly into memcg sections, or more than
+    half of it fresh, is parsed whole."""
+    if len(fresh) * 2 > len({h.memcg_path for h in previous}) or not text.startswith("memcg ") \
+            or len(text.splitlines()) != text.count("\n") + (not text.endswith("\n")):
+        return parse(text)  # (a line break other than \n: the sections would not be parse()'s lines)
+    sections = []
+    for section in text[len("memcg "):].split("\nmemcg "):
+        end = section.find("\n")
+        m = _MEMCG.fullmatch("memcg " + (section if end < 0 else section[:end]))
+        if m is None:
+            return parse(text)
+        sections.append(((int(m.group(1)), m.group(2) or "/"), section))
+    kept: dict[tuple[int, str], list[GenHistogram]] = {}
+    for h in previous:
+        kept.setdefault((h.memcg_id, h.memcg_path), []).append(h)
+    # a memcg listed twice under one id and path (dying twins, id 0) is parsed: which is which is unknown
+    twice = {key for key, hs in kept.items() if len({h.node for h in hs}) != len(hs)}
+    seen: set[tuple[int, str]] = set()
+    for key, _ in sections:
+        if key in seen:
+            twice.add(key)
+        seen.add(key)
+    out: list[GenHistogram] = []
+    for key, section in sections:
+        if key[1] in fresh or key not in kept or key in twice:
+            out += parse("memcg " + section + ("" if section.endswith("\n") else "\n"))
+        else:
+            out += kept[key]
+    return tuple(out)
+
+
+def read_text(fs: FS) -> str:
     try:
-        text = fs.lru_gen.read_text()
+        return fs.lru_gen.read_text()
     except FileNotFoundError:
         raise Unavailable(
             f"{fs.lru_gen} does not exist: mount debugfs (mount -t debugfs none {fs.paths.debugfs}) "
@@ -119,8 +172,14 @@ def read(fs: FS) -> tuple[GenHistogram, ...]:
         raise Unavailable(f"{fs.lru_gen} is not readable: run mglrud as root", "eperm") from None
     except OSError as e:
         raise Unavailable(f"cannot read {fs.lru_gen}: {e.strerror}") from None
+
+
+def read(fs: FS, previous: tuple[GenHistogram, ...] = (), fresh: set[str] | None = None
+         ) -> tuple[GenHistogram, ...]:
+    """lru_gen, parsed; with `fresh`: read just after aging those memcgs (see reparse())."""
+    text = read_text(fs)
     try:
-        return parse(text)
+        return parse(text) if fresh is None else reparse(text, previous, fresh)
     except ParseError as e:
         raise Unavailable(f"cannot parse {fs.lru_gen}: {e}") from None
 
@@ -235,8 +294,9 @@ def select(lruvecs: tuple[GenHistogram, ...], owner: dict[str, str], cap: int, k
     cycle and not in every consumer of the Snapshot.
     """
     pages: dict[str, int] = {}
-    for h in lruvecs:
-        pages[h.memcg_path] = pages.get(h.memcg_path, 0) + h.pages("anon") + h.pages("file")
+    for h in lruvecs:  # h.pages("anon") + h.pages("file"), summed in C: it runs per lruvec per cycle
+        pages[h.memcg_path] = (pages.get(h.memcg_path, 0) + sum(map(_anon, h.generations))
+                               + sum(map(_file, h.generations)))
     by_target: dict[str, list[str]] = {}
     for path in pages:
         by_target.setdefault(owner.get(path, ""), []).append(path)
