@@ -23,7 +23,7 @@ from typing import Callable
 
 from prometheus_client import ProcessCollector
 
-from mglrud import systemd, webconfig
+from mglrud import memory, systemd, webconfig
 from mglrud.collectors import Published
 from mglrud.collectors.reload import ReloadCollector, ReloadState
 from mglrud.config import Config, ConfigError, escape
@@ -121,6 +121,7 @@ class Daemon:
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
 
     def run(self) -> int:
+        memory.tune()  # big buffers (response bodies, rendered snapshots) unmapped when freed
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)

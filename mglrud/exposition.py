@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as om_format
 
-from mglrud import collectors
+from mglrud import collectors, memory
 from mglrud.collectors import Published, selfmetrics
 
 TEXT = text_format.CONTENT_TYPE_LATEST
@@ -87,14 +87,14 @@ def encode(families: Iterable, openmetrics: bool) -> bytes:
 
 def render_snapshot(snapshot, openmetrics: bool = False) -> bytes:
     """Part 2 as bytes: what the cache keeps per snapshot and format. The per-memcg families
-    are written directly (collectors/memcg.py text(): client_python's per-sample path was
+    are written directly (collectors/memcg.py render(): client_python's per-sample path was
     ~10 us a series, and they are nearly all of them); the others by client_python. The
     bytes are the same as encode(snapshot_families(snapshot)) (tests/unit/test_exposition.py)."""
     chunks: list[bytes] = []
     pending: list = []
     for f in collectors.families(snapshot, snapshot.taken_at, direct=True):
         if isinstance(f, collectors.Text):
-            chunks += [encode(pending, openmetrics), f.render(openmetrics).encode()]
+            chunks += [encode(pending, openmetrics), *f.render(openmetrics)]
             pending = []
         elif f.name not in PER_SCRAPE:
             pending.append(f)
@@ -170,6 +170,7 @@ class RenderCache:
                     slot.value = self._render(snapshot, openmetrics)
                     with self._lock:
                         self.renders += 1
+                    memory.trim()  # the render's garbage: tens of MiB at thousands of memcgs
             return slot.value
 
 

@@ -40,10 +40,10 @@ class Published:
 
 class Text:
     """In place of a module's families (families(direct=True)): their text, written by the
-    module itself (memcg.text()) -- the same bytes client_python's encoders would write."""
+    module itself (memcg.chunks()) -- the same bytes client_python's encoders would write."""
 
-    def __init__(self, render: Callable[[bool], str]):
-        self.render = render  # openmetrics -> text
+    def __init__(self, render: Callable[[bool], list[bytes]]):
+        self.render = render  # openmetrics -> the text in chunks, to be joined
 
 
 def families(snap: Snapshot | None, now: float, direct: bool = False):
@@ -60,7 +60,7 @@ def families(snap: Snapshot | None, now: float, direct: bool = False):
     off = getattr(snap, "disabled_families", frozenset())
     for module in (memcg, workload, procfs, bpf):
         if direct and module is memcg:
-            yield Text(lambda openmetrics: memcg.text(snap, openmetrics))  # applies metrics.disable itself
+            yield Text(lambda openmetrics: memcg.chunks(snap, openmetrics))  # applies metrics.disable itself
             continue
         yield from (f for f in module.families(snap) if f.name not in off)
 

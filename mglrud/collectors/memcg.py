@@ -121,7 +121,12 @@ class _Spelled(dict):
         return s
 
 
-def text(snap, openmetrics: bool = False) -> str:
+def render(snap, openmetrics: bool = False) -> bytes:
+    """The families' text (chunks(), joined)."""
+    return b"".join(chunks(snap, openmetrics))
+
+
+def chunks(snap, openmetrics: bool = False) -> list[bytes]:
     """families(snap) as client_python's encoder writes them (text 0.0.4, or OpenMetrics without
     its `# EOF`), byte for byte (tests/unit/test_exposition.py compares the two on every fixture).
 
@@ -130,9 +135,11 @@ def text(snap, openmetrics: bool = False) -> str:
     sample on them: at 3,000 memcgs 1.8 s and most of the daemon's peak memory a render. Here
     each memcg's, node's and lru's label text is built once and every line is one f-string;
     labels are in client_python's order (sorted by name); values are spelled by
-    floatToGoString, once per distinct value (byte counts repeat, 0 above all)."""
+    floatToGoString, once per distinct value (byte counts repeat, 0 above all). Lines are
+    encoded a batch of memcgs at a time, so the peak is the bytes, not the lines as str objects
+    (~150 bytes each over their text), and the caller joins the chunks once, with its own."""
     if snap is None:
-        return ""
+        return []
     off = getattr(snap, "disabled_families", frozenset())
     want_res, want_gen, want_age, want_cold, want_idle = (
         FAMILIES[k] not in off for k in ("resident", "generation", "generation_age", "cold", "idle_age"))
@@ -147,8 +154,11 @@ def text(snap, openmetrics: bool = False) -> str:
     # bisect and the rest a running sum (integers: the same totals).
     ascending = list(edges) == sorted(edges)
     gen_labels: dict[int, list[str]] = {}
-    resident, gen_bytes, gen_age, cold, idle, gcount, gsum = [], [], [], [], [], [], []
-    for h in snap.lruvecs:
+    resident, gen_bytes, gen_age, cold, idle, gcount, gsum = lists = [], [], [], [], [], [], []
+    encoded: list[list[bytes]] = [[] for _ in lists]
+    for seen, h in enumerate(snap.lruvecs, 1):
+        if seen % _BATCH == 0:
+            _encode(lists, encoded)
         mn = f'memcg="{_escape(h.memcg_path)}",node="{h.node}"'
         gens = h.generations
         gl = gen_labels.get(len(gens))
@@ -186,20 +196,32 @@ def text(snap, openmetrics: bool = False) -> str:
                 else:
                     gcount.append(f"{n_idle}_gcount{{{lm}}} {values[-1]}\n")
                     gsum.append(f"{n_idle}_gsum{{{lm}}} {seconds}\n")
-    out = []
-    for want, key, lines in ((want_res, "resident", resident), (want_gen, "generation", gen_bytes),
-                             (want_age, "generation_age", gen_age), (want_cold, "cold", cold)):
+    _encode(lists, encoded)
+    res_b, gen_b, age_b, cold_b, idle_b, gcount_b, gsum_b = encoded
+    out: list[bytes] = []
+    for want, key, chunks in ((want_res, "resident", res_b), (want_gen, "generation", gen_b),
+                              (want_age, "generation_age", age_b), (want_cold, "cold", cold_b)):
         if want:
-            out.append(_head(FAMILIES[key], HELP[_HELP_KEY[key]], "gauge", openmetrics))
-            out += lines
+            out.append(_head(FAMILIES[key], HELP[_HELP_KEY[key]], "gauge", openmetrics).encode())
+            out += chunks
     if want_idle:
         doc = HELP["idle"]
-        out.append(_head(n_idle, doc, "gaugehistogram" if openmetrics else "histogram", openmetrics))
-        out += idle
-        if gcount:  # text 0.0.4: client_python moves _gcount and _gsum to gauges after the family
-            out += [_head(n_idle + "_gcount", doc, "gauge", False)] + gcount
-            out += [_head(n_idle + "_gsum", doc, "gauge", False)] + gsum
-    return "".join(out)
+        out.append(_head(n_idle, doc, "gaugehistogram" if openmetrics else "histogram", openmetrics).encode())
+        out += idle_b
+        if gcount_b:  # text 0.0.4: client_python moves _gcount and _gsum to gauges after the family
+            out += [_head(n_idle + "_gcount", doc, "gauge", False).encode()] + gcount_b
+            out += [_head(n_idle + "_gsum", doc, "gauge", False).encode()] + gsum_b
+    return out
+
+
+_BATCH = 256  # lruvecs whose lines are encoded together
+
+
+def _encode(lists: list[list[str]], encoded: list[list[bytes]]) -> None:
+    for lines, chunks in zip(lists, encoded):
+        if lines:
+            chunks.append("".join(lines).encode())
+            lines.clear()
 
 
 _HELP_KEY = {"resident": "resident", "generation": "generation", "generation_age": "age", "cold": "cold",

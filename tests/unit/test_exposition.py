@@ -120,7 +120,7 @@ def test_concurrent_scrapes_of_one_snapshot_render_it_once_and_a_new_snapshot_re
 # ---------------------------------------------------------------- the memcg families, written directly
 
 def test_both_formats_are_byte_identical_to_client_pythons_encoders_on_every_fixture(tmp_path):
-    """render_snapshot() writes the memcg families itself (collectors/memcg.py text()); the rest
+    """render_snapshot() writes the memcg families itself (collectors/memcg.py render()); the rest
     and the reference are client_python's encoders over the same families."""
     (tmp_path / "synthetic").mkdir()
     seen = 0
@@ -159,14 +159,17 @@ def _hostile_snapshot(**kw):
     {"lruvecs": ()},
 ], ids=["defaults", "buckets", "unsorted-buckets", "big-pages-no-thresholds", "disable-2", "disable-other-2",
         "no-lruvecs"])
-def test_memcg_text_matches_client_python_on_hostile_paths_and_values(kw):
+def test_memcg_text_matches_client_python_on_hostile_paths_and_values(kw, monkeypatch):
     from mglrud.collectors import memcg
     snap = _hostile_snapshot(**kw)
     off = snap.disabled_families
     for om in (False, True):
         want = exposition.encode([f for f in memcg.families(snap) if f.name not in off], om)
-        assert memcg.text(snap, om).encode() == want, om
-    assert memcg.text(None) == ""
+        assert memcg.render(snap, om) == want, om
+        with monkeypatch.context() as m:
+            m.setattr(memcg, "_BATCH", 4)  # lines encoded in several batches: the same bytes
+            assert memcg.render(snap, om) == want, om
+    assert memcg.render(None) == b""
 
 
 def test_values_are_spelled_as_floattogostring_does():
@@ -179,3 +182,13 @@ def test_values_are_spelled_as_floattogostring_does():
     spelled = _Spelled()
     for v in ints + [4096 * n for n in range(0, 10 ** 6, 7919)] + floats:
         assert spelled[v] == floatToGoString(v), v
+
+
+def test_trim_and_tune_reach_glibc():
+    import ctypes.util
+    import platform
+    from mglrud import memory
+    libc = platform.libc_ver()[0]
+    assert memory.trim() is (libc == "glibc"), libc  # this project's machines and guests: Debian, glibc
+    assert memory.tune() is (libc == "glibc")
+    assert ctypes.util.find_library("c")
