@@ -159,7 +159,7 @@ def chunks(snap, openmetrics: bool = False) -> list[bytes]:
     for seen, h in enumerate(snap.lruvecs, 1):
         if seen % _BATCH == 0:
             _encode(lists, encoded)
-        mn = f'memcg="{_escape(h.memcg_path)}",node="{h.node}"'
+        mn = f'memcg="{_escape(h.memcg_path)}",numa_node="{h.node}"'
         gens = h.generations
         gl = gen_labels.get(len(gens))
         if gl is None:  # gen="0" is the youngest, the last one
