@@ -134,21 +134,35 @@ def reparse(text: str, previous: tuple[GenHistogram, ...], fresh: set[str]) -> t
             return parse(text)
         sections.append(((int(m.group(1)), m.group(2) or "/"), section))
     kept: dict[tuple[int, str], list[GenHistogram]] = {}
+    twice: set[tuple[int, str]] = set()  # listed twice under one id and path (dying twins, id 0): parsed
     for h in previous:
-        kept.setdefault((h.memcg_id, h.memcg_path), []).append(h)
-    # a memcg listed twice under one id and path (dying twins, id 0) is parsed: which is which is unknown
-    twice = {key for key, hs in kept.items() if len({h.node for h in hs}) != len(hs)}
+        key = (h.memcg_id, h.memcg_path)
+        hs = kept.get(key)
+        if hs is None:
+            kept[key] = [h]
+        elif h.node == hs[0].node:
+            twice.add(key)
+        else:
+            hs.append(h)
     seen: set[tuple[int, str]] = set()
     for key, _ in sections:
         if key in seen:
             twice.add(key)
         seen.add(key)
+    parse_these = [key[1] in fresh or key not in kept or key in twice for key, _ in sections]
+    # the sections to parse, parsed together (one call, not one per section), then taken
+    # back in order: a section's lruvecs are the next ones under its key
+    parsed = parse("".join(f"memcg {section}" if section.endswith("\n") else f"memcg {section}\n"
+                           for (key, section), p in zip(sections, parse_these) if p)) if any(parse_these) else ()
     out: list[GenHistogram] = []
-    for key, section in sections:
-        if key[1] in fresh or key not in kept or key in twice:
-            out += parse("memcg " + section + ("" if section.endswith("\n") else "\n"))
-        else:
+    i = 0
+    for (key, _), p in zip(sections, parse_these):
+        if not p:
             out += kept[key]
+            continue
+        while i < len(parsed) and (parsed[i].memcg_id, parsed[i].memcg_path) == key:
+            out.append(parsed[i])
+            i += 1
     return tuple(out)
 
 
