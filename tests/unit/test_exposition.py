@@ -192,3 +192,23 @@ def test_trim_and_tune_reach_glibc():
     assert memory.trim() is (libc == "glibc"), libc  # this project's machines and guests: Debian, glibc
     assert memory.tune() is (libc == "glibc")
     assert ctypes.util.find_library("c")
+
+
+def test_gc_paused_restores_the_collector_as_it_was():
+    import gc
+    from mglrud import memory
+    from mglrud.sources import lru_gen
+    assert gc.isenabled()
+    with memory.gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(lru_gen.ParseError):
+        lru_gen.parse("hello\n")  # parse() pauses it: an error leaves it on
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with memory.gc_paused():
+            pass
+        assert not gc.isenabled()  # off before: still off
+    finally:
+        gc.enable()
