@@ -32,6 +32,7 @@ from mglrud import sources
 from mglrud.aging import Aging, spacing
 from mglrud.config import Config, Target
 from mglrud.fs import FS, Writer, make_writer
+from mglrud.memory import gc_paused
 from mglrud.model import Snapshot, SourceStatus, TargetState
 from mglrud.model.lru_gen import GenHistogram
 from mglrud.sources import lru_gen, selection
@@ -96,6 +97,13 @@ class Engine:
     # ------------------------------------------------------------ the cycle
 
     def cycle(self, age: bool = True, age_all: bool = False) -> Snapshot:
+        # A cycle allocates tens of thousands of objects at thousands of memcgs and makes no
+        # reference cycles: the collector, run dozens of times over everything the daemon holds,
+        # would free nothing (memory.gc_paused()); it runs after.
+        with gc_paused():
+            return self._cycle(age, age_all)
+
+    def _cycle(self, age: bool, age_all: bool) -> Snapshot:
         cfg = self.config
         if selection.reprobe(cfg.sources, self.choice):
             self._choose()  # debugfs may have been mounted since: lru_gen then takes over

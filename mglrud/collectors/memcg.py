@@ -14,6 +14,7 @@ from itertools import accumulate
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from mglrud.memory import gc_paused
 from mglrud.model.lru_gen import LRUS, cold_pages, idle_histogram, idle_lower_bounds
 
 # metrics.disable keys -> the families they switch off (collectors/__init__.py gathers them).
@@ -127,6 +128,13 @@ def render(snap, openmetrics: bool = False) -> bytes:
 
 
 def chunks(snap, openmetrics: bool = False) -> list[bytes]:
+    """render()'s text in pieces, made with the cyclic collector paused (memory.gc_paused():
+    the lists of lines make no cycles)."""
+    with gc_paused():
+        return _chunks(snap, openmetrics)
+
+
+def _chunks(snap, openmetrics: bool) -> list[bytes]:
     """families(snap) as client_python's encoder writes them (text 0.0.4, or OpenMetrics without
     its `# EOF`), byte for byte (tests/unit/test_exposition.py compares the two on every fixture).
 
