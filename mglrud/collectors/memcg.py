@@ -175,7 +175,12 @@ def _chunks(snap, openmetrics: bool) -> list[bytes]:
         if want_age:
             gen_age += [f"{n_age}{{{g_}{mn}}} {spell[g.age_seconds]}\n" for g_, g in zip(gl, gens)]
         bounds = idle_lower_bounds(h)
-        cold_gens = [(ts, [j for j, b in enumerate(bounds) if b >= t]) for t, ts in thresholds]
+        # per threshold the generations idle at least that long: usually the oldest k (bounds do
+        # not grow towards the youngest), summed as a slice
+        cold_gens = []
+        for t, ts in thresholds:
+            js = [j for j, b in enumerate(bounds) if b >= t]
+            cold_gens.append((ts, len(js) if js[-1:] == [len(js) - 1] or not js else -1, js))
         first = [bisect_left(edges, b) for b in bounds] if ascending else None
         for lru in LRUS:
             counts = [g.anon_pages for g in gens] if lru == "anon" else [g.file_pages for g in gens]
@@ -185,8 +190,9 @@ def _chunks(snap, openmetrics: bool) -> list[bytes]:
             if want_gen:
                 gen_bytes += [f"{n_gen}{{{g_}{lm}}} {spell[n * page]}\n" for g_, n in zip(gl, counts)]
             if want_cold:
-                cold += [f'{n_cold}{{{lm},threshold="{ts}"}} {spell[sum([counts[j] for j in js]) * page]}\n'
-                         for ts, js in cold_gens]
+                cold += [f'{n_cold}{{{lm},threshold="{ts}"}} '
+                         f'{spell[(sum(counts[:k]) if k >= 0 else sum([counts[j] for j in js])) * page]}\n'
+                         for ts, k, js in cold_gens]
             if want_idle:
                 if first is not None:
                     per = [0] * len(edges)

@@ -144,6 +144,9 @@ def _hostile_snapshot(**kw):
                                     (2 ** 53 + 7) * (k == 5) + g * 999_999) for g in range(1 + (k + node) % 4))
             lruvecs.append(GenHistogram(k + 1, path, node, gens))
     lruvecs.append(GenHistogram(99, "/empty", 0, (Generation(1, 0.0, 0, 0),)))
+    # ages that do not fall towards the youngest (not what the kernel prints; the maths must not care)
+    lruvecs.append(GenHistogram(98, "/odd", 2, tuple(Generation(s, a, 5 * s, 7 * s) for s, a in
+                                                     ((1, 1.0), (2, 100.0), (3, 5.0), (4, 200.0)))))
     base = dict(taken_at=1.7e9, page_size=4096, cold_thresholds=(30.0, 60.0, 120.0, 1e7),
                 idle_age_buckets=(), lruvecs=tuple(lruvecs))
     return Snapshot(**{**base, **kw})
