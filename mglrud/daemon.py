@@ -189,6 +189,11 @@ class Daemon:
                         log.exception("cycle failed; keeping the previous snapshot")
                         # not a tight loop of tracebacks (nor a watchdog kill: the loop is alive)
                         self._sleep(min(self.config.snapshot_interval, self.watchdog.interval))
+                    else:
+                        try:
+                            exposition.prepare()  # rendered here, not in the next scrapes
+                        except Exception:
+                            log.exception("rendering the snapshot ahead failed; scrapes will render it")
                     next_publish = time.monotonic() + self.config.snapshot_interval
                     self._send_status()
                 timeout = min(self.engine.due_in(), next_publish - time.monotonic(), self.watchdog.interval)

@@ -215,3 +215,28 @@ def test_gc_paused_restores_the_collector_as_it_was():
         assert not gc.isenabled()  # off before: still off
     finally:
         gc.enable()
+
+
+def test_prepare_renders_ahead_only_the_variants_scrapes_asked_for_lately(tmp_path):
+    import dataclasses
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    published = Published(snap)
+    now = [100.0]
+    exp = exposition.Exposition(published, wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+    assert exp.prepare() == 0 and exp.cache.renders == 0  # nobody asked yet
+    plain, _ = exp.metrics()
+    exp.metrics(accept="application/openmetrics-text", accept_encoding="gzip")
+    assert exp.cache.renders == 2
+    newer = dataclasses.replace(snap, taken_at=snap.taken_at + 10)
+    published.publish(newer)
+    now[0] += 30
+    assert exp.prepare() == 2 and exp.cache.renders == 4  # text and OpenMetrics (its gzip from it)
+    renders = exp.cache.renders
+    fresh = exposition.Exposition(Published(newer), wall=lambda: TAKEN_AT + 1)
+    assert exp.metrics()[0] == fresh.metrics()[0] != plain
+    om = "application/openmetrics-text"
+    assert gzip.decompress(exp.metrics(accept=om, accept_encoding="gzip")[0]) == fresh.metrics(accept=om)[0]
+    assert exp.cache.renders == renders  # the scrapes found the bytes made
+    published.publish(dataclasses.replace(newer, taken_at=newer.taken_at + 10))
+    now[0] += exposition.Exposition.RECENT + 1  # nobody asked for two minutes: nothing ahead
+    assert exp.prepare() == 0 and exp.cache.renders == renders
