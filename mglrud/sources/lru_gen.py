@@ -18,7 +18,8 @@ import errno
 import re
 import time
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import groupby
+from operator import attrgetter, itemgetter
 from typing import Callable
 
 from mglrud.config import Config
@@ -39,6 +40,7 @@ _NODE = re.compile(r" node +(\d+)")
 # Generation(...) without the NamedTuple's Python-level __new__: tens of thousands a read
 _tuple_new = tuple.__new__
 _anon, _file = itemgetter(2), itemgetter(3)  # Generation.anon_pages, .file_pages
+_memcg_key, _node = attrgetter("memcg_id", "memcg_path"), attrgetter("node")
 
 
 class ParseError(ValueError):
@@ -135,22 +137,18 @@ def reparse(text: str, previous: tuple[GenHistogram, ...], fresh: set[str]) -> t
         return parse(text)  # (a line break other than \n: the sections would not be parse()'s lines)
     sections = []
     for section in text[len("memcg "):].split("\nmemcg "):
-        end = section.find("\n")
-        m = _MEMCG.fullmatch("memcg " + (section if end < 0 else section[:end]))
-        if m is None:
+        # _MEMCG's reading of "memcg" + header: spaces, the id's digits, one space, the path
+        memcg_id, _, path = section.partition("\n")[0].lstrip(" ").partition(" ")
+        if not memcg_id.isdecimal():
             return parse(text)
-        sections.append(((int(m.group(1)), m.group(2) or "/"), section))
+        sections.append(((int(memcg_id), path or "/"), section))
     kept: dict[tuple[int, str], list[GenHistogram]] = {}
     twice: set[tuple[int, str]] = set()  # listed twice under one id and path (dying twins, id 0): parsed
-    for h in previous:
-        key = (h.memcg_id, h.memcg_path)
-        hs = kept.get(key)
-        if hs is None:
-            kept[key] = [h]
-        elif h.node == hs[0].node:
+    for key, group in groupby(previous, _memcg_key):  # a memcg's lruvecs are consecutive
+        hs = list(group)
+        if key in kept or (len(hs) > 1 and len(set(map(_node, hs))) != len(hs)):
             twice.add(key)
-        else:
-            hs.append(h)
+        kept[key] = hs
     seen: set[tuple[int, str]] = set()
     for key, _ in sections:
         if key in seen:
