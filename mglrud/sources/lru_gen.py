@@ -73,6 +73,10 @@ def _parse(text: str) -> tuple[GenHistogram, ...]:
     gens: list[Generation] = []
 
     last = -1  # the latest generation's seq in this lruvec
+    # " node     0" -> 0: a few distinct lines, each thousands of times (a regex each was a sixth
+    # of the parse)
+    node_lines: dict[str, int] = {}
+    n: int | None = None
 
     def flush() -> None:
         if memcg is not None and node is not None:
@@ -103,15 +107,25 @@ def _parse(text: str) -> tuple[GenHistogram, ...]:
             continue
         if not words:
             continue
-        if line.startswith("memcg") and (m := _MEMCG.fullmatch(line)):
-            flush()
-            memcg, node, gens = (int(m.group(1)), m.group(2) or "/"), None, []
-            continue
-        if words[0] == "node" and (m := _NODE.fullmatch(line.rstrip())):
+        if line.startswith("memcg"):
+            # _MEMCG's reading (spaces, the id, one space, the path), without a regex per memcg
+            memcg_id, _, path = line[6:].lstrip(" ").partition(" ")
+            if line[5:6] == " " and memcg_id.isdecimal():
+                flush()
+                memcg, node, gens = (int(memcg_id), path or "/"), None, []
+                continue
+            if m := _MEMCG.fullmatch(line):
+                flush()
+                memcg, node, gens = (int(m.group(1)), m.group(2) or "/"), None, []
+                continue
+        if words[0] == "node" and ((n := node_lines.get(line)) is not None
+                                   or (m := _NODE.fullmatch(line.rstrip()))):
             if memcg is None:
                 raise ParseError(f"line {lineno}: node before any memcg line")
             flush()
-            node, gens = int(m.group(1)), []
+            if n is None:
+                n = node_lines[line] = int(m.group(1))
+            node, gens = n, []
             continue
         # lru_gen_full only: per-tier refault stats (tier + 6 marked numbers) and
         # mm-walk stats (4 marked numbers). mglrud does not use them.

@@ -296,3 +296,20 @@ def test_reparse_parses_dying_twins_listed_under_one_id_and_path():
     got = lru_gen.reparse(after, lru_gen.parse(before), {"/a"})
     assert [g.age_seconds for h in got if h.memcg_path == "/dying" for g in h.generations] == [0.9, 0.9]
     assert [h.memcg_path for h in got] == ["/", "/dying", "/dying", "/a", "/b"]
+
+
+@pytest.mark.parametrize("header,memcg_id,path", [
+    ("memcg     1 /", 1, "/"),
+    ("memcg     1 ", 1, "/"),  # memcg disabled: the root has no path
+    ("memcg     1", 1, "/"),
+    ("memcg 12345  /a b", 12345, " /a b"),  # one space after the id; the rest is the path
+    ("memcg 65535 /x/y", 65535, "/x/y"),
+])
+def test_memcg_lines_read_as_the_format_says(header, memcg_id, path):
+    (h,) = lru_gen.parse(header + "\n node     0\n          3        100          1           2 \n")
+    assert (h.memcg_id, h.memcg_path) == (memcg_id, path)
+
+
+def test_a_memcg_line_with_a_tab_is_not_one():
+    with pytest.raises(lru_gen.ParseError, match="line 1: unexpected"):
+        lru_gen.parse("memcg\t1 /x\n node     0\n          3        100          1           2 \n")
