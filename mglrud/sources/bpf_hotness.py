@@ -40,7 +40,6 @@ import dataclasses
 import importlib.util
 import logging
 import os
-import threading
 import time
 from collections import Counter
 
@@ -50,6 +49,7 @@ from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
 from mglrud.sources import bpf_probe
 from mglrud.sources.base import Inputs, Part, Probe
+from mglrud.sources.bpf_build import Build
 from mglrud.sources.bpf_heat import HeatBuilder
 from mglrud.sources.bpf_program import (DEFAULT_PROGRAM, EVENT, HARVESTERS, KEY, MAPS, MAP_ERRORS, MAX_MEMCGS, MAX_TGIDS, Program, RANGE_EVENT, STATS, U32, U64, Unavailable, VAL, cflags, combine_percpu_raw, pick_event, program_path)  # noqa: F401
 from mglrud.targets import ProcTable
@@ -74,45 +74,6 @@ def target_memcgs(targets: tuple[Target, ...], index: dict[str, int]) -> dict[st
     """Memcg targets -> memcg ids, from lru_gen's path -> id index of this cycle."""
     return {t.name: tuple(sorted({i for p, i in index.items() if memcg_matches(t.pattern, p)}))
             for t in targets if t.kind == "memcg"}
-
-
-# ---------------------------------------------------------------- a program compiled off the loop
-
-class Build:
-    """The loader called in a background thread: compiling and attaching takes ~1 s (15-50 s
-    under TCG, up to bpf_loader.TIMEOUT), the thread only waits on the loader child's socket.
-    A build abandoned (close(), another reload) closes its program when it arrives."""
-
-    def __init__(self, loader, cfg: Bpf, fs: FS):
-        self.cfg = cfg
-        self.program = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self._lock = threading.Lock()
-        self._abandoned = False
-        self.thread = threading.Thread(target=self._run, args=(loader, cfg, fs), name="mglrud-bpf-build",
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self, loader, cfg: Bpf, fs: FS) -> None:
-        program, error = None, None
-        try:
-            program = loader(cfg, fs)
-        except BaseException as e:  # noqa: BLE001 - handed to the loop: Unavailable is "down", a bug re-raised
-            error = e
-        with self._lock:
-            if self._abandoned and program is not None:
-                program.close()
-                program = None
-            self.program, self.error = program, error
-        self.done.set()
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            if self.program is not None:
-                self.program.close()
-                self.program = None
 
 
 # ---------------------------------------------------------------- the source
@@ -161,8 +122,9 @@ class BpfHotnessSource(HeatBuilder):
         """Take what a start gave: a program, Unavailable (down, retried later) or a bug (raised)."""
         if error is not None and not isinstance(error, Unavailable):
             raise error
-        if program is not None and self.program is not None:
-            # a reload that recompiled: the old program served until now
+        if self.program is not None and (program is not None or cfg != self.cfg):
+            # a reload that recompiled: the old program served until now (and, when the new
+            # one failed, stops now: the config in force is the new one, retried with backoff)
             self._close_program()
         if program is not None:
             # the new program's maps start from zero: its counts go on from the old one's

@@ -167,3 +167,27 @@ def test_a_reload_back_while_compiling_abandons_the_build_and_closes_its_program
     assert build.done.wait(30)
     assert len(loader.programs) == 2 and loader.programs[1].closed  # abandoned: closed on arrival
     assert not src.poll() and src.program is old and not old.closed
+
+
+def test_a_reload_whose_program_fails_closes_the_old_one_and_retries_the_new_config(tmp_path):
+    cfg = loads(CONFIG)
+    new = dataclasses.replace(cfg, bpf=dataclasses.replace(cfg.bpf, half_life=cfg.bpf.half_life * 2))
+    programs = []
+
+    def loader(c, fs):
+        if programs:
+            raise bpf_hotness.Unavailable("bcc could not compile or load hotness.bpf.c: boom")
+        programs.append(_Program(c, fs))
+        return programs[-1]
+
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, fixture_proc(tmp_path), loader=loader)
+    src.configure(cfg, PROBE, "")
+    before = src.cycle(cfg.targets, INDEX)
+    src.configure(new, PROBE, "")
+    assert src.status().up  # the old program serves while the new one compiles
+    assert src.build.done.wait(30) and src.poll()
+    st = src.status()
+    assert not st.up and "boom" in st.reason
+    assert programs[0].closed and src.program is None  # not left attached, nor leaked
+    assert src.cfg == new.bpf and 0 < src.due_in() <= bpf_hotness.RETRY_FIRST  # the new config, retried
+    assert src.stats == (before.events, before.matched, before.dropped)  # nothing lost
