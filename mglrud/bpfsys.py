@@ -21,6 +21,8 @@ import os
 import platform
 import struct
 
+from mglrud import kernelwrite
+
 # include/uapi/linux/bpf.h, enum bpf_cmd
 MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
@@ -127,9 +129,11 @@ class Map:
 
     def update(self, key: bytes, value: bytes, flags: int = ANY) -> None:
         v = ctypes.create_string_buffer(value, self.slot * self.ncpus)
+        kernelwrite.record(kernelwrite.BPF_UPDATE, f"map fd {self.fd}", bytes(key) + bytes(value))
         self._elem(MAP_UPDATE_ELEM, key, v, flags)
 
     def delete(self, key: bytes) -> bool:
+        kernelwrite.record(kernelwrite.BPF_DELETE, f"map fd {self.fd}", bytes(key))
         try:
             self._elem(MAP_DELETE_ELEM, key)
         except BpfError as e:

@@ -25,6 +25,13 @@ check`, the log) and the other sources carry on. A program that failed to load,
 or whose maps could no longer be read (bpf(2) errors: OSError), is started again
 after RETRY_FIRST seconds, then after twice as long each time up to RETRY_MAX,
 and at once on a reload (SIGHUP); its counters go on from the old program's.
+
+Only the first start compiles in-line (before the daemon's loop, under systemd's
+TimeoutStartSec). Every later one -- a reload that changes bpf:, a retry -- is a
+Build: a background thread waits for the loader child (up to bpf_loader.TIMEOUT,
+far beyond WatchdogSec), while the loop goes on cycling and pinging the watchdog;
+the old program keeps serving until the loop takes the new one (prepare(), each
+cycle; due_in() brings the next cycle forward while a build runs).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
 from mglrud.sources import bpf_probe
 from mglrud.sources.base import Inputs, Part, Probe
+from mglrud.sources.bpf_build import Build
 from mglrud.sources.bpf_heat import HeatBuilder
 from mglrud.sources.bpf_program import (DEFAULT_PROGRAM, EVENT, HARVESTERS, KEY, MAPS, MAP_ERRORS, MAX_MEMCGS, MAX_TGIDS, Program, RANGE_EVENT, STATS, U32, U64, Unavailable, VAL, cflags, combine_percpu_raw, pick_event, program_path)  # noqa: F401
 from mglrud.targets import ProcTable
@@ -53,6 +61,8 @@ NAME = "bpf"
 # (re)start compiles the program (about a second; 15 s in a TCG guest) inside the loop.
 RETRY_FIRST = 30.0
 RETRY_MAX = 1800.0
+BUILD_POLL = 1.0  # seconds between looks at a running Build (due_in())
+
 # ---------------------------------------------------------------- targets
 
 def target_processes(targets: tuple[Target, ...], procs: ProcTable) -> dict[str, tuple[int, ...]]:
@@ -95,20 +105,63 @@ class BpfHotnessSource(HeatBuilder):
         self._memcg_seq: dict = {}
         self._passes: dict[int, tuple[H.AgingPass, ...]] = {}
         self._found_in: dict[H.CellKey, tuple[tuple[int, int], ...]] = {}
+        self.build: Build | None = None  # a program being compiled off the loop
 
     def start(self) -> bool:
+        """Compile and attach now, in this thread (the first start; tests)."""
         self._retry_at = None
         try:
-            self.program = self.loader(self.cfg, self.fs)
+            program = self.loader(self.cfg, self.fs)
         except Unavailable as e:
-            self.program, self.reason = None, str(e)
-            log.warning("source bpf: %s; trying again in %ds", e, self._schedule_retry())
+            program, error = None, e
+        else:
+            error = None
+        return self._started_as(self.cfg, program, error)
+
+    def _started_as(self, cfg: Bpf, program, error: BaseException | None) -> bool:
+        """Take what a start gave: a program, Unavailable (down, retried later) or a bug (raised)."""
+        if error is not None and not isinstance(error, Unavailable):
+            raise error
+        if self.program is not None and (program is not None or cfg != self.cfg):
+            # a reload that recompiled: the old program served until now (and, when the new
+            # one failed, stops now: the config in force is the new one, retried with backoff)
+            self._close_program()
+        if program is not None:
+            # the new program's maps start from zero: its counts go on from the old one's
+            # (nothing to carry on the first start: then this changes nothing)
+            self.carry_over(self)
+            self.state, self._had = {}, {}
+        if cfg != self.cfg:
+            self._memcg_seq, self._passes, self._found_in = {}, {}, {}
+        self.cfg = cfg
+        if error is not None:
+            self.program, self.reason = None, str(error)
+            log.warning("source bpf: %s; trying again in %ds", error, self._schedule_retry())
             return False
+        self.program = program
         self.reason = ""
         self._up_since = self.clock()
         log.info("source bpf: %s attached to vmscan:%s (compiled in %.1fs; "
                  "%d KiB regions, map of %d entries)", program_path(self.cfg), getattr(self.program, "event", "?"),
                  getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
+        return True
+
+    def _begin(self, cfg: Bpf) -> None:
+        """Start compiling `cfg`'s program off the loop; the loop takes it in poll()."""
+        self._retry_at = None
+        if self.build is not None:
+            self.build.abandon()
+        self.build = Build(self.loader, cfg, self.fs)
+        if self.program is None:
+            self.reason = "compiling and attaching the program"
+
+    def poll(self) -> bool:
+        """Take a finished Build (the new program, or why it failed); True if one was taken."""
+        build = self.build
+        if build is None or not build.done.is_set():
+            return False
+        self.build = None
+        self._started_as(build.cfg, build.program, build.error)
         return True
 
     # ------------------------------------------------------------ the Source protocol (sources/base.py)
@@ -118,19 +171,22 @@ class BpfHotnessSource(HeatBuilder):
         return cls(config.bpf, fs, wall=wall, clock=clock)
 
     def configure(self, config: Config, probe: Probe, why: str) -> None:
-        """Compile and attach on first use (~1 s; ~15 s under TCG); a reload that changes bpf:
-        recompiles, and the counters go on from the old program's (carry_over)."""
-        if self._started and self.cfg != config.bpf:
-            self.close()
-            # the new program's maps start from zero: its counts go on from these
-            self.carry_over(self)
-            self.state, self._had = {}, {}
-            self.harvested = tuple((n, 0) for n, _ in self.harvested)
-            self._memcg_seq, self._passes, self._found_in = {}, {}, {}
-            self.cfg, self._started = config.bpf, False
+        """Compile and attach on first use (~1 s; ~15 s under TCG), in-line; a reload that
+        changes bpf: recompiles off the loop (Build) while the old program serves, and the
+        counters go on from the old program's (carry_over)."""
+        want = config.bpf
         if not self._started:
             self._started = True
+            self.cfg = want
             self.start()
+            return
+        if self.build is not None:
+            if self.build.cfg == want:
+                return  # already compiling that
+            self.build.abandon()
+            self.build = None
+        if self.cfg != want:
+            self._begin(want)
         elif self.program is None:  # a reload is also the way to say "try again now"
             self._backoff = RETRY_FIRST
             self.restart()
@@ -142,17 +198,18 @@ class BpfHotnessSource(HeatBuilder):
         self._backoff = min(self._backoff * 2, RETRY_MAX)
         return round(wait)
 
-    def restart(self) -> bool:
-        """Start a new program after a failed one: its maps start from zero, so the counters
-        go on from the old one's (as on a reload that recompiles)."""
-        self.stats_base, self.state, self._had = self.stats, {}, {}
+    def restart(self) -> None:
+        """Start a new program after a failed one, off the loop: its maps start from zero, so
+        the counters go on from the old one's (as on a reload that recompiles)."""
         self.restarts += 1
-        return self.start()
+        self._begin(self.cfg)
 
     def reschedule(self, within: float) -> None:
         pass
 
     def due_in(self) -> float:
+        if self.build is not None:  # a cycle takes the new program: soon after it is ready
+            return 0.0 if self.build.done.is_set() else BUILD_POLL
         return float("inf") if self._retry_at is None else self._retry_at - self.clock()
 
     def before_aging(self, inputs: Inputs) -> None:
@@ -166,11 +223,18 @@ class BpfHotnessSource(HeatBuilder):
     def carry_over(self, old: "BpfHotnessSource") -> None:
         """Continue the counters of the source this one replaces (a reload that changed bpf:
         recompiles the program, whose maps start from zero): exported counters never go down."""
-        self.stats_base = old.stats
+        self.stats_base = self.stats = old.stats
         self.harvest_base = tuple(b + v for b, (_, v) in zip(old.harvest_base, old.harvested))
+        self.harvested = tuple((n, 0) for n, _ in old.harvested)
         self.accessed = {name: Counter(c) for name, c in old.accessed.items()}
 
     def close(self) -> None:
+        if self.build is not None:
+            self.build.abandon()
+            self.build = None
+        self._close_program()
+
+    def _close_program(self) -> None:
         if self.program is not None:
             self.program.close()
             self.program = None
@@ -185,7 +249,9 @@ class BpfHotnessSource(HeatBuilder):
         aging, so that the aging about to run is counted."""
         self._procs = target_processes(targets, procs or ProcTable(self.fs, targets))
         self._memcgs = target_memcgs(targets, index)
-        if self.program is None and self._retry_at is not None and self.clock() >= self._retry_at:
+        self.poll()
+        if self.program is None and self.build is None and self._retry_at is not None \
+                and self.clock() >= self._retry_at:
             self.restart()
         if self.program is None:
             return
@@ -197,7 +263,7 @@ class BpfHotnessSource(HeatBuilder):
             self._fail(f"updating the BPF target maps failed: {e}")
 
     def _fail(self, reason: str) -> None:
-        self.close()
+        self._close_program()
         self.reason = reason
         log.error("source bpf: %s; starting the program again in %ds", reason, self._schedule_retry())
 
