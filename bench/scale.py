@@ -188,9 +188,16 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 2) -> dict:
             self.type, self.percpu, self.ncpus = 0, True, ncpus
             self.slot = (value_size + 7) // 8 * 8
             self._items = items
+            # the same entries in the kernel's batches of 4096, as BPF_MAP_LOOKUP_BATCH fills them in
+            self._chunks = [(b"".join(k for k, _ in items[i:i + 4096]), b"".join(v for _, v in items[i:i + 4096]),
+                             len(items[i:i + 4096])) for i in range(0, len(items), 4096)]
 
-        def items(self):
+        def items(self):  # what the kernel's batched lookup gives, sliced per entry (before)
             return self._items
+
+        def batches(self):  # the chunks a batched lookup returns (after; its copy out of the buffer is
+            for keys, values, n in self._chunks:  # bpfsys' own, ctypes.string_at: counted here as a copy)
+                yield memoryview(keys).tobytes(), memoryview(values).tobytes(), n
 
         def lookup(self, key):
             return bytes(8 * self.ncpus)
