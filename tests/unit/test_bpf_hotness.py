@@ -6,6 +6,7 @@ of anonymous memory, its first 16 MiB touched in a loop, its memcg aged four
 times with mglrud's BPF program attached (one dump after each aging).
 """
 
+import array
 import base64
 import json
 import math
@@ -573,6 +574,9 @@ def test_residency_with_a_zone_table_equals_looking_up_each_page(shmem):
         vma = H.Vma(start, start + len(entries) * PAGE, "x", shmem)
         fast = H.residency(vma, entries, PAGE, SHIFT, node_of)
         assert fast == H.residency(vma, entries, PAGE, SHIFT, lambda pfn: node_of(pfn))
+        raw = array.array("Q", entries).tobytes()  # what read_residency() passes: pagemap's bytes
+        assert H.residency(vma, raw, PAGE, SHIFT, node_of) == fast
+        assert H.residency(vma, raw, PAGE, SHIFT, lambda pfn: node_of(pfn)) == fast
         assert sum(fast.values()) == sum(1 for e in entries if e & H.PM_PRESENT)
         assert {n for _, n, _ in fast} == {-1, 0, 1, 3}
     assert H.residency(H.Vma(0, PAGE, "", shmem), [0], PAGE, SHIFT, node_of) == {}
