@@ -230,6 +230,9 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 2) -> dict:
     out["bpf_json_bytes"] = len(snapshot_json.to_json(snap).encode())
     if hasattr(snapshot_json, "Query"):  # before: /snapshot.json has no filter
         out["bpf_json_pid_bytes"] = len(snapshot_json.to_json(snap, snapshot_json.Query(pid=1000)).encode())
+    if "form" in getattr(snapshot_json.Query, "__dataclass_fields__", {}):  # what heatmap and report ask
+        out["bpf_json_pid_columns_bytes"] = len(snapshot_json.to_json(
+            snap, snapshot_json.Query(pid=1000, form="columns")).encode())
     return out
 
 
@@ -405,6 +408,8 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
     for label, key, f in (("one cycle (read, combine, step, assemble; CPU)", "bpf_cycle", fmt_ms),
                           ("/snapshot.json, everything", "bpf_json_bytes", fmt_b),
                           ("/snapshot.json?pid=P, one process", "bpf_json_pid_bytes", fmt_b),
+                          ("/snapshot.json?pid=P&form=columns (what heatmap and report ask)",
+                           "bpf_json_pid_columns_bytes", fmt_b),
                           ("RSS after the cycles (fixture freed)", "VmRSS", fmt_b)):
         out.append(f"| {label} | " + " | ".join(cell(key, ("bpf", args.cells, c), f) for c in (2, 64)) + " |")
     out += ["", "Residency from a real /proc/self/pagemap read of a 1 GiB anonymous mapping, every page touched:", "",

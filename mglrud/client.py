@@ -71,12 +71,15 @@ def _get_unix(path: str, timeout: float, query: str = "") -> bytes:
 
 
 def fetch_snapshot(url: str, timeout: float = 10.0, target: str | None = None,
-                   pid: int | None = None) -> SnapshotDoc:
+                   pid: int | None = None, form: str | None = "columns") -> SnapshotDoc:
     """GET URL/snapshot.json (URL http(s)://HOST:PORT or unix:PATH) from a running `mglrud run`,
     read through the typed reader; raises FetchError with what to do. `target`/`pid` ask only
     for that part (the daemon filters; an older one sends everything, and the renderers
     filter it the same way)."""
-    query = urllib.parse.urlencode([(k, v) for k, v in (("target", target), ("pid", pid)) if v is not None])
+    # form=columns: the region cells one list per field (a third of the bytes); a daemon older
+    # than it answers HTTP 400 (unknown parameter), and is asked again without it
+    query = urllib.parse.urlencode([(k, v) for k, v in (("target", target), ("pid", pid), ("form", form))
+                                    if v is not None])
     unix = url[len("unix:"):] if url.startswith("unix:") else None
     full = url if unix else url.rstrip("/") + "/snapshot.json" + (f"?{query}" if query else "")
     try:
@@ -85,6 +88,8 @@ def fetch_snapshot(url: str, timeout: float = 10.0, target: str | None = None,
         with urllib.request.urlopen(full, timeout=timeout) as r:
             return from_dict(json.loads(r.read()))
     except urllib.error.HTTPError as e:
+        if e.code == 400 and form is not None:  # a daemon older than ?form=
+            return fetch_snapshot(url, timeout, target, pid, form=None)
         raise FetchError(f"{full}: HTTP {e.code}; is this a mglrud daemon?") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
