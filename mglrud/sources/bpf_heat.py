@@ -145,24 +145,34 @@ class HeatBuilder:
         residency_cache: dict[int, object] = {}
         notes = []
         out = []
+        state = self.state
+        # the memcg ids and tgids the cells have, once a cycle (C speed): a target that claims
+        # all of them takes the state as it is, with no pass over the cells
+        have_ids, have_tgids = set(map(itemgetter(1), state)), set(map(itemgetter(0), state))
         for t in targets:
             had_tgids, had_ids = self._had.get(t.name, (frozenset(), frozenset()))
             if t.kind == "memcg":
                 ids = set(memcgs.get(t.name, ()))
-                claimed = {k: s for k, s in self.state.items()
-                           if k.memcg_id in ids or (k in last and k.memcg_id in had_ids)}
+                if have_ids <= ids:
+                    claimed = state
+                else:
+                    claimed = {k: s for k, s in state.items()
+                               if k.memcg_id in ids or (k in last and k.memcg_id in had_ids)}
             else:
                 pids = set(procs.get(t.name, ()))
-                claimed = {k: s for k, s in self.state.items()
-                           if k.tgid in pids or (k in last and k.tgid in had_tgids)}
+                if have_tgids <= pids:
+                    claimed = state
+                else:
+                    claimed = {k: s for k, s in state.items()
+                               if k.tgid in pids or (k in last and k.tgid in had_tgids)}
             acc = self.accessed.setdefault(t.name, Counter())
-            for k, s in claimed.items():
-                if s.delta_pages:
-                    acc[(k.node, k.lru)] += s.delta_pages * page
+            for key, delta in zip(map(itemgetter(3, 4), claimed), map(itemgetter(2), claimed.values())):
+                if delta:  # (node, lru), CellState.delta_pages
+                    acc[key] += delta * page
             # cells read for the last time count above, but are not shown: their process is gone
-            mine = {k: s for k, s in claimed.items() if k not in last}
+            mine = {k: s for k, s in claimed.items() if k not in last} if last else claimed
             if t.kind == "memcg":
-                by_tgid = Counter(k.tgid for k in mine)
+                by_tgid = Counter(map(itemgetter(0), mine))  # CellKey.tgid
                 scan = [tg for tg, _ in by_tgid.most_common(cfg.max_processes) if tg]
             else:
                 ids = {k.memcg_id for k in mine}
