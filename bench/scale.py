@@ -19,6 +19,7 @@ the two never share a process and RSS is each one's own. Runs are interleaved (b
 is shared, and CPU time is what a cycle costs.
 
   /usr/bin/python3 bench/scale.py [--runs 5] [--sizes 10,160,1000,3000] [--cells 65536]
+  /usr/bin/python3 bench/scale.py --sizes '' --out bench/results/scale-bpf.txt   # BPF and residency only
 
 Writes the table to bench/results/scale.txt.
 """
@@ -322,7 +323,7 @@ def main(argv=None) -> int:
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--slow-runs", type=int, default=1, help="runs of the before side's slowest items (BPF, 3000)")
-    p.add_argument("--sizes", default="10,160,1000,3000")
+    p.add_argument("--sizes", default="10,160,1000,3000", help="memcg counts; empty: no memcg part")
     p.add_argument("--cells", type=int, default=65536)
     p.add_argument("--before", default="")
     p.add_argument("--after", default="", help="a revision to measure instead of this working tree")
@@ -336,7 +337,7 @@ def main(argv=None) -> int:
 
     before_rev = args.before or subprocess.run(["git", "-C", str(REPO), "merge-base", "HEAD", "main"],
                                                capture_output=True, text=True, check=True).stdout.strip()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
     with tempfile.TemporaryDirectory(prefix="mglrud-scale-before-") as tmp:
         before_sha = extract(before_rev, Path(tmp) / "before")
         after = Path(tmp) / "after"
@@ -389,19 +390,20 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = [f"# bench/scale.py — {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
            f"# command: /usr/bin/python3 bench/scale.py --runs {args.runs} --slow-runs {args.slow_runs} "
-           f"--sizes {args.sizes} --cells {args.cells}",
+           f"--sizes '{args.sizes}' --cells {args.cells} --before {args.before or 'merge-base'}",
            f"# kernel {platform.release()}, {os.cpu_count()} CPUs, load average at end {load} (shared machine: read ratios)",
            f"# before = {before_sha}, after = {after_sha} (git archive into a temp dir); each figure: median of "
            f"{args.runs} runs ({args.slow_runs} for the before side's 3000-memcg and BPF runs), one fresh "
            f"subprocess each, before and after interleaved",
            "# SYNTHETIC fixtures in the kernel's formats; each cell: before → after (before/after)",
            "",
-           "| what | " + " | ".join(f"{n} memcgs" for n in sizes) + " |",
-           "|---" * (len(sizes) + 1) + "|"]
-    for label, key, f in rows:
-        out.append(f"| {label} | " + " | ".join(cell(key, ("memcg", n), f) for n in sizes) + " |")
-    hw = [f"{fmt_b(med(res.get((s, 'memcg', sizes[-1]), []), 'VmHWM'))}" for s in ("before", "after")]
-    out.append(f"| peak RSS (VmHWM) at {sizes[-1]} memcgs | {hw[0]} → {hw[1]} |")
+           ]
+    if sizes:
+        out += ["| what | " + " | ".join(f"{n} memcgs" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+        for label, key, f in rows:
+            out.append(f"| {label} | " + " | ".join(cell(key, ("memcg", n), f) for n in sizes) + " |")
+        hw = [f"{fmt_b(med(res.get((s, 'memcg', sizes[-1]), []), 'VmHWM'))}" for s in ("before", "after")]
+        out.append(f"| peak RSS (VmHWM) at {sizes[-1]} memcgs | {hw[0]} → {hw[1]} |")
     out += ["", f"BPF source, {args.cells} cells (16 processes), synthetic map values through Program.dump() "
                 f"(residency excluded); CPU per steady cycle:", "",
             "| what | 2 CPUs | 64 CPUs |", "|---|---|---|"]
