@@ -30,6 +30,10 @@ from mglrud.sources.smaps import is_shmem, parse_smaps
 # A process whose mapped-and-resident address space is larger than this is not
 # read through pagemap (8 bytes per 4 KiB page: 16 GiB -> 32 MiB read per cycle).
 MAX_SCAN_BYTES = 16 << 30
+# pagemap is read this much address space at a time (2 MiB of entries): what a read and its
+# decode hold at once stays the same for a 1 GiB mapping and a 64 GiB one (the counts add up
+# over the pieces, a region split between two of them included)
+READ_BYTES = 1 << 30
 
 
 # move_pages(2) is asked about this many pages per call: 64 KiB of addresses, 16 KiB of statuses
@@ -109,10 +113,11 @@ def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes, s
     node_of, only = nodes
     try:
         with open(fs.proc(pid, "pagemap"), "rb") as f:
-            for e in vmas:
-                f.seek(e.start // page_size * 8)
-                data = f.read((e.end - e.start) // page_size * 8)
-                vma = H.Vma(e.start, e.end, e.path, is_shmem(e.path))
+            for e, lo, hi in ((e, lo, min(e.end, lo + READ_BYTES)) for e in vmas
+                              for lo in range(e.start, e.end, READ_BYTES)):
+                f.seek(lo // page_size * 8)
+                data = f.read((hi - lo) // page_size * 8)
+                vma = H.Vma(lo, hi, e.path, is_shmem(e.path))
                 if only is not None:
                     cells.update(H.residency_one_node(vma, data, page_size, region_shift, only))
                     continue
