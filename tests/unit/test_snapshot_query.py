@@ -151,3 +151,29 @@ def test_a_bad_column_is_refused_naming_it(snap):
     doc["hotness"]["targets"][0]["region_columns"]["lru"] = ["anon"]
     with pytest.raises(snapshot_json.SchemaError, match=r"targets\[0\]\.region_columns\.lru"):
         snapshot_json.from_dict(doc)
+
+
+def test_client_asks_for_columns_and_an_older_daemon_again_without(snap, tmp_path, monkeypatch):
+    from mglrud import client
+
+    asked = []
+    real = snapshot_json.parse_query
+
+    def older(qs):  # a daemon from before ?form=: 400 on the unknown parameter
+        asked.append(qs)
+        if "form=" in qs:
+            raise ValueError("unknown parameter 'form'; /snapshot.json takes target, pid, offset, limit")
+        return real(qs)
+
+    sock = str(tmp_path / "s.sock")
+    srv, _ = mhttp.serve(sock, 0, Published(snap))
+    try:
+        monkeypatch.setattr(snapshot_json, "parse_query", older)
+        doc = client.fetch_snapshot(f"unix:{sock}", pid=META["pid"])
+        assert asked == [f"pid={META['pid']}&form=columns", f"pid={META['pid']}"]
+        monkeypatch.setattr(snapshot_json, "parse_query", real)
+        assert client.fetch_snapshot(f"unix:{sock}", pid=META["pid"]) == doc  # read from the columns
+        assert doc.regions() == snapshot_json.from_dict(to_dict(snap)).regions(pid=META["pid"]) != {}
+    finally:
+        srv.shutdown()
+        srv.server_close()
