@@ -302,6 +302,10 @@ class BpfHotnessSource(HeatBuilder):
         return dataclasses.replace(data, passes=tuple(passes))
 
 
+# numpy decodes the maps (Program.read) and pagemap (model/residency.py)
+NO_NUMPY = "numpy cannot be found (it decodes the BPF maps and pagemap): apt install python3-numpy"
+
+
 def probe(fs: FS) -> Probe:
     """The tracepoint of mglrud's kernel patch (else, on a stock kernel, the accessed-bit probe)
     and bcc; whether the program compiles
@@ -314,6 +318,8 @@ def probe(fs: FS) -> Probe:
     if not found:
         # a kernel without mglrud's patch: the accessed-bit probe (sources/bpf_probe.py) where it can run
         check = bpf_probe.probe(fs)
+        if check.usable and importlib.util.find_spec("numpy") is None:
+            return Probe("bpf", False, NO_NUMPY)
         if check.usable:
             return Probe("bpf", True, check.detail)
         return Probe("bpf", False, f"no tracepoint {event} (a kernel without mglrud's patch, kernel-patch/, "
@@ -329,4 +335,6 @@ def probe(fs: FS) -> Probe:
     if spec is None:
         return Probe("bpf", False, f"the tracepoint is present, but bcc cannot be found ({why}): "
                                    f"apt install python3-bpfcc, run with /usr/bin/python3")
+    if importlib.util.find_spec("numpy") is None:
+        return Probe("bpf", False, NO_NUMPY)
     return Probe("bpf", True, f"{event} present and bcc installed")

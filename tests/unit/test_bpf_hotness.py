@@ -580,3 +580,17 @@ def test_residency_with_a_zone_table_equals_looking_up_each_page(shmem):
         assert sum(fast.values()) == sum(1 for e in entries if e & H.PM_PRESENT)
         assert {n for _, n, _ in fast} == {-1, 0, 1, 3}
     assert H.residency(H.Vma(0, PAGE, "", shmem), [0], PAGE, SHIFT, node_of) == {}
+
+
+def test_probe_names_numpy_when_it_is_missing(tmp_path, monkeypatch):
+    # the source decodes its maps and pagemap with numpy (Program.read, model/residency.py)
+    import importlib.util
+
+    from mglrud.config import Paths
+    from mglrud.fs import FS
+    (tmp_path / "tracing" / "events" / "vmscan" / "mm_vmscan_lru_gen_young").mkdir(parents=True)
+    fs = FS(Paths(tracefs=str(tmp_path / "tracing")))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numpy" else real(name, *a))
+    p = bpf_hotness.probe(fs)
+    assert not p.usable and "apt install python3-numpy" in p.detail, p
