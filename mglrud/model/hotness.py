@@ -136,7 +136,8 @@ def step(prev: dict, raw: RawRead, half_life: float) -> dict:
         if decay is None:
             decay = decays[updated] = 2.0 ** (-max(0.0, (now - updated) / 1e9) / half_life)
         if delta:
-            history = (history + ((last_ns, delta),))[-HISTORY:]
+            history = history + ((last_ns, delta),) if len(history) < HISTORY else \
+                (history + ((last_ns, delta),))[-HISTORY:]
             out[key] = new(CellState, (pages, total + delta, delta, rate * decay + delta * k, last_ns, now, history))
         else:
             out[key] = new(CellState, (pages, total, 0, rate * decay,

@@ -225,12 +225,9 @@ class HeatBuilder:
         new, inf = tuple.__new__, math.inf
         fi_get = (found_in or {}).get
         out = []
-        memcg_of: dict = {}
         seen = set()
         for k, s in mine.items():
             tgid, memcg_id, region, node, lru = k
-            if tgid not in memcg_of:
-                memcg_of[tgid] = memcg_id
             if tgid not in scanned:
                 res = None
             elif resident:
@@ -245,8 +242,12 @@ class HeatBuilder:
             idle = inf if last <= 0 else ((now_ns - last) / 1e9 if last < now_ns else 0.0)
             out.append(new(H.RegionHeat, (tgid, memcg_id, region << shift, node, lru, res, s.delta_pages,
                                           s.total_pages, s.rate, idle, found, fi_get(k, ()))))
+        memcg_of: dict = {}
         for rk, n in resident.items():
             if rk not in seen:
+                if not memcg_of:  # a resident cell never counted: its process's memcg, from a counted one
+                    for k in mine:
+                        memcg_of.setdefault(k.tgid, k.memcg_id)
                 tg, region, node, lru = rk
                 out.append(H.RegionHeat(tg, memcg_of.get(tg, 0), region << shift, node, lru, n, 0, 0, 0.0,
                                         inf))

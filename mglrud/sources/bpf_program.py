@@ -103,7 +103,10 @@ def read_cells(batches, ncpus: int, slot: int) -> dict:
     lrus = np.array(H.LRU_NAMES, dtype=object)[lru].tolist()  # IndexError on an lru the model does not know
     keys = map(tuple.__new__, repeat(H.CellKey), zip(tgid.tolist(), memcg_id.tolist(), region.tolist(),
                                                      node.tolist(), lrus))
-    return dict(zip(keys, map(tuple.__new__, repeat(H.Counts), np.concatenate(vals).tolist())))
+    v = np.concatenate(vals)
+    # one list per column, zipped: no list per cell on the way to its Counts
+    counts = map(tuple.__new__, repeat(H.Counts), zip(v[:, 0].tolist(), v[:, 1].tolist(), v[:, 2].tolist()))
+    return dict(zip(keys, counts))
 
 
 class Program:
