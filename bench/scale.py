@@ -231,9 +231,13 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 2) -> dict:
     out["bpf_json_bytes"] = len(snapshot_json.to_json(snap).encode())
     if hasattr(snapshot_json, "Query"):  # before: /snapshot.json has no filter
         out["bpf_json_pid_bytes"] = len(snapshot_json.to_json(snap, snapshot_json.Query(pid=1000)).encode())
-    if "form" in getattr(snapshot_json.Query, "__dataclass_fields__", {}):  # what heatmap and report ask
+    fields = getattr(snapshot_json.Query, "__dataclass_fields__", {})
+    if "form" in fields:
         out["bpf_json_pid_columns_bytes"] = len(snapshot_json.to_json(
             snap, snapshot_json.Query(pid=1000, form="columns")).encode())
+    if "found" in fields:  # what `mglrud heatmap` asks
+        out["bpf_json_pid_heatmap_bytes"] = len(snapshot_json.to_json(
+            snap, snapshot_json.Query(pid=1000, form="columns", found=1)).encode())
     return out
 
 
@@ -410,8 +414,9 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
     for label, key, f in (("one cycle (read, combine, step, assemble; CPU)", "bpf_cycle", fmt_ms),
                           ("/snapshot.json, everything", "bpf_json_bytes", fmt_b),
                           ("/snapshot.json?pid=P, one process", "bpf_json_pid_bytes", fmt_b),
-                          ("/snapshot.json?pid=P&form=columns (what heatmap and report ask)",
-                           "bpf_json_pid_columns_bytes", fmt_b),
+                          ("/snapshot.json?pid=P&form=columns", "bpf_json_pid_columns_bytes", fmt_b),
+                          ("/snapshot.json?pid=P&form=columns&found=1 (what heatmap asks)",
+                           "bpf_json_pid_heatmap_bytes", fmt_b),
                           ("RSS after the cycles (fixture freed)", "VmRSS", fmt_b)):
         out.append(f"| {label} | " + " | ".join(cell(key, ("bpf", args.cells, c), f) for c in (2, 64)) + " |")
     out += ["", "Residency from a real /proc/self/pagemap read of a 1 GiB anonymous mapping, every page touched:", "",

@@ -44,6 +44,9 @@ class Query:
     # "columns": each target's region cells as one array per field ("region_columns"), and the
     # document without indentation: a third of the bytes (docs/metrics.md, "/snapshot.json")
     form: str = "rows"
+    # at most this many of each cell's `found` (newest first; `found_in` is not cut: the heatmap
+    # draws every pass listed from it). `mglrud heatmap` reads only the newest, `report` none.
+    found: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -58,7 +61,7 @@ def parse_query(qs: str) -> Query:
         q = parse_qs(qs, keep_blank_values=True, strict_parsing=bool(qs), max_num_fields=8)
     except ValueError as e:
         raise ValueError(f"cannot parse the query {qs!r}: {e}") from None
-    known = ("target", "pid", "offset", "limit", "form")
+    known = ("target", "pid", "offset", "limit", "form", "found")
     for k, v in q.items():
         if k not in known:
             raise ValueError(f"unknown parameter {k!r}; /snapshot.json takes {', '.join(known)}")
@@ -71,7 +74,7 @@ def parse_query(qs: str) -> Query:
         if q["form"][0] not in FORMS:
             raise ValueError(f"form={q['form'][0]!r} is not one of {', '.join(FORMS)}")
         args["form"] = q["form"][0]
-    for k in ("pid", "offset", "limit"):
+    for k in ("pid", "offset", "limit", "found"):
         if k in q:
             v = q[k][0]
             if not v.isascii() or not v.isdigit() or (k == "pid" and int(v) == 0):
@@ -129,6 +132,7 @@ def to_dict(snap: Snapshot, query: Query | None = None) -> dict:
         matched = sum(1 for t in snap.hotness.targets if q.target in (None, t.name) for r in t.regions
                       if q.pid in (None, r.tgid)) if snap.hotness is not None else 0
         doc["query"] = {"target": q.target, "pid": q.pid, "offset": q.offset, "limit": q.limit, "form": q.form,
+                        "found": q.found,
                         "regions_matched": matched}
     return doc
 
@@ -189,6 +193,7 @@ def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None 
     page = data.page_size
     q = query or Query()
     end = None if q.limit is None else q.offset + q.limit
+    cut = q.found  # None: all
     seen = 0
 
     def picked(t) -> list:
@@ -216,7 +221,7 @@ def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None 
             tgid, memcg_id, start, node, lru, [None if x is None else x * page for x in res],
             [x * page for x in acc], [x * page for x in total], [x * page for x in rate],
             [x if math.isfinite(x) else None for x in idle],
-            [[v for a, n in f for v in (a, n * page)] for f in found],
+            [[v for a, n in f[:cut] for v in (a, n * page)] for f in found],
             [[v for s, n in f for v in (s, n * page)] for f in found_in])))
 
     def region(r: RegionHeat) -> dict:
@@ -226,7 +231,7 @@ def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None 
                 "accessed_bytes_total": r.accessed_pages_total * page,
                 "heat_bytes_per_second": r.rate * page,
                 "idle_seconds": r.idle_seconds if math.isfinite(r.idle_seconds) else None,
-                "found": [{"seconds_ago": a, "bytes": n * page} for a, n in r.found],
+                "found": [{"seconds_ago": a, "bytes": n * page} for a, n in r.found[:cut]],
                 "found_in": [{"seq": q, "bytes": n * page} for q, n in r.found_in]}
 
     return {

@@ -5,6 +5,7 @@ the whole document without a query is the golden tests' business (test_snapshot_
 is only compared with itself through the query path.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -75,7 +76,7 @@ def test_the_typed_reader_reads_a_filtered_document(snap):
     ("pid=0", "pid='0' is not a positive integer"),
     ("limit=-1", "limit='-1' is not a non-negative integer"),
     ("pid=1&pid=2", "parameter 'pid' given 2 times"),
-    ("colour=red", "unknown parameter 'colour'; /snapshot.json takes target, pid, offset, limit, form"),
+    ("colour=red", "unknown parameter 'colour'; /snapshot.json takes target, pid, offset, limit, form, found"),
 ])
 def test_bad_queries_name_the_parameter(qs, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace("?", r"\?")):
@@ -174,6 +175,42 @@ def test_client_asks_for_columns_and_an_older_daemon_again_without(snap, tmp_pat
         monkeypatch.setattr(snapshot_json, "parse_query", real)
         assert client.fetch_snapshot(f"unix:{sock}", pid=META["pid"]) == doc  # read from the columns
         assert doc.regions() == snapshot_json.from_dict(to_dict(snap)).regions(pid=META["pid"]) != {}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_found_keeps_the_newest_finds_of_each_cell(snap):
+    # found=N: what heatmap (1) and report (0) read of a cell's finds; found_in is not cut
+    whole = snapshot_json.from_dict(to_dict(snap)).regions(pid=META["pid"])
+    assert max(len(r.found) for rs in whole.values() for r in rs) > 1, "the replay's cells were found more than once"
+    for n in (0, 1, 2):
+        for form in ("rows", "columns"):
+            got = snapshot_json.from_dict(json.loads(to_json(snap, Query(pid=META["pid"], form=form, found=n))))
+            assert got.regions() == {k: [dataclasses.replace(r, found=r.found[:n]) for r in rs]
+                                     for k, rs in whole.items()}
+    assert parse_query("found=1") == Query(found=1)
+
+
+def test_heatmap_and_report_ask_for_what_they_read(snap, tmp_path, monkeypatch):
+    from mglrud import client
+    from mglrud.tui import feeds
+
+    asked = []
+    real = snapshot_json.parse_query
+    monkeypatch.setattr(snapshot_json, "parse_query", lambda qs: asked.append(qs) or real(qs))
+    sock = str(tmp_path / "s.sock")
+    srv, _ = mhttp.serve(sock, 0, Published(snap))
+    try:
+        feeds.DaemonFeed(f"unix:{sock}", None, META["pid"]).poll()
+        monkeypatch.setattr(client, "default_url", lambda url: f"unix:{sock}")
+        import argparse
+        import contextlib
+        import io
+        with contextlib.redirect_stdout(io.StringIO()):
+            client.report_main(argparse.Namespace(url=None, target=None, pid=META["pid"], maps=False, wide=False))
+        assert asked[0] == f"pid={META['pid']}&form=columns&found=1"
+        assert asked[1] == f"pid={META['pid']}&form=columns&found=0"
     finally:
         srv.shutdown()
         srv.server_close()
