@@ -1,7 +1,7 @@
 """Per-memcg metrics from lru_gen generation histograms (mglrud/sources/lru_gen.py).
 
 Labels: memcg = cgroup v2 path (ids are reused by the kernel, paths are what
-people know), node = NUMA node, lru = anon|file, gen = generation relative to
+people know), numa_node = NUMA node, lru = anon|file, gen = generation relative to
 the youngest (0) because the kernel's sequence numbers grow without bound.
 """
 
@@ -44,13 +44,13 @@ def families(snap):
     if snap is None:
         return
     page = snap.page_size
-    labels = ["memcg", "node", "lru"]
+    labels = ["memcg", "numa_node", "lru"]
     # Literal names, as in every collector (tests/unit/test_grafana_dashboards.py reads them from
     # the source); FAMILIES must name the same ones (tests/unit/test_cardinality.py).
     resident = GaugeMetricFamily("mglrud_memcg_resident_bytes", HELP["resident"], labels=labels)
     gen_bytes = GaugeMetricFamily("mglrud_memcg_generation_bytes", HELP["generation"], labels=labels + ["gen"])
     gen_age = GaugeMetricFamily("mglrud_memcg_generation_age_seconds", HELP["age"],
-                                labels=["memcg", "node", "gen"])
+                                labels=["memcg", "numa_node", "gen"])
     cold = GaugeMetricFamily("mglrud_memcg_cold_bytes", HELP["cold"], labels=labels + ["threshold"])
     idle = GaugeHistogramMetricFamily("mglrud_memcg_idle_age_seconds", HELP["idle"], labels=labels)
     F = FAMILIES
