@@ -37,11 +37,13 @@ cycle; due_in() brings the next cycle forward while a build runs).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import logging
 import os
 import time
 from collections import Counter
+from operator import itemgetter
 
 from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
@@ -51,7 +53,7 @@ from mglrud.sources import bpf_probe
 from mglrud.sources.base import Inputs, Part, Probe
 from mglrud.sources.bpf_build import Build
 from mglrud.sources.bpf_heat import HeatBuilder
-from mglrud.sources.bpf_program import (DEFAULT_PROGRAM, EVENT, HARVESTERS, KEY, MAPS, MAP_ERRORS, MAX_MEMCGS, MAX_TGIDS, Program, RANGE_EVENT, STATS, U32, U64, Unavailable, VAL, cflags, combine_percpu_raw, pick_event, program_path)  # noqa: F401
+from mglrud.sources.bpf_program import (DEFAULT_PROGRAM, EVENT, HARVESTERS, KEY, MAPS, MAP_ERRORS, MAX_MEMCGS, MAX_TGIDS, Program, RANGE_EVENT, STATS, U32, U64, Unavailable, VAL, cflags, pick_event, read_cells, program_path)  # noqa: F401
 from mglrud.targets import ProcTable
 
 log = logging.getLogger(__name__)
@@ -271,7 +273,22 @@ class BpfHotnessSource(HeatBuilder):
               procs: ProcTable | None = None, lruvecs=None) -> H.HotnessData | None:
         """Read the counts (after aging) and build this cycle's HotnessData. `lruvecs`: lru_gen's
         read after the aging (the Engine's), whose max_seq says which memcgs had an aging pass
-        since the previous read; without it the data has no passes (heat per read, as before)."""
+        since the previous read; without it the data has no passes (heat per read, as before).
+
+        The cyclic garbage collector is paused meanwhile: a cycle makes a few hundred thousand
+        tuples (CellKey, Counts, CellState, RegionHeat; none in a reference cycle), whose
+        allocations set off a full collection several times a cycle (40 % of a cycle at 65k
+        cells). One young-generation collection at the end sees them once, and untracks them."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._cycle(targets, index, procs, lruvecs)
+        finally:
+            if enabled:
+                gc.enable()
+                gc.collect(0)
+
+    def _cycle(self, targets, index, procs, lruvecs) -> H.HotnessData | None:
         if self._procs is None:
             self.prepare(targets, index, procs)
         procs, memcgs = self._procs, self._memcgs
@@ -281,18 +298,26 @@ class BpfHotnessSource(HeatBuilder):
         tgids = {p for ps in procs.values() for p in ps}
         ids = {i for ms in memcgs.values() for i in ms}
         try:
-            dump = self.program.dump()
+            # Program.read() decodes at C speed; stand-ins (tests' replays of captured dumps) dump
+            read = getattr(self.program, "read", None)
+            raw = read() if read is not None else H.raw_from_dump(self.program.dump())
         except MAP_ERRORS as e:  # the kernel side went away: report, start again later
             self._fail(f"reading the BPF maps failed: {e}")
             return None
         if self.clock() - self._up_since >= self._backoff:
             self._backoff = RETRY_FIRST  # up for as long as it last waited: a later failure is a new one
-        raw = H.raw_from_dump(dump)
-        self.harvested = tuple((n, sum(dump.get("harvest", {}).get(n, ()))) for n in HARVESTERS)
-        stale = [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
-        # tgid 0: an mm with no owner task (the tracepoint's convention); kept, it cannot be looked up
-        alive = {t for t in {k.tgid for k in raw.cells} - tgids if t == 0 or self.fs.proc(t).exists()}
-        stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid not in tgids and k.tgid not in alive]
+        self.harvested = tuple((n, raw.harvest.get(n, 0)) for n in HARVESTERS)
+        # stale: cells of no targeted process whose memcg is not targeted either, or whose process
+        # is gone (tgid 0: an mm with no owner task, the tracepoint's convention; kept, it cannot
+        # be looked up). The sets first (C speed): most cycles need no pass over the cells.
+        cell_tgids, cell_ids = set(map(itemgetter(0), raw.cells)), set(map(itemgetter(1), raw.cells))
+        alive = {t for t in cell_tgids - tgids if t == 0 or self.fs.proc(t).exists()}
+        gone = cell_tgids - tgids - alive
+        stale = []
+        if not cell_ids <= ids:
+            stale += [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
+        if gone:
+            stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid in gone]
         self.state = H.step(self.state, raw, self.cfg.half_life)
         self._note_passes(lruvecs)
         self.stats = tuple(b + n for b, n in zip(self.stats_base, (raw.events, raw.matched, raw.dropped)))
@@ -300,7 +325,8 @@ class BpfHotnessSource(HeatBuilder):
         # a process gone since the previous read is no longer among a target's processes, but
         # what the kernel counted for it meanwhile (reclaim's look-around, aging by others) is
         # still in its cells, read now for the last time
-        data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale))
+        data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale),
+                           self._found_in if lruvecs is not None else None)
         data = dataclasses.replace(data, harvested=tuple((n, b + v) for (n, v), b in
                                                          zip(self.harvested, self.harvest_base)))
         if lruvecs is not None:
@@ -333,19 +359,17 @@ class BpfHotnessSource(HeatBuilder):
         return moved
 
     def _with_passes(self, data: H.HotnessData, memcgs: dict) -> H.HotnessData:
-        """`data` with each region's pass-tagged finds and the recent passes of the memcgs shown."""
-        shift = self.cfg.region_shift
+        """`data` with the recent passes of the memcgs shown (the regions carry their
+        pass-tagged finds already: _build's found_in)."""
         ids = {i for ms in memcgs.values() for i in ms}
-        targets = []
         for t in data.targets:
-            regions = []
-            for r in t.regions:
-                ids.add(r.memcg_id)
-                found_in = self._found_in.get(H.CellKey(r.tgid, r.memcg_id, r.start >> shift, r.node, r.lru), ())
-                regions.append(r._replace(found_in=found_in) if found_in else r)  # RegionHeat: a NamedTuple
-            targets.append(dataclasses.replace(t, regions=tuple(regions)))
+            ids.update(map(itemgetter(1), t.regions))  # RegionHeat.memcg_id
         passes = sorted((p for i in ids for p in self._passes.get(i, ())), key=lambda p: (-p.at, p.memcg_id))
-        return dataclasses.replace(data, targets=tuple(targets), passes=tuple(passes))
+        return dataclasses.replace(data, passes=tuple(passes))
+
+
+# numpy decodes the maps (Program.read) and pagemap (model/residency.py)
+NO_NUMPY = "numpy cannot be found (it decodes the BPF maps and pagemap): apt install python3-numpy"
 
 
 def probe(fs: FS) -> Probe:
@@ -360,6 +384,8 @@ def probe(fs: FS) -> Probe:
     if not found:
         # a kernel without mglrud's patch: the accessed-bit probe (sources/bpf_probe.py) where it can run
         check = bpf_probe.probe(fs)
+        if check.usable and importlib.util.find_spec("numpy") is None:
+            return Probe("bpf", False, NO_NUMPY)
         if check.usable:
             return Probe("bpf", True, check.detail)
         return Probe("bpf", False, f"no tracepoint {event} (a kernel without mglrud's patch, kernel-patch/, "
@@ -375,4 +401,6 @@ def probe(fs: FS) -> Probe:
     if spec is None:
         return Probe("bpf", False, f"the tracepoint is present, but bcc cannot be found ({why}): "
                                    f"apt install python3-bpfcc, run with /usr/bin/python3")
+    if importlib.util.find_spec("numpy") is None:
+        return Probe("bpf", False, NO_NUMPY)
     return Probe("bpf", True, f"{event} present and bcc installed")

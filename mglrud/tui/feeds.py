@@ -38,7 +38,8 @@ class DaemonFeed:
 
     def poll(self) -> SnapshotDoc:
         # only what the heatmap shows: the daemon's whole document is MBs at 65k cells
-        return client.fetch_snapshot(self.url, timeout=5.0, target=self.target, pid=self.pid)
+        # found=1: the heatmap reads a region's newest find only (render/heatmap.py, without passes)
+        return client.fetch_snapshot(self.url, timeout=5.0, target=self.target, pid=self.pid, found=1)
 
     def aging(self, snap: SnapshotDoc | None) -> str:
         spans = sorted({p.interval_seconds for p in (read(snap).processes() if snap else ())
