@@ -40,7 +40,7 @@ test-host:
 test-vm:
 	@scripts/install-deps all
 	@mkdir -p .test-results/vm .test-results/vm-numa
-	kernel-patch/vm-run.sh --out $(CURDIR)/.test-results/vm -- -m "not numa and not stock and not demo" --junitxml=$(CURDIR)/.test-results/vm/junit.xml $(ARGS)
+	kernel-patch/vm-run.sh --timeout 3000 --out $(CURDIR)/.test-results/vm -- -m "not numa and not stock" --junitxml=$(CURDIR)/.test-results/vm/junit.xml $(ARGS)
 	kernel-patch/vm-run.sh --numa --out $(CURDIR)/.test-results/vm-numa -- -m numa --junitxml=$(CURDIR)/.test-results/vm-numa/junit.xml $(ARGS)
 
 ## test-vm-stock: boot Debian's own newest linux-image-6.1.*-amd64 (no patch; fetched by
@@ -77,7 +77,7 @@ image:
 ## test-vm-debug: the VM tier on a lockdep/KASAN/DEBUG_VM kernel (slow)
 test-vm-debug:
 	@scripts/install-deps all
-	kernel-patch/vm-run.sh --variant debug --timeout 3600 -- -m "not numa and not stock and not demo" $(ARGS)
+	kernel-patch/vm-run.sh --variant debug --timeout 3600 -- -m "not numa and not stock" $(ARGS)
 
 kernel:
 	kernel-patch/build.sh default

@@ -19,6 +19,7 @@ the two never share a process and RSS is each one's own. Runs are interleaved (b
 is shared, and CPU time is what a cycle costs.
 
   /usr/bin/python3 bench/scale.py [--runs 5] [--sizes 10,160,1000,3000] [--cells 65536]
+  /usr/bin/python3 bench/scale.py --sizes '' --out bench/results/scale-bpf.txt   # BPF and residency only
 
 Writes the table to bench/results/scale.txt.
 """
@@ -97,6 +98,11 @@ def memcg_worker(memcgs: int) -> dict:
     from mglrud.cycle import Engine
     from mglrud.fs import RecordingWriter
 
+    try:
+        from mglrud import memory
+        memory.tune()  # what the daemon does at start (Daemon.run); before: no such module
+    except ImportError:
+        pass
     tmp = Path(tempfile.mkdtemp(prefix="mglrud-scale-"))
     (tmp / "debugfs").mkdir()
     (tmp / "debugfs" / "lru_gen").write_text(lru_gen_text(lru_gen_rows(memcgs)))
@@ -122,18 +128,33 @@ def memcg_worker(memcgs: int) -> dict:
     out["loop_busy"] = busy / (clock.t - start)
     out["wakeups_per_min"] = wakeups / (clock.t - start) * 60
     out["loop_cycle"] = statistics.median(d for d, _ in steady) if steady else 0.0
-    # one steady cycle: a sixth of the memcgs due (what one 10 s publish covers of a 1 min interval)
-    for i, p in enumerate(list(eng.aging.next_due)):
-        eng.aging.next_due[p] = clock.t + (0 if i % 6 == 0 else 1e6)
-    eng.aging.last_aged = float("-inf") if hasattr(eng.aging, "last_aged") else None
-    out["steady"], _ = cpu(eng.cycle)
-    out["age_all"], snap = cpu(lambda: eng.cycle(age_all=True))
+    # one steady cycle: a sixth of the memcgs due (what one 10 s publish covers of a 1 min interval);
+    # the median of 5 such cycles (another sixth each time), and of 3 age_all cycles: single cycles
+    # moved by ±40 % on the shared machine
+    steady_runs = []
+    for r in range(5):
+        clock.t += 1000
+        for i, p in enumerate(list(eng.aging.next_due)):
+            eng.aging.next_due[p] = clock.t + (0 if i % 6 == r else 1e6)
+        eng.aging.last_aged = float("-inf") if hasattr(eng.aging, "last_aged") else None
+        steady_runs.append(cpu(eng.cycle)[0])
+    out["steady"] = statistics.median(steady_runs)
+    age_all_runs = []
+    for r in range(3):
+        dt, snap = cpu(lambda: eng.cycle(age_all=True))
+        age_all_runs.append(dt)
+    out["age_all"] = statistics.median(age_all_runs)
     # scrapes: the first of a snapshot renders it, the next ones get the same bytes
     exp = exposition.Exposition(Published(snap), wall=lambda: snap.taken_at + 1)
     out["scrape_first"], (body, _) = cpu(exp.metrics)
     out["scrape_cached"], _ = cpu(exp.metrics)
     out["series"] = sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
     out["json_bytes"] = len(snapshot_json.to_json(snap).encode())
+    # what the daemon holds between scrapes: the engine, the snapshot and the render cache, not
+    # the bodies of past responses (this process kept two, 2 x 21 MiB at 3,000 memcgs)
+    del body, _
+    import gc
+    gc.collect()
     out.update(rss())
     return out
 
@@ -188,9 +209,16 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 2) -> dict:
             self.type, self.percpu, self.ncpus = 0, True, ncpus
             self.slot = (value_size + 7) // 8 * 8
             self._items = items
+            # the same entries in the kernel's batches of 4096, as BPF_MAP_LOOKUP_BATCH fills them in
+            self._chunks = [(b"".join(k for k, _ in items[i:i + 4096]), b"".join(v for _, v in items[i:i + 4096]),
+                             len(items[i:i + 4096])) for i in range(0, len(items), 4096)]
 
-        def items(self):
+        def items(self):  # what the kernel's batched lookup gives, sliced per entry (before)
             return self._items
+
+        def batches(self):  # the chunks a batched lookup returns (after; its copy out of the buffer is
+            for keys, values, n in self._chunks:  # bpfsys' own, ctypes.string_at: counted here as a copy)
+                yield memoryview(keys).tobytes(), memoryview(values).tobytes(), n
 
         def lookup(self, key):
             return bytes(8 * self.ncpus)
@@ -223,6 +251,13 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 2) -> dict:
     out["bpf_json_bytes"] = len(snapshot_json.to_json(snap).encode())
     if hasattr(snapshot_json, "Query"):  # before: /snapshot.json has no filter
         out["bpf_json_pid_bytes"] = len(snapshot_json.to_json(snap, snapshot_json.Query(pid=1000)).encode())
+    fields = getattr(snapshot_json.Query, "__dataclass_fields__", {})
+    if "form" in fields:
+        out["bpf_json_pid_columns_bytes"] = len(snapshot_json.to_json(
+            snap, snapshot_json.Query(pid=1000, form="columns")).encode())
+    if "found" in fields:  # what `mglrud heatmap` asks
+        out["bpf_json_pid_heatmap_bytes"] = len(snapshot_json.to_json(
+            snap, snapshot_json.Query(pid=1000, form="columns", found=1)).encode())
     return out
 
 
@@ -237,11 +272,14 @@ def residency_worker(gib: float = 1.0) -> dict:
     start = ctypes.addressof(ctypes.c_char.from_buffer(m))
     vma = H.Vma(start, start + size, "", False)
     out = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with open("/proc/self/pagemap", "rb") as f:
         f.seek(start // page * 8)
         data = f.read(size // page * 8)
-    out["pagemap_read"] = (time.perf_counter() - t0) / gib
+    # CPU time (the kernel's walk is this process's system time) is what a read costs; wall time
+    # on this shared machine also holds the time the process waited for a core
+    out["pagemap_read"] = (time.process_time() - c0) / gib
+    out["pagemap_read_wall"] = (time.perf_counter() - t0) / gib
     entries = memoryview(data).cast("Q")
     pfns = sorted(e & H.PM_PFN_MASK for e in entries[::4096])
     mid = pfns[len(pfns) // 2]  # two "nodes": the PFNs below and above the median
@@ -249,10 +287,26 @@ def residency_worker(gib: float = 1.0) -> dict:
     # warm-up on one region (imports, e.g. numpy's ~250 ms, are paid once by a daemon, not per read)
     H.residency_one_node(vma, data[:4096], page, 21, 0)
     H.residency(vma, entries[:512].tolist(), page, 21, node_of)
-    dt, one = cpu(lambda: H.residency_one_node(vma, data, page, 21, 0))
+    def rep(f, n=5):  # the median of n: one decode is ms, the shared machine's noise as much
+        times, r = [], None
+        for _ in range(n):
+            dt, r = cpu(f)
+            times.append(dt)
+        return statistics.median(times), r
+
+    dt, one = rep(lambda: H.residency_one_node(vma, data, page, 21, 0))
     out["residency_one"] = dt / gib
-    dt, two = cpu(lambda: H.residency(vma, entries.tolist(), page, 21, node_of))
+    # what read_residency() hands residency(): a list of ints (before) or pagemap's bytes (after)
+    import inspect
+    from mglrud.sources import bpf_heat
+    as_list = ".tolist()" in inspect.getsource(bpf_heat.read_residency)
+    dt, two = rep(lambda: H.residency(vma, entries.tolist() if as_list else data, page, 21, node_of))
     out["residency_two"] = dt / gib
+    # two nodes as the shipped unit reads them (no CAP_SYS_ADMIN: no PFNs): move_pages(2) per chunk
+    # (real system calls on this process's pages; one node on this host) and the status decode
+    dt, mp = rep(lambda: bpf_heat.residency_move_pages(os.getpid(), vma, data, page, 21), 3)
+    out["residency_move_pages"] = dt / gib
+    assert sum(mp.values()) == size // page
     assert sum(one.values()) == sum(two.values()) == size // page, "every page resident and counted"
     del entries
     m.close()
@@ -293,8 +347,9 @@ def main(argv=None) -> int:
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--slow-runs", type=int, default=1, help="runs of the before side's slowest items (BPF, 3000)")
-    p.add_argument("--sizes", default="10,160,1000,3000")
+    p.add_argument("--sizes", default="10,160,1000,3000", help="memcg counts; empty: no memcg part")
     p.add_argument("--cells", type=int, default=65536)
+    p.add_argument("--parts", default="memcg,bpf,residency", help="which tables to measure")
     p.add_argument("--before", default="")
     p.add_argument("--after", default="", help="a revision to measure instead of this working tree")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "scale.txt"))
@@ -307,14 +362,17 @@ def main(argv=None) -> int:
 
     before_rev = args.before or subprocess.run(["git", "-C", str(REPO), "merge-base", "HEAD", "main"],
                                                capture_output=True, text=True, check=True).stdout.strip()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
     with tempfile.TemporaryDirectory(prefix="mglrud-scale-before-") as tmp:
         before_sha = extract(before_rev, Path(tmp) / "before")
         after = Path(tmp) / "after"
         after_sha = extract(args.after, after) if args.after else "the working tree"
         roots = {"before": Path(tmp) / "before", "after": after if args.after else REPO}
         res: dict = {}
-        jobs = [("memcg", n) for n in sizes] + [("bpf", args.cells, 2), ("bpf", args.cells, 64), ("residency",)]
+        parts = set(args.parts.split(","))
+        jobs = ([("memcg", n) for n in sizes] if "memcg" in parts else []) + \
+               ([("bpf", args.cells, 2), ("bpf", args.cells, 64)] if "bpf" in parts else []) + \
+               ([("residency",)] if "residency" in parts else [])
         for i in range(args.runs):
             for job in jobs:
                 for side in ("before", "after"):
@@ -360,31 +418,43 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = [f"# bench/scale.py — {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
            f"# command: /usr/bin/python3 bench/scale.py --runs {args.runs} --slow-runs {args.slow_runs} "
-           f"--sizes {args.sizes} --cells {args.cells}",
+           f"--sizes '{args.sizes}' --cells {args.cells} --parts {args.parts} "
+           f"--before {args.before or 'merge-base'}",
            f"# kernel {platform.release()}, {os.cpu_count()} CPUs, load average at end {load} (shared machine: read ratios)",
            f"# before = {before_sha}, after = {after_sha} (git archive into a temp dir); each figure: median of "
            f"{args.runs} runs ({args.slow_runs} for the before side's 3000-memcg and BPF runs), one fresh "
            f"subprocess each, before and after interleaved",
            "# SYNTHETIC fixtures in the kernel's formats; each cell: before → after (before/after)",
            "",
-           "| what | " + " | ".join(f"{n} memcgs" for n in sizes) + " |",
-           "|---" * (len(sizes) + 1) + "|"]
-    for label, key, f in rows:
-        out.append(f"| {label} | " + " | ".join(cell(key, ("memcg", n), f) for n in sizes) + " |")
-    hw = [f"{fmt_b(med(res.get((s, 'memcg', sizes[-1]), []), 'VmHWM'))}" for s in ("before", "after")]
-    out.append(f"| peak RSS (VmHWM) at {sizes[-1]} memcgs | {hw[0]} → {hw[1]} |")
-    out += ["", f"BPF source, {args.cells} cells (16 processes), synthetic map values through Program.dump() "
-                f"(residency excluded); CPU per steady cycle:", "",
-            "| what | 2 CPUs | 64 CPUs |", "|---|---|---|"]
-    for label, key, f in (("one cycle (read, combine, step, assemble; CPU)", "bpf_cycle", fmt_ms),
-                          ("/snapshot.json, everything", "bpf_json_bytes", fmt_b),
-                          ("/snapshot.json?pid=P, one process", "bpf_json_pid_bytes", fmt_b),
-                          ("RSS after the cycles (fixture freed)", "VmRSS", fmt_b)):
-        out.append(f"| {label} | " + " | ".join(cell(key, ("bpf", args.cells, c), f) for c in (2, 64)) + " |")
+           ]
+    parts = set(args.parts.split(","))
+    if sizes and "memcg" in parts:
+        out += ["| what | " + " | ".join(f"{n} memcgs" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+        for label, key, f in rows:
+            out.append(f"| {label} | " + " | ".join(cell(key, ("memcg", n), f) for n in sizes) + " |")
+        hw = [f"{fmt_b(med(res.get((s, 'memcg', sizes[-1]), []), 'VmHWM'))}" for s in ("before", "after")]
+        out.append(f"| peak RSS (VmHWM) at {sizes[-1]} memcgs | {hw[0]} → {hw[1]} |")
+    if "bpf" in parts:
+        out += ["", f"BPF source, {args.cells} cells (16 processes), synthetic map values through Program.dump() "
+                    f"(residency excluded); CPU per steady cycle:", "",
+                "| what | 2 CPUs | 64 CPUs |", "|---|---|---|"]
+        for label, key, f in (("one cycle (read, combine, step, assemble; CPU)", "bpf_cycle", fmt_ms),
+                              ("/snapshot.json, everything", "bpf_json_bytes", fmt_b),
+                              ("/snapshot.json?pid=P, one process", "bpf_json_pid_bytes", fmt_b),
+                              ("/snapshot.json?pid=P&form=columns", "bpf_json_pid_columns_bytes", fmt_b),
+                              ("/snapshot.json?pid=P&form=columns&found=1 (what heatmap asks)",
+                               "bpf_json_pid_heatmap_bytes", fmt_b),
+                              ("RSS after the cycles (fixture freed)", "VmRSS", fmt_b)):
+            out.append(f"| {label} | " + " | ".join(cell(key, ("bpf", args.cells, c), f) for c in (2, 64)) + " |")
+    if "residency" not in parts:
+        return out
     out += ["", "Residency from a real /proc/self/pagemap read of a 1 GiB anonymous mapping, every page touched:", "",
             "| what | per GiB |", "|---|---|"]
-    for label, key in (("read pagemap (2 MiB of entries; wall)", "pagemap_read"),
-                       ("decode, one node (CPU)", "residency_one"), ("decode, two nodes (CPU)", "residency_two")):
+    for label, key in (("read pagemap (2 MiB of entries; CPU, the kernel's walk)", "pagemap_read"),
+                       ("the same read, wall (waits for a core on a loaded machine)", "pagemap_read_wall"),
+                       ("decode, one node (CPU)", "residency_one"),
+                       ("decode, two nodes from PFNs (CPU; as read_residency passes the entries)", "residency_two"),
+                       ("two nodes by move_pages(2): system calls + decode (CPU)", "residency_move_pages")):
         out.append(f"| {label} | {cell(key, ('residency',), fmt_ms)} |")
     return out
 

@@ -25,14 +25,15 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mglrud import client  # noqa: E402
 from mglrud.render import heatmap as HM  # noqa: E402
 from mglrud.snapshot_json import from_dict  # noqa: E402
 from mglrud.tui.feeds import History  # noqa: E402
@@ -48,8 +49,14 @@ def say(text: str) -> None:
 
 
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
+    """The daemon's whole /snapshot.json through its unix socket (url unix:PATH, mglrud/client.py):
+    only there, or to an authenticated TCP client, are addresses and BPF regions served
+    (mglrud/redact.py); plain TCP gives a redacted document with no regions."""
+    doc = client.fetch_json(url, timeout=30)
+    if doc.get("redacted"):
+        raise client.FetchError(f"{url} served the redacted snapshot (no BPF regions): the demo reads the "
+                                f"daemon's root-only socket")
+    return doc
 
 
 def memcg_id(path: str) -> int:
@@ -100,14 +107,11 @@ class Viewer(threading.Thread):
         last_frame = time.time() // self.aggregate
         while not self.stop.is_set():
             try:
-                doc = get_json(self.base + "/snapshot.json")
-                with self.lock:
-                    # names from /proc/PID/maps at every poll, not every 10 s: the fill maps new
-                    # slab pages, and a region first seen unnamed would get a row of its own
-                    self.history.maps_at = float("-inf")
+                doc = get_json(self.base)
+                with self.lock:  # History re-reads /proc/PID/maps when a region is new (new slab pages)
                     if self.history.add(doc):
                         self.last = doc
-            except OSError as e:
+            except client.FetchError as e:
                 say(f"snapshot: {e}")
             now = time.time() // self.aggregate
             if now != last_frame:
@@ -153,9 +157,14 @@ def start_memcached(port: int, memory_mb: int, extra: list[str]) -> subprocess.P
 
 
 def start_daemon(out: Path, pid: int, a) -> tuple[subprocess.Popen, str]:
+    """`mglrud run` on memcached; returns it and the URL of its full view, unix:SOCKET. The socket
+    is in a fresh directory of mode 0700 under the guest's /tmp (the OUT directory is the host's,
+    shared over 9p, no place for a socket); TCP (port 0) still serves the redacted view."""
+    sock = Path(tempfile.mkdtemp(prefix="mglrud-demo-")) / "mglrud.sock"
     cfg = out / "mglrud-demo.yaml"
     cfg.write_text(f"""# written by demo/guest.py
 sources: [bpf, lru_gen]
+listen: {{socket: {sock}}}
 aging: {{interval: {a.aging:g}s}}
 snapshot: {{interval: {a.snapshot:g}s}}
 metrics: {{cold_thresholds: [{a.aging * 2:g}s]}}
@@ -169,9 +178,12 @@ targets: [{{name: memcached, pid: {pid}}}]
     # bcc compiles for ~15-50 s under TCG on an idle machine; minutes when the host is busy
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        m = SERVING.search((out / "mglrud.log").read_text(errors="replace"))
-        if m:
-            base = f"http://127.0.0.1:{m.group(1)}"
+        text = (out / "mglrud.log").read_text(errors="replace")
+        if SERVING.search(text):  # logged after the socket is bound, or after a warning that it cannot be
+            if f"on unix:{sock}" not in text:
+                d.terminate()
+                raise SystemExit(f"demo: mglrud does not serve on {sock}:\n{text[-3000:]}")
+            base = f"unix:{sock}"
             break
         if d.poll() is not None:
             raise SystemExit(f"demo: mglrud exited {d.returncode}:\n{(out / 'mglrud.log').read_text()[-3000:]}")
@@ -181,7 +193,11 @@ targets: [{{name: memcached, pid: {pid}}}]
         raise SystemExit("demo: mglrud did not serve within 900 s")
     # until the BPF source is up and a measured pass exists (the first pass seen is not measured)
     while time.monotonic() < deadline:
-        doc = get_json(base + "/snapshot.json")
+        try:
+            doc = get_json(base)
+        except client.FetchError as e:
+            d.terminate()
+            raise SystemExit(f"demo: {e}") from None
         up = {s["name"]: s["up"] for s in doc["sources"]}
         passes = (doc.get("hotness") or {}).get("passes") or []
         if up.get("bpf") and any(p["measured"] for p in passes):
@@ -305,7 +321,10 @@ def describe(s: dict) -> str:
         f"{s['ratio']:.1f}x over {s['passes_in_reads']} passes",
         f"never read: keys 0..{s['never_read_keys'] - 1}, wholly in {len(s['never_read'])} regions "
         f"{span(s['never_read'])}: mean heat {s['heat_never_read']:.2f}; found accessed during the reads: "
-        f"{', '.join(hex(r) for r in s['never_read_found']) or 'none'}",
+        f"{', '.join(hex(r) for r in s['never_read_found']) or 'none'}" if s["never_read"] else
+        f"never read: keys 0..{s['never_read_keys'] - 1}, wholly in no region (each of theirs holds read keys "
+        f"too: a 2 MiB region holds about {REGION // (s['filled_bytes'] // s['keys'])} keys; a smaller "
+        f"--read-fraction leaves more never read)",
     ]
     if "alone_passes" in s:
         lines.append(f"memcached alone ({s['alone_passes']} passes, no client): "

@@ -240,11 +240,11 @@ def host():
           [q(f'sum by (le) (mglrud_memcg_idle_age_seconds_bucket{{{sel}}})', "{{le}}",
              fmt=pm.PromQueryFormat.HEATMAP)], w=24, h=10)
     b.row("Cold memory")
-    b.add(timeseries_panel("bytes", stacked=True), "Cold bytes by node and LRU",
+    b.add(timeseries_panel("bytes", stacked=True), "Cold bytes by NUMA node and LRU",
           "Bytes not accessed for at least the chosen threshold, per NUMA node and LRU (anon: swap-backed; "
           "file: page cache).",
-          [q(f'sum by (node, lru) (mglrud_memcg_cold_bytes{{{sel}, threshold="$threshold"}})',
-             "node {{node}} {{lru}}")])
+          [q(f'sum by (numa_node, lru) (mglrud_memcg_cold_bytes{{{sel}, threshold="$threshold"}})',
+             "NUMA node {{numa_node}} {{lru}}")])
     b.add(timeseries_panel("bytes"), "Resident vs recently accessed",
           "Resident bytes, and bytes in the youngest generation (gen 0): pages the latest aging walk found "
           "accessed, plus pages faulted in since. The gap is memory not touched for at least one aging interval.",
@@ -307,7 +307,7 @@ def process():
     b.row("NUMA and LRU")
     b.add(timeseries_panel("bytes", stacked=True), "Resident bytes by NUMA node",
           "From /proc/PID/numa_maps.",
-          [q(f'sum by (node) (mglrud_mapping_resident_bytes{{{TARGET}, lru=~"$lru"}})', "node {{node}}")])
+          [q(f'sum by (numa_node) (mglrud_mapping_resident_bytes{{{TARGET}, lru=~"$lru"}})', "NUMA node {{numa_node}}")])
     b.add(timeseries_panel("bytes", stacked=True), "Resident bytes by LRU",
           "anon: anonymous and shmem (swap-backed); file: page cache.",
           [q(f'sum by (lru) (mglrud_mapping_resident_bytes{{{TARGET}}})', "{{lru}}")])
@@ -324,7 +324,7 @@ def heat():
     b = Board("mglrud-heat", "mglrud / Heat (BPF)",
               "One target's memory at region precision, from the BPF source (mglrud's kernel patch: the "
               "MGLRU aging walk's accessed bits, counted per bpf.region_size region): access heat over the "
-              "address space x time, the seed's heatmap; idle ages, cold bytes and accessed bytes by node "
+              "address space x time, the seed's heatmap; idle ages, cold bytes and accessed bytes by NUMA node "
               "and LRU; the program's own health.",
               [v_datasource(), v_job(), v_instance(multi=False),
                v_target("mglrud_target_accessed_bytes_total", multi=False),
@@ -344,14 +344,14 @@ def heat():
           [q(f'sum by (le) (mglrud_target_region_idle_age_seconds_bucket{{{TARGET}, lru=~"$lru"}})', "{{le}}",
              fmt=pm.PromQueryFormat.HEATMAP)], w=24, h=8)
     b.row("Nodes and LRUs")
-    b.add(timeseries_panel("Bps"), "Accessed bytes per second by node and LRU",
+    b.add(timeseries_panel("Bps"), "Accessed bytes per second by NUMA node and LRU",
           "rate() of mglrud_target_accessed_bytes_total: bytes the aging walk found accessed, per second.",
-          [q(f'sum by (node, lru) (rate(mglrud_target_accessed_bytes_total{{{TARGET}, lru=~"$lru"}}'
-             f'[$__rate_interval]))', "node {{node}} {{lru}}")])
-    b.add(timeseries_panel("bytes", stacked=True), "Cold bytes by node and LRU",
+          [q(f'sum by (numa_node, lru) (rate(mglrud_target_accessed_bytes_total{{{TARGET}, lru=~"$lru"}}'
+             f'[$__rate_interval]))', "NUMA node {{numa_node}} {{lru}}")])
+    b.add(timeseries_panel("bytes", stacked=True), "Cold bytes by NUMA node and LRU",
           "Resident bytes not found accessed for at least the chosen threshold.",
-          [q(f'sum by (node, lru) (mglrud_target_region_cold_bytes{{{TARGET}, lru=~"$lru", '
-             f'threshold="$threshold"}})', "node {{node}} {{lru}}")])
+          [q(f'sum by (numa_node, lru) (mglrud_target_region_cold_bytes{{{TARGET}, lru=~"$lru", '
+             f'threshold="$threshold"}})', "NUMA node {{numa_node}} {{lru}}")])
     b.row("Program")
     b.add(timeseries_panel("ops"), "Tracepoint events per second",
           "Events the program saw (any process), those of a target, and those dropped because its map was "

@@ -4,4 +4,4 @@ Data flows kernel -> source (mglrud/sources) -> immutable Snapshot (mglrud/model
 -> collectors (mglrud/collectors) rendered on scrape.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

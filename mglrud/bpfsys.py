@@ -21,6 +21,8 @@ import os
 import platform
 import struct
 
+from mglrud import kernelwrite
+
 # include/uapi/linux/bpf.h, enum bpf_cmd
 MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
@@ -127,9 +129,11 @@ class Map:
 
     def update(self, key: bytes, value: bytes, flags: int = ANY) -> None:
         v = ctypes.create_string_buffer(value, self.slot * self.ncpus)
+        kernelwrite.record(kernelwrite.BPF_UPDATE, f"map fd {self.fd}", bytes(key) + bytes(value))
         self._elem(MAP_UPDATE_ELEM, key, v, flags)
 
     def delete(self, key: bytes) -> bool:
+        kernelwrite.record(kernelwrite.BPF_DELETE, f"map fd {self.fd}", bytes(key))
         try:
             self._elem(MAP_DELETE_ELEM, key)
         except BpfError as e:
@@ -159,22 +163,38 @@ class Map:
     def items(self) -> list[tuple[bytes, bytes]]:
         """Every (key, raw value): one batched lookup per few thousand entries when the kernel
         can (BPF_MAP_LOOKUP_BATCH), else a lookup per key."""
+        out = []
+        ks, vs = self.key_size, self.slot * self.ncpus
+        for keys, values, count in self.batches():
+            out += [(keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(count)]
+        return out
+
+    def batches(self):
+        """Every entry, as (keys, values, count) chunks: `count` keys of key_size bytes one after
+        the other, and their raw values (slot x ncpus bytes each) likewise -- what one
+        BPF_MAP_LOOKUP_BATCH fills in, with no Python object per entry (a reader decodes a chunk
+        with numpy); without batched lookups in the kernel, one chunk from a lookup per key."""
         if self._batch:
+            given = 0
             try:
-                return self._items_batch()
+                for chunk in self._batches():
+                    given += 1
+                    yield chunk
+                return
             except BpfError as e:
-                if e.errno not in (errno.EINVAL, errno.ENOTSUP, 524):  # 524: ENOTSUPP, kernel-internal
+                # said by the first call, before any chunk (524: ENOTSUPP, kernel-internal)
+                if given or e.errno not in (errno.EINVAL, errno.ENOTSUP, 524):
                     raise
                 self._batch = False
-        out = []
+        keys, values = [], []
         for k in self.keys():
             v = self.lookup(k)
             if v is not None:  # deleted meanwhile
-                out.append((k, v))
-        return out
+                keys.append(k)
+                values.append(v)
+        yield b"".join(keys), b"".join(values), len(keys)
 
-    def _items_batch(self) -> list[tuple[bytes, bytes]]:
-        out = []
+    def _batches(self):
         chunk = max(64, min(4096, self.max_entries))
         vsize = self.slot * self.ncpus
         token_in = ctypes.create_string_buffer(max(8, self.key_size))
@@ -198,11 +218,11 @@ class Map:
                     raise
                 done = True
             count = struct.unpack_from("<I", attr.raw, 32)[0]
-            kr, vr = keys.raw, values.raw
-            for i in range(count):
-                out.append((kr[i * self.key_size:(i + 1) * self.key_size], vr[i * vsize:(i + 1) * vsize]))
+            if count:
+                # the filled part only: a copy of count entries, not of the whole buffer
+                yield (ctypes.string_at(keys, count * self.key_size), ctypes.string_at(values, count * vsize), count)
             if done:
-                return out
+                return
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
 

@@ -70,29 +70,45 @@ def _get_unix(path: str, timeout: float, query: str = "") -> bytes:
         conn.close()
 
 
-def fetch_snapshot(url: str, timeout: float = 10.0, target: str | None = None,
-                   pid: int | None = None) -> SnapshotDoc:
-    """GET URL/snapshot.json (URL http(s)://HOST:PORT or unix:PATH) from a running `mglrud run`,
-    read through the typed reader; raises FetchError with what to do. `target`/`pid` ask only
-    for that part (the daemon filters; an older one sends everything, and the renderers
-    filter it the same way)."""
-    query = urllib.parse.urlencode([(k, v) for k, v in (("target", target), ("pid", pid)) if v is not None])
+def fetch_json(url: str, timeout: float = 10.0, target: str | None = None, pid: int | None = None,
+               form: str | None = None, found: int | None = None) -> dict:
+    """GET URL/snapshot.json (URL http(s)://HOST:PORT or unix:PATH) from a running `mglrud run`, as
+    the decoded JSON document, unchecked (demo/guest.py keeps it whole); raises FetchError with what
+    to do. `target`/`pid` ask only for that part (the daemon filters; an older one sends everything,
+    and the renderers filter it the same way)."""
+    # form=columns: the region cells one list per field (a third of the bytes); a daemon older
+    # than it answers HTTP 400 (unknown parameter), and is asked again without it
+    # found=N: at most N of each region's `found` (what the caller reads of them)
+    query = urllib.parse.urlencode([(k, v) for k, v in (("target", target), ("pid", pid), ("form", form),
+                                                        ("found", found if form is not None else None))
+                                    if v is not None])
     unix = url[len("unix:"):] if url.startswith("unix:") else None
     full = url if unix else url.rstrip("/") + "/snapshot.json" + (f"?{query}" if query else "")
     try:
         if unix:
-            return from_dict(json.loads(_get_unix(unix, timeout, query)))
+            return json.loads(_get_unix(unix, timeout, query))
         with urllib.request.urlopen(full, timeout=timeout) as r:
-            return from_dict(json.loads(r.read()))
+            return json.loads(r.read())
     except urllib.error.HTTPError as e:
+        if e.code == 400 and form is not None:  # a daemon older than ?form=
+            return fetch_json(url, timeout, target, pid, form=None, found=None)
         raise FetchError(f"{full}: HTTP {e.code}; is this a mglrud daemon?") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise FetchError(f"cannot reach {full} ({reason}); start `mglrud run` or pass --url") from None
-    except SchemaError as e:
-        raise FetchError(f"{full} is not a mglrud snapshot ({e}); is this a mglrud daemon?") from None
     except ValueError as e:
         raise FetchError(f"{full} did not return JSON ({e}); is this a mglrud daemon?") from None
+
+
+def fetch_snapshot(url: str, timeout: float = 10.0, target: str | None = None, pid: int | None = None,
+                   form: str | None = "columns", found: int | None = None) -> SnapshotDoc:
+    """fetch_json() read through the typed reader (in the compact columns form unless form=None);
+    FetchError also when it is not a mglrud snapshot."""
+    doc = fetch_json(url, timeout, target, pid, form, found)
+    try:
+        return from_dict(doc)
+    except SchemaError as e:
+        raise FetchError(f"{url} is not a mglrud snapshot ({e}); is this a mglrud daemon?") from None
 
 
 def read_maps(pid: int, procfs: str = "/proc") -> list[tuple[int, int, str]]:
@@ -123,7 +139,8 @@ def hotness_maps(snap: SnapshotDoc | dict, target: str | None,
 def report_main(args) -> int:
     """0 printed, 1 the daemon cannot be reached or has no data for the target/pid."""
     try:
-        snap = fetch_snapshot(default_url(args.url), target=args.target, pid=args.pid)
+        # the report reads no `found` entries (the newest idle age is idle_seconds)
+        snap = fetch_snapshot(default_url(args.url), target=args.target, pid=args.pid, found=0)
         if snap.redacted:
             print(f"mglrud: report: {REDACTED_NOTE}", file=sys.stderr)
         text = report.render(snap, target=args.target, pid=args.pid, maps=hotness_maps(snap, args.target, args.pid))

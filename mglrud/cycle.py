@@ -9,7 +9,9 @@ sources/selection.py (`sources:` in the config). Per cycle it:
    table (targets.ProcTable);
 2. resolves targets to memcgs and lets each source prepare (`before_aging`:
    the BPF source loads its target maps, so that the aging about to run is counted);
-3. ages the memcgs that are due (mglrud/aging.py), and reads lru_gen again;
+3. ages the memcgs that are due (mglrud/aging.py), and reads lru_gen again, parsing only
+   the aged memcgs' sections (and any new memcg): the others keep the first read's
+   generations, from just before the aging writes (lru_gen.reparse());
 4. asks each source for its part and assembles the immutable Snapshot (lru_gen's part
    leaves out what the cardinality controls say: sources/lru_gen.py select()).
 
@@ -30,6 +32,7 @@ from mglrud import sources
 from mglrud.aging import Aging, spacing
 from mglrud.config import Config, Target
 from mglrud.fs import FS, Writer, make_writer
+from mglrud.memory import gc_paused
 from mglrud.model import Snapshot, SourceStatus, TargetState
 from mglrud.model.lru_gen import GenHistogram
 from mglrud.sources import lru_gen, selection
@@ -98,6 +101,13 @@ class Engine:
     # ------------------------------------------------------------ the cycle
 
     def cycle(self, age: bool = True, age_all: bool = False) -> Snapshot:
+        # A cycle allocates tens of thousands of objects at thousands of memcgs and makes no
+        # reference cycles: the collector, run dozens of times over everything the daemon holds,
+        # would free nothing (memory.gc_paused()); it runs after.
+        with gc_paused():
+            return self._cycle(age, age_all)
+
+    def _cycle(self, age: bool, age_all: bool) -> Snapshot:
         cfg = self.config
         if selection.reprobe(cfg.sources, self.choice):
             self._choose()  # debugfs may have been mounted since: lru_gen then takes over
@@ -119,7 +129,8 @@ class Engine:
             if due:
                 self.aging.age(due, lruvecs, owner, resolutions, self.writer, lambda: lru_gen.read(self.fs))
                 try:
-                    lruvecs = lru_gen.read(self.fs)
+                    # only the aged memcgs' sections are parsed again (lru_gen.reparse())
+                    lruvecs = lru_gen.read(self.fs, lruvecs, set(due))
                 except lru_gen.Unavailable as e:
                     lruvecs, status = (), SourceStatus(lru_gen.NAME, False, str(e))
                 inputs = dataclasses.replace(inputs, lruvecs=lruvecs, index=memcg_index(lruvecs))

@@ -23,7 +23,7 @@ from typing import Callable
 
 from prometheus_client import ProcessCollector
 
-from mglrud import systemd, webconfig
+from mglrud import memory, systemd, webconfig
 from mglrud.collectors import Published
 from mglrud.collectors.reload import ReloadCollector, ReloadState
 from mglrud.config import Config, ConfigError, escape
@@ -121,6 +121,7 @@ class Daemon:
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
 
     def run(self) -> int:
+        memory.tune()  # big buffers (response bodies, rendered snapshots) unmapped when freed
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
@@ -188,6 +189,11 @@ class Daemon:
                         log.exception("cycle failed; keeping the previous snapshot")
                         # not a tight loop of tracebacks (nor a watchdog kill: the loop is alive)
                         self._sleep(min(self.config.snapshot_interval, self.watchdog.interval))
+                    else:
+                        try:
+                            exposition.prepare()  # rendered here, not in the next scrapes
+                        except Exception:
+                            log.exception("rendering the snapshot ahead failed; scrapes will render it")
                     next_publish = time.monotonic() + self.config.snapshot_interval
                     self._send_status()
                 timeout = min(self.engine.due_in(), next_publish - time.monotonic(), self.watchdog.interval)

@@ -15,6 +15,9 @@ A body is three parts, in this order:
    concurrent scrapes of a new snapshot wait for the one render instead of each doing it;
 3. per scrape: the extra collectors (config reload state, process_*), then `# EOF` for OpenMetrics.
 
+The daemon's loop renders part 2 ahead, when it publishes a snapshot, in the variants scrapes
+asked for lately (Exposition.prepare()), so that a scrape finds it made.
+
 Text 0.0.4 is a plain concatenation of families, so parts 1+2 are byte for byte what
 generate_latest(build_registry(...)) gives (tests/unit/test_exposition.py checks it on
 every fixture). gzip is one gzip member whose deflate stream is the three parts'
@@ -34,7 +37,7 @@ from typing import Callable, Iterable
 from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as om_format
 
-from mglrud import collectors
+from mglrud import collectors, memory
 from mglrud.collectors import Published, selfmetrics
 
 TEXT = text_format.CONTENT_TYPE_LATEST
@@ -86,8 +89,20 @@ def encode(families: Iterable, openmetrics: bool) -> bytes:
 
 
 def render_snapshot(snapshot, openmetrics: bool = False) -> bytes:
-    """Part 2 as bytes: what the cache keeps per snapshot and format."""
-    return encode(snapshot_families(snapshot), openmetrics)
+    """Part 2 as bytes: what the cache keeps per snapshot and format. The per-memcg families
+    are written directly (collectors/memcg.py render(): client_python's per-sample path was
+    ~10 us a series, and they are nearly all of them); the others by client_python. The
+    bytes are the same as encode(snapshot_families(snapshot)) (tests/unit/test_exposition.py)."""
+    chunks: list[bytes] = []
+    pending: list = []
+    for f in collectors.families(snapshot, snapshot.taken_at, direct=True):
+        if isinstance(f, collectors.Text):
+            chunks += [encode(pending, openmetrics), *f.render(openmetrics)]
+            pending = []
+        elif f.name not in PER_SCRAPE:
+            pending.append(f)
+    chunks.append(encode(pending, openmetrics))
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------- negotiation
@@ -158,18 +173,40 @@ class RenderCache:
                     slot.value = self._render(snapshot, openmetrics)
                     with self._lock:
                         self.renders += 1
+                    memory.trim()  # the render's garbage: tens of MiB at thousands of memcgs
             return slot.value
 
 
 class Exposition:
-    """The /metrics body for a scrape: Exposition.metrics(accept, accept_encoding) -> (body, headers)."""
+    """The /metrics body for a scrape: Exposition.metrics(accept, accept_encoding) -> (body, headers).
+
+    prepare(), called by the daemon's loop when it publishes a snapshot, renders the variants
+    (format, gzip) that scrapes asked for in the last RECENT seconds, so that their next scrapes
+    find bytes: at thousands of memcgs a render takes a few hundred ms, which a scrape should
+    not wait for. A variant nobody asks for any more is no longer rendered ahead."""
+
+    RECENT = 120.0  # two scrape intervals of a 1-minute job
 
     def __init__(self, published: Published, extra=(), wall: Callable[[], float] = time.time,
-                 render: Callable[[object, bool], bytes] = render_snapshot):
+                 render: Callable[[object, bool], bytes] = render_snapshot,
+                 clock: Callable[[], float] = time.monotonic):
         self.published = published
         self.extra = tuple(extra)  # per-scrape collectors, rendered after the snapshot's families
         self.wall = wall
+        self.clock = clock
         self.cache = RenderCache(render)
+        self._asked: dict[tuple[bool, bool], float] = {}  # (openmetrics, gzip) -> when last asked
+
+    def prepare(self) -> int:
+        """Render the published snapshot's recently asked-for variants now; how many there were."""
+        snap = self.published.current
+        if snap is None:
+            return 0
+        now = self.clock()
+        wanted = [v for v, at in list(self._asked.items()) if now - at <= self.RECENT]
+        for om, gz in wanted:
+            self.cache.get(snap, om, deflated=gz)  # the deflated form renders the text first
+        return len(wanted)
 
     def parts(self, openmetrics: bool) -> tuple[bytes, object, bytes]:
         snap = self.published.current  # read ONCE: every part of one body is one snapshot's
@@ -179,6 +216,7 @@ class Exposition:
 
     def metrics(self, accept: str | None = None, accept_encoding: str | None = None) -> tuple[bytes, list]:
         om = wants_openmetrics(accept)
+        self._asked[(om, wants_gzip(accept_encoding))] = self.clock()
         head, snap, tail = self.parts(om)
         middle = self.cache.get(snap, om) if snap is not None else b""
         headers = [("Content-Type", OPENMETRICS if om else TEXT)]

@@ -4,7 +4,8 @@ Every kernel file mglrud reads is found through an FS built from the config's
 `paths:` (or `--path.procfs` etc.), so tests point it at fixture trees captured
 from a real kernel, as node_exporter's tests do. Every write to
 /sys/kernel/debug/lru_gen goes through a Writer; tests swap in a
-RecordingWriter and compare the exact command strings.
+RecordingWriter and compare the exact command strings. Writers report each command to
+mglrud/kernelwrite.py, the seam of every kernel write.
 
 Writers accept only aging commands (`+ memcg_id node_id max_seq can_swap
 force_scan`, Documentation/admin-guide/mm/multigen_lru.rst). mglrud never
@@ -21,6 +22,7 @@ import re
 import stat
 from pathlib import Path
 
+from mglrud import kernelwrite
 from mglrud.config import Paths
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class Writer:
         if not _AGING_COMMAND.fullmatch(command):
             raise RefusedCommand(f"mglrud only writes aging commands ('+ id node seq can_swap force_scan'); "
                                  f"refused {command!r}")
+        kernelwrite.record(kernelwrite.LRU_GEN, getattr(self, "path", type(self).__name__), command.encode())
         self._write(command)
 
     def _write(self, command: str) -> None:

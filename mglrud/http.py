@@ -149,6 +149,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self.do_GET(body=False)
 
+    def __getattr__(self, name):
+        # Any other method (http.server looks up do_<METHOD>): 405 naming the two there are.
+        # http.server's own answer, 501 Not Implemented, is a server error: it fired
+        # 5xx alerts on a proxy in front of us for a client's POST (found by the fuzz test).
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self):
+        self.close_connection = True
+        self._send(405, "text/plain; charset=utf-8", b"method not allowed; use GET or HEAD\n",
+                   extra=[("Allow", "GET, HEAD")])
+
     def do_GET(self, body: bool = True):
         if self.web is not None and self.web.users and not self.site.auth.check(
                 self.web.user_hashes, self.headers.get("Authorization")):

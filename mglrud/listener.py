@@ -93,6 +93,12 @@ class Server:
         for w in self._workers:
             w.start()
 
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed (being read, queued or answered)."""
+        with self._open_lock:
+            return self._open
+
     # ------------------------------------------------------------ selector thread
 
     def serve_forever(self) -> None:

@@ -11,6 +11,7 @@ import importlib
 # module -> (Debian package, what needs it)
 OPTIONAL = {
     "bcc": ("python3-bpfcc", "the BPF source (per-region heat on a kernel with kernel-patch/)"),
+    "numpy": ("python3-numpy", "the BPF source (it decodes the BPF maps and /proc/PID/pagemap)"),
     "urwid": ("python3-urwid", "the live heatmap (mglrud heatmap)"),
     "PIL": ("python3-pil", "the heatmap image (mglrud heatmap --png)"),
     "systemd": ("python3-systemd", "logging to the journal with priorities under systemd"),

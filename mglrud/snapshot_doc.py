@@ -170,7 +170,7 @@ class TargetHeatDoc:
     memcg_ids: tuple[int, ...] = ()
     accessed_bytes_total: tuple[AccessedDoc, ...] = ()
     buckets: tuple[BucketDoc, ...] = ()
-    regions: tuple[RegionDoc, ...] = ()
+    regions: tuple[RegionDoc, ...] = ()  # from "regions", or "region_columns" (?form=columns)
 
 
 @dataclass(frozen=True)
@@ -246,8 +246,35 @@ def _build(tp, value, where: str):
     return value  # int, float, str, bool, dict: as JSON has them
 
 
+def _rows(cols, where: str) -> list[dict]:
+    """region_columns (?form=columns: one list per RegionDoc field; found and found_in flat
+    [a, b, a, b, ...] pairs) -> the "regions" list of the rows form."""
+    names = [f.name for f in dataclasses.fields(RegionDoc)]
+    if not isinstance(cols, dict):
+        raise SchemaError(f"{where}: expected an object, got {type(cols).__name__}")
+    for n in names:
+        if not isinstance(cols.get(n), list) or len(cols[n]) != len(cols.get("tgid") or ()):
+            raise SchemaError(f"{where}.{n}: expected a list as long as tgid")
+    rows = [dict(zip(names, row)) for row in zip(*(cols[n] for n in names))]
+    for i, r in enumerate(rows):
+        for name, a, b in (("found", "seconds_ago", "bytes"), ("found_in", "seq", "bytes")):
+            flat = r[name]
+            if not isinstance(flat, list) or len(flat) % 2:
+                raise SchemaError(f"{where}.{name}[{i}]: expected a flat list of pairs")
+            r[name] = [{a: x, b: y} for x, y in zip(flat[0::2], flat[1::2])]
+    return rows
+
+
 def from_dict(doc: dict) -> SnapshotDoc:
     """A decoded /snapshot.json -> SnapshotDoc; raises SchemaError naming the first bad field."""
+    hot = doc.get("hotness") if isinstance(doc, dict) else None
+    targets = hot.get("targets") if isinstance(hot, dict) else None
+    if isinstance(targets, list) and any(isinstance(t, dict) and "region_columns" in t for t in targets):
+        targets = [{k: v for k, v in t.items() if k != "region_columns"} | {
+                   "regions": list(t.get("regions") or ()) + _rows(t["region_columns"],
+                                                                    f"snapshot.hotness.targets[{i}].region_columns")}
+                   if isinstance(t, dict) and "region_columns" in t else t for i, t in enumerate(targets)]
+        doc = {**doc, "hotness": {**hot, "targets": targets}}
     return _build(SnapshotDoc, doc, "snapshot")
 
 

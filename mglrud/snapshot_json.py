@@ -8,6 +8,7 @@ by threshold seconds as in the metrics' `threshold` label. docs/metrics.md
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ from mglrud.model.snapshot import Snapshot
 from mglrud.snapshot_doc import (JSON_VERSION, SchemaError, SourceDoc, TargetDoc, GenerationDoc, MemcgDoc, MappingDoc, ProcessDoc, ProcfsTargetDoc, ProcfsDoc, FoundDoc, FoundInDoc, PassDoc, RegionDoc, AccessedDoc, BucketDoc, TargetHeatDoc, HotnessDoc, SnapshotDoc, from_dict, read)  # noqa: E402,F401
 
 
+FORMS = ("rows", "columns")
+# region_columns' fields, in RegionDoc's order; "found" and "found_in" hold per cell a flat list
+# of pairs: [seconds_ago, bytes, seconds_ago, bytes, ...] and [seq, bytes, ...]
+REGION_COLUMNS = ("tgid", "memcg_id", "start", "node", "lru", "resident_bytes", "accessed_bytes",
+                  "accessed_bytes_total", "heat_bytes_per_second", "idle_seconds", "found", "found_in")
+
+
 @dataclass(frozen=True)
 class Query:
     """What GET /snapshot.json?target=&pid=&offset=&limit= asks for: one target's and/or one
@@ -33,6 +41,12 @@ class Query:
     pid: int | None = None
     offset: int = 0
     limit: int | None = None
+    # "columns": each target's region cells as one array per field ("region_columns"), and the
+    # document without indentation: a third of the bytes (docs/metrics.md, "/snapshot.json")
+    form: str = "rows"
+    # at most this many of each cell's `found` (newest first; `found_in` is not cut: the heatmap
+    # draws every pass listed from it). `mglrud heatmap` reads only the newest, `report` none.
+    found: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -47,7 +61,7 @@ def parse_query(qs: str) -> Query:
         q = parse_qs(qs, keep_blank_values=True, strict_parsing=bool(qs), max_num_fields=8)
     except ValueError as e:
         raise ValueError(f"cannot parse the query {qs!r}: {e}") from None
-    known = ("target", "pid", "offset", "limit")
+    known = ("target", "pid", "offset", "limit", "form", "found")
     for k, v in q.items():
         if k not in known:
             raise ValueError(f"unknown parameter {k!r}; /snapshot.json takes {', '.join(known)}")
@@ -56,7 +70,11 @@ def parse_query(qs: str) -> Query:
     args: dict = {}
     if "target" in q:
         args["target"] = q["target"][0]
-    for k in ("pid", "offset", "limit"):
+    if "form" in q:
+        if q["form"][0] not in FORMS:
+            raise ValueError(f"form={q['form'][0]!r} is not one of {', '.join(FORMS)}")
+        args["form"] = q["form"][0]
+    for k in ("pid", "offset", "limit", "found"):
         if k in q:
             v = q[k][0]
             if not v.isascii() or not v.isdigit() or (k == "pid" and int(v) == 0):
@@ -113,12 +131,15 @@ def to_dict(snap: Snapshot, query: Query | None = None) -> dict:
     if not q.empty:
         matched = sum(1 for t in snap.hotness.targets if q.target in (None, t.name) for r in t.regions
                       if q.pid in (None, r.tgid)) if snap.hotness is not None else 0
-        doc["query"] = {"target": q.target, "pid": q.pid, "offset": q.offset, "limit": q.limit,
+        doc["query"] = {"target": q.target, "pid": q.pid, "offset": q.offset, "limit": q.limit, "form": q.form,
+                        "found": q.found,
                         "regions_matched": matched}
     return doc
 
 
 def to_json(snap: Snapshot, query: Query | None = None) -> str:
+    if query is not None and query.form == "columns":
+        return json.dumps(to_dict(snap, query), separators=(",", ":")) + "\n"
     return json.dumps(to_dict(snap, query), indent=1, sort_keys=False) + "\n"
 
 
@@ -172,19 +193,36 @@ def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None 
     page = data.page_size
     q = query or Query()
     end = None if q.limit is None else q.offset + q.limit
+    cut = q.found  # None: all
     seen = 0
 
-    def cells(t) -> list:
+    def picked(t) -> list:
         nonlocal seen
-        if q.empty:
-            return [region(r) for r in t.regions]
+        if q.pid is None and not q.offset and end is None:
+            seen += len(t.regions)
+            return list(t.regions)
         out = []
         for r in t.regions:
             if q.pid is None or r.tgid == q.pid:
                 if seen >= q.offset and (end is None or seen < end):
-                    out.append(region(r))
+                    out.append(r)
                 seen += 1
         return out
+
+    def cells(t) -> list:
+        return [region(r) for r in picked(t)]
+
+    def columns(t) -> dict:
+        """The cells as one list per field: the names once, not once per cell."""
+        rs = picked(t)
+        cols = [list(c) for c in zip(*rs)] if rs else [[] for _ in REGION_COLUMNS]
+        tgid, memcg_id, start, node, lru, res, acc, total, rate, idle, found, found_in = cols
+        return dict(zip(REGION_COLUMNS, (
+            tgid, memcg_id, start, node, lru, [None if x is None else x * page for x in res],
+            [x * page for x in acc], [x * page for x in total], [x * page for x in rate],
+            [x if math.isfinite(x) else None for x in idle],
+            [[v for a, n in f[:cut] for v in (a, n * page)] for f in found],
+            [[v for s, n in f for v in (s, n * page)] for f in found_in])))
 
     def region(r: RegionHeat) -> dict:
         return {"tgid": r.tgid, "memcg_id": r.memcg_id, "start": r.start, "node": r.node, "lru": r.lru,
@@ -193,7 +231,7 @@ def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None 
                 "accessed_bytes_total": r.accessed_pages_total * page,
                 "heat_bytes_per_second": r.rate * page,
                 "idle_seconds": r.idle_seconds if math.isfinite(r.idle_seconds) else None,
-                "found": [{"seconds_ago": a, "bytes": n * page} for a, n in r.found],
+                "found": [{"seconds_ago": a, "bytes": n * page} for a, n in r.found[:cut]],
                 "found_in": [{"seq": q, "bytes": n * page} for q, n in r.found_in]}
 
     return {
@@ -212,6 +250,8 @@ def hotness_dict(data: HotnessData, redacted: bool = False, query: Query | None 
             "accessed_bytes_total": [{"node": n, "lru": l, "bytes": b} for n, l, b in t.accessed_bytes_total],
             "buckets": [{"ranges": [] if redacted else [list(x) for x in b.ranges], "heat_bytes_per_second": b.heat,
                          "accessed_bytes": b.accessed_bytes} for b in t.buckets],
-            "regions": [] if redacted else cells(t),
+            "regions": [] if redacted or q.form == "columns" else cells(t),
+            **({"region_columns": columns(t) if not redacted else columns(dataclasses.replace(t, regions=()))}
+               if q.form == "columns" else {}),
         } for t in data.targets if q.target in (None, t.name)],
     }

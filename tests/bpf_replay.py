@@ -89,12 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seconds", type=float, default=600.0, help="stop after this long (a bound for tests)")
+    p.add_argument("--web-config", default="", help="an exporter-toolkit web config file (TLS, basic auth)")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="mglrud-bpf-replay-") as tmp:
         snap, _ = replayed_snapshot(Path(tmp), taken_at=time.time())
     published = Published(snap)
-    server, _ = serve("127.0.0.1", args.port, published)
+    web = None
+    if args.web_config:
+        from mglrud import webconfig
+
+        web = webconfig.WebConfigSource(args.web_config, webconfig.load(args.web_config))
+    server, _ = serve("127.0.0.1", args.port, published, web=web)
     print(f"serving http://127.0.0.1:{server.server_port}/metrics", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -38,8 +38,17 @@ class Published:
         self._snapshot = snapshot
 
 
-def families(snap: Snapshot | None, now: float):
-    """Every metric family of one Snapshot, in /metrics order."""
+class Text:
+    """In place of a module's families (families(direct=True)): their text, written by the
+    module itself (memcg.chunks()) -- the same bytes client_python's encoders would write."""
+
+    def __init__(self, render: Callable[[bool], list[bytes]]):
+        self.render = render  # openmetrics -> the text in chunks, to be joined
+
+
+def families(snap: Snapshot | None, now: float, direct: bool = False):
+    """Every metric family of one Snapshot, in /metrics order. direct: memcg's families
+    (nearly all the series on a host with many memcgs) come as one Text instead."""
     yield from selfmetrics.families(snap, now)
     if snap is None:
         return
@@ -50,6 +59,9 @@ def families(snap: Snapshot | None, now: float):
     # next snapshot on, like cold_thresholds.
     off = getattr(snap, "disabled_families", frozenset())
     for module in (memcg, workload, procfs, bpf):
+        if direct and module is memcg:
+            yield Text(lambda openmetrics: memcg.chunks(snap, openmetrics))  # applies metrics.disable itself
+            continue
         yield from (f for f in module.families(snap) if f.name not in off)
 
 

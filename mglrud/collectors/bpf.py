@@ -2,7 +2,7 @@
 
 Cardinality is bounded by the config, never by the workload: per process
 target one histogram of heat over address offset (bpf.heat_buckets buckets,
-`le` a fraction of the target's collapsed address space); per target, node and
+`le` a fraction of the target's collapsed address space); per target, numa_node and
 lru an idle-age histogram (metrics.idle_age_buckets), cold bytes per
 threshold and an accessed-bytes counter. No pid, address or region label.
 """
@@ -54,7 +54,7 @@ def families(snap):
     page = data.page_size
     offset = GaugeHistogramMetricFamily("mglrud_target_access_offset_ratio", HELP["offset"],
                                         labels=["target"])
-    key = ["target", "node", "lru"]
+    key = ["target", "numa_node", "lru"]
     idle = GaugeHistogramMetricFamily("mglrud_target_region_idle_age_seconds", HELP["idle"], labels=key)
     cold = GaugeMetricFamily("mglrud_target_region_cold_bytes", HELP["cold"], labels=key + ["threshold"])
     accessed = CounterMetricFamily("mglrud_target_accessed_bytes", HELP["accessed"], labels=key)

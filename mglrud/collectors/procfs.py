@@ -8,7 +8,7 @@ memcg). A dashboard panel can show either by its metric name.
 
 Labels: target = the configured target's name (never a pid: pids are
 unbounded); comm = the process name; mapping = a stable mapping name (a file
-path without " (deleted)", [heap], [stack], [anon], ...); node = NUMA node;
+path without " (deleted)", [heap], [stack], [anon], ...); numa_node = NUMA node;
 lru = anon|file. Cardinality is bounded per target: the top `procfs.top_mappings`
 (comm, mapping) pairs by resident bytes get their own series, the rest are
 summed under comm="", mapping="other". With K top mappings, N nodes and T cold
@@ -65,7 +65,7 @@ def families(snap):
     edges = snap.idle_age_buckets
     top = data.top_mappings
     key = ["target", "comm", "mapping"]
-    resident = GaugeMetricFamily("mglrud_mapping_resident_bytes", HELP["resident"], labels=key + ["node", "lru"])
+    resident = GaugeMetricFamily("mglrud_mapping_resident_bytes", HELP["resident"], labels=key + ["numa_node", "lru"])
     accessed = GaugeMetricFamily("mglrud_mapping_accessed_bytes", HELP["accessed"], labels=key)
     idle = GaugeMetricFamily("mglrud_mapping_idle_seconds", HELP["idle"], labels=key)
     cold = GaugeMetricFamily("mglrud_mapping_cold_bytes", HELP["cold"], labels=key + ["lru", "threshold"])

@@ -67,6 +67,9 @@ class RawRead:
     events: int  # every event the program saw
     matched: int  # events of a target
     dropped: int  # events of a target lost to a full map
+    # base pages of targets found young, by who cleared the accessed bit ({"aging": n, ...},
+    # summed over CPUs; docs/stock-kernel.md)
+    harvest: dict = field(default_factory=dict)
 
 
 def combine_percpu(per_cpu: list[tuple[int, int, int]]) -> Counts:
@@ -84,7 +87,8 @@ def raw_from_dump(dump: dict) -> RawRead:
         # Program.dump() combines the CPUs already (one entry); captured dumps may hold each CPU's
         cells[key] = Counts(*pc[0]) if len(pc) == 1 else combine_percpu([tuple(v) for v in pc])
     s = dump["stats"]
-    return RawRead(dump["mono_ns"], cells, sum(s["events"]), sum(s["matched"]), sum(s["dropped"]))
+    return RawRead(dump["mono_ns"], cells, sum(s["events"]), sum(s["matched"]), sum(s["dropped"]),
+                   {n: sum(v) for n, v in dump.get("harvest", {}).items()})
 
 
 # ---------------------------------------------------------------- per-cell state
@@ -107,27 +111,37 @@ HISTORY = 16
 def step(prev: dict, raw: RawRead, half_life: float) -> dict:
     """New per-cell state from the previous one and a read. Cells missing from the
     read (deleted from the map) are dropped; a count lower than before means the
-    key was deleted and re-created, so the whole count is new."""
+    key was deleted and re-created, so the whole count is new.
+
+    One pass, one CellState per cell built by tuple.__new__ (65k cells a cycle): the decay
+    factor is computed once per previous read time (all cells of the previous read share it),
+    not once per cell."""
     out = {}
     k = LN2 / half_life
-    for key, c in raw.cells.items():
-        p = prev.get(key)
+    now = raw.mono_ns
+    get = prev.get
+    new = tuple.__new__
+    decays: dict = {}
+    for key, (pages, _, last_ns) in raw.cells.items():
+        p = get(key)
         if p is None:
             # First sight: what the map holds happened before this read, but we
             # do not know over what time; count it as found now.
-            delta, rate, total = c.pages, 0.0, 0
-            decay = 1.0
-        else:
-            delta = c.pages - p.seen_pages if c.pages >= p.seen_pages else c.pages
-            dt = max(0.0, (raw.mono_ns - p.updated_ns) / 1e9)
-            decay = 2.0 ** (-dt / half_life)
-            rate, total = p.rate, p.total_pages
-        history = p.history if p is not None else ()
+            out[key] = new(CellState, (pages, pages, pages, pages * k, last_ns, now,
+                                       ((last_ns, pages),) if pages else ()))
+            continue
+        seen, total, _, rate, prev_last, updated, history = p
+        delta = pages - seen if pages >= seen else pages
+        decay = decays.get(updated)
+        if decay is None:
+            decay = decays[updated] = 2.0 ** (-max(0.0, (now - updated) / 1e9) / half_life)
         if delta:
-            history = (history + ((c.last_ns, delta),))[-HISTORY:]
-        out[key] = CellState(c.pages, total + delta, delta, rate * decay + delta * k,
-                             c.last_ns if delta or p is None else max(c.last_ns, p.last_ns),
-                             raw.mono_ns, history)
+            history = history + ((last_ns, delta),) if len(history) < HISTORY else \
+                (history + ((last_ns, delta),))[-HISTORY:]
+            out[key] = new(CellState, (pages, total + delta, delta, rate * decay + delta * k, last_ns, now, history))
+        else:
+            out[key] = new(CellState, (pages, total, 0, rate * decay,
+                                       last_ns if last_ns > prev_last else prev_last, now, history))
     return out
 
 

@@ -54,8 +54,9 @@ def pfn_node_table(zones: list[tuple[int, int, int]]):
     return node
 
 
-def residency(vma: Vma, entries: list[int], page_size: int, region_shift: int, node_of) -> dict:
-    """pagemap entries (one u64 per page of vma) -> {(region, node, lru): resident pages}.
+def residency(vma: Vma, entries, page_size: int, region_shift: int, node_of) -> dict:
+    """pagemap entries (one u64 per page of vma: the bytes pagemap gives, or ints) -> {(region,
+    node, lru): resident pages}.
 
     lru follows where the kernel puts the page: a page of a private mapping that
     pagemap does not flag as file (anonymous, or a copy-on-write copy) is anon;
@@ -66,6 +67,8 @@ def residency(vma: Vma, entries: list[int], page_size: int, region_shift: int, n
     zones = getattr(node_of, "zones", None)
     if zones is not None:
         return _residency_zones(vma, entries, page_size, region_shift, zones)
+    if isinstance(entries, (bytes, bytearray, memoryview)):
+        entries = memoryview(entries).cast("B").cast("Q")  # native order: pagemap is the host's
     out: dict = {}
     pages_per_region_shift = region_shift - (page_size.bit_length() - 1)
     first = vma.start // page_size
@@ -80,32 +83,74 @@ def residency(vma: Vma, entries: list[int], page_size: int, region_shift: int, n
     return out
 
 
+def _node_lookup(zones):
+    """(bounds, node + 1 per interval) for np.searchsorted: zones of one node that touch merged,
+    interval [0, 1) unknown (PFN 0: pagemap hides PFNs without CAP_SYS_ADMIN), gaps unknown."""
+    merged: list[list[int]] = []
+    for s, e, n in sorted(zones):
+        if merged and merged[-1][2] == n and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e, n])
+    bounds, code = [0, 1], [0, 0]  # code[k]: pfn in [bounds[k-1], bounds[k]); index 0 never used
+    for s, e, n in merged:
+        s = max(s, 1)
+        if s >= e:
+            continue
+        if s > bounds[-1]:
+            bounds.append(s)
+            code.append(0)  # the gap before the zone
+        elif s < bounds[-1]:  # overlapping zones (not seen in zoneinfo): the first one wins
+            s = bounds[-1]
+            if s >= e:
+                continue
+        bounds.append(e)
+        code.append(n + 1)
+    return bounds, code + [0]  # beyond the last zone
+
+
 def _residency_zones(vma: Vma, entries, page_size: int, region_shift: int, zones) -> dict:
-    """residency() with node_of = pfn_node_table(zones), vectorised; the same dict."""
+    """residency() with node_of = pfn_node_table(zones), vectorised; the same dict. On the
+    pagemap bytes as read (no int per page): one small class per page, counted per region
+    over a (regions, pages per region) view."""
+    import sys
+
     import numpy as np  # imported on first use: only the BPF source reads residency
 
-    e = np.asarray(entries, dtype=np.uint64)
-    page = np.flatnonzero(e & np.uint64(PM_PRESENT))
-    if not len(page):
+    if isinstance(entries, (bytes, bytearray, memoryview)):
+        e = np.frombuffer(entries, dtype=np.uint64)  # pagemap's bytes as they are
+    else:
+        e = np.asarray(entries, dtype=np.uint64)
+    n = len(e)
+    if not n:
         return {}
-    e = e[page]
-    file = (e & np.uint64(PM_FILE)) != 0 if not vma.shmem else np.zeros(len(e), dtype=bool)
-    pfn = e & np.uint64(PM_PFN_MASK)
-    node = np.full(len(e), -1, dtype=np.int64)
-    if zones:
-        starts = np.array([z[0] for z in zones], dtype=np.uint64)
-        i = np.searchsorted(starts, pfn, side="right") - 1
-        ok = (i >= 0) & (pfn != 0)
-        j = np.where(ok, i, 0)
-        ok &= pfn < np.array([z[1] for z in zones], dtype=np.uint64)[j]
-        node = np.where(ok, np.array([z[2] for z in zones], dtype=np.int64)[j], -1)
-    region = (page + vma.start // page_size) >> (region_shift - (page_size.bit_length() - 1))
-    # one small integer per (region, node, lru) (regions of one mapping are few), counted by bincount
-    lo, nodes = int(region.min()), int(node.max()) + 2
-    counts = np.bincount(((region - lo) * nodes + (node + 1)) * 2 + file)
-    keys = np.flatnonzero(counts)
-    return {(k // 2 // nodes + lo, k // 2 % nodes - 1, "file" if k % 2 else "anon"): n
-            for k, n in zip(keys.tolist(), counts[keys].tolist())}
+    # the flags are in the top byte (bit 7 present, bit 5 file): one byte a page, not a u64
+    top = e.view(np.uint8)[7::8] if sys.byteorder == "little" else (e >> np.uint64(56)).astype(np.uint8)
+    bounds, code = _node_lookup(zones)
+    # class per page: 0 absent, else 1 + 2 * (node + 1) + file  (node + 1 = 0: unknown)
+    node1 = np.array(code, dtype=np.int32)[np.searchsorted(
+        np.array(bounds, dtype=np.uint64), e & np.uint64(PM_PFN_MASK), side="right")]
+    cls = node1 * 2 + 1
+    if not vma.shmem:
+        cls += (top >> 5) & 1
+    cls[top < 0x80] = 0
+    # pages of each region side by side: pad the mapping out to whole regions
+    per = 1 << (region_shift - (page_size.bit_length() - 1))
+    first = vma.start // page_size
+    head = first % per
+    rows = -(-(head + n) // per)
+    grid = np.zeros(rows * per, dtype=np.int32)
+    grid[head:head + n] = cls
+    grid = grid.reshape(rows, per)
+    out: dict = {}
+    lo = first // per
+    for c in np.flatnonzero(np.bincount(cls)[1:]).tolist():
+        c += 1
+        counts = np.count_nonzero(grid == c, axis=1)
+        node, lru = (c - 1) // 2 - 1, "file" if (c - 1) % 2 else "anon"
+        for r in np.flatnonzero(counts).tolist():
+            out[(lo + r, node, lru)] = int(counts[r])
+    return out
 
 
 # The top byte of a pagemap entry (little-endian u64): bit 7 present, bit 5 file/shared.

@@ -222,9 +222,20 @@ def grid(snaps: list[SnapshotDoc | dict], target: str | None = None, pid: int | 
 
 
 def grid_of(columns: list[tuple[float, dict[RowKey, Cell]]]) -> Grid:
-    """A Grid from (taken_at, cells) pairs, as the live view keeps them (cells computed once per snapshot)."""
-    rows = tuple(sorted({k for _, c in columns for k in c}))
-    return Grid(rows, tuple(t for t, _ in columns), tuple(tuple(c.get(k) for _, c in columns) for k in rows))
+    """A Grid from (taken_at, cells) pairs, as the live view keeps them (cells computed once per snapshot).
+
+    One row per address range (pid, start, end), named as the newest column that named it: a BPF
+    region seen before /proc/PID/maps listed its mapping (read every MAPS_REFRESH seconds, or by
+    the caller once) is "?" in its first columns and named after, and must stay one row."""
+    names: dict[tuple[int, int, int], str] = {}
+    for _, c in columns:
+        for k in c:
+            if k.name != "?" or (k.pid, k.start, k.end) not in names:
+                names[(k.pid, k.start, k.end)] = k.name
+    rows = tuple(sorted(RowKey(*r, n) for r, n in names.items()))
+    by_range = [{(k.pid, k.start, k.end): v for k, v in c.items()} for _, c in columns]
+    return Grid(rows, tuple(t for t, _ in columns),
+                tuple(tuple(c.get((k.pid, k.start, k.end)) for c in by_range) for k in rows))
 
 
 def glyph(cell: Cell | None, overlay: str = "heat") -> str:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
+import math
 import os
 import platform
 from collections import Counter
+from operator import itemgetter
 
 from mglrud.fs import FS
 from mglrud.model import hotness as H
@@ -28,6 +30,10 @@ from mglrud.sources.smaps import is_shmem, parse_smaps
 # A process whose mapped-and-resident address space is larger than this is not
 # read through pagemap (8 bytes per 4 KiB page: 16 GiB -> 32 MiB read per cycle).
 MAX_SCAN_BYTES = 16 << 30
+# pagemap is read this much address space at a time (2 MiB of entries): what a read and its
+# decode hold at once stays the same for a 1 GiB mapping and a 64 GiB one (the counts add up
+# over the pieces, a region split between two of them included)
+READ_BYTES = 1 << 30
 
 
 # move_pages(2) is asked about this many pages per call: 64 KiB of addresses, 16 KiB of statuses
@@ -44,10 +50,12 @@ def move_pages_status(pid: int, start: int, npages: int, page_size: int) -> byte
     CONFIG_MIGRATION, ESRCH when the process is gone."""
     if _SYS_MOVE_PAGES is None:
         raise OSError(errno.ENOSYS, f"move_pages(2) number unknown for {platform.machine()}")
-    pages = array.array("Q", range(start, start + npages * page_size, page_size))
+    import numpy as np  # the addresses at C speed (a Python int per page cost 20 ms a GiB)
+
+    pages = np.arange(start, start + npages * page_size, page_size, dtype=np.uint64)
     status = array.array("i", bytes(4 * npages))
     r = _libc.syscall(ctypes.c_long(_SYS_MOVE_PAGES), ctypes.c_long(pid), ctypes.c_ulong(npages),
-                      ctypes.c_void_p(pages.buffer_info()[0]), None,
+                      ctypes.c_void_p(pages.ctypes.data), None,
                       ctypes.c_void_p(status.buffer_info()[0]), ctypes.c_int(0))
     if r < 0:
         e = ctypes.get_errno()
@@ -105,10 +113,11 @@ def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes, s
     node_of, only = nodes
     try:
         with open(fs.proc(pid, "pagemap"), "rb") as f:
-            for e in vmas:
-                f.seek(e.start // page_size * 8)
-                data = f.read((e.end - e.start) // page_size * 8)
-                vma = H.Vma(e.start, e.end, e.path, is_shmem(e.path))
+            for e, lo, hi in ((e, lo, min(e.end, lo + READ_BYTES)) for e in vmas
+                              for lo in range(e.start, e.end, READ_BYTES)):
+                f.seek(lo // page_size * 8)
+                data = f.read((hi - lo) // page_size * 8)
+                vma = H.Vma(lo, hi, e.path, is_shmem(e.path))
                 if only is not None:
                     cells.update(H.residency_one_node(vma, data, page_size, region_shift, only))
                     continue
@@ -120,8 +129,7 @@ def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes, s
                         if err.errno in (errno.ESRCH, errno.ENOENT):
                             return None  # gone meanwhile
                         status_of = None  # refused: the PFNs, for this and the next mappings
-                cells.update(H.residency(vma, memoryview(data).cast("Q").tolist(), page_size, region_shift,
-                                         node_of))
+                cells.update(H.residency(vma, data, page_size, region_shift, node_of))  # the bytes: no int per page
     except OSError as e:
         return spans, None, f"cannot read pagemap: {e.strerror}"
     return spans, dict(cells), ""
@@ -132,32 +140,44 @@ class HeatBuilder:
 
     status_of = staticmethod(move_pages_status)  # tests give a stand-in (the fixtures' pids are not real)
 
-    def _build(self, targets, procs, memcgs, now_ns: int, entries: int, last=frozenset()) -> H.HotnessData:
+    def _build(self, targets, procs, memcgs, now_ns: int, entries: int, last=frozenset(),
+               found_in: dict | None = None) -> H.HotnessData:
         """`last`: cells read for the last time (deleted from the map after this); those of
-        processes or memcgs a target had at the previous read count in its accessed bytes."""
+        processes or memcgs a target had at the previous read count in its accessed bytes.
+        `found_in`: CellKey -> its pass-tagged finds (RegionHeat.found_in)."""
         cfg, page = self.cfg, self.page_size
         nodes = node_of_pfn(self.fs)
         residency_cache: dict[int, object] = {}
         notes = []
         out = []
+        state = self.state
+        # the memcg ids and tgids the cells have, once a cycle (C speed): a target that claims
+        # all of them takes the state as it is, with no pass over the cells
+        have_ids, have_tgids = set(map(itemgetter(1), state)), set(map(itemgetter(0), state))
         for t in targets:
             had_tgids, had_ids = self._had.get(t.name, (frozenset(), frozenset()))
             if t.kind == "memcg":
                 ids = set(memcgs.get(t.name, ()))
-                claimed = {k: s for k, s in self.state.items()
-                           if k.memcg_id in ids or (k in last and k.memcg_id in had_ids)}
+                if have_ids <= ids:
+                    claimed = state
+                else:
+                    claimed = {k: s for k, s in state.items()
+                               if k.memcg_id in ids or (k in last and k.memcg_id in had_ids)}
             else:
                 pids = set(procs.get(t.name, ()))
-                claimed = {k: s for k, s in self.state.items()
-                           if k.tgid in pids or (k in last and k.tgid in had_tgids)}
+                if have_tgids <= pids:
+                    claimed = state
+                else:
+                    claimed = {k: s for k, s in state.items()
+                               if k.tgid in pids or (k in last and k.tgid in had_tgids)}
             acc = self.accessed.setdefault(t.name, Counter())
-            for k, s in claimed.items():
-                if s.delta_pages:
-                    acc[(k.node, k.lru)] += s.delta_pages * page
+            for key, delta in zip(map(itemgetter(3, 4), claimed), map(itemgetter(2), claimed.values())):
+                if delta:  # (node, lru), CellState.delta_pages
+                    acc[key] += delta * page
             # cells read for the last time count above, but are not shown: their process is gone
-            mine = {k: s for k, s in claimed.items() if k not in last}
+            mine = {k: s for k, s in claimed.items() if k not in last} if last else claimed
             if t.kind == "memcg":
-                by_tgid = Counter(k.tgid for k in mine)
+                by_tgid = Counter(map(itemgetter(0), mine))  # CellKey.tgid
                 scan = [tg for tg, _ in by_tgid.most_common(cfg.max_processes) if tg]
             else:
                 ids = {k.memcg_id for k in mine}
@@ -180,7 +200,7 @@ class HeatBuilder:
                     continue
                 for (region, node, lru), n in cells.items():
                     resident[(tg, region, node, lru)] = n
-            regions = self._regions(mine, resident, set(scan), now_ns)
+            regions = self._regions(mine, resident, set(scan), now_ns, found_in)
             buckets = ()
             if t.kind != "memcg":
                 buckets = self._buckets(spans_in, mine)
@@ -196,26 +216,42 @@ class HeatBuilder:
                              map_entries=entries, map_capacity=cfg.max_regions, notes=tuple(dict.fromkeys(notes)),
                              event=getattr(self.program, "event", ""))
 
-    def _regions(self, mine: dict, resident: dict, scanned: set[int], now_ns: int) -> tuple[H.RegionHeat, ...]:
+    def _regions(self, mine: dict, resident: dict, scanned: set[int], now_ns: int,
+                 found_in: dict | None = None) -> tuple[H.RegionHeat, ...]:
+        """The snapshot's cells: one RegionHeat per counted cell (its pass-tagged finds from
+        `found_in`), then one per resident cell never counted. One pass over the cells, each
+        RegionHeat built by tuple.__new__ (65k a cycle)."""
         shift = self.cfg.region_shift
-        memcg_of = {}
-        for k in mine:
-            memcg_of.setdefault(k.tgid, k.memcg_id)
+        new, inf = tuple.__new__, math.inf
+        fi_get = (found_in or {}).get
         out = []
         seen = set()
         for k, s in mine.items():
-            rk = (k.tgid, k.region, k.node, k.lru)
-            seen.add(rk)
-            res = resident.get(rk, 0) if k.tgid in scanned else None
-            found = tuple((max(0.0, (now_ns - t) / 1e9), n) for t, n in reversed(s.history))
-            out.append(H.RegionHeat(k.tgid, k.memcg_id, k.region << shift, k.node, k.lru, res, s.delta_pages,
-                                    s.total_pages, s.rate, H.idle_seconds(s, now_ns), found))
+            tgid, memcg_id, region, node, lru = k
+            if tgid not in scanned:
+                res = None
+            elif resident:
+                rk = (tgid, region, node, lru)
+                seen.add(rk)
+                res = resident.get(rk, 0)
+            else:
+                res = 0
+            history, last = s.history, s.last_ns
+            found = tuple([((now_ns - t) / 1e9 if t < now_ns else 0.0, n) for t, n in history[::-1]]) \
+                if history else ()
+            idle = inf if last <= 0 else ((now_ns - last) / 1e9 if last < now_ns else 0.0)
+            out.append(new(H.RegionHeat, (tgid, memcg_id, region << shift, node, lru, res, s.delta_pages,
+                                          s.total_pages, s.rate, idle, found, fi_get(k, ()))))
+        memcg_of: dict = {}
         for rk, n in resident.items():
             if rk not in seen:
+                if not memcg_of:  # a resident cell never counted: its process's memcg, from a counted one
+                    for k in mine:
+                        memcg_of.setdefault(k.tgid, k.memcg_id)
                 tg, region, node, lru = rk
                 out.append(H.RegionHeat(tg, memcg_of.get(tg, 0), region << shift, node, lru, n, 0, 0, 0.0,
-                                        float("inf")))
-        out.sort(key=lambda r: (r.tgid, r.start, r.node, r.lru))
+                                        inf))
+        out.sort(key=itemgetter(0, 2, 3, 4))  # tgid, start, node, lru
         return tuple(out)
 
     def _buckets(self, spans_in, mine) -> tuple[H.HeatBucket, ...]:

@@ -25,16 +25,25 @@ check`, the log) and the other sources carry on. A program that failed to load,
 or whose maps could no longer be read (bpf(2) errors: OSError), is started again
 after RETRY_FIRST seconds, then after twice as long each time up to RETRY_MAX,
 and at once on a reload (SIGHUP); its counters go on from the old program's.
+
+Only the first start compiles in-line (before the daemon's loop, under systemd's
+TimeoutStartSec). Every later one -- a reload that changes bpf:, a retry -- is a
+Build: a background thread waits for the loader child (up to bpf_loader.TIMEOUT,
+far beyond WatchdogSec), while the loop goes on cycling and pinging the watchdog;
+the old program keeps serving until the loop takes the new one (prepare(), each
+cycle; due_in() brings the next cycle forward while a build runs).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import logging
 import os
 import time
 from collections import Counter
+from operator import itemgetter
 
 from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
@@ -42,8 +51,9 @@ from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
 from mglrud.sources import bpf_probe
 from mglrud.sources.base import Inputs, Part, Probe
+from mglrud.sources.bpf_build import Build
 from mglrud.sources.bpf_heat import HeatBuilder
-from mglrud.sources.bpf_program import (DEFAULT_PROGRAM, EVENT, HARVESTERS, KEY, MAPS, MAP_ERRORS, MAX_MEMCGS, MAX_TGIDS, Program, RANGE_EVENT, STATS, U32, U64, Unavailable, VAL, cflags, combine_percpu_raw, pick_event, program_path)  # noqa: F401
+from mglrud.sources.bpf_program import (DEFAULT_PROGRAM, EVENT, HARVESTERS, KEY, MAPS, MAP_ERRORS, MAX_MEMCGS, MAX_TGIDS, Program, RANGE_EVENT, STATS, U32, U64, Unavailable, VAL, cflags, pick_event, read_cells, program_path)  # noqa: F401
 from mglrud.targets import ProcTable
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,8 @@ NAME = "bpf"
 # (re)start compiles the program (about a second; 15 s in a TCG guest) inside the loop.
 RETRY_FIRST = 30.0
 RETRY_MAX = 1800.0
+BUILD_POLL = 1.0  # seconds between looks at a running Build (due_in())
+
 # ---------------------------------------------------------------- targets
 
 def target_processes(targets: tuple[Target, ...], procs: ProcTable) -> dict[str, tuple[int, ...]]:
@@ -95,20 +107,63 @@ class BpfHotnessSource(HeatBuilder):
         self._memcg_seq: dict = {}
         self._passes: dict[int, tuple[H.AgingPass, ...]] = {}
         self._found_in: dict[H.CellKey, tuple[tuple[int, int], ...]] = {}
+        self.build: Build | None = None  # a program being compiled off the loop
 
     def start(self) -> bool:
+        """Compile and attach now, in this thread (the first start; tests)."""
         self._retry_at = None
         try:
-            self.program = self.loader(self.cfg, self.fs)
+            program = self.loader(self.cfg, self.fs)
         except Unavailable as e:
-            self.program, self.reason = None, str(e)
-            log.warning("source bpf: %s; trying again in %ds", e, self._schedule_retry())
+            program, error = None, e
+        else:
+            error = None
+        return self._started_as(self.cfg, program, error)
+
+    def _started_as(self, cfg: Bpf, program, error: BaseException | None) -> bool:
+        """Take what a start gave: a program, Unavailable (down, retried later) or a bug (raised)."""
+        if error is not None and not isinstance(error, Unavailable):
+            raise error
+        if self.program is not None and (program is not None or cfg != self.cfg):
+            # a reload that recompiled: the old program served until now (and, when the new
+            # one failed, stops now: the config in force is the new one, retried with backoff)
+            self._close_program()
+        if program is not None:
+            # the new program's maps start from zero: its counts go on from the old one's
+            # (nothing to carry on the first start: then this changes nothing)
+            self.carry_over(self)
+            self.state, self._had = {}, {}
+        if cfg != self.cfg:
+            self._memcg_seq, self._passes, self._found_in = {}, {}, {}
+        self.cfg = cfg
+        if error is not None:
+            self.program, self.reason = None, str(error)
+            log.warning("source bpf: %s; trying again in %ds", error, self._schedule_retry())
             return False
+        self.program = program
         self.reason = ""
         self._up_since = self.clock()
         log.info("source bpf: %s attached to vmscan:%s (compiled in %.1fs; "
                  "%d KiB regions, map of %d entries)", program_path(self.cfg), getattr(self.program, "event", "?"),
                  getattr(self.program, "compile_seconds", 0.0), self.cfg.region_size >> 10, self.cfg.max_regions)
+        return True
+
+    def _begin(self, cfg: Bpf) -> None:
+        """Start compiling `cfg`'s program off the loop; the loop takes it in poll()."""
+        self._retry_at = None
+        if self.build is not None:
+            self.build.abandon()
+        self.build = Build(self.loader, cfg, self.fs)
+        if self.program is None:
+            self.reason = "compiling and attaching the program"
+
+    def poll(self) -> bool:
+        """Take a finished Build (the new program, or why it failed); True if one was taken."""
+        build = self.build
+        if build is None or not build.done.is_set():
+            return False
+        self.build = None
+        self._started_as(build.cfg, build.program, build.error)
         return True
 
     # ------------------------------------------------------------ the Source protocol (sources/base.py)
@@ -118,19 +173,22 @@ class BpfHotnessSource(HeatBuilder):
         return cls(config.bpf, fs, wall=wall, clock=clock)
 
     def configure(self, config: Config, probe: Probe, why: str) -> None:
-        """Compile and attach on first use (~1 s; ~15 s under TCG); a reload that changes bpf:
-        recompiles, and the counters go on from the old program's (carry_over)."""
-        if self._started and self.cfg != config.bpf:
-            self.close()
-            # the new program's maps start from zero: its counts go on from these
-            self.carry_over(self)
-            self.state, self._had = {}, {}
-            self.harvested = tuple((n, 0) for n, _ in self.harvested)
-            self._memcg_seq, self._passes, self._found_in = {}, {}, {}
-            self.cfg, self._started = config.bpf, False
+        """Compile and attach on first use (~1 s; ~15 s under TCG), in-line; a reload that
+        changes bpf: recompiles off the loop (Build) while the old program serves, and the
+        counters go on from the old program's (carry_over)."""
+        want = config.bpf
         if not self._started:
             self._started = True
+            self.cfg = want
             self.start()
+            return
+        if self.build is not None:
+            if self.build.cfg == want:
+                return  # already compiling that
+            self.build.abandon()
+            self.build = None
+        if self.cfg != want:
+            self._begin(want)
         elif self.program is None:  # a reload is also the way to say "try again now"
             self._backoff = RETRY_FIRST
             self.restart()
@@ -142,17 +200,18 @@ class BpfHotnessSource(HeatBuilder):
         self._backoff = min(self._backoff * 2, RETRY_MAX)
         return round(wait)
 
-    def restart(self) -> bool:
-        """Start a new program after a failed one: its maps start from zero, so the counters
-        go on from the old one's (as on a reload that recompiles)."""
-        self.stats_base, self.state, self._had = self.stats, {}, {}
+    def restart(self) -> None:
+        """Start a new program after a failed one, off the loop: its maps start from zero, so
+        the counters go on from the old one's (as on a reload that recompiles)."""
         self.restarts += 1
-        return self.start()
+        self._begin(self.cfg)
 
     def reschedule(self, within: float) -> None:
         pass
 
     def due_in(self) -> float:
+        if self.build is not None:  # a cycle takes the new program: soon after it is ready
+            return 0.0 if self.build.done.is_set() else BUILD_POLL
         return float("inf") if self._retry_at is None else self._retry_at - self.clock()
 
     def before_aging(self, inputs: Inputs) -> None:
@@ -166,11 +225,18 @@ class BpfHotnessSource(HeatBuilder):
     def carry_over(self, old: "BpfHotnessSource") -> None:
         """Continue the counters of the source this one replaces (a reload that changed bpf:
         recompiles the program, whose maps start from zero): exported counters never go down."""
-        self.stats_base = old.stats
+        self.stats_base = self.stats = old.stats
         self.harvest_base = tuple(b + v for b, (_, v) in zip(old.harvest_base, old.harvested))
+        self.harvested = tuple((n, 0) for n, _ in old.harvested)
         self.accessed = {name: Counter(c) for name, c in old.accessed.items()}
 
     def close(self) -> None:
+        if self.build is not None:
+            self.build.abandon()
+            self.build = None
+        self._close_program()
+
+    def _close_program(self) -> None:
         if self.program is not None:
             self.program.close()
             self.program = None
@@ -185,7 +251,9 @@ class BpfHotnessSource(HeatBuilder):
         aging, so that the aging about to run is counted."""
         self._procs = target_processes(targets, procs or ProcTable(self.fs, targets))
         self._memcgs = target_memcgs(targets, index)
-        if self.program is None and self._retry_at is not None and self.clock() >= self._retry_at:
+        self.poll()
+        if self.program is None and self.build is None and self._retry_at is not None \
+                and self.clock() >= self._retry_at:
             self.restart()
         if self.program is None:
             return
@@ -197,7 +265,7 @@ class BpfHotnessSource(HeatBuilder):
             self._fail(f"updating the BPF target maps failed: {e}")
 
     def _fail(self, reason: str) -> None:
-        self.close()
+        self._close_program()
         self.reason = reason
         log.error("source bpf: %s; starting the program again in %ds", reason, self._schedule_retry())
 
@@ -205,7 +273,22 @@ class BpfHotnessSource(HeatBuilder):
               procs: ProcTable | None = None, lruvecs=None) -> H.HotnessData | None:
         """Read the counts (after aging) and build this cycle's HotnessData. `lruvecs`: lru_gen's
         read after the aging (the Engine's), whose max_seq says which memcgs had an aging pass
-        since the previous read; without it the data has no passes (heat per read, as before)."""
+        since the previous read; without it the data has no passes (heat per read, as before).
+
+        The cyclic garbage collector is paused meanwhile: a cycle makes a few hundred thousand
+        tuples (CellKey, Counts, CellState, RegionHeat; none in a reference cycle), whose
+        allocations set off a full collection several times a cycle (40 % of a cycle at 65k
+        cells). One young-generation collection at the end sees them once, and untracks them."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._cycle(targets, index, procs, lruvecs)
+        finally:
+            if enabled:
+                gc.enable()
+                gc.collect(0)
+
+    def _cycle(self, targets, index, procs, lruvecs) -> H.HotnessData | None:
         if self._procs is None:
             self.prepare(targets, index, procs)
         procs, memcgs = self._procs, self._memcgs
@@ -215,18 +298,26 @@ class BpfHotnessSource(HeatBuilder):
         tgids = {p for ps in procs.values() for p in ps}
         ids = {i for ms in memcgs.values() for i in ms}
         try:
-            dump = self.program.dump()
+            # Program.read() decodes at C speed; stand-ins (tests' replays of captured dumps) dump
+            read = getattr(self.program, "read", None)
+            raw = read() if read is not None else H.raw_from_dump(self.program.dump())
         except MAP_ERRORS as e:  # the kernel side went away: report, start again later
             self._fail(f"reading the BPF maps failed: {e}")
             return None
         if self.clock() - self._up_since >= self._backoff:
             self._backoff = RETRY_FIRST  # up for as long as it last waited: a later failure is a new one
-        raw = H.raw_from_dump(dump)
-        self.harvested = tuple((n, sum(dump.get("harvest", {}).get(n, ()))) for n in HARVESTERS)
-        stale = [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
-        # tgid 0: an mm with no owner task (the tracepoint's convention); kept, it cannot be looked up
-        alive = {t for t in {k.tgid for k in raw.cells} - tgids if t == 0 or self.fs.proc(t).exists()}
-        stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid not in tgids and k.tgid not in alive]
+        self.harvested = tuple((n, raw.harvest.get(n, 0)) for n in HARVESTERS)
+        # stale: cells of no targeted process whose memcg is not targeted either, or whose process
+        # is gone (tgid 0: an mm with no owner task, the tracepoint's convention; kept, it cannot
+        # be looked up). The sets first (C speed): most cycles need no pass over the cells.
+        cell_tgids, cell_ids = set(map(itemgetter(0), raw.cells)), set(map(itemgetter(1), raw.cells))
+        alive = {t for t in cell_tgids - tgids if t == 0 or self.fs.proc(t).exists()}
+        gone = cell_tgids - tgids - alive
+        stale = []
+        if not cell_ids <= ids:
+            stale += [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
+        if gone:
+            stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid in gone]
         self.state = H.step(self.state, raw, self.cfg.half_life)
         self._note_passes(lruvecs)
         self.stats = tuple(b + n for b, n in zip(self.stats_base, (raw.events, raw.matched, raw.dropped)))
@@ -234,7 +325,8 @@ class BpfHotnessSource(HeatBuilder):
         # a process gone since the previous read is no longer among a target's processes, but
         # what the kernel counted for it meanwhile (reclaim's look-around, aging by others) is
         # still in its cells, read now for the last time
-        data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale))
+        data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale),
+                           self._found_in if lruvecs is not None else None)
         data = dataclasses.replace(data, harvested=tuple((n, b + v) for (n, v), b in
                                                          zip(self.harvested, self.harvest_base)))
         if lruvecs is not None:
@@ -267,19 +359,17 @@ class BpfHotnessSource(HeatBuilder):
         return moved
 
     def _with_passes(self, data: H.HotnessData, memcgs: dict) -> H.HotnessData:
-        """`data` with each region's pass-tagged finds and the recent passes of the memcgs shown."""
-        shift = self.cfg.region_shift
+        """`data` with the recent passes of the memcgs shown (the regions carry their
+        pass-tagged finds already: _build's found_in)."""
         ids = {i for ms in memcgs.values() for i in ms}
-        targets = []
         for t in data.targets:
-            regions = []
-            for r in t.regions:
-                ids.add(r.memcg_id)
-                found_in = self._found_in.get(H.CellKey(r.tgid, r.memcg_id, r.start >> shift, r.node, r.lru), ())
-                regions.append(r._replace(found_in=found_in) if found_in else r)  # RegionHeat: a NamedTuple
-            targets.append(dataclasses.replace(t, regions=tuple(regions)))
+            ids.update(map(itemgetter(1), t.regions))  # RegionHeat.memcg_id
         passes = sorted((p for i in ids for p in self._passes.get(i, ())), key=lambda p: (-p.at, p.memcg_id))
-        return dataclasses.replace(data, targets=tuple(targets), passes=tuple(passes))
+        return dataclasses.replace(data, passes=tuple(passes))
+
+
+# numpy decodes the maps (Program.read) and pagemap (model/residency.py)
+NO_NUMPY = "numpy cannot be found (it decodes the BPF maps and pagemap): apt install python3-numpy"
 
 
 def probe(fs: FS) -> Probe:
@@ -294,6 +384,8 @@ def probe(fs: FS) -> Probe:
     if not found:
         # a kernel without mglrud's patch: the accessed-bit probe (sources/bpf_probe.py) where it can run
         check = bpf_probe.probe(fs)
+        if check.usable and importlib.util.find_spec("numpy") is None:
+            return Probe("bpf", False, NO_NUMPY)
         if check.usable:
             return Probe("bpf", True, check.detail)
         return Probe("bpf", False, f"no tracepoint {event} (a kernel without mglrud's patch, kernel-patch/, "
@@ -309,4 +401,6 @@ def probe(fs: FS) -> Probe:
     if spec is None:
         return Probe("bpf", False, f"the tracepoint is present, but bcc cannot be found ({why}): "
                                    f"apt install python3-bpfcc, run with /usr/bin/python3")
+    if importlib.util.find_spec("numpy") is None:
+        return Probe("bpf", False, NO_NUMPY)
     return Probe("bpf", True, f"{event} present and bcc installed")

@@ -14,6 +14,7 @@ import logging
 import os
 import struct
 import time
+from itertools import repeat
 from pathlib import Path
 
 from mglrud import bpf_loader, bpfsys
@@ -67,26 +68,45 @@ def pick_event(cfg: Bpf, fs: FS) -> str | None:
 KEY = struct.Struct("<QIHBB")  # region, tgid, memcg_id, node, lru
 VAL = struct.Struct("<QQQ")  # pages, events, last_ns
 U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
+# struct region_key for numpy (KEY's layout, 16 bytes)
+KEY_DTYPE = [("region", "<u8"), ("tgid", "<u4"), ("memcg_id", "<u2"), ("node", "u1"), ("lru", "u1")]
 MAPS = ["heat", "stats", "target_tgids", "target_memcgs", "config"]
 STATS = ("events", "matched", "dropped")
 # stats[3..5]: base pages of targets found young, by who cleared the bit (bpf/hotness.bpf.c)
 HARVESTERS = ("aging", "reclaim", "other")
 
 
-def combine_percpu_raw(values: list[bytes], ncpus: int, slot: int) -> list[list[int]]:
-    """Raw per-CPU values of the heat map (each `ncpus` slots of `slot` bytes, a struct
-    region_val at the start of each) -> per key [pages, events, last_ns]: pages and events
-    summed over CPUs, last_ns the latest; what H.combine_percpu() gives, at C speed (numpy
-    over one buffer), with no Python object per CPU."""
-    if not values:
-        return []
+def read_cells(batches, ncpus: int, slot: int) -> dict:
+    """The heat map's (keys, values, count) chunks (bpfsys.Map.batches()) -> {CellKey: Counts},
+    the CPUs' values combined as H.combine_percpu() does. Keys and values are decoded by numpy,
+    chunk by chunk, and the per-CPU copies summed there: the only Python objects made are one
+    CellKey and one Counts per cell, built by tuple.__new__ from numpy's lists (C speed)."""
     import numpy as np  # imported on first read: only the BPF source needs it
 
-    a = np.frombuffer(b"".join(values), dtype="<u8").reshape(len(values), ncpus, slot // 8)
-    out = np.empty((len(values), 3), dtype=np.uint64)
-    a[:, :, 0:2].sum(axis=1, out=out[:, 0:2])
-    a[:, :, 2].max(axis=1, out=out[:, 2])
-    return out.tolist()
+    cols: list[list] = [[], [], [], [], []]
+    vals = []
+    for keys, values, n in batches:
+        k = np.frombuffer(keys, dtype=KEY_DTYPE, count=n)
+        for col, name in zip(cols, ("tgid", "memcg_id", "region", "node", "lru")):
+            col.append(k[name])
+        # one row per (cell, CPU); reduceat over each cell's ncpus rows (4x faster than sum(axis=1)
+        # over the small middle axis)
+        a = np.frombuffer(values, dtype="<u8", count=n * ncpus * slot // 8).reshape(n * ncpus, slot // 8)
+        starts = np.arange(0, n * ncpus, ncpus)
+        out = np.empty((n, 3), dtype=np.uint64)
+        out[:, 0:2] = np.add.reduceat(a[:, 0:2], starts, axis=0)
+        out[:, 2] = np.maximum.reduceat(a[:, 2], starts)
+        vals.append(out)
+    if not vals:
+        return {}
+    tgid, memcg_id, region, node, lru = (np.concatenate(c) for c in cols)
+    lrus = np.array(H.LRU_NAMES, dtype=object)[lru].tolist()  # IndexError on an lru the model does not know
+    keys = map(tuple.__new__, repeat(H.CellKey), zip(tgid.tolist(), memcg_id.tolist(), region.tolist(),
+                                                     node.tolist(), lrus))
+    v = np.concatenate(vals)
+    # one list per column, zipped: no list per cell on the way to its Counts
+    counts = map(tuple.__new__, repeat(H.Counts), zip(v[:, 0].tolist(), v[:, 1].tolist(), v[:, 2].tolist()))
+    return dict(zip(keys, counts))
 
 
 class Program:
@@ -155,27 +175,32 @@ class Program:
             for k in sorted(want - have):
                 table.update(U32.pack(k), b"\x01")
 
-    def dump(self) -> dict:
-        """The maps as plain data (the form tests/fixtures/bpf/ holds). A cell's "percpu" holds
-        one entry, the CPUs' values already combined (combine_percpu()): summing 64 CPUs' copies
-        of 65k cells one Python list at a time took seconds."""
-        heat = self.maps["heat"]
-        cells = []
-        items = heat.items()
-        for (k, _), v in zip(items, combine_percpu_raw([v for _, v in items], heat.ncpus, heat.slot)):
-            region, tgid, memcg_id, node, lru = KEY.unpack(k)
-            cells.append({"tgid": tgid, "memcg_id": memcg_id, "region": region, "node": node, "lru": lru,
-                          "percpu": [v]})
+    def _percpu_stat(self, i: int) -> list[int]:
         stats = self.maps["stats"]
         zero = bytes(stats.slot * stats.ncpus)  # an array has every key; never absent in practice
-        out = {"stats": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(i)) or zero)]
-                         for i, n in enumerate(STATS)},
+        return [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(i)) or zero)]
+
+    def dump(self) -> dict:
+        """The maps as plain data (the form tests/fixtures/bpf/ holds). A cell's "percpu" holds
+        one entry, the CPUs' values already combined (read_cells())."""
+        heat = self.maps["heat"]
+        cells = [{"tgid": k.tgid, "memcg_id": k.memcg_id, "region": k.region, "node": k.node,
+                  "lru": H.LRU_NAMES.index(k.lru), "percpu": [list(c)]}
+                 for k, c in read_cells(heat.batches(), heat.ncpus, heat.slot).items()]
+        out = {"stats": {n: self._percpu_stat(i) for i, n in enumerate(STATS)},
                "heat": cells,
-               "harvest": {n: [U64.unpack(c)[0] for c in stats.percpu_values(stats.lookup(U32.pack(len(STATS) + i))
-                                                                               or zero)]
-                           for i, n in enumerate(HARVESTERS)}}
+               "harvest": {n: self._percpu_stat(len(STATS) + i) for i, n in enumerate(HARVESTERS)}}
         out["mono_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return out
+
+    def read(self) -> H.RawRead:
+        """The maps as the model reads them (what H.raw_from_dump(self.dump()) gives), decoded
+        at C speed: 65k cells of 64 CPUs' values in tens of ms (read_cells)."""
+        heat = self.maps["heat"]
+        cells = read_cells(heat.batches(), heat.ncpus, heat.slot)
+        events, matched, dropped = (sum(self._percpu_stat(i)) for i in range(len(STATS)))
+        harvest = {n: sum(self._percpu_stat(len(STATS) + i)) for i, n in enumerate(HARVESTERS)}
+        return H.RawRead(time.clock_gettime_ns(time.CLOCK_MONOTONIC), cells, events, matched, dropped, harvest)
 
     def delete(self, keys) -> None:
         heat = self.maps["heat"]

@@ -18,10 +18,13 @@ import errno
 import re
 import time
 from dataclasses import dataclass
+from itertools import groupby
+from operator import attrgetter, itemgetter
 from typing import Callable
 
 from mglrud.config import Config
 from mglrud.fs import FS, Writer
+from mglrud.memory import gc_paused
 from mglrud.sources.base import Inputs, Part, Passive, Probe
 from mglrud.model.lru_gen import GenHistogram, Generation
 
@@ -36,6 +39,8 @@ _MEMCG = re.compile(r"memcg +(\d+) ?(.*)")
 _NODE = re.compile(r" node +(\d+)")
 # Generation(...) without the NamedTuple's Python-level __new__: tens of thousands a read
 _tuple_new = tuple.__new__
+_anon, _file = itemgetter(2), itemgetter(3)  # Generation.anon_pages, .file_pages
+_memcg_key, _node = attrgetter("memcg_id", "memcg_path"), attrgetter("node")
 
 
 class ParseError(ValueError):
@@ -54,12 +59,24 @@ def parse(text: str) -> tuple[GenHistogram, ...]:
     """lru_gen or lru_gen_full text -> one GenHistogram per (memcg, node), in file order.
 
     Read every cycle, so the common line (a generation) is recognised first, by split()
-    alone. (A regex-per-node fast path measured slower than this: building the
-    generations dominates.)"""
+    alone. (A regex-per-node fast path, and one converting all generation lines at once by
+    columns, measured no faster: building the generations dominates.) Without the cyclic
+    collector, which has nothing to free here (memory.gc_paused())."""
+    with gc_paused():
+        return _parse(text)
+
+
+def _parse(text: str) -> tuple[GenHistogram, ...]:
     out: list[GenHistogram] = []
     memcg: tuple[int, str] | None = None
     node: int | None = None
     gens: list[Generation] = []
+
+    last = -1  # the latest generation's seq in this lruvec
+    # " node     0" -> 0: a few distinct lines, each thousands of times (a regex each was a sixth
+    # of the parse)
+    node_lines: dict[str, int] = {}
+    n: int | None = None
 
     def flush() -> None:
         if memcg is not None and node is not None:
@@ -83,21 +100,32 @@ def parse(text: str) -> tuple[GenHistogram, ...]:
                 except ValueError:
                     raise ParseError(f"line {lineno}: cannot read page counts in {line.strip()!r}") from None
             seq = int(words[0])
-            if gens and seq <= gens[-1].seq:
-                raise ParseError(f"line {lineno}: generation {seq} after {gens[-1].seq}")
+            if seq <= last and gens:
+                raise ParseError(f"line {lineno}: generation {seq} after {last}")
             gens.append(_tuple_new(Generation, (seq, int(words[1]) / 1000.0, anon, file)))
+            last = seq
             continue
         if not words:
             continue
-        if line.startswith("memcg") and (m := _MEMCG.fullmatch(line)):
-            flush()
-            memcg, node, gens = (int(m.group(1)), m.group(2) or "/"), None, []
-            continue
-        if words[0] == "node" and (m := _NODE.fullmatch(line.rstrip())):
+        if line.startswith("memcg"):
+            # _MEMCG's reading (spaces, the id, one space, the path), without a regex per memcg
+            memcg_id, _, path = line[6:].lstrip(" ").partition(" ")
+            if line[5:6] == " " and memcg_id.isdecimal():
+                flush()
+                memcg, node, gens = (int(memcg_id), path or "/"), None, []
+                continue
+            if m := _MEMCG.fullmatch(line):
+                flush()
+                memcg, node, gens = (int(m.group(1)), m.group(2) or "/"), None, []
+                continue
+        if words[0] == "node" and ((n := node_lines.get(line)) is not None
+                                   or (m := _NODE.fullmatch(line.rstrip()))):
             if memcg is None:
                 raise ParseError(f"line {lineno}: node before any memcg line")
             flush()
-            node, gens = int(m.group(1)), []
+            if n is None:
+                n = node_lines[line] = int(m.group(1))
+            node, gens = n, []
             continue
         # lru_gen_full only: per-tier refault stats (tier + 6 marked numbers) and
         # mm-walk stats (4 marked numbers). mglrud does not use them.
@@ -108,9 +136,58 @@ def parse(text: str) -> tuple[GenHistogram, ...]:
     return tuple(out)
 
 
-def read(fs: FS) -> tuple[GenHistogram, ...]:
+def reparse(text: str, previous: tuple[GenHistogram, ...], fresh: set[str]) -> tuple[GenHistogram, ...]:
+    """parse(text) for a read taken just after aging `fresh` (memcg paths), `previous` being
+    the read before it: every memcg in `fresh`, and every one not in `previous` under the same
+    id, is parsed from `text`; the others keep their lruvecs from `previous`. In `text`'s order.
+
+    Why: lru_gen was parsed whole before and after aging, most of a cycle at thousands of
+    memcgs, while a wake-up ages a few of them (aging.WAKEUPS groups an interval). What the
+    others keep is the read of a moment earlier (before the aging writes), as good as the
+    snapshot's own age. Text that does not split cleanly into memcg sections, or more than
+    half of it fresh, is parsed whole."""
+    if len(fresh) * 2 > len({h.memcg_path for h in previous}) or not text.startswith("memcg ") \
+            or len(text.splitlines()) != text.count("\n") + (not text.endswith("\n")):
+        return parse(text)  # (a line break other than \n: the sections would not be parse()'s lines)
+    sections = []
+    for section in text[len("memcg "):].split("\nmemcg "):
+        # _MEMCG's reading of "memcg" + header: spaces, the id's digits, one space, the path
+        memcg_id, _, path = section.partition("\n")[0].lstrip(" ").partition(" ")
+        if not memcg_id.isdecimal():
+            return parse(text)
+        sections.append(((int(memcg_id), path or "/"), section))
+    kept: dict[tuple[int, str], list[GenHistogram]] = {}
+    twice: set[tuple[int, str]] = set()  # listed twice under one id and path (dying twins, id 0): parsed
+    for key, group in groupby(previous, _memcg_key):  # a memcg's lruvecs are consecutive
+        hs = list(group)
+        if key in kept or (len(hs) > 1 and len(set(map(_node, hs))) != len(hs)):
+            twice.add(key)
+        kept[key] = hs
+    seen: set[tuple[int, str]] = set()
+    for key, _ in sections:
+        if key in seen:
+            twice.add(key)
+        seen.add(key)
+    parse_these = [key[1] in fresh or key not in kept or key in twice for key, _ in sections]
+    # the sections to parse, parsed together (one call, not one per section), then taken
+    # back in order: a section's lruvecs are the next ones under its key
+    parsed = parse("".join(f"memcg {section}" if section.endswith("\n") else f"memcg {section}\n"
+                           for (key, section), p in zip(sections, parse_these) if p)) if any(parse_these) else ()
+    out: list[GenHistogram] = []
+    i = 0
+    for (key, _), p in zip(sections, parse_these):
+        if not p:
+            out += kept[key]
+            continue
+        while i < len(parsed) and (parsed[i].memcg_id, parsed[i].memcg_path) == key:
+            out.append(parsed[i])
+            i += 1
+    return tuple(out)
+
+
+def read_text(fs: FS) -> str:
     try:
-        text = fs.lru_gen.read_text()
+        return fs.lru_gen.read_text()
     except FileNotFoundError:
         raise Unavailable(
             f"{fs.lru_gen} does not exist: mount debugfs (mount -t debugfs none {fs.paths.debugfs}) "
@@ -119,8 +196,14 @@ def read(fs: FS) -> tuple[GenHistogram, ...]:
         raise Unavailable(f"{fs.lru_gen} is not readable: run mglrud as root", "eperm") from None
     except OSError as e:
         raise Unavailable(f"cannot read {fs.lru_gen}: {e.strerror}") from None
+
+
+def read(fs: FS, previous: tuple[GenHistogram, ...] = (), fresh: set[str] | None = None
+         ) -> tuple[GenHistogram, ...]:
+    """lru_gen, parsed; with `fresh`: read just after aging those memcgs (see reparse())."""
+    text = read_text(fs)
     try:
-        return parse(text)
+        return parse(text) if fresh is None else reparse(text, previous, fresh)
     except ParseError as e:
         raise Unavailable(f"cannot parse {fs.lru_gen}: {e}") from None
 
@@ -271,8 +354,9 @@ def select(lruvecs: tuple[GenHistogram, ...], owner: dict[str, str], cap: int, k
     cycle and not in every consumer of the Snapshot.
     """
     pages: dict[str, int] = {}
-    for h in lruvecs:
-        pages[h.memcg_path] = pages.get(h.memcg_path, 0) + h.pages("anon") + h.pages("file")
+    for h in lruvecs:  # h.pages("anon") + h.pages("file"), summed in C: it runs per lruvec per cycle
+        pages[h.memcg_path] = (pages.get(h.memcg_path, 0) + sum(map(_anon, h.generations))
+                               + sum(map(_file, h.generations)))
     by_target: dict[str, list[str]] = {}
     for path in pages:
         by_target.setdefault(owner.get(path, ""), []).append(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 
+from mglrud import kernelwrite
 from mglrud.fs import FS
 from mglrud.targets import stat_start
 
@@ -49,6 +50,7 @@ def _clear_refs(fs: FS, pid: int, start: int | None) -> None:
             raise Replaced()
         fd = os.open("clear_refs", os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dirfd)
         try:
+            kernelwrite.record(kernelwrite.CLEAR_REFS, fs.proc(pid, "clear_refs"), b"1")
             os.write(fd, b"1")
         finally:
             os.close(fd)

@@ -38,7 +38,8 @@ class DaemonFeed:
 
     def poll(self) -> SnapshotDoc:
         # only what the heatmap shows: the daemon's whole document is MBs at 65k cells
-        return client.fetch_snapshot(self.url, timeout=5.0, target=self.target, pid=self.pid)
+        # found=1: the heatmap reads a region's newest find only (render/heatmap.py, without passes)
+        return client.fetch_snapshot(self.url, timeout=5.0, target=self.target, pid=self.pid, found=1)
 
     def aging(self, snap: SnapshotDoc | None) -> str:
         spans = sorted({p.interval_seconds for p in (read(snap).processes() if snap else ())
@@ -163,6 +164,7 @@ class History:
         self.passes: set = set()  # (memcg id, seq) of the passes already in columns
         self.maps: dict[int, list[tuple[int, int, str]]] = {}
         self.maps_at = -MAPS_REFRESH
+        self.regions: set = set()  # (tgid, start) of the BPF regions seen: a new one re-reads the maps
         self.latest: SnapshotDoc | None = None
 
     def add(self, snap: SnapshotDoc | dict) -> bool:
@@ -170,9 +172,14 @@ class History:
         t = snap.taken_at
         if self.latest is not None and self.latest.taken_at >= t:
             return False  # the daemon has not published a new one since
-        if snap.hotness and time.monotonic() - self.maps_at >= MAPS_REFRESH:
-            self.maps = client.hotness_maps(snap, self.target, self.pid)
-            self.maps_at = time.monotonic()
+        if snap.hotness:
+            # a region not seen before may lie in a mapping made since the maps were read (memcached's
+            # new slab pages): read them now, not up to MAPS_REFRESH later, so its row is named at once
+            regions = snap.regions(self.target, self.pid).keys()
+            if not regions <= self.regions or time.monotonic() - self.maps_at >= MAPS_REFRESH:
+                self.maps = client.hotness_maps(snap, self.target, self.pid)
+                self.maps_at = time.monotonic()
+                self.regions |= regions
         for col in HM.columns(snap, self.target, self.pid, self.maps, self.passes):
             bisect.insort(self.columns, col, key=lambda c: c[0])
         if len(self.columns) > HISTORY:

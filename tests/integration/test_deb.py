@@ -39,7 +39,7 @@ def test_name_and_control_fields(deb):
     depends = {d.strip().split()[0] for d in fields["Depends"].split(",")}
     assert {"python3-prometheus-client", "python3-yaml", "python3-systemd"} <= depends, fields["Depends"]
     assert not depends & {"python3-bpfcc", "python3-urwid", "python3-pil"}, "the optional ones are Recommends"
-    assert {d.strip() for d in fields["Recommends"].split(",")} == {"python3-bpfcc", "python3-urwid", "python3-pil"}
+    assert {d.strip() for d in fields["Recommends"].split(",")} == {"python3-bpfcc", "python3-numpy", "python3-urwid", "python3-pil"}
 
 
 def test_file_list(deb):

@@ -222,7 +222,12 @@ def test_tui_attached_overlays_intervals_zoom_pause_quit(daemon, workload, tmux)
     t.keys("p")
     s = t.wait("paused", lambda s: "PAUSED" in status(s))
     frozen = columns(s)[0]
-    time.sleep(3)  # three daemon snapshots
+    # the positive signal: the daemon published three snapshots after the pause (interval 1 s)
+    paused_at = daemon.snapshot()["taken_at"]
+    deadline = time.monotonic() + WAIT
+    while daemon.snapshot()["taken_at"] < paused_at + 3:
+        assert time.monotonic() < deadline, "the daemon published no new snapshots"
+        time.sleep(0.3)
     assert columns(t.screen())[0] == frozen
     t.keys("p")
     t.wait("resumed and growing", lambda s: "PAUSED" not in status(s) and columns(s)[0] > frozen)

@@ -115,7 +115,7 @@ def test_run_serves_metrics_and_snapshot(daemon):
     status, ctype, text = _get(d.base + "/metrics")
     assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
     assert 'mglrud_source_up{source="lru_gen"} 1.0' in text
-    assert 'mglrud_memcg_resident_bytes{lru="anon",memcg="/",node="0"}' in text
+    assert 'mglrud_memcg_resident_bytes{lru="anon",memcg="/",numa_node="0"}' in text
     assert 'mglrud_aging_errors_total{reason="einval"} 0.0' in text
     # the daemon's whole /metrics, process_* and the reload gauges included, is clean for promtool
     assert "process_resident_memory_bytes " in text and "mglrud_config_last_reload_successful 1.0" in text

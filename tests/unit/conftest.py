@@ -1,6 +1,7 @@
 """Shared helpers for unit tests: where the captured fixtures are, golden-file updating."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -61,32 +62,36 @@ def paths_for(root: Path) -> dict[str, str]:
             "cgroupfs": str(root / "cgroup"), "tracefs": str(root / "tracing")}
 
 
-# Every command that got past Writer.write's check to any lru_gen writer (recording, dry-run or
-# file) in the whole session: none may be an eviction ("- ..."); mglrud only ages. Commands
-# the check refused (test_lru_gen tries evictions on purpose) are counted apart.
-WRITTEN: list[str] = []
-REFUSED: list[str] = []
+# Every write to the kernel in the whole session (mglrud/kernelwrite.py's seam: lru_gen commands
+# from any writer, clear_refs, BPF map updates and deletes), held to the rule below -- written out
+# here, apart from the writers' own checks, so that a writer whose check is loosened or bypassed
+# fails the session (tests/unit/test_kernel_writes.py shows it does).
+KERNEL_WRITES: list = []
+_AGING = re.compile(rb"\+ [0-9]+ [0-9]+ [0-9]+ [01] [01]")
+
+
+def write_violations(writes) -> list:
+    """The writes mglrud must never make: anything but an aging command to lru_gen, "1" to a
+    clear_refs file, an update or delete of a map element."""
+    bad = []
+    for w in writes:
+        if w.kind == "lru_gen":
+            ok = _AGING.fullmatch(w.data) is not None
+        elif w.kind == "clear_refs":
+            ok = w.data == b"1" and w.target.endswith("/clear_refs")
+        else:
+            ok = w.kind in ("bpf_map_update", "bpf_map_delete") and w.target.startswith("map fd ")
+        if not ok:
+            bad.append(w)
+    return bad
 
 
 @pytest.fixture(autouse=True, scope="session")
-def no_eviction_command_ever():
-    from mglrud.fs import RefusedCommand, Writer
+def only_allowed_kernel_writes_ever():
+    from mglrud import kernelwrite
 
-    original = Writer.write
-
-    def write(self, command: str) -> None:
-        try:
-            original(self, command)
-        except RefusedCommand:
-            REFUSED.append(command)
-            raise
-        except BaseException:
-            WRITTEN.append(command)  # reached the writer, which failed (an injected errno)
-            raise
-        WRITTEN.append(command)
-
-    Writer.write = write
+    kernelwrite.OBSERVERS.append(KERNEL_WRITES.append)
     yield
-    Writer.write = original
-    evictions = [c for c in WRITTEN if not c.startswith("+ ")]
-    assert not evictions, f"commands other than aging reached a writer: {evictions[:5]}"
+    kernelwrite.OBSERVERS.remove(KERNEL_WRITES.append)
+    bad = write_violations(KERNEL_WRITES)
+    assert not bad, f"writes other than aging, clear_refs '1' and map elements reached the kernel seam: {bad[:5]}"

@@ -6,6 +6,7 @@ of anonymous memory, its first 16 MiB touched in a loop, its memcg aged four
 times with mglrud's BPF program attached (one dump after each aging).
 """
 
+import array
 import base64
 import json
 import math
@@ -69,9 +70,13 @@ def test_percpu_raw_decoding_equals_summing_each_cpu(ncpus, slot):
     values = _percpu_values(50, ncpus, slot, seed=ncpus)
     old = [H.combine_percpu([bpf_hotness.VAL.unpack(v[i * slot:i * slot + bpf_hotness.VAL.size]) for i in range(ncpus)])
            for v in values]
-    new = bpf_hotness.combine_percpu_raw(values, ncpus, slot)
-    assert [H.combine_percpu([tuple(c)]) for c in new] == old
-    assert bpf_hotness.combine_percpu_raw([], ncpus, slot) == []
+    keys = [bpf_hotness.KEY.pack(0x7f00 + i, 100 + i % 3, 5, i % 2, (i >> 1) % 2) for i in range(50)]
+    # two chunks, as two batched lookups return them
+    chunks = [(b"".join(keys[a:b]), b"".join(values[a:b]), b - a) for a, b in ((0, 32), (32, 50))]
+    new = bpf_hotness.read_cells(chunks, ncpus, slot)
+    assert list(new.values()) == old
+    assert list(new) == [H.CellKey(t, m, r, n, H.LRU_NAMES[lru]) for r, t, m, n, lru in map(bpf_hotness.KEY.unpack, keys)]
+    assert bpf_hotness.read_cells([], ncpus, slot) == {}
 
 
 def test_program_dump_reads_a_per_cpu_map_into_the_same_cells():
@@ -82,8 +87,10 @@ def test_program_dump_reads_a_per_cpu_map_into_the_same_cells():
             self.fd, self.key_size, self.value_size = -1, bpf_hotness.KEY.size, value_size
             self.percpu, self.ncpus, self.slot, self._items = True, ncpus, (value_size + 7) // 8 * 8, items
 
-        def items(self):
-            return self._items
+        def batches(self):  # as BPF_MAP_LOOKUP_BATCH fills them in, in chunks of 8
+            for i in range(0, len(self._items), 8):
+                part = self._items[i:i + 8]
+                yield b"".join(k for k, _ in part), b"".join(v for _, v in part), len(part)
 
         def lookup(self, key):
             return bpf_hotness.U64.pack(3) * self.ncpus
@@ -94,6 +101,10 @@ def test_program_dump_reads_a_per_cpu_map_into_the_same_cells():
     prog = object.__new__(bpf_hotness.Program)
     prog.maps = {"heat": Map(list(zip(keys, values)), 24, ncpus), "stats": Map([], 8, ncpus)}
     raw = H.raw_from_dump(prog.dump())
+    fast = prog.read()  # what the source reads: the same cells, counts and harvest, decoded by numpy
+    assert (fast.cells, fast.events, fast.matched, fast.dropped, fast.harvest) == \
+        (raw.cells, raw.events, raw.matched, raw.dropped, raw.harvest)
+    assert list(fast.cells) == list(raw.cells)  # in the map's order
     assert (raw.events, raw.matched, raw.dropped) == (12, 12, 12)
     for k, v in zip(keys, values):
         region, tgid, memcg_id, node, lru = bpf_hotness.KEY.unpack(k)
@@ -563,6 +574,23 @@ def test_residency_with_a_zone_table_equals_looking_up_each_page(shmem):
         vma = H.Vma(start, start + len(entries) * PAGE, "x", shmem)
         fast = H.residency(vma, entries, PAGE, SHIFT, node_of)
         assert fast == H.residency(vma, entries, PAGE, SHIFT, lambda pfn: node_of(pfn))
+        raw = array.array("Q", entries).tobytes()  # what read_residency() passes: pagemap's bytes
+        assert H.residency(vma, raw, PAGE, SHIFT, node_of) == fast
+        assert H.residency(vma, raw, PAGE, SHIFT, lambda pfn: node_of(pfn)) == fast
         assert sum(fast.values()) == sum(1 for e in entries if e & H.PM_PRESENT)
         assert {n for _, n, _ in fast} == {-1, 0, 1, 3}
     assert H.residency(H.Vma(0, PAGE, "", shmem), [0], PAGE, SHIFT, node_of) == {}
+
+
+def test_probe_names_numpy_when_it_is_missing(tmp_path, monkeypatch):
+    # the source decodes its maps and pagemap with numpy (Program.read, model/residency.py)
+    import importlib.util
+
+    from mglrud.config import Paths
+    from mglrud.fs import FS
+    (tmp_path / "tracing" / "events" / "vmscan" / "mm_vmscan_lru_gen_young").mkdir(parents=True)
+    fs = FS(Paths(tracefs=str(tmp_path / "tracing")))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numpy" else real(name, *a))
+    p = bpf_hotness.probe(fs)
+    assert not p.usable and "apt install python3-numpy" in p.detail, p

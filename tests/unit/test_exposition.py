@@ -115,3 +115,128 @@ def test_concurrent_scrapes_of_one_snapshot_render_it_once_and_a_new_snapshot_re
     published.publish(newer)
     exp.metrics()
     assert calls[-1] == (newer, False) and exp.cache.renders == 3
+
+
+# ---------------------------------------------------------------- the memcg families, written directly
+
+def test_both_formats_are_byte_identical_to_client_pythons_encoders_on_every_fixture(tmp_path):
+    """render_snapshot() writes the memcg families itself (collectors/memcg.py render()); the rest
+    and the reference are client_python's encoders over the same families."""
+    (tmp_path / "synthetic").mkdir()
+    seen = 0
+    for name, snap in _snapshots(tmp_path):
+        (tmp_path / name).mkdir(exist_ok=True)
+        for om in (False, True):
+            want = exposition.encode(exposition.snapshot_families(snap), om)
+            assert exposition.render_snapshot(snap, om) == want, (name, om)
+            seen += bool(snap.lruvecs)
+    assert seen >= 4
+
+
+def _hostile_snapshot(**kw):
+    from mglrud.model import Snapshot
+    from mglrud.model.lru_gen import GenHistogram, Generation
+    paths = ["/", '/a "quoted" b', "/back\\slash\\", "/new\nline", "/ünï cødé/✓", "/x" * 40]
+    lruvecs = []
+    for k, path in enumerate(paths):
+        for node in (0, 1, 3):
+            gens = tuple(Generation(100 + g, (4 - g) * 37.123 + k * 0.001 + node, (g + 1) * 10 ** (k + 2) + node,
+                                    (2 ** 53 + 7) * (k == 5) + g * 999_999) for g in range(1 + (k + node) % 4))
+            lruvecs.append(GenHistogram(k + 1, path, node, gens))
+    lruvecs.append(GenHistogram(99, "/empty", 0, (Generation(1, 0.0, 0, 0),)))
+    # ages that do not fall towards the youngest (not what the kernel prints; the maths must not care)
+    lruvecs.append(GenHistogram(98, "/odd", 2, tuple(Generation(s, a, 5 * s, 7 * s) for s, a in
+                                                     ((1, 1.0), (2, 100.0), (3, 5.0), (4, 200.0)))))
+    base = dict(taken_at=1.7e9, page_size=4096, cold_thresholds=(30.0, 60.0, 120.0, 1e7),
+                idle_age_buckets=(), lruvecs=tuple(lruvecs))
+    return Snapshot(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"idle_age_buckets": (0.5, 1.0, 45.0, 86400.0, 2e6)},
+    {"idle_age_buckets": (120.0, 30.0, 60.0)},  # unsorted: each bucket summed on its own, as cumulative() does
+    {"page_size": 65536, "cold_thresholds": ()},
+    {"disabled_families": frozenset({"mglrud_memcg_cold_bytes", "mglrud_memcg_generation_age_seconds"})},
+    {"disabled_families": frozenset({"mglrud_memcg_idle_age_seconds", "mglrud_memcg_resident_bytes"})},
+    {"lruvecs": ()},
+], ids=["defaults", "buckets", "unsorted-buckets", "big-pages-no-thresholds", "disable-2", "disable-other-2",
+        "no-lruvecs"])
+def test_memcg_text_matches_client_python_on_hostile_paths_and_values(kw, monkeypatch):
+    from mglrud.collectors import memcg
+    snap = _hostile_snapshot(**kw)
+    off = snap.disabled_families
+    for om in (False, True):
+        want = exposition.encode([f for f in memcg.families(snap) if f.name not in off], om)
+        assert memcg.render(snap, om) == want, om
+        with monkeypatch.context() as m:
+            m.setattr(memcg, "_BATCH", 4)  # lines encoded in several batches: the same bytes
+            assert memcg.render(snap, om) == want, om
+    assert memcg.render(None) == b""
+
+
+def test_values_are_spelled_as_floattogostring_does():
+    from prometheus_client.utils import floatToGoString
+    from mglrud.collectors.memcg import _Spelled
+    ints = [0, 1, -1, 4096, 999_999, 1_000_000, 1_000_001, 1_234_567_000, 10 ** 10, 10 ** 10 + 4096, 10 ** 15,
+            2 ** 53 - 1, 2 ** 53, 2 ** 53 + 1, 10 ** 16, 10 ** 20 + 3, -(2 ** 53) - 5, -123_456_789]
+    floats = [0.0, -0.0, 0.001, 1e-7, 37.123, 999_999.9, 1e6, 1_234_567.5, 1e16, 1e22, -5.5, -1e300,
+              float("inf"), float("-inf"), float("nan")]
+    spelled = _Spelled()
+    for v in ints + [4096 * n for n in range(0, 10 ** 6, 7919)] + floats:
+        assert spelled[v] == floatToGoString(v), v
+
+
+def test_trim_and_tune_reach_glibc():
+    import ctypes.util
+    import platform
+    from mglrud import memory
+    libc = platform.libc_ver()[0]
+    assert memory.trim() is (libc == "glibc"), libc  # this project's machines and guests: Debian, glibc
+    assert memory.tune() is (libc == "glibc")
+    assert ctypes.util.find_library("c")
+
+
+def test_gc_paused_restores_the_collector_as_it_was():
+    import gc
+    from mglrud import memory
+    from mglrud.sources import lru_gen
+    assert gc.isenabled()
+    with memory.gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(lru_gen.ParseError):
+        lru_gen.parse("hello\n")  # parse() pauses it: an error leaves it on
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with memory.gc_paused():
+            pass
+        assert not gc.isenabled()  # off before: still off
+    finally:
+        gc.enable()
+
+
+def test_prepare_renders_ahead_only_the_variants_scrapes_asked_for_lately(tmp_path):
+    import dataclasses
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    published = Published(snap)
+    now = [100.0]
+    exp = exposition.Exposition(published, wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+    assert exp.prepare() == 0 and exp.cache.renders == 0  # nobody asked yet
+    plain, _ = exp.metrics()
+    exp.metrics(accept="application/openmetrics-text", accept_encoding="gzip")
+    assert exp.cache.renders == 2
+    newer = dataclasses.replace(snap, taken_at=snap.taken_at + 10)
+    published.publish(newer)
+    now[0] += 30
+    assert exp.prepare() == 2 and exp.cache.renders == 4  # text and OpenMetrics (its gzip from it)
+    renders = exp.cache.renders
+    fresh = exposition.Exposition(Published(newer), wall=lambda: TAKEN_AT + 1)
+    assert exp.metrics()[0] == fresh.metrics()[0] != plain
+    om = "application/openmetrics-text"
+    assert gzip.decompress(exp.metrics(accept=om, accept_encoding="gzip")[0]) == fresh.metrics(accept=om)[0]
+    assert exp.cache.renders == renders  # the scrapes found the bytes made
+    published.publish(dataclasses.replace(newer, taken_at=newer.taken_at + 10))
+    now[0] += exposition.Exposition.RECENT + 1  # nobody asked for two minutes: nothing ahead
+    assert exp.prepare() == 0 and exp.cache.renders == renders

@@ -125,7 +125,7 @@ def test_debugfs_not_mounted_then_mounted(tmp_path, sources):
     assert up(m) == 1
     assert errors(m, "no_debugfs") == 3  # a counter: it never goes down
     assert m[("mglrud_aging_runs_total",)] > runs
-    assert ("mglrud_memcg_resident_bytes", ("lru", "anon"), ("memcg", "/svc"), ("node", "0")) in m
+    assert ("mglrud_memcg_resident_bytes", ("lru", "anon"), ("memcg", "/svc"), ("numa_node", "0")) in m
     assert_only_aging(rig.writer)
 
 
@@ -141,7 +141,7 @@ def test_lru_gen_writes_failing(tmp_path, code, reason):
         assert errors(m, reason) == 3 * i  # three lruvecs per cycle
         assert sum(v for k, v in m.items() if k[0] == "mglrud_aging_errors_total") == 3 * i
         assert not [k for k in m if k[0] == "mglrud_last_successful_aging_timestamp_seconds"]
-        assert ("mglrud_memcg_resident_bytes", ("lru", "anon"), ("memcg", "/svc"), ("node", "0")) in m
+        assert ("mglrud_memcg_resident_bytes", ("lru", "anon"), ("memcg", "/svc"), ("numa_node", "0")) in m
     if code == errno.EINVAL:  # stale max_seq: re-read and retry once, then give up
         assert rig.writer.commands[:2] == ["+ 1 0 6 1 1", "+ 1 0 6 1 1"]
     else:
@@ -158,7 +158,7 @@ def test_memcg_removed_mid_cycle(tmp_path):
     root = _lru_root(tmp_path)
     rig = Rig(root, _config(root))
     m = rig.cycle()
-    assert ("mglrud_memcg_resident_bytes", ("lru", "anon"), ("memcg", "/svc"), ("node", "0")) in m
+    assert ("mglrud_memcg_resident_bytes", ("lru", "anon"), ("memcg", "/svc"), ("numa_node", "0")) in m
 
     def rmdir_svc(command: str) -> None:
         # The cgroup is removed after lru_gen was read and before the kernel runs the
@@ -175,7 +175,7 @@ def test_memcg_removed_mid_cycle(tmp_path):
     assert errors(m, "einval") == 0, "a vanished memcg is not a stale max_seq"
     assert up(m) == 1
     assert not [k for k in m if ("memcg", "/svc") in k], "no series of the removed memcg"
-    assert ("mglrud_memcg_resident_bytes", ("lru", "anon"), ("memcg", "/batch"), ("node", "0")) in m
+    assert ("mglrud_memcg_resident_bytes", ("lru", "anon"), ("memcg", "/batch"), ("numa_node", "0")) in m
 
     rig.writer.on_write = None
     m = rig.cycle()

@@ -153,7 +153,7 @@ def test_series_names_exist(path):
     for expr in _exprs(d):
         stripped = re.sub(r'"[^"]*"|\[[^]]*\]|\{[^}]*\}', " ", expr)  # drop strings, ranges, matchers
         for word in re.findall(r"[A-Za-z_:][\w:]*", stripped):
-            if word in PROMQL_WORDS or word in ("job", "instance", "le", "node", "lru", "gen", "memcg", "comm",
+            if word in PROMQL_WORDS or word in ("job", "instance", "le", "numa_node", "lru", "gen", "memcg", "comm",
                                                 "mapping", "reason", "source", "target", "threshold", "e",
                                                 "namespace", "pod", "container", "qos_class"):
                 continue

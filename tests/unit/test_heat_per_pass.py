@@ -164,3 +164,49 @@ def test_passes_in_json_and_an_older_document_without_them(tmp_path):
     src = bpf_hotness.BpfHotnessSource(cfg.bpf, fixture_proc(tmp_path / "b"), loader=k.program)
     src.start()
     assert src.cycle(cfg.targets, {}).passes is None
+
+
+def _named_after(docs, monkeypatch, unnamed_reads: int, refresh_each: bool):
+    """A History whose first `unnamed_reads` reads of /proc/PID/maps miss the regions' mapping (made
+    after the read, as memcached's new slab pages are); the later ones name it `[heap]`."""
+    from mglrud.tui import feeds
+
+    reads = []
+
+    def maps(snap, target, pid):
+        reads.append(1)
+        return {} if len(reads) <= unnamed_reads else {PID: [(BASE << SHIFT, (BASE + 20) << SHIFT, "[heap]")]}
+
+    monkeypatch.setattr(feeds.client, "hotness_maps", maps)
+    h = History(None, PID)
+    for d in docs:
+        if refresh_each:
+            h.maps_at = float("-inf")  # MAPS_REFRESH seconds have gone by
+        h.add(d)
+    return h, reads
+
+
+def test_a_region_named_after_it_was_first_drawn_stays_one_row(tmp_path, monkeypatch):
+    # seen in the TUI and make demo's PNG: a region drawn once as `?` and again under its name
+    docs = run(tmp_path, [T0 + 5.0, T0 + 10.0], [T0, T0 + 5.1, T0 + 10.1])
+    # the maps read with the first two snapshots miss the mapping (the second lists the regions first)
+    h, _ = _named_after(docs, monkeypatch, unnamed_reads=2, refresh_each=True)
+    g = h.grid()
+    ranges = [(k.pid, k.start, k.end) for k in g.rows]
+    assert len(ranges) == len(set(ranges)) == len(HOT + COLD), g.rows
+    assert {k.name for k in g.rows} == {"[heap]"}, g.rows
+    # the row holds the columns drawn before the name was known too
+    hot = g.rows.index(next(k for k in g.rows if k.start >> SHIFT == HOT[0]))
+    assert [HM.glyph(c) for c in g.cells[hot]] == [" ", "?", "?", "@", "?"], g.cells[hot]
+    text = HM.text(HM.frame(g, HM.View(aggregate=1.0), 120, 40))
+    labels = [line.split()[:2] for line in text.splitlines() if line.startswith("0x")]
+    assert len(labels) == len(HOT + COLD) and all(name == "[heap]" for _, name in labels), text
+
+
+def test_a_region_first_seen_rereads_the_maps_at_once(tmp_path, monkeypatch):
+    # the regions appear with the first pass (the second snapshot): the maps are read again then,
+    # not MAPS_REFRESH seconds after the first read, which missed them
+    docs = run(tmp_path, [T0 + 5.0, T0 + 10.0], [T0, T0 + 5.1, T0 + 10.1])
+    h, reads = _named_after(docs, monkeypatch, unnamed_reads=1, refresh_each=False)
+    assert len(reads) == 2, reads
+    assert {k.name for k in h.grid().rows} == {"[heap]"}, h.grid().rows

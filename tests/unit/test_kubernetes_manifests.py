@@ -127,7 +127,11 @@ def test_prometheus_operator_resources(rendered):
         assert sm["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
         relabel = sm["spec"]["endpoints"][0]["relabelings"]
         assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance"} in relabel
-    assert {"targetLabel": "job", "replacement": "mglrud"} in podmonitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+        # node is the Kubernetes node (kubernetes-mixin joins on it); mglrud's NUMA label is numa_node
+        assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"} in relabel
+    pm_relabel = podmonitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {"targetLabel": "job", "replacement": "mglrud"} in pm_relabel
+    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"} in pm_relabel
 
 
 @needs_tools

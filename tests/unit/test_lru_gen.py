@@ -231,3 +231,85 @@ def test_captured_hot_and_cold_memcgs(root):
     assert cold_resident * 4096 >= 90 << 20 and hot_resident * 4096 >= 60 << 20
     assert cold >= 0.9
     assert hot <= 0.1
+
+
+# ---------------------------------------------------------------- the read after aging (reparse)
+
+@pytest.mark.skipif(not CAPTURED, reason="no captured lru_gen fixtures in tests/fixtures yet")
+@pytest.mark.parametrize("path", CAPTURED, ids=[str(p.relative_to(p.parents[2])) for p in CAPTURED] or None)
+def test_reparse_of_an_unchanged_read_is_parse(path):
+    text = path.read_text()
+    whole = lru_gen.parse(text)
+    paths = sorted({h.memcg_path for h in whole})
+    for fresh in (set(), set(paths[:1]), set(paths[::3]), set(paths)):
+        assert lru_gen.reparse(text, whole, fresh) == whole, fresh
+
+
+def _g(seq, age_ms=1000, anon=1, file=2):
+    return (seq, age_ms, anon, file)
+
+
+def test_reparse_parses_the_aged_and_the_new_and_keeps_the_others_from_the_read_before():
+    before = lru_gen_text([
+        (1, "/", [(0, [_g(4), _g(5)])]),
+        (7, "/aged", [(0, [_g(3), _g(4)]), (1, [_g(3), _g(4)])]),
+        (8, "/idle", [(0, [_g(9, 5000), _g(10, 4000)])]),
+        (9, "/gone", [(0, [_g(1)])]),
+        (10, "/reused-id", [(0, [_g(1)])]),
+        (11, "/other", [(0, [_g(2)])]),
+        (12, "/more", [(0, [_g(2)])]),
+    ])
+    after = lru_gen_text([
+        (1, "/", [(0, [_g(4, 1001), _g(5, 2)])]),
+        (7, "/aged", [(0, [_g(3), _g(4), _g(5, 0, 9, 9)]), (1, [_g(3), _g(4), _g(5, 0)])]),
+        (8, "/idle", [(0, [_g(9, 5009), _g(10, 4009)])]),  # a moment later: kept from `before`
+        (14, "/reused-id", [(0, [_g(1, 7)])]),  # the same path under another id: another memcg
+        (13, "/new", [(0, [_g(1)])]),
+        (11, "/other", [(0, [_g(2, 3)])]),
+        (12, "/more", [(0, [_g(2, 3)])]),
+    ])
+    previous = lru_gen.parse(before)
+    got = lru_gen.reparse(after, previous, {"/aged"})
+    fresh = {(h.memcg_path, h.node): h for h in lru_gen.parse(after)}
+    old = {(h.memcg_path, h.node): h for h in previous}
+    assert [(h.memcg_id, h.memcg_path, h.node) for h in got] == [
+        (1, "/", 0), (7, "/aged", 0), (7, "/aged", 1), (8, "/idle", 0), (14, "/reused-id", 0), (13, "/new", 0),
+        (11, "/other", 0), (12, "/more", 0)]
+    by = {(h.memcg_path, h.node): h for h in got}
+    for key in [("/aged", 0), ("/aged", 1), ("/reused-id", 0), ("/new", 0)]:
+        assert by[key] == fresh[key], key
+    for key in [("/", 0), ("/idle", 0), ("/other", 0), ("/more", 0)]:
+        assert by[key] is old[key] and by[key] != fresh[key], key
+    assert by[("/aged", 0)].max_seq == 5
+    # most memcgs aged, or a line break parse() reads differently: the whole text is parsed
+    assert lru_gen.reparse(after, previous, {"/aged", "/", "/idle", "/other"}) == lru_gen.parse(after)
+    cr = after.replace("/more\n", "/mo\rre\n")  # splitlines() breaks the line: "re" is no lru_gen line
+    for f in (lambda: lru_gen.parse(cr), lambda: lru_gen.reparse(cr, previous, {"/aged"})):
+        with pytest.raises(lru_gen.ParseError, match="unexpected 're'"):
+            f()
+
+
+def test_reparse_parses_dying_twins_listed_under_one_id_and_path():
+    twins = [(0, "/dying", [(0, [_g(1, 100)])]), (0, "/dying", [(0, [_g(3, 100)])])]
+    before = lru_gen_text([(1, "/", [(0, [_g(4)])])] + twins + [(2, "/a", [(0, [_g(1)])]), (3, "/b", [(0, [_g(1)])])])
+    after = before.replace("        100", "        900")
+    got = lru_gen.reparse(after, lru_gen.parse(before), {"/a"})
+    assert [g.age_seconds for h in got if h.memcg_path == "/dying" for g in h.generations] == [0.9, 0.9]
+    assert [h.memcg_path for h in got] == ["/", "/dying", "/dying", "/a", "/b"]
+
+
+@pytest.mark.parametrize("header,memcg_id,path", [
+    ("memcg     1 /", 1, "/"),
+    ("memcg     1 ", 1, "/"),  # memcg disabled: the root has no path
+    ("memcg     1", 1, "/"),
+    ("memcg 12345  /a b", 12345, " /a b"),  # one space after the id; the rest is the path
+    ("memcg 65535 /x/y", 65535, "/x/y"),
+])
+def test_memcg_lines_read_as_the_format_says(header, memcg_id, path):
+    (h,) = lru_gen.parse(header + "\n node     0\n          3        100          1           2 \n")
+    assert (h.memcg_id, h.memcg_path) == (memcg_id, path)
+
+
+def test_a_memcg_line_with_a_tab_is_not_one():
+    with pytest.raises(lru_gen.ParseError, match="line 1: unexpected"):
+        lru_gen.parse("memcg\t1 /x\n node     0\n          3        100          1           2 \n")

@@ -103,19 +103,19 @@ def test_families_names_and_labels(tmp_path):
         "mglrud_memcg_idle_age_seconds_gcount", "mglrud_memcg_idle_age_seconds_gsum",
         "mglrud_memcg_info"}  # issue 16: the workload each memcg path names
     assert families["mglrud_snapshot_age_seconds"].samples[0].value == 2.5
-    res = {(s.labels["memcg"], s.labels["node"], s.labels["lru"]): s.value
+    res = {(s.labels["memcg"], s.labels["numa_node"], s.labels["lru"]): s.value
            for s in families["mglrud_memcg_resident_bytes"].samples}
     assert res[("/", "0", "anon")] == 111 * 4096
     assert res[('/we"ird\\path x', "0", "anon")] == 51000 * 4096
     gens = {s.labels["gen"]: s.value for s in families["mglrud_memcg_generation_bytes"].samples
-            if s.labels["memcg"] == "/" and s.labels["node"] == "0" and s.labels["lru"] == "file"}
+            if s.labels["memcg"] == "/" and s.labels["numa_node"] == "0" and s.labels["lru"] == "file"}
     assert gens == {"0": 5 * 4096, "1": 2 * 4096, "2": 20 * 4096, "3": 200 * 4096}
     cold = {s.labels["threshold"]: s.value for s in families["mglrud_memcg_cold_bytes"].samples
-            if s.labels["memcg"] == "/" and s.labels["node"] == "0" and s.labels["lru"] == "anon"}
+            if s.labels["memcg"] == "/" and s.labels["numa_node"] == "0" and s.labels["lru"] == "anon"}
     # idle lower bounds of gens 5..8: 6 s, 3 s, 0.5 s, 0
     assert cold == {"1.0": 110 * 4096, "2.0": 110 * 4096, "4.0": 100 * 4096}
     hist = {s.labels["le"]: s.value for s in families["mglrud_memcg_idle_age_seconds"].samples
-            if s.name.endswith("_bucket") and s.labels["memcg"] == "/" and s.labels["node"] == "0"
+            if s.name.endswith("_bucket") and s.labels["memcg"] == "/" and s.labels["numa_node"] == "0"
             and s.labels["lru"] == "anon"}
     assert hist == {"1.0": 1 * 4096, "2.0": 1 * 4096, "3.0": 11 * 4096, "4.0": 11 * 4096, "6.0": 111 * 4096,
                     "+Inf": 111 * 4096}

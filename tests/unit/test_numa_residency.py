@@ -149,3 +149,17 @@ def test_move_pages_on_our_own_pages_answers_with_their_node():
     if online == "0":
         assert nodes == {0}
     assert status[10:] == [ENOENT] * (npages - 10)
+
+
+@pytest.mark.parametrize("status_of", ["move_pages", None])
+def test_reading_pagemap_in_pieces_counts_the_same_cells(tmp_path, monkeypatch, status_of):
+    # read_residency() reads READ_BYTES of address space at a time (a 64 GiB mapping: 64 reads of
+    # 2 MiB, not one of 128 MiB); pieces that split regions must add up to the same cells
+    fs = _two_nodes(tmp_path)
+    nodes = bpf_heat.node_of_pfn(fs)
+    of = _half_and_half if status_of else None
+    whole = bpf_heat.read_residency(fs, META["pid"], SHIFT, PAGE, nodes, of)
+    monkeypatch.setattr(bpf_heat, "READ_BYTES", 300 * PAGE)  # not a multiple of the 2 MiB region
+    pieces = bpf_heat.read_residency(fs, META["pid"], SHIFT, PAGE, nodes, of)
+    assert pieces == whole and sum(whole[1].values()) == PM["pages"]
+    assert len({r for r, _, _ in whole[1]}) > 1  # several regions, split between pieces

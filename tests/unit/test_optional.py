@@ -21,7 +21,8 @@ def test_missing_names_the_module_the_feature_and_the_package(monkeypatch):
 
 def test_every_optional_module_maps_to_a_debian_package():
     assert {m: p for m, (p, _) in optional.OPTIONAL.items()} == {
-        "bcc": "python3-bpfcc", "urwid": "python3-urwid", "PIL": "python3-pil", "systemd": "python3-systemd"}
+        "bcc": "python3-bpfcc", "numpy": "python3-numpy", "urwid": "python3-urwid", "PIL": "python3-pil",
+        "systemd": "python3-systemd"}
 
 
 def test_check_lists_the_optional_modules_without_changing_usable(monkeypatch, tmp_path):

@@ -90,7 +90,7 @@ def test_default_config_never_writes_clear_refs_and_says_so(tmp_path):
         clock.t += 60
     assert (root / str(PID) / "clear_refs").read_text() == ""
     text = generate_latest(build_registry(Published(snap), wall=lambda: 1.7e9 + clock.t)).decode()
-    assert 'mglrud_mapping_resident_bytes{comm="python3",lru="anon",mapping="[anon]",node="0",target="all"}' in text
+    assert 'mglrud_mapping_resident_bytes{comm="python3",lru="anon",mapping="[anon]",numa_node="0",target="all"}' in text
     assert "\nmglrud_mapping_accessed_bytes{" not in text and "\nmglrud_mapping_cold_bytes{" not in text
     from mglrud.render.snapshot_table import procfs_rows
     rows = procfs_rows(snap.procfs, snap.cold_thresholds)[1:]

@@ -114,7 +114,7 @@ def test_values_add_up(tmp_path):
 
 def test_node_split_from_numa_maps(tmp_path):
     fam = families(render(snapshot(tmp_path, top=100, read_numa=True)))
-    nodes = {s.labels["node"] for s in fam["mglrud_mapping_resident_bytes"].samples}
+    nodes = {s.labels["numa_node"] for s in fam["mglrud_mapping_resident_bytes"].samples}
     assert nodes == {"0"}  # captured on a one-node host; the VM's --numa guest has two
 
 

@@ -5,6 +5,7 @@ the whole document without a query is the golden tests' business (test_snapshot_
 is only compared with itself through the query path.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -75,7 +76,7 @@ def test_the_typed_reader_reads_a_filtered_document(snap):
     ("pid=0", "pid='0' is not a positive integer"),
     ("limit=-1", "limit='-1' is not a non-negative integer"),
     ("pid=1&pid=2", "parameter 'pid' given 2 times"),
-    ("colour=red", "unknown parameter 'colour'; /snapshot.json takes target, pid, offset, limit"),
+    ("colour=red", "unknown parameter 'colour'; /snapshot.json takes target, pid, offset, limit, form, found"),
 ])
 def test_bad_queries_name_the_parameter(qs, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace("?", r"\?")):
@@ -124,6 +125,92 @@ def test_client_and_heatmap_feed_ask_only_for_their_process(snap, tmp_path):
         assert asked.regions() == snapshot_json.from_dict(to_dict(snap)).regions(pid=META["pid"])
         assert feeds.DaemonFeed(url, "m", None).poll().hotness.targets[0].name == "m"
         assert len(feeds.DaemonFeed(url, "m", None).poll().hotness.targets) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_columns_form_reads_as_the_same_cells_in_a_third_of_the_bytes(snap):
+    # ?form=columns (what `mglrud heatmap` and `report` ask for): one list per field, no indentation
+    for q in (Query(pid=META["pid"]), Query(target="m"), Query(offset=3, limit=5)):
+        cols = Query(q.target, q.pid, q.offset, q.limit, form="columns")
+        rows_doc, cols_doc = to_dict(snap, q), to_dict(snap, cols)
+        assert all(t["regions"] == [] for t in cols_doc["hotness"]["targets"])
+        assert cols_doc["query"]["regions_matched"] == rows_doc["query"]["regions_matched"]
+        assert snapshot_json.from_dict(json.loads(to_json(snap, cols))) == \
+            snapshot_json.from_dict(json.loads(to_json(snap, q)))
+    whole = to_json(snap, Query(form="columns"))
+    assert snapshot_json.from_dict(json.loads(whole)) == snapshot_json.from_dict(json.loads(to_json(snap)))
+    assert 3 * len(whole) < len(to_json(snap)), (len(whole), len(to_json(snap)))
+    assert parse_query("pid=5&form=columns") == Query(pid=5, form="columns")
+    with pytest.raises(ValueError, match="form='x' is not one of rows, columns"):
+        parse_query("form=x")
+
+
+def test_a_bad_column_is_refused_naming_it(snap):
+    doc = to_dict(snap, Query(form="columns"))
+    doc["hotness"]["targets"][0]["region_columns"]["lru"] = ["anon"]
+    with pytest.raises(snapshot_json.SchemaError, match=r"targets\[0\]\.region_columns\.lru"):
+        snapshot_json.from_dict(doc)
+
+
+def test_client_asks_for_columns_and_an_older_daemon_again_without(snap, tmp_path, monkeypatch):
+    from mglrud import client
+
+    asked = []
+    real = snapshot_json.parse_query
+
+    def older(qs):  # a daemon from before ?form=: 400 on the unknown parameter
+        asked.append(qs)
+        if "form=" in qs:
+            raise ValueError("unknown parameter 'form'; /snapshot.json takes target, pid, offset, limit")
+        return real(qs)
+
+    sock = str(tmp_path / "s.sock")
+    srv, _ = mhttp.serve(sock, 0, Published(snap))
+    try:
+        monkeypatch.setattr(snapshot_json, "parse_query", older)
+        doc = client.fetch_snapshot(f"unix:{sock}", pid=META["pid"])
+        assert asked == [f"pid={META['pid']}&form=columns", f"pid={META['pid']}"]
+        monkeypatch.setattr(snapshot_json, "parse_query", real)
+        assert client.fetch_snapshot(f"unix:{sock}", pid=META["pid"]) == doc  # read from the columns
+        assert doc.regions() == snapshot_json.from_dict(to_dict(snap)).regions(pid=META["pid"]) != {}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_found_keeps_the_newest_finds_of_each_cell(snap):
+    # found=N: what heatmap (1) and report (0) read of a cell's finds; found_in is not cut
+    whole = snapshot_json.from_dict(to_dict(snap)).regions(pid=META["pid"])
+    assert max(len(r.found) for rs in whole.values() for r in rs) > 1, "the replay's cells were found more than once"
+    for n in (0, 1, 2):
+        for form in ("rows", "columns"):
+            got = snapshot_json.from_dict(json.loads(to_json(snap, Query(pid=META["pid"], form=form, found=n))))
+            assert got.regions() == {k: [dataclasses.replace(r, found=r.found[:n]) for r in rs]
+                                     for k, rs in whole.items()}
+    assert parse_query("found=1") == Query(found=1)
+
+
+def test_heatmap_and_report_ask_for_what_they_read(snap, tmp_path, monkeypatch):
+    from mglrud import client
+    from mglrud.tui import feeds
+
+    asked = []
+    real = snapshot_json.parse_query
+    monkeypatch.setattr(snapshot_json, "parse_query", lambda qs: asked.append(qs) or real(qs))
+    sock = str(tmp_path / "s.sock")
+    srv, _ = mhttp.serve(sock, 0, Published(snap))
+    try:
+        feeds.DaemonFeed(f"unix:{sock}", None, META["pid"]).poll()
+        monkeypatch.setattr(client, "default_url", lambda url: f"unix:{sock}")
+        import argparse
+        import contextlib
+        import io
+        with contextlib.redirect_stdout(io.StringIO()):
+            client.report_main(argparse.Namespace(url=None, target=None, pid=META["pid"], maps=False, wide=False))
+        assert asked[0] == f"pid={META['pid']}&form=columns&found=1"
+        assert asked[1] == f"pid={META['pid']}&form=columns&found=0"
     finally:
         srv.shutdown()
         srv.server_close()

@@ -23,8 +23,6 @@ LRU_GEN = Path("/sys/kernel/debug/lru_gen")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "numa: needs a guest with two NUMA nodes (vm-run.sh --numa)")
-    config.addinivalue_line("markers", "demo: make demo's memcached run (not in make test: it reads a redacted "
-                                       "/snapshot.json over TCP; see tests/vm/test_memcached_vm.py)")
     config.addinivalue_line("markers", "stock: needs a guest on Debian's own kernel, without mglrud's patch "
                                        "(vm-run.sh --variant stock; make test-vm-stock)")
 

@@ -208,7 +208,7 @@ def test_node_split(memcgs, daemons, tmp_path, drop_sys_admin):
             eff = int(next(l for l in status.splitlines() if l.startswith("CapEff:")).split()[1], 16)
             assert not eff & (1 << 21), "CAP_SYS_ADMIN still effective"
         text = d.wait_agings(8, "node split")  # 4 per node
-        acc = {(lab["node"], lab["lru"]): v for lab, v in samples(text, "mglrud_target_accessed_bytes_total")
+        acc = {(lab["numa_node"], lab["lru"]): v for lab, v in samples(text, "mglrud_target_accessed_bytes_total")
                if lab["target"] == "numa"}
         print(f"accessed bytes by node: {acc}")
         assert acc.get(("0", "anon"), 0) >= npages * 4096 and acc.get(("1", "anon"), 0) >= npages * 4096, acc

@@ -100,7 +100,7 @@ log: {{level: debug}}
         while time.monotonic() < deadline and daemon.proc.poll() is None:
             text = scrape()
             ages = _samples(text, "mglrud_memcg_generation_age_seconds")
-            nodes = max(1, len({lab["node"] for lab, _ in ages}))
+            nodes = max(1, len({lab["numa_node"] for lab, _ in ages}))
             full = all(any(lab["memcg"] == f"/mglrud-test/{n}" and lab["gen"] == "3" for lab, _ in ages)
                        for n in ("hot", "cold"))
             m = re.search(r"^mglrud_aging_runs_total (\S+)$", text, re.M)

@@ -12,6 +12,7 @@ demand: EINVAL for a memcg that went away between the read and the write, EPERM 
 the write, a process exiting mid-read. Runs inside the guest; skipped elsewhere.
 """
 
+import json
 import os
 import re
 import signal
@@ -98,7 +99,12 @@ def test_memcg_removed_then_made_again(memcgs, tmp_path):
         cg.rmdir()
         gone = d.wait_metrics(lambda t: metric_value(t, 'mglrud_target_memcgs{target="t"}') == 0.0,
                           "the removed memcg is still a target")
-        time.sleep(2.5)  # one more interval: its series must be gone, not stale
+        # one more snapshot (the positive signal): its series must be gone, not stale
+        after = json.loads(d.get_tcp("/snapshot.json"))["taken_at"]
+        deadline = time.monotonic() + WAIT
+        while json.loads(d.get_tcp("/snapshot.json"))["taken_at"] <= after:
+            assert time.monotonic() < deadline, "no snapshot after the memcg was gone:\n" + d.log_text()
+            time.sleep(0.3)
         text = d.get("/metrics")
         assert not [l for l in text.splitlines() if l.startswith(series) and "comes-and-goes" in l], text
         assert metric_value(gone, 'mglrud_source_up{source="lru_gen"}') == 1.0
