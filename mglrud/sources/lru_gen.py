@@ -22,6 +22,7 @@ from itertools import groupby
 from operator import attrgetter, itemgetter
 from typing import Callable
 
+from mglrud import kernelwrite
 from mglrud.config import Config
 from mglrud.fs import FS, Writer
 from mglrud.memory import gc_paused
@@ -288,6 +289,7 @@ def switch_on(fs: FS) -> str:
         return ""
     try:
         with open(path, "w") as f:
+            kernelwrite.record(kernelwrite.LRU_GEN_ENABLED, str(path), b"y")
             f.write("y")
     except OSError as e:
         return f"lru_gen.enable: cannot write {path}: {e.strerror}; MGLRU stays off"

@@ -77,6 +77,8 @@ def write_violations(writes) -> list:
     for w in writes:
         if w.kind == "lru_gen":
             ok = _AGING.fullmatch(w.data) is not None
+        elif w.kind == "lru_gen_enabled":  # only with lru_gen.enable: true (test_lru_gen_enable.py)
+            ok = w.data == b"y" and w.target.endswith("/kernel/mm/lru_gen/enabled")
         elif w.kind == "clear_refs":
             ok = w.data == b"1" and w.target.endswith("/clear_refs")
         else:

@@ -34,6 +34,8 @@ def test_config_key(tmp_path):
 
 
 def test_off_by_default_stays_off_and_procfs_serves(tmp_path):
+    from conftest import KERNEL_WRITES
+    seen = len(KERNEL_WRITES)
     enabled = off_tree(tmp_path)
     eng, _, _ = procfs_engine(tmp_path)
     assert eng.choice.active == ("procfs",)
@@ -45,6 +47,7 @@ def test_off_by_default_stays_off_and_procfs_serves(tmp_path):
     eng.configure(eng.config)  # a reload with the same config
     eng.cycle()
     assert enabled.read_text() == "0x0000\n"  # never written
+    assert not [w for w in KERNEL_WRITES[seen:] if w.kind == "lru_gen_enabled"]
     assert isinstance(eng.writer, RecordingWriter) and eng.writer.commands == []  # and nothing aged
 
 
@@ -54,6 +57,8 @@ def test_enable_true_switches_it_on_once(tmp_path, caplog):
     eng, _, _ = procfs_engine(tmp_path, "lru_gen: {enable: true}")
     # a regular file here: it now holds what was written; the kernel would read back 0x0007
     assert enabled.read_text() == "y"
+    from conftest import KERNEL_WRITES
+    assert [(w.kind, w.data) for w in KERNEL_WRITES if w.target == str(enabled)] == [("lru_gen_enabled", b"y")]
     assert "MGLRU was off (0x0000); wrote y to" in caplog.text
     assert eng.choice.active == ("lru_gen",)  # switched on before the sources were probed
     enabled.write_text("0x0007\n")
