@@ -69,6 +69,7 @@ class Engine:
     def _choose(self) -> None:
         """Probe, choose (sources/selection.py), and start, reconfigure or stop sources to match."""
         table = sources.TABLE
+        starting = self.choice is None  # the Engine's first configure, before the daemon's loop
         self.probes = selection.probe_all(self.fs, table)
         choice = selection.choose(self.config.sources, self.probes, table)
         if self.choice is None or choice.active != self.choice.active:
@@ -79,7 +80,9 @@ class Engine:
         for e in table:
             if e.name in choice.active:
                 if e.name not in self.sources:
-                    self.sources[e.name] = e.make(self.config, self.fs, self.clock, self.wall)
+                    src = self.sources[e.name] = e.make(self.config, self.fs, self.clock, self.wall)
+                    if not starting and hasattr(src, "in_loop"):
+                        src.in_loop = True  # made by a reload: start off the loop (sources/base.py)
                 self.sources[e.name].configure(self.config, self.probes[e.name], choice.reason(e.name))
         self.sources = {e.name: self.sources[e.name] for e in table if e.name in self.sources}
 

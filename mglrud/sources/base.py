@@ -50,6 +50,10 @@ class Part:
 
 
 class Source(Protocol):
+    """One data source. A source whose start is slow (a compile) may have an `in_loop` attribute:
+    the Engine sets it True on a source it makes after its first configure, i.e. on a reload
+    inside the daemon's loop, where a start must not hold the loop (nor its watchdog pings)."""
+
     name: str
 
     def configure(self, config: Config, probe: Probe, why: str) -> None:

@@ -26,9 +26,9 @@ or whose maps could no longer be read (bpf(2) errors: OSError), is started again
 after RETRY_FIRST seconds, then after twice as long each time up to RETRY_MAX,
 and at once on a reload (SIGHUP); its counters go on from the old program's.
 
-Only the first start compiles in-line (before the daemon's loop, under systemd's
-TimeoutStartSec). Every later one -- a reload that changes bpf:, a retry -- is a
-Build: a background thread waits for the loader child (up to bpf_loader.TIMEOUT,
+Only a start before the daemon's loop compiles in-line (under systemd's
+TimeoutStartSec). Every other one -- a reload that turns the source on or changes
+bpf:, a retry -- is a Build: a background thread waits for the loader child (up to bpf_loader.TIMEOUT,
 far beyond WatchdogSec), while the loop goes on cycling and pinging the watchdog;
 the old program keeps serving until the loop takes the new one (prepare(), each
 cycle; due_in() brings the next cycle forward while a build runs).
@@ -108,6 +108,7 @@ class BpfHotnessSource(HeatBuilder):
         self._passes: dict[int, tuple[H.AgingPass, ...]] = {}
         self._found_in: dict[H.CellKey, tuple[tuple[int, int], ...]] = {}
         self.build: Build | None = None  # a program being compiled off the loop
+        self.in_loop = False  # made by a reload inside the daemon's loop (the Engine sets it)
 
     def start(self) -> bool:
         """Compile and attach now, in this thread (the first start; tests)."""
@@ -173,14 +174,18 @@ class BpfHotnessSource(HeatBuilder):
         return cls(config.bpf, fs, wall=wall, clock=clock)
 
     def configure(self, config: Config, probe: Probe, why: str) -> None:
-        """Compile and attach on first use (~1 s; ~15 s under TCG), in-line; a reload that
+        """Compile and attach on first use (~1 s; ~15 s under TCG), in-line before the daemon's
+        loop, off it (Build) when a reload turned the source on; a reload that
         changes bpf: recompiles off the loop (Build) while the old program serves, and the
         counters go on from the old program's (carry_over)."""
         want = config.bpf
         if not self._started:
             self._started = True
             self.cfg = want
-            self.start()
+            if self.in_loop:  # a reload turned the source on: compile off the loop too
+                self._begin(want)
+            else:
+                self.start()
             return
         if self.build is not None:
             if self.build.cfg == want:

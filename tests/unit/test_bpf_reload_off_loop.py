@@ -191,3 +191,70 @@ def test_a_reload_whose_program_fails_closes_the_old_one_and_retries_the_new_con
     assert programs[0].closed and src.program is None  # not left attached, nor leaked
     assert src.cfg == new.bpf and 0 < src.due_in() <= bpf_hotness.RETRY_FIRST  # the new config, retried
     assert src.stats == (before.events, before.matched, before.dropped)  # nothing lost
+
+
+class BlockingLoader(SlowLoader):
+    """Every start, the first too, waits until the test releases it."""
+
+    def __call__(self, cfg, fs):
+        self.entered.set()
+        if not self.release.wait(60):
+            raise bpf_hotness.Unavailable("test: the compile was never released")
+        self.programs.append(_Program(cfg, fs))
+        return self.programs[-1]
+
+
+def test_a_reload_that_turns_the_source_on_compiles_off_the_loop(tmp_path):
+    """A source made by a reload (the Engine sets in_loop) starts as a Build: configure()
+    returns while the compile waits, the source says it is compiling, and a later poll() takes
+    the program. Before, its first start compiled in-line, inside the loop."""
+    cfg = loads(CONFIG)
+    loader = BlockingLoader()
+    src = bpf_hotness.BpfHotnessSource(cfg.bpf, fixture_proc(tmp_path), loader=loader)
+    src.in_loop = True
+    returned = threading.Event()
+    t = threading.Thread(target=lambda: (src.configure(cfg, PROBE, ""), returned.set()), daemon=True)
+    t.start()
+    try:
+        assert loader.entered.wait(30), "the compile never began"
+        # the positive signal: configure() came back while the loader still waits
+        assert returned.wait(10), "configure() waited for the compile (in-line, in the loop)"
+        assert src.program is None and "compiling" in src.reason
+        assert not src.poll()  # nothing to take yet
+    finally:
+        loader.release.set()
+    assert _until(src.poll, 30), "the finished compile was never taken"
+    assert src.program is loader.programs[0] and src.status().up
+
+
+def test_the_engine_marks_a_source_made_by_a_reload_in_loop(monkeypatch, tmp_path):
+    """Sources made at the Engine's first configure start in-line (before the loop, under
+    TimeoutStartSec); one a reload adds gets in_loop = True."""
+    from mglrud import sources
+    from mglrud.cycle import Engine
+    from mglrud.fs import RecordingWriter
+    from mglrud.sources.base import Entry, Part, Passive
+
+    made = []
+
+    class Slow(Passive):
+        name = "slow"
+
+        def __init__(self):
+            self.in_loop = False
+            made.append(self)
+
+        def configure(self, config, probe, why):
+            self.started_in_loop = self.in_loop
+
+        def part(self, inputs):
+            return Part()
+
+    monkeypatch.setattr(sources, "TABLE", sources.TABLE + (
+        Entry("slow", lambda fs: Probe("slow", True, "always"), lambda config, fs, clock, wall: Slow()),))
+    paths = f"paths: {{debugfs: {tmp_path}, procfs: {tmp_path}, sysfs: {tmp_path}, tracefs: {tmp_path}}}\n"
+    engine = Engine(loads("sources: [slow]\n" + paths), writer=RecordingWriter())
+    assert [s.started_in_loop for s in made] == [False]
+    engine.configure(loads("sources: [lru_gen]\n" + paths))  # a reload drops it ...
+    engine.configure(loads("sources: [slow]\n" + paths))  # ... and another brings it back
+    assert [s.started_in_loop for s in made] == [False, True]
