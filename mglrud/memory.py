@@ -48,14 +48,15 @@ def trim() -> bool:
 
 
 @contextlib.contextmanager
-def gc_paused():
+def gc_paused(collect: int | None = None):
     """The cyclic garbage collector off for a burst of allocations that makes no cycles.
 
     lru_gen's parse makes ~40k tuples and lists at 3,000 memcgs, so the collector ran
     dozens of times in it, now and then over every object the daemon holds (the older
     generations), for objects that it cannot free: the parse's own. 10-30 % of a parse.
     Reference counting still frees everything as usual; the collector runs at the
-    next allocations after it."""
+    next allocations after it -- or at once, `collect` being the generation to collect,
+    when the pause ends the outermost one (it then sees the burst's survivors once)."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -63,3 +64,5 @@ def gc_paused():
     finally:
         if was:
             gc.enable()
+            if collect is not None:
+                gc.collect(collect)

@@ -37,7 +37,6 @@ cycle; due_in() brings the next cycle forward while a build runs).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import importlib.util
 import logging
 import os
@@ -47,6 +46,7 @@ from operator import itemgetter
 
 from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
+from mglrud.memory import gc_paused
 from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
 from mglrud.sources import bpf_probe
@@ -284,14 +284,8 @@ class BpfHotnessSource(HeatBuilder):
         tuples (CellKey, Counts, CellState, RegionHeat; none in a reference cycle), whose
         allocations set off a full collection several times a cycle (40 % of a cycle at 65k
         cells). One young-generation collection at the end sees them once, and untracks them."""
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused(collect=0):
             return self._cycle(targets, index, procs, lruvecs)
-        finally:
-            if enabled:
-                gc.enable()
-                gc.collect(0)
 
     def _cycle(self, targets, index, procs, lruvecs) -> H.HotnessData | None:
         if self._procs is None:

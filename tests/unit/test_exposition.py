@@ -217,6 +217,18 @@ def test_gc_paused_restores_the_collector_as_it_was():
         gc.enable()
 
 
+def test_gc_paused_collects_the_asked_generation_only_when_it_turns_the_collector_back_on(monkeypatch):
+    import gc
+    from mglrud import memory
+    collected = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: collected.append(generation))
+    with memory.gc_paused(collect=0):
+        with memory.gc_paused(collect=0):  # nested (the BPF cycle inside the Engine's): no collection
+            pass
+        assert collected == []
+    assert collected == [0] and gc.isenabled()
+
+
 def test_prepare_renders_ahead_only_the_variants_scrapes_asked_for_lately(tmp_path):
     import dataclasses
     snap = _snapshot(_synthetic_paths(tmp_path))
