@@ -285,13 +285,10 @@ def test_a_program_that_does_not_compile_leaves_lru_gen_running(memcgs, workload
     cg = memcgs("bpf-broken")
     workloads("--size", "16M", cgroup=cg)
     d = daemons(tmp_path, "[{name: m, memcg: /mglrud-test/bpf-broken}]", bpf=f"program: '{broken}'")
-    deadline = time.monotonic() + WAIT
-    text = ""
-    while time.monotonic() < deadline:
-        text = d.metrics()
-        if re.search(r'^mglrud_memcg_resident_bytes\{memcg="/mglrud-test/bpf-broken"', text, re.M):
-            break
-        time.sleep(1)
+    # lru_gen serves the memcg (labels in any order: the exposition sorts them, lru="..." first)
+    text = d.wait_metrics(lambda t: any(lab.get("memcg") == "/mglrud-test/bpf-broken"
+                                        for lab, _ in samples(t, "mglrud_memcg_resident_bytes")),
+                          "lru_gen serving /mglrud-test/bpf-broken beside the broken BPF program")
     assert re.search(r'^mglrud_source_up\{source="lru_gen"\} 1\.0$', text, re.M), text
     assert re.search(r'^mglrud_source_up\{source="bpf"\} 0\.0$', text, re.M), text
     bpf = next(s for s in d.snapshot()["sources"] if s["name"] == "bpf")
