@@ -62,7 +62,7 @@
 #if defined(MGLRUD_ATTACH_FEXIT) || defined(MGLRUD_ATTACH_KPROBE)
 #define MGLRUD_PROBE 1
 #endif
-#if !defined(TASK_FLAGS_OFFSET) || defined(MGLRUD_PROBE)
+#ifndef TASK_FLAGS_OFFSET
 #include <linux/sched.h>
 #endif
 #ifdef TASK_FLAGS_OFFSET
@@ -72,9 +72,36 @@
 #endif
 
 #ifdef MGLRUD_PROBE
+#ifdef MGLRUD_BTF
+/*
+ * The probe's struct members at their offsets from the kernel's BTF, passed by user
+ * space (mglrud/sources/bpf_program.py probe_layout()): VMA_VM_MM, MM_OWNER,
+ * TASK_TGID, TASK_CGROUPS, CSS_SET_SUBSYS, MEMCG_ID_ID (mem_cgroup.id.id),
+ * MEMORY_CGRP_ID, PAGE_FLAGS, PAGE_COMPOUND_HEAD, PAGE_SIZEOF, PG_SWAPBACKED. Only
+ * the node's place in page->flags (NODES_PGSHIFT, NODES_MASK: config arithmetic,
+ * not in BTF) comes from a header, a small one: linux/mm_types.h, linux/memcontrol.h
+ * and linux/page-flags.h made bcc's compile of the probe several times slower.
+ */
+#include <linux/page-flags-layout.h>
+#else
+#include <linux/sched.h>
 #include <linux/mm_types.h>
 #include <linux/memcontrol.h>
 #include <linux/page-flags.h>
+#define VMA_VM_MM		offsetof(struct vm_area_struct, vm_mm)
+#define MM_OWNER		offsetof(struct mm_struct, owner)
+#define TASK_TGID		offsetof(struct task_struct, tgid)
+#define TASK_CGROUPS		offsetof(struct task_struct, cgroups)
+#define CSS_SET_SUBSYS		offsetof(struct css_set, subsys)
+#define MEMCG_ID_ID		(offsetof(struct mem_cgroup, id) + offsetof(struct mem_cgroup_id, id))
+#define MEMORY_CGRP_ID		memory_cgrp_id
+#define PAGE_FLAGS		offsetof(struct page, flags)
+#define PAGE_COMPOUND_HEAD	offsetof(struct page, compound_head)
+#define PAGE_SIZEOF		sizeof(struct page)
+#define PG_SWAPBACKED		PG_swapbacked
+#endif
+/* @p + @off: a member of the struct at @p, read with bpf_probe_read_kernel() */
+#define MEMBER(p, off)		((void *)((char *)(p) + (off)))
 #endif
 
 #ifndef REGION_SHIFT
@@ -217,14 +244,10 @@ static __always_inline int harvester(void)
  * One harvested accessed bit: entry @entry (its value after the clear: only the
  * accessed bit changed) at @addr of @vma, mapping @nr_pages base pages.
  */
-static __always_inline int harvest(struct vm_area_struct *vma, unsigned long addr, u64 entry, u64 nr_pages)
+static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64 nr_pages)
 {
 	struct region_key key = {};
-	struct mm_struct *mm = NULL;
-	struct task_struct *owner = NULL;
-	struct cgroup_subsys_state *css = NULL;
-	struct css_set *cgroups = NULL;
-	struct page *page;
+	void *mm = NULL, *owner = NULL, *css = NULL, *cgroups = NULL, *page;
 	unsigned long map_base = 0, flags = 0, head = 0;
 	u64 pfn;
 	u32 tgid = 0;
@@ -232,19 +255,20 @@ static __always_inline int harvest(struct vm_area_struct *vma, unsigned long add
 	int who;
 
 	stat_inc(STAT_EVENTS);
-	bpf_probe_read_kernel(&mm, sizeof(mm), &vma->vm_mm);
+	bpf_probe_read_kernel(&mm, sizeof(mm), MEMBER(vma, VMA_VM_MM));
 	if (!mm)
 		return 0;
 	/* mm->owner exists with CONFIG_MEMCG (mm_update_next_owner() keeps it on a live thread) */
-	bpf_probe_read_kernel(&owner, sizeof(owner), &mm->owner);
+	bpf_probe_read_kernel(&owner, sizeof(owner), MEMBER(mm, MM_OWNER));
 	if (owner) {
-		bpf_probe_read_kernel(&tgid, sizeof(tgid), &owner->tgid);
-		bpf_probe_read_kernel(&cgroups, sizeof(cgroups), &owner->cgroups);
+		bpf_probe_read_kernel(&tgid, sizeof(tgid), MEMBER(owner, TASK_TGID));
+		bpf_probe_read_kernel(&cgroups, sizeof(cgroups), MEMBER(owner, TASK_CGROUPS));
 		if (cgroups)
-			bpf_probe_read_kernel(&css, sizeof(css), &cgroups->subsys[memory_cgrp_id]);
+			bpf_probe_read_kernel(&css, sizeof(css),
+					      MEMBER(cgroups, CSS_SET_SUBSYS + MEMORY_CGRP_ID * sizeof(void *)));
 		/* css is the first member of struct mem_cgroup; mem_cgroup_id() is memcg->id.id */
 		if (css)
-			bpf_probe_read_kernel(&memcg_id, sizeof(memcg_id), &((struct mem_cgroup *)css)->id.id);
+			bpf_probe_read_kernel(&memcg_id, sizeof(memcg_id), MEMBER(css, MEMCG_ID_ID));
 	}
 	if (!targeted(tgid, memcg_id))
 		return 0;
@@ -255,14 +279,14 @@ static __always_inline int harvest(struct vm_area_struct *vma, unsigned long add
 
 	pfn = (nr_pages > 1 ? entry & X86_PMD_PFN_MASK : entry & X86_PFN_MASK) >> 12;
 	bpf_probe_read_kernel(&map_base, sizeof(map_base), (void *)VMEMMAP_BASE);
-	page = (struct page *)map_base + pfn;
-	bpf_probe_read_kernel(&flags, sizeof(flags), &page->flags);
+	page = (void *)(map_base + pfn * PAGE_SIZEOF);
+	bpf_probe_read_kernel(&flags, sizeof(flags), MEMBER(page, PAGE_FLAGS));
 	key.node = (flags >> NODES_PGSHIFT) & NODES_MASK;
 	/* folio_is_file_lru(): !PG_swapbacked, a flag of the head page */
-	bpf_probe_read_kernel(&head, sizeof(head), &page->compound_head);
+	bpf_probe_read_kernel(&head, sizeof(head), MEMBER(page, PAGE_COMPOUND_HEAD));
 	if (head & 1)
-		bpf_probe_read_kernel(&flags, sizeof(flags), &((struct page *)(head - 1))->flags);
-	key.lru = (flags & (1UL << PG_swapbacked)) ? KEY_LRU_ANON : KEY_LRU_FILE;
+		bpf_probe_read_kernel(&flags, sizeof(flags), MEMBER(head - 1, PAGE_FLAGS));
+	key.lru = (flags & (1UL << PG_SWAPBACKED)) ? KEY_LRU_ANON : KEY_LRU_FILE;
 	key.region = addr >> REGION_SHIFT;
 	key.tgid = tgid;
 	key.memcg_id = memcg_id;
@@ -274,7 +298,8 @@ static __always_inline int harvest(struct vm_area_struct *vma, unsigned long add
 	return 0;
 }
 
-static __always_inline int harvest_pte(struct vm_area_struct *vma, unsigned long addr, pte_t *ptep)
+/* @ptep, @pmdp: the pte_t / pmd_t (one u64 on x86-64) */
+static __always_inline int harvest_pte(void *vma, unsigned long addr, void *ptep)
 {
 	u64 val = 0;
 
@@ -284,7 +309,7 @@ static __always_inline int harvest_pte(struct vm_area_struct *vma, unsigned long
 	return harvest(vma, addr, val, 1);
 }
 
-static __always_inline int harvest_pmd(struct vm_area_struct *vma, unsigned long addr, pmd_t *pmdp)
+static __always_inline int harvest_pmd(void *vma, unsigned long addr, void *pmdp)
 {
 	u64 val = 0;
 
@@ -299,14 +324,14 @@ static __always_inline int harvest_pmd(struct vm_area_struct *vma, unsigned long
 }
 
 #ifdef MGLRUD_ATTACH_FEXIT
-KRETFUNC_PROBE(ptep_test_and_clear_young, struct vm_area_struct *vma, unsigned long addr, pte_t *ptep, int ret)
+KRETFUNC_PROBE(ptep_test_and_clear_young, void *vma, unsigned long addr, void *ptep, int ret)
 {
 	if (ret != 1)
 		return 0;
 	return harvest_pte(vma, addr, ptep);
 }
 
-KRETFUNC_PROBE(pmdp_test_and_clear_young, struct vm_area_struct *vma, unsigned long addr, pmd_t *pmdp, int ret)
+KRETFUNC_PROBE(pmdp_test_and_clear_young, void *vma, unsigned long addr, void *pmdp, int ret)
 {
 	if (ret != 1)
 		return 0;
@@ -315,15 +340,14 @@ KRETFUNC_PROBE(pmdp_test_and_clear_young, struct vm_area_struct *vma, unsigned l
 #else
 /* kprobe + kretprobe: the arguments, kept from entry to return, per thread */
 struct call {
-	struct vm_area_struct *vma;
+	void *vma;
 	unsigned long addr;
 	void *entry;
 };
 BPF_HASH(calls_pte, u64, struct call, 4096);
 BPF_HASH(calls_pmd, u64, struct call, 4096);
 
-int kprobe__ptep_test_and_clear_young(struct pt_regs *ctx, struct vm_area_struct *vma, unsigned long addr,
-				      pte_t *ptep)
+int kprobe__ptep_test_and_clear_young(struct pt_regs *ctx, void *vma, unsigned long addr, void *ptep)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	struct call c = { .vma = vma, .addr = addr, .entry = ptep };
@@ -347,8 +371,7 @@ int kretprobe__ptep_test_and_clear_young(struct pt_regs *ctx)
 	return harvest_pte(copy.vma, copy.addr, copy.entry);
 }
 
-int kprobe__pmdp_test_and_clear_young(struct pt_regs *ctx, struct vm_area_struct *vma, unsigned long addr,
-				      pmd_t *pmdp)
+int kprobe__pmdp_test_and_clear_young(struct pt_regs *ctx, void *vma, unsigned long addr, void *pmdp)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	struct call c = { .vma = vma, .addr = addr, .entry = pmdp };

@@ -53,16 +53,43 @@ def cflags(cfg: Bpf, range_event: bool = False) -> list[str]:
             f"-DMAX_TGIDS={MAX_TGIDS}", f"-DMAX_MEMCGS={MAX_MEMCGS}"] + (["-DUSE_RANGE_EVENT"] if range_event else [])
 
 
-def task_flags(fs: FS) -> list[str]:
-    """-DTASK_FLAGS_OFFSET=N (offsetof(struct task_struct, flags)) from the kernel's BTF, which
-    spares bcc linux/sched.h, two thirds of its compile (bpf/hotness.bpf.c); [] without BTF
-    (the program then includes the header)."""
+# The probe's -D constants (bpf/hotness.bpf.c, MGLRUD_BTF): (macro, struct, member)
+PROBE_MEMBERS = (("VMA_VM_MM", "vm_area_struct", "vm_mm"), ("MM_OWNER", "mm_struct", "owner"),
+                 ("TASK_TGID", "task_struct", "tgid"), ("TASK_CGROUPS", "task_struct", "cgroups"),
+                 ("CSS_SET_SUBSYS", "css_set", "subsys"), ("PAGE_FLAGS", "page", "flags"),
+                 ("PAGE_COMPOUND_HEAD", "page", "compound_head"))
+
+
+def probe_layout(data: bytes) -> list[str]:
+    """The probe's struct members, sizes and enumerators from the kernel's BTF bytes, as -D
+    flags with -DMGLRUD_BTF (bpf/hotness.bpf.c then includes none of linux/mm_types.h,
+    linux/memcontrol.h, linux/page-flags.h). Raises btf.BtfError when one is missing."""
+    out = [f"-D{macro}={btf.member_offset(data, st, member)}" for macro, st, member in PROBE_MEMBERS]
+    memcg_id = btf.member_offset(data, "mem_cgroup", "id") + btf.member_offset(data, "mem_cgroup_id", "id")
+    return out + [f"-DMEMCG_ID_ID={memcg_id}", f"-DPAGE_SIZEOF={btf.struct_size(data, 'page')}",
+                  f"-DMEMORY_CGRP_ID={btf.enum_value(data, 'memory_cgrp_id')}",
+                  f"-DPG_SWAPBACKED={btf.enum_value(data, 'PG_swapbacked')}", "-DMGLRUD_BTF=1"]
+
+
+def layout(fs: FS, probe: bool) -> list[str]:
+    """-D flags with what the program reads of kernel structs, from the kernel's BTF
+    (mglrud/btf.py), so that bcc need not parse the headers that define them: linux/sched.h
+    is two thirds of the tracepoint program's compile, linux/mm_types.h and
+    linux/memcontrol.h most of the probe's. Without BTF, or with a member missing from it,
+    fewer or no flags: the program includes the headers instead."""
     path = fs.sys("kernel", "btf", "vmlinux")
     try:
-        return [f"-DTASK_FLAGS_OFFSET={btf.member_offset(path.read_bytes(), 'task_struct', 'flags')}"]
+        data = path.read_bytes()
+        out = [f"-DTASK_FLAGS_OFFSET={btf.member_offset(data, 'task_struct', 'flags')}"]
     except (OSError, btf.BtfError) as e:
         log.info("source bpf: task_struct.flags not found in %s (%s): compiling with linux/sched.h", path, e)
         return []
+    if probe:
+        try:
+            out += probe_layout(data)
+        except btf.BtfError as e:
+            log.info("source bpf: %s in %s: compiling the probe with the mm headers", e, path)
+    return out
 
 
 def pick_event(cfg: Bpf, fs: FS) -> str | None:
@@ -139,7 +166,7 @@ class Program:
                                   f"kernel-patch/, or tracefs is not mounted), and {check.detail}")
             attach = self.event or check.mode
             flags = cflags(cfg) + [f"-DVMEMMAP_BASE={check.vmemmap_base:#x}ULL"]
-        flags += task_flags(fs)
+        flags += layout(fs, attach != "tracepoint")
         path = program_path(cfg)
         if not path.is_file():
             raise Unavailable(f"BPF program {path} not found (bpf.program)")

@@ -92,11 +92,45 @@ class FakeFS:
         return self.root.joinpath(*parts)
 
 
-def test_the_source_passes_the_offset_or_includes_the_header(tmp_path):
+def kernel_for_the_probe() -> bytes:
+    """kernelish() plus what the stock kernel's probe reads (offsets of a 6.12 build)."""
+    b = Builder()
+    uint = b.int_("unsigned int", 4)
+    ulong = b.int_("unsigned long", 8)
+    ptr = b.add("", 2, 0, 0)  # void *
+    b.struct("task_struct", 4096, [("flags", uint, 352), ("tgid", uint, 1412 * 8), ("cgroups", ptr, 2344 * 8)])
+    b.struct("mm_struct", 2048, [("owner", ptr, 1152 * 8)])
+    b.struct("vm_area_struct", 176, [("vm_start", ulong, 0), ("vm_mm", ptr, 128)])
+    b.struct("css_set", 512, [("subsys", ptr, 0)])
+    memcg_id = b.struct("mem_cgroup_id", 8, [("id", uint, 0), ("ref", uint, 32)])
+    b.struct("mem_cgroup", 4096, [("css", ptr, 0), ("id", memcg_id, 208 * 8)])
+    b.struct("page", 64, [("flags", ulong, 0), ("compound_head", ulong, 64)])
+    b.add("cgroup_subsys_id", 6, 2, 4, struct.pack("<Ii", b.name("cpuset_cgrp_id"), 0)
+          + struct.pack("<Ii", b.name("memory_cgrp_id"), 4))
+    b.add("pageflags", 6, 1, 4, struct.pack("<Ii", b.name("PG_swapbacked"), 17))
+    return b.blob()
+
+
+def test_the_probe_layout():
+    flags = bpf_program.probe_layout(kernel_for_the_probe())
+    assert flags == ["-DVMA_VM_MM=16", "-DMM_OWNER=1152", "-DTASK_TGID=1412", "-DTASK_CGROUPS=2344",
+                     "-DCSS_SET_SUBSYS=0", "-DPAGE_FLAGS=0", "-DPAGE_COMPOUND_HEAD=8", "-DMEMCG_ID_ID=208",
+                     "-DPAGE_SIZEOF=64", "-DMEMORY_CGRP_ID=4", "-DPG_SWAPBACKED=17", "-DMGLRUD_BTF=1"]
+    with pytest.raises(btf.BtfError, match="no struct vm_area_struct"):
+        bpf_program.probe_layout(kernelish())
+
+
+def test_the_source_passes_offsets_or_includes_the_headers(tmp_path):
     fs = FakeFS(tmp_path)
-    assert bpf_program.task_flags(fs) == []  # no BTF: the program includes linux/sched.h
+    assert bpf_program.layout(fs, probe=False) == []  # no BTF: the program includes linux/sched.h
     (tmp_path / "kernel" / "btf").mkdir(parents=True)
-    (tmp_path / "kernel" / "btf" / "vmlinux").write_bytes(b"\x9f\xeb")
-    assert bpf_program.task_flags(fs) == []
-    (tmp_path / "kernel" / "btf" / "vmlinux").write_bytes(kernelish())
-    assert bpf_program.task_flags(fs) == ["-DTASK_FLAGS_OFFSET=44"]
+    vmlinux = tmp_path / "kernel" / "btf" / "vmlinux"
+    vmlinux.write_bytes(b"\x9f\xeb")
+    assert bpf_program.layout(fs, probe=True) == []
+    vmlinux.write_bytes(kernelish())
+    assert bpf_program.layout(fs, probe=False) == ["-DTASK_FLAGS_OFFSET=44"]
+    # a member the probe needs is missing: the probe's headers instead, the tracepoint's offset still
+    assert bpf_program.layout(fs, probe=True) == ["-DTASK_FLAGS_OFFSET=44"]
+    vmlinux.write_bytes(kernel_for_the_probe())
+    got = bpf_program.layout(fs, probe=True)
+    assert got[0] == "-DTASK_FLAGS_OFFSET=44" and got[-1] == "-DMGLRUD_BTF=1" and len(got) == 13
