@@ -27,8 +27,9 @@ check:
 	PYTHONPATH=$(CURDIR) /usr/bin/python3 -m mglrud check
 
 ## test: every tier — unit and host integration, the VM tier on the project's kernel (one node,
-## two nodes), and mglrud under systemd as PID 1 in the guest; then one closing line
-test: test-host test-vm test-systemd
+## two nodes), the stock tier on Debian's own kernel, and mglrud under systemd as PID 1 in the
+## guest; then one closing line
+test: test-host test-vm test-vm-stock test-systemd
 	@scripts/test-summary
 
 test-host:

@@ -78,11 +78,15 @@
  * space (mglrud/sources/bpf_program.py probe_layout()): VMA_VM_MM, MM_OWNER,
  * TASK_TGID, TASK_CGROUPS, CSS_SET_SUBSYS, MEMCG_ID_ID (mem_cgroup.id.id),
  * MEMORY_CGRP_ID, PAGE_FLAGS, PAGE_COMPOUND_HEAD, PAGE_SIZEOF, PG_SWAPBACKED. Only
- * the node's place in page->flags (NODES_PGSHIFT, NODES_MASK: config arithmetic,
- * not in BTF) comes from a header, a small one: linux/mm_types.h, linux/memcontrol.h
- * and linux/page-flags.h made bcc's compile of the probe several times slower.
+ * the node's place in page->flags (config arithmetic, not in BTF) comes from a
+ * header, a small one, with linux/mmzone.h's NODES_PGSHIFT and NODES_MASK (the same
+ * in 6.1 and 6.12) spelled out here: linux/mm_types.h, linux/memcontrol.h and
+ * linux/page-flags.h made bcc's compile of the probe several times slower.
  */
 #include <linux/page-flags-layout.h>
+#define MGLRUD_NODES_PGOFF	((sizeof(unsigned long) * 8) - SECTIONS_WIDTH - NODES_WIDTH)
+#define NODES_PGSHIFT		(MGLRUD_NODES_PGOFF * (NODES_WIDTH != 0))
+#define NODES_MASK		((1UL << NODES_WIDTH) - 1)
 #else
 #include <linux/sched.h>
 #include <linux/mm_types.h>
