@@ -285,12 +285,23 @@ def test_a_program_that_does_not_compile_leaves_lru_gen_running(memcgs, workload
     cg = memcgs("bpf-broken")
     workloads("--size", "16M", cgroup=cg)
     d = daemons(tmp_path, "[{name: m, memcg: /mglrud-test/bpf-broken}]", bpf=f"program: '{broken}'")
+    # The start's compile failed before the daemon served; the source then retries (30 s later,
+    # then doubling), and while a retry compiles its reason reads "compiling and attaching": the
+    # failure's reason shows between retries, so it is polled for, never waited out.
+    deadline, reasons = time.monotonic() + WAIT, []
+    while time.monotonic() < deadline:
+        bpf = next(s for s in d.snapshot()["sources"] if s["name"] == "bpf")
+        reasons.append(bpf["reason"])
+        if "bcc could not compile" in bpf["reason"]:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"the bpf source never gave bcc's failure as its reason: {sorted(set(reasons))}")
+    assert str(broken) in bpf["reason"], bpf
     # lru_gen serves the memcg (labels in any order: the exposition sorts them, lru="..." first)
     text = d.wait_metrics(lambda t: any(lab.get("memcg") == "/mglrud-test/bpf-broken"
                                         for lab, _ in samples(t, "mglrud_memcg_resident_bytes")),
                           "lru_gen serving /mglrud-test/bpf-broken beside the broken BPF program")
     assert re.search(r'^mglrud_source_up\{source="lru_gen"\} 1\.0$', text, re.M), text
     assert re.search(r'^mglrud_source_up\{source="bpf"\} 0\.0$', text, re.M), text
-    bpf = next(s for s in d.snapshot()["sources"] if s["name"] == "bpf")
-    assert "bcc could not compile" in bpf["reason"] and str(broken) in bpf["reason"], bpf
     assert "bcc could not compile" in d.log.read_text(errors="replace")
