@@ -45,8 +45,9 @@ import sys
 import time
 from pathlib import Path
 
-TIMEOUT = 1800  # seconds for a compile; ~15-50 s under an idle TCG guest (the stock probe with full
-# headers: 1-5 min, over 10 on a host shared by four guests), ~1 s on hardware
+TIMEOUT = 1800  # seconds for a compile; ~15-50 s under an idle TCG guest, ~1 min with four guests on
+# two cores (struct offsets from BTF: mglrud/btf.py; the stock probe with full headers, when the kernel
+# has no BTF: 1-5 min idle, over 10 shared), ~1 s on hardware
 
 
 class LoadError(Exception):
