@@ -16,12 +16,13 @@ source needs it: sources/bpf_hotness.py's probe says so when it is missing).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
 
-from mglrud.model.hotness import HISTORY, LN2, LRU_NAMES, CellKey, CellState, Counts
+from mglrud.model.hotness import HISTORY, LN2, LRU_NAMES, CellKey, CellState, Counts, RegionHeat
 
 I64 = np.int64
 
@@ -285,3 +286,143 @@ def pairs(a, b, length) -> list:
         for i, t in zip(rows.tolist(), got):
             out[i] = t
     return out
+
+
+class RegionColumns(Sequence):
+    """A target's region cells as the snapshot carries them: a sequence of RegionHeat, kept as
+    columns (sorted as the snapshot lists them) and made into RegionHeat objects only when
+    someone iterates (/snapshot.json, tests). The finds stay in the source's State they come
+    from (its arrays are not changed after the cycle that made them): at 65k cells with 16
+    finds each, the objects were a million tuples a cycle, most of the daemon's memory.
+    collectors/bpf.py reads the columns directly (idle_histogram(), cold_bytes())."""
+
+    CHUNK = 4096  # cells made into objects at a time when iterating
+
+    def __init__(self, cols: dict, state: "State | None", src_row, now_ns: int, with_passes: bool):
+        # cols: tgid, memcg_id, start, node, lru (index), res (-1: not read), delta, total, rate, idle
+        self.cols = cols
+        self.state = state
+        self.src_row = src_row  # the state's row of each cell, -1 for a resident cell never counted
+        self.now_ns = now_ns
+        self.with_passes = with_passes
+
+    def __len__(self) -> int:
+        return len(self.src_row)
+
+    def found_columns(self):
+        """(ages (n, W) float64 seconds ago, pages (n, W), lengths (n,)): each cell's finds,
+        newest first, as RegionHeat.found has them."""
+        n, st = len(self), self.state
+        if st is None or not st.hist_ns.shape[1] or not n:
+            return np.zeros((n, 0)), np.zeros((n, 0), I64), np.zeros(n, I64)
+        rows = np.where(self.src_row >= 0, self.src_row, 0)
+        counted = (self.src_row >= 0)
+        hn = st.hist_ns[rows]
+        ages = np.where(hn < self.now_ns, (self.now_ns - hn) / 1e9, 0.0)
+        return ages, st.hist_pages[rows], np.where(counted, st.hist_len[rows], 0)
+
+    def idle_and_cold(self, edges, thresholds, page_size: int) -> dict:
+        """{(node, lru): (buckets, sum, cold)} for the cells of each (node, lru): what
+        hotness.idle_histogram() and cold_bytes() give over that pair's RegionHeats (cold: one
+        figure per threshold), computed on the columns with the same sums in the same order."""
+        inf = float("inf")
+        ages, pages, length = self.found_columns()
+        n, w = ages.shape
+        res = np.maximum(self.cols["res"], 0)  # None counts as 0 (region_bytes, warm_pages)
+        if w:
+            valid = np.arange(w)[None, :] < length[:, None]
+            a = np.where(valid, ages, inf)  # padding last, never within an edge
+            p = np.where(valid, pages, 0)
+            order = np.lexsort((p, a), axis=-1)  # sorted(r.found): by age, then pages
+            a, p = np.take_along_axis(a, order, -1), np.take_along_axis(p, order, -1)
+            # warm_pages(r, age_j): the most pages of the finds within age_j (ties included)
+            pm = np.maximum.accumulate(p, axis=1)
+            end = np.ones((n, w), bool)
+            end[:, :-1] = a[:, 1:] != a[:, :-1]
+            idx = np.where(end, np.arange(w)[None, :], w)
+            last = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]
+            warm = np.where(res[:, None] > 0, np.minimum(res[:, None], np.take_along_axis(pm, np.minimum(last, w - 1),
+                                                                                          1)), 0)
+            prev = np.zeros((n, w), I64)
+            prev[:, 1:] = warm[:, :-1]
+            amount = np.where(valid, (warm - prev) * page_size, 0)
+            seen = np.where(length > 0, warm[np.arange(n), np.maximum(length - 1, 0)], 0)
+            vsorted = np.arange(w)[None, :] < length[:, None]  # sorting keeps the valid ones first
+        else:
+            a = np.zeros((n, 0))
+            amount = np.zeros((n, 0), I64)
+            seen = np.zeros(n, I64)
+            vsorted = np.zeros((n, 0), bool)
+        rest = res * page_size - seen * page_size  # the +Inf point of each cell
+        out = {}
+        node, lru = self.cols["node"], self.cols["lru"]
+        for pair in np.unique(node * np.uint64(len(LRU_NAMES)) + lru).tolist():
+            nd, lr = divmod(pair, len(LRU_NAMES))
+            rows = np.flatnonzero((node == nd) & (lru == lr))
+            ga, gm, gv = a[rows], amount[rows], vsorted[rows]
+            buckets = [(e, int(gm[ga <= e].sum())) for e in tuple(edges)]
+            buckets.append((inf, int(gm.sum()) + int(rest[rows].sum())))
+            prods = ga[gv] * gm[gv]  # row by row, each row's finds by age: the points' order
+            total = float(np.cumsum(prods)[-1]) if len(prods) else 0
+            cold = []
+            for th in thresholds:
+                if w:
+                    within = np.where(gv & (ga < th), p[rows], 0).max(axis=1)  # warm_pages(exclusive)
+                    wr = np.where(res[rows] > 0, np.minimum(res[rows], within), 0)
+                else:
+                    wr = np.zeros(len(rows), I64)
+                cold.append(int((res[rows] - wr).sum()) * page_size)
+            out[(nd, LRU_NAMES[lr])] = (buckets, total, cold)
+        return out
+
+    def _objects(self, lo: int, hi: int) -> list:
+        c = self.cols
+        sl = slice(lo, hi)
+        res = c["res"][sl].tolist()
+        if (c["res"][sl] < 0).any():
+            res = [None if x < 0 else x for x in res]
+        n = hi - lo
+        st = self.state
+        src = self.src_row[sl]
+        rows = np.where(src >= 0, src, 0)
+        counted = src >= 0
+        if st is not None and st.hist_ns.shape[1] and n:
+            hn = st.hist_ns[rows]
+            ages = np.where(hn < self.now_ns, (self.now_ns - hn) / 1e9, 0.0)
+            found = pairs(ages, st.hist_pages[rows], np.where(counted, st.hist_len[rows], 0))
+        else:
+            found = [()] * n
+        if self.with_passes and st is not None and st.fi_seq.shape[1] and n:
+            found_in = pairs(st.fi_seq[rows], st.fi_pages[rows], np.where(counted, st.fi_len[rows], 0))
+        else:
+            found_in = [()] * n
+        lrus = np.array(LRU_NAMES, dtype=object)[c["lru"][sl].astype(np.intp)].tolist()
+        return list(map(tuple.__new__, repeat(RegionHeat), zip(
+            c["tgid"][sl].tolist(), c["memcg_id"][sl].tolist(), c["start"][sl].tolist(), c["node"][sl].tolist(),
+            lrus, res, c["delta"][sl].tolist(), c["total"][sl].tolist(), c["rate"][sl].tolist(),
+            c["idle"][sl].tolist(), found, found_in)))
+
+    def __iter__(self):
+        for lo in range(0, len(self), self.CHUNK):
+            yield from self._objects(lo, min(len(self), lo + self.CHUNK))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self)[i]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("region index out of range")
+        return self._objects(i, i + 1)[0]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (RegionColumns, tuple, list)):
+            return len(self) == len(other) and tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"RegionColumns({len(self)} cells)"

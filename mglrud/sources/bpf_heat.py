@@ -21,7 +21,6 @@ import math
 import os
 import platform
 from collections import Counter
-from itertools import repeat
 
 from mglrud.fs import FS
 from mglrud.model import hotness as H
@@ -239,12 +238,12 @@ class HeatBuilder:
                              event=getattr(self.program, "event", ""))
 
     def _regions(self, rows, resident: dict, scanned: set[int], now_ns: int,
-                 with_passes: bool = False) -> tuple[H.RegionHeat, ...]:
+                 with_passes: bool = False):
         """The snapshot's cells: one RegionHeat per counted cell (rows of self.cols, in their
         order; its pass-tagged finds when `with_passes`), then one per resident cell never
         counted, sorted by (tgid, start, node, lru) (a stable sort: a cell of a process that
-        changed memcgs keeps its place). Columns at C speed, then each RegionHeat built by
-        tuple.__new__ from them (65k a cycle)."""
+        changed memcgs keeps its place). As heat_columns.RegionColumns: columns computed at C
+        speed, RegionHeat objects made only when someone iterates."""
         import numpy as np
 
         from mglrud.model import heat_columns as C
@@ -272,44 +271,27 @@ class HeatBuilder:
             res_rows = np.flatnonzero(~seen)  # resident cells never counted, in residency's order
         else:
             res = np.zeros(n, np.int64)
-        res_list = res.tolist()
-        if not in_scan.all():
-            for i in np.flatnonzero(~in_scan).tolist():
-                res_list[i] = None
-        hist_len = st.hist_len[rows]
-        if st.hist_ns.shape[1] and hist_len.any():
-            hn = st.hist_ns[rows]
-            ages = np.where(hn < now_ns, (now_ns - hn) / 1e9, 0.0)
-            found = C.pairs(ages, st.hist_pages[rows], hist_len)
-        else:
-            found = [()] * n
-        if with_passes and st.fi_seq.shape[1]:
-            found_in = C.pairs(st.fi_seq[rows], st.fi_pages[rows], st.fi_len[rows])
-        else:
-            found_in = [()] * n
+        res = np.where(in_scan, res, -1)  # -1: residency not read (RegionHeat.resident_pages None)
         last = st.last_ns[rows]
         idle = np.where(last <= 0, inf, np.where(last < now_ns, (now_ns - last) / 1e9, 0.0))
-        lrus = np.array(H.LRU_NAMES, dtype=object)[lru.astype(np.intp)].tolist()
-        start = (region << np.uint64(shift)).tolist()
-        out = list(map(tuple.__new__, repeat(H.RegionHeat), zip(
-            tgid.tolist(), memcg_id.tolist(), start, node.tolist(), lrus, res_list, st.delta[rows].tolist(),
-            st.total[rows].tolist(), st.rate[rows].tolist(), idle.tolist(), found, found_in)))
+        cols = {"tgid": tgid, "memcg_id": memcg_id, "start": region << np.uint64(shift), "node": node, "lru": lru,
+                "res": res, "delta": st.delta[rows], "total": st.total[rows], "rate": st.rate[rows], "idle": idle}
+        src_row = rows
         if len(res_rows):
+            # resident cells never counted: their process's memcg from its first counted cell (else 0)
             memcg_of: dict = {}
-            for tg, mid in zip(tgid.tolist(), memcg_id.tolist()):  # a process's memcg, from a counted cell
+            for tg, mid in zip(tgid.tolist(), memcg_id.tolist()):
                 memcg_of.setdefault(tg, mid)
-            for i in res_rows.tolist():
-                tg, rg, nd, lr = keys[i]
-                out.append(H.RegionHeat(tg, memcg_of.get(tg, 0), rg << shift, nd, lr, resident[keys[i]], 0, 0, 0.0,
-                                        inf))
-            s_tgid = np.concatenate((tgid, r_tgid[res_rows]))
-            s_start = np.concatenate((region, r_region[res_rows]))  # start's order is region's
-            s_node = np.concatenate((node, r_node[res_rows]))
-            s_lru = np.concatenate((lru, r_lru[res_rows]))
-        else:
-            s_tgid, s_start, s_node, s_lru = tgid, region, node, lru
-        order = np.lexsort((s_lru, s_node, s_start, s_tgid)).tolist()  # stable, as list.sort
-        return tuple(map(out.__getitem__, order))
+            r_t = r_tgid[res_rows]
+            k = len(res_rows)
+            extra = {"tgid": r_t, "memcg_id": np.fromiter((memcg_of.get(x, 0) for x in r_t.tolist()), np.uint64, k),
+                     "start": r_region[res_rows] << np.uint64(shift), "node": r_node[res_rows], "lru": r_lru[res_rows],
+                     "res": r_pages[res_rows], "delta": np.zeros(k, np.int64), "total": np.zeros(k, np.int64),
+                     "rate": np.zeros(k), "idle": np.full(k, inf)}
+            cols = {name: np.concatenate((a, extra[name])) for name, a in cols.items()}
+            src_row = np.concatenate((rows, np.full(k, -1, np.int64)))
+        order = np.lexsort((cols["lru"], cols["node"], cols["start"], cols["tgid"]))  # stable, as list.sort
+        return C.RegionColumns({name: a[order] for name, a in cols.items()}, st, src_row[order], now_ns, with_passes)
 
     def _buckets(self, spans_in, rows) -> tuple[H.HeatBucket, ...]:
         import numpy as np

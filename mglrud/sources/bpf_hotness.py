@@ -385,7 +385,8 @@ class BpfHotnessSource(HeatBuilder):
         pass-tagged finds already: _build's found_in)."""
         ids = {i for ms in memcgs.values() for i in ms}
         for t in data.targets:
-            ids.update(map(itemgetter(1), t.regions))  # RegionHeat.memcg_id
+            cols = getattr(t.regions, "cols", None)  # heat_columns.RegionColumns: no object per cell
+            ids.update(set(cols["memcg_id"].tolist()) if cols is not None else map(itemgetter(1), t.regions))
         passes = sorted((p for i in ids for p in self._passes.get(i, ())), key=lambda p: (-p.at, p.memcg_id))
         return dataclasses.replace(data, passes=tuple(passes))
 
