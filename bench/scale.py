@@ -193,13 +193,14 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 18) -> dict:
     """`cycles` cycles, the counts growing each time: from the 17th on every cell found each
     cycle keeps HISTORY (16) finds, as in a daemon that has run a while; the figure is the
     median of the last 3 (the first cycles, with short histories, cost less)."""
-    from mglrud import bpfsys, snapshot_json
+    from mglrud import bpfsys, memory, snapshot_json
     from mglrud.config import loads
     from mglrud.fs import FS
     from mglrud.model import Snapshot
     from mglrud.sources import bpf_hotness
     from mglrud.targets import ProcTable
 
+    memory.tune()  # as the daemon does at start: big arrays are mappings of their own, unmapped when freed
     tgids, memcg_id = 16, 5
     tmp = Path(tempfile.mkdtemp(prefix="mglrud-scale-bpf-"))
     for t in range(tgids):
