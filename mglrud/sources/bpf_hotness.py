@@ -46,7 +46,7 @@ from operator import itemgetter
 
 from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
-from mglrud.memory import gc_paused
+from mglrud.memory import gc_paused, trim
 from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
 from mglrud.sources import bpf_probe
@@ -290,12 +290,16 @@ class BpfHotnessSource(HeatBuilder):
         read after the aging (the Engine's), whose max_seq says which memcgs had an aging pass
         since the previous read; without it the data has no passes (heat per read, as before).
 
-        The cyclic garbage collector is paused meanwhile: a cycle makes a few hundred thousand
-        tuples (CellKey, Counts, CellState, RegionHeat; none in a reference cycle), whose
-        allocations set off a full collection several times a cycle (40 % of a cycle at 65k
-        cells). One young-generation collection at the end sees them once, and untracks them."""
+        The per-cell state and the snapshot's regions are numpy columns (model/heat_columns.py):
+        no Python object per cell. The cyclic garbage collector is paused meanwhile all the same
+        (a stand-in program's dump makes a dict per cell); one young-generation collection at the
+        end sees what is left once."""
         with gc_paused(collect=0):
-            return self._cycle(targets, index, procs, lruvecs)
+            data = self._cycle(targets, index, procs, lruvecs)
+        # the cycle's numpy temporaries (a few MiB each at 65k cells, below the mmap threshold
+        # many of them) are freed, but glibc keeps their heap pages: give them back
+        trim()
+        return data
 
     def _cycle(self, targets, index, procs, lruvecs) -> H.HotnessData | None:
         if self._procs is None:
