@@ -184,7 +184,7 @@ def _splice(sections: list[str], previous: tuple[GenHistogram, ...], fresh: set[
         return None
     parse_these = [i for i, (key, _) in enumerate(runs) if key[1] in fresh]
     if not parse_these:
-        return previous
+        return tuple(previous)  # (the same tuple: nothing to copy)
     parsed = parse("".join(f"memcg {sections[i]}" if sections[i].endswith("\n") else f"memcg {sections[i]}\n"
                            for i in parse_these))
     starts = list(accumulate((n for _, n in runs), initial=0))  # section i's lruvecs: previous[starts[i]:starts[i + 1]]
