@@ -187,15 +187,48 @@ def accuracy(prog: Program, m: Mapping, mid: int, rounds: int, seed: int, flush:
     return lines
 
 
+# An fexit program that does nothing: what the BPF trampoline on the accessed-bit helper costs
+# by itself, apart from what mglrud's program does in it (docs/stock-kernel.md). No kernel types:
+# the arguments are only declared.
+EMPTY_FEXIT = r"""
+KRETFUNC_PROBE(ptep_test_and_clear_young, void *vma, unsigned long addr, void *ptep, int ret)
+{
+	return 0;
+}
+"""
+
+
+class EmptyFexit:
+    """EMPTY_FEXIT compiled once (bcc attaches it at load), detached and attached again per block."""
+
+    FN = b"ptep_test_and_clear_young"
+
+    def __init__(self):
+        from bcc import BPF  # Debian's python3-bpfcc; the bench runs in the test guest
+
+        self.bpf = BPF(text=EMPTY_FEXIT)
+        self.bpf.detach_kretfunc(fn_name=self.FN)
+
+    def attach(self) -> None:
+        self.bpf.attach_kretfunc(fn_name=self.FN)
+
+    def detach(self) -> None:
+        self.bpf.detach_kretfunc(fn_name=self.FN)
+
+
 def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events: list[str]) -> list[str]:
-    """Blocks of passes without the program and with it on each event, interleaved."""
+    """Blocks of passes without the program and with it on each event, interleaved. The event
+    fexit-empty is EMPTY_FEXIT: the trampoline's own cost on a stock kernel."""
     times: dict[str, list[float]] = {"off": []}
     counted: dict[str, list[float]] = {}
     compile_s = []
+    empty = EmptyFexit() if "fexit-empty" in events else None
     for b in range(blocks):
         for event in ["off"] + events:
             prog = None
-            if event != "off":
+            if event == "fexit-empty":
+                empty.attach()
+            elif event != "off":
                 t = time.monotonic()
                 prog = Program(cfg, FS(Paths()), event=event)
                 compile_s.append(time.monotonic() - t)
@@ -207,6 +240,9 @@ def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events
                 d = prog.dump()
                 counted.setdefault(event, []).append(sum(c for v in d["heat"] for c, _, _ in v["percpu"]) / per_block)
                 prog.close()
+            elif event == "fexit-empty":
+                empty.detach()
+                counted.setdefault(event, []).append(0)
     off = statistics.median(times["off"])
     lines = [f"aging pass over {m.npages * PAGE >> 20} MiB, every page young (TLB flushed before each pass); "
              f"blocks of {per_block} passes, {blocks} per configuration, interleaved",
@@ -214,7 +250,7 @@ def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events
              f"{'off (no program)':40} {len(times['off']):6d} {1000 * off:9.1f} {1000 * min(times['off']):7.1f} "
              f"{1.0:10.3f} {'':>10}"]
     for e in events:
-        lines.append(f"{'counting on ' + e:40} {len(times[e]):6d} {1000 * statistics.median(times[e]):9.1f} "
+        lines.append(f"{('nothing on fexit' if e == 'fexit-empty' else 'counting on ' + e):40} {len(times[e]):6d} {1000 * statistics.median(times[e]):9.1f} "
                      f"{1000 * min(times[e]):7.1f} {statistics.median(times[e]) / off:10.3f} "
                      f"{statistics.mean(counted[e]):10.0f}")
     lines.append(f"(pages/pass: pages the program counted per pass; program compile+attach "
@@ -287,7 +323,7 @@ def daemon_cost(tmp: Path, seconds: float) -> list[str]:
                 f"agings in total), user+system CPU {1000 * (c1 - c0) / max(1, cycles):.0f} ms per snapshot "
                 f"under TCG; RSS {int(rss.group(1)) / 1024:.1f} MiB (peak {int(hwm.group(1)) / 1024:.1f} MiB); "
                 f"target: one process, 128 MiB anon, 32 MiB hot, 2 MiB regions, 64 heat buckets",
-                f"daemon RSS by mapping: " + ", ".join(f"{name} {kb / 1024:.1f}" for name, kb in
+                "daemon RSS by mapping: " + ", ".join(f"{name} {kb / 1024:.1f}" for name, kb in
                                                      rss_by_mapping(d.pid)[:8]) + " (MiB)",
                 f"bcc/LLVM/clang mapped in the daemon: {', '.join(libs) if libs else 'none'}"]
     finally:
@@ -316,7 +352,8 @@ def main() -> int:
     p.add_argument("--tlb", choices=("both", "flush", "noflush"), default="both",
                    help="accuracy with the TLB flushed before each round's touches, without, or both")
     p.add_argument("--events", default="", help="comma-separated attachments the overhead compares: "
-                   "tracepoint names, fexit, kretprobe (default: both tracepoints, or on a kernel without "
+                   "tracepoint names, fexit, kretprobe, fexit-empty (a program that does nothing: the "
+                   "trampoline's cost) (default: both tracepoints, or on a kernel without "
                    "them, e.g. Debian's stock one, fexit)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))

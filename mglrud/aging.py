@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import zlib
+from bisect import bisect_left
+from itertools import accumulate
 from collections import Counter
 from typing import Callable
 
@@ -55,7 +57,7 @@ class Aging:
         self.clock, self.wall = clock, wall
         self.runs = 0
         self.errors: Counter[str] = Counter({r: 0 for r in lru_gen.REASONS})
-        self.duration_counts = [0] * (len(DURATION_EDGES) + 1)
+        self._per_bucket = [0] * (len(DURATION_EDGES) + 1)  # per bucket (le edge, then +Inf); stats() adds up
         self.duration_sum = 0.0
         self.last_success: dict[str, float] = {}  # target name -> wall time
         self.next_due: dict[str, float] = {}  # memcg path -> monotonic time
@@ -93,18 +95,20 @@ class Aging:
 
     def age(self, due: list[str], lruvecs: tuple[GenHistogram, ...], owner: dict[str, Target],
             resolutions: tuple[Resolution, ...], writer: Writer,
-            reread: Callable[[], tuple[GenHistogram, ...]]) -> None:
+            reread: Callable[[], tuple[GenHistogram, ...]], index: dict[str, int] | None = None) -> None:
         """Age every node of each due memcg, then schedule its next aging one interval on.
+        `index`: memcg_index(lruvecs), when the caller has it already.
 
-        Linear in lruvecs + due memcgs: the lruvecs are grouped by path and the targets
-        by memcg once, not scanned again for every due memcg."""
+        Linear in lruvecs + due memcgs: the due memcgs' lruvecs are grouped by path and the
+        targets by memcg once, not scanned again for every due memcg."""
         self.last_aged = self.clock()
-        index = memcg_index(lruvecs)
+        if index is None:
+            index = memcg_index(lruvecs)
+        due_set = set(due)
         nodes: dict[str, list[GenHistogram]] = {}
         for h in lruvecs:
-            if index.get(h.memcg_path) == h.memcg_id:
+            if h.memcg_path in due_set and index.get(h.memcg_path) == h.memcg_id:
                 nodes.setdefault(h.memcg_path, []).append(h)
-        due_set = set(due)
         names: dict[str, list[str]] = {}  # memcg path -> the targets that own or share it
         for r in resolutions:
             for path in r.memcgs:
@@ -137,10 +141,13 @@ class Aging:
         else:
             log.debug("aged %s node %d in %.3fs: %s", res.memcg_path, res.node, res.duration, res.commands[-1])
         self.duration_sum += res.duration
-        for i, edge in enumerate(DURATION_EDGES):
-            if res.duration <= edge:
-                self.duration_counts[i] += 1
-        self.duration_counts[-1] += 1
+        # the first edge >= duration (le); past the last: +Inf only
+        self._per_bucket[bisect_left(DURATION_EDGES, res.duration)] += 1
+
+    @property
+    def duration_counts(self) -> list[int]:
+        """Cumulative per edge (le), then +Inf: what the histogram exports."""
+        return list(accumulate(self._per_bucket))
 
     def stats(self) -> AgingStats:
         return AgingStats(

@@ -116,7 +116,8 @@ class Engine:
             self._choose()  # debugfs may have been mounted since: lru_gen then takes over
         procs = ProcTable(self.fs, cfg.targets)
         lruvecs, status = self._read_lru_gen(count_errors=age)
-        resolutions = resolve(cfg.targets, lruvecs, self.fs, procs) if lruvecs else ()
+        index = memcg_index(lruvecs)  # once per read: resolve, the sources and aging share it
+        resolutions = resolve(cfg.targets, lruvecs, self.fs, procs, index) if lruvecs else ()
         owner: dict[str, Target] = {}
         for r in resolutions:
             for path in r.memcgs:
@@ -124,13 +125,13 @@ class Engine:
             self._note(f"target {r.target.name}", r.problem)
         self.aging.schedule(owner)
 
-        inputs = Inputs(cfg, self.fs, procs, lruvecs, memcg_index(lruvecs), owner, age, age_all)
+        inputs = Inputs(cfg, self.fs, procs, lruvecs, index, owner, age, age_all)
         for s in self.sources.values():
             s.before_aging(inputs)
         if age and lruvecs:
             due = self.aging.due(owner, age_all)
             if due:
-                self.aging.age(due, lruvecs, owner, resolutions, self.writer, lambda: lru_gen.read(self.fs))
+                self.aging.age(due, lruvecs, owner, resolutions, self.writer, lambda: lru_gen.read(self.fs), index)
                 try:
                     # only the aged memcgs' sections are parsed again (lru_gen.reparse())
                     lruvecs = lru_gen.read(self.fs, lruvecs, set(due))

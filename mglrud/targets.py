@@ -250,9 +250,11 @@ def missing_memcgs(targets: tuple[Target, ...], fs: FS) -> list[tuple[str, str]]
 
 
 def resolve(targets: tuple[Target, ...], lruvecs: tuple[GenHistogram, ...], fs: FS,
-            procs: ProcTable | None = None) -> tuple[Resolution, ...]:
-    """Every target's memcgs in this lru_gen read; `procs` is the cycle's shared /proc table."""
-    index = memcg_index(lruvecs)
+            procs: ProcTable | None = None, index: dict[str, int] | None = None) -> tuple[Resolution, ...]:
+    """Every target's memcgs in this lru_gen read; `procs` is the cycle's shared /proc table,
+    `index` memcg_index(lruvecs) when the caller has it already."""
+    if index is None:
+        index = memcg_index(lruvecs)
     procs = procs or ProcTable(fs, targets)
     out = []
     for t in targets:

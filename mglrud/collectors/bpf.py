@@ -68,18 +68,26 @@ def families(snap):
                 gsum += b.heat * (i + 0.5) / n
                 buckets.append((le[i] if i < n - 1 else "+Inf", cum))
             offset.add_metric([t.name], buckets, gsum)
-        cells: dict[tuple[int, str], list] = {}
-        for r in t.regions:
-            cells.setdefault((r.node, r.lru), []).append(r)
-        for node, lru, b in t.accessed_bytes_total:
-            cells.setdefault((node, lru), [])
         totals = {(n, l): b for n, l, b in t.accessed_bytes_total}
-        for (node, lru), rs in sorted(cells.items()):
+        idle_and_cold = getattr(t.regions, "idle_and_cold", None)
+        if idle_and_cold is not None:
+            # the BPF source's columns (model/heat_columns.py): the same figures, no object per cell
+            per_pair = idle_and_cold(snap.idle_age_buckets, snap.cold_thresholds, page)
+        else:
+            cells: dict[tuple[int, str], list] = {}
+            for r in t.regions:
+                cells.setdefault((r.node, r.lru), []).append(r)
+            per_pair = {pair: H.idle_histogram(rs, snap.idle_age_buckets, page)
+                        + ([H.cold_bytes(rs, th, page) for th in snap.cold_thresholds],)
+                        for pair, rs in cells.items()}
+        for node, lru, b in t.accessed_bytes_total:
+            per_pair.setdefault((node, lru), H.idle_histogram([], snap.idle_age_buckets, page)
+                                + ([0] * len(snap.cold_thresholds),))
+        for (node, lru), (buckets, total, colds) in sorted(per_pair.items()):
             labels = [t.name, str(node), lru]
-            buckets, total = H.idle_histogram(rs, snap.idle_age_buckets, page)
             idle.add_metric(labels, [(floatToGoString(e), v) for e, v in buckets], total)
-            for th in snap.cold_thresholds:
-                cold.add_metric(labels + [floatToGoString(th)], H.cold_bytes(rs, th, page))
+            for th, c in zip(snap.cold_thresholds, colds):
+                cold.add_metric(labels + [floatToGoString(th)], c)
             accessed.add_metric(labels, totals.get((node, lru), 0))
     yield from (offset, idle, cold, accessed)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from collections.abc import Sequence  # noqa: F401 (TargetHeat.regions)
 from typing import NamedTuple
 
 from mglrud.model.histogram import cumulative
@@ -353,7 +354,9 @@ class TargetHeat:
     kind: str  # the selector kind: memcg, pid, comm, cmdline, unit
     tgids: tuple[int, ...]  # processes read for residency / the address histogram
     memcg_ids: tuple[int, ...]
-    regions: tuple[RegionHeat, ...]
+    # RegionHeats; from the BPF source a heat_columns.RegionColumns (a Sequence of them kept as
+    # columns, which collectors/bpf.py reads without making the objects)
+    regions: "tuple[RegionHeat, ...] | Sequence[RegionHeat]"
     buckets: tuple[HeatBucket, ...] = ()  # process targets only
     accessed_bytes_total: tuple[tuple[int, str, int], ...] = ()  # (node, lru, bytes), a counter
 

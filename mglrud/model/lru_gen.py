@@ -38,9 +38,11 @@ class Generation(NamedTuple):
         return self.anon_pages if lru == "anon" else self.file_pages
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GenHistogram:
-    """One lruvec (a memcg on a node) as /sys/kernel/debug/lru_gen shows it, oldest first."""
+    """One lruvec (a memcg on a node) as /sys/kernel/debug/lru_gen shows it, oldest first.
+    Slotted: every cycle makes and frees one per memcg and node (6,000 at 3,000 memcgs on
+    two nodes), and an instance dict was a third of each one's memory and of its cost."""
 
     memcg_id: int
     memcg_path: str

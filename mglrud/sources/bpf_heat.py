@@ -21,7 +21,6 @@ import math
 import os
 import platform
 from collections import Counter
-from operator import itemgetter
 
 from mglrud.fs import FS
 from mglrud.model import hotness as H
@@ -140,70 +139,92 @@ class HeatBuilder:
 
     status_of = staticmethod(move_pages_status)  # tests give a stand-in (the fixtures' pids are not real)
 
-    def _build(self, targets, procs, memcgs, now_ns: int, entries: int, last=frozenset(),
-               found_in: dict | None = None) -> H.HotnessData:
-        """`last`: cells read for the last time (deleted from the map after this); those of
-        processes or memcgs a target had at the previous read count in its accessed bytes.
-        `found_in`: CellKey -> its pass-tagged finds (RegionHeat.found_in)."""
+    def _build(self, targets, procs, memcgs, now_ns: int, entries: int, last=None,
+               with_passes: bool = False) -> H.HotnessData:
+        """From the per-cell columns (self.cols, model/heat_columns.py), each target's heat.
+        `last`: a mask of the cells read for the last time (deleted from the map after this);
+        those of processes or memcgs a target had at the previous read count in its accessed
+        bytes. `with_passes`: the regions carry their pass-tagged finds (RegionHeat.found_in).
+        Per-target sums are numpy's; the only per-cell objects made are the snapshot's RegionHeats."""
+        import numpy as np
+
+        from mglrud.sources.bpf_hotness import isin
+
         cfg, page = self.cfg, self.page_size
         nodes = node_of_pfn(self.fs)
         residency_cache: dict[int, object] = {}
         notes = []
         out = []
-        state = self.state
+        st = self.cols
+        c = st.cells
+        n = len(c)
+        if last is None or not last.any():
+            last = None
         # the memcg ids and tgids the cells have, once a cycle (C speed): a target that claims
-        # all of them takes the state as it is, with no pass over the cells
-        have_ids, have_tgids = set(map(itemgetter(1), state)), set(map(itemgetter(0), state))
+        # all of them takes every cell, with no pass over the cells
+        have_ids, have_tgids = set(np.unique(c.memcg_id).tolist()), set(np.unique(c.tgid).tolist())
+        every = np.ones(n, bool)
         for t in targets:
             had_tgids, had_ids = self._had.get(t.name, (frozenset(), frozenset()))
             if t.kind == "memcg":
                 ids = set(memcgs.get(t.name, ()))
                 if have_ids <= ids:
-                    claimed = state
+                    claimed = every
                 else:
-                    claimed = {k: s for k, s in state.items()
-                               if k.memcg_id in ids or (k in last and k.memcg_id in had_ids)}
+                    claimed = isin(c.memcg_id, ids)
+                    if last is not None and had_ids:
+                        claimed |= last & isin(c.memcg_id, had_ids)
             else:
                 pids = set(procs.get(t.name, ()))
                 if have_tgids <= pids:
-                    claimed = state
+                    claimed = every
                 else:
-                    claimed = {k: s for k, s in state.items()
-                               if k.tgid in pids or (k in last and k.tgid in had_tgids)}
+                    claimed = isin(c.tgid, pids)
+                    if last is not None and had_tgids:
+                        claimed |= last & isin(c.tgid, had_tgids)
             acc = self.accessed.setdefault(t.name, Counter())
-            for key, delta in zip(map(itemgetter(3, 4), claimed), map(itemgetter(2), claimed.values())):
-                if delta:  # (node, lru), CellState.delta_pages
-                    acc[key] += delta * page
+            found = claimed & (st.delta != 0)
+            if found.any():  # (node, lru) -> bytes, CellState.delta_pages summed per pair
+                pair = c.node[found] * np.uint64(len(H.LRU_NAMES)) + c.lru[found]
+                pairs, inv = np.unique(pair, return_inverse=True)
+                sums = np.zeros(len(pairs), np.int64)
+                np.add.at(sums, inv, st.delta[found])
+                for p, v in zip(pairs.tolist(), sums.tolist()):
+                    acc[(p // len(H.LRU_NAMES), H.LRU_NAMES[p % len(H.LRU_NAMES)])] += v * page
             # cells read for the last time count above, but are not shown: their process is gone
-            mine = {k: s for k, s in claimed.items() if k not in last} if last else claimed
+            mine = claimed & ~last if last is not None else claimed
+            rows = np.flatnonzero(mine)
+            tg = c.tgid[rows]
             if t.kind == "memcg":
-                by_tgid = Counter(map(itemgetter(0), mine))  # CellKey.tgid
-                scan = [tg for tg, _ in by_tgid.most_common(cfg.max_processes) if tg]
+                # by_tgid.most_common(): the most cells first, ties in order of first appearance
+                uniq, first, count = np.unique(tg, return_index=True, return_counts=True)
+                order = np.lexsort((first, -count))
+                scan = [x for x in uniq[order][:cfg.max_processes].tolist() if x]
             else:
-                ids = {k.memcg_id for k in mine}
+                ids = set(np.unique(c.memcg_id[rows]).tolist())
                 scan = sorted(pids)[: cfg.max_processes]
                 if len(pids) > cfg.max_processes:
                     notes.append(f"target {t.name}: {len(pids)} processes; residency read for "
                                  f"{cfg.max_processes} (bpf.max_processes)")
             spans_in, resident = [], {}
-            for tg in scan:
-                if tg not in residency_cache:
-                    residency_cache[tg] = read_residency(self.fs, tg, cfg.region_shift, page, nodes,
-                                                          self.status_of)
-                r = residency_cache[tg]
+            for tg_ in scan:
+                if tg_ not in residency_cache:
+                    residency_cache[tg_] = read_residency(self.fs, tg_, cfg.region_shift, page, nodes,
+                                                           self.status_of)
+                r = residency_cache[tg_]
                 if r is None:
                     continue
                 spans, cells, why = r
-                spans_in += [(tg, s, e) for s, e in spans]
+                spans_in += [(tg_, s, e) for s, e in spans]
                 if cells is None:
-                    notes.append(f"process {tg}: {why}")
+                    notes.append(f"process {tg_}: {why}")
                     continue
-                for (region, node, lru), n in cells.items():
-                    resident[(tg, region, node, lru)] = n
-            regions = self._regions(mine, resident, set(scan), now_ns, found_in)
+                for (region, node, lru), npages in cells.items():
+                    resident[(tg_, region, node, lru)] = npages
+            regions = self._regions(rows, resident, set(scan), now_ns, with_passes)
             buckets = ()
             if t.kind != "memcg":
-                buckets = self._buckets(spans_in, mine)
+                buckets = self._buckets(spans_in, rows)
             out.append(H.TargetHeat(
                 name=t.name, kind=t.kind, tgids=tuple(scan), memcg_ids=tuple(sorted(ids)),
                 regions=regions, buckets=buckets,
@@ -216,53 +237,92 @@ class HeatBuilder:
                              map_entries=entries, map_capacity=cfg.max_regions, notes=tuple(dict.fromkeys(notes)),
                              event=getattr(self.program, "event", ""))
 
-    def _regions(self, mine: dict, resident: dict, scanned: set[int], now_ns: int,
-                 found_in: dict | None = None) -> tuple[H.RegionHeat, ...]:
-        """The snapshot's cells: one RegionHeat per counted cell (its pass-tagged finds from
-        `found_in`), then one per resident cell never counted. One pass over the cells, each
-        RegionHeat built by tuple.__new__ (65k a cycle)."""
-        shift = self.cfg.region_shift
-        new, inf = tuple.__new__, math.inf
-        fi_get = (found_in or {}).get
-        out = []
-        seen = set()
-        for k, s in mine.items():
-            tgid, memcg_id, region, node, lru = k
-            if tgid not in scanned:
-                res = None
-            elif resident:
-                rk = (tgid, region, node, lru)
-                seen.add(rk)
-                res = resident.get(rk, 0)
-            else:
-                res = 0
-            history, last = s.history, s.last_ns
-            found = tuple([((now_ns - t) / 1e9 if t < now_ns else 0.0, n) for t, n in history[::-1]]) \
-                if history else ()
-            idle = inf if last <= 0 else ((now_ns - last) / 1e9 if last < now_ns else 0.0)
-            out.append(new(H.RegionHeat, (tgid, memcg_id, region << shift, node, lru, res, s.delta_pages,
-                                          s.total_pages, s.rate, idle, found, fi_get(k, ()))))
-        memcg_of: dict = {}
-        for rk, n in resident.items():
-            if rk not in seen:
-                if not memcg_of:  # a resident cell never counted: its process's memcg, from a counted one
-                    for k in mine:
-                        memcg_of.setdefault(k.tgid, k.memcg_id)
-                tg, region, node, lru = rk
-                out.append(H.RegionHeat(tg, memcg_of.get(tg, 0), region << shift, node, lru, n, 0, 0, 0.0,
-                                        inf))
-        out.sort(key=itemgetter(0, 2, 3, 4))  # tgid, start, node, lru
-        return tuple(out)
+    def _regions(self, rows, resident: dict, scanned: set[int], now_ns: int,
+                 with_passes: bool = False):
+        """The snapshot's cells: one RegionHeat per counted cell (rows of self.cols, in their
+        order; its pass-tagged finds when `with_passes`), then one per resident cell never
+        counted, sorted by (tgid, start, node, lru) (a stable sort: a cell of a process that
+        changed memcgs keeps its place). As heat_columns.RegionColumns: columns computed at C
+        speed, RegionHeat objects made only when someone iterates."""
+        import numpy as np
 
-    def _buckets(self, spans_in, mine) -> tuple[H.HeatBucket, ...]:
+        from mglrud.model import heat_columns as C
+
+        shift = self.cfg.region_shift
+        inf = math.inf
+        st = self.cols
+        c = st.cells
+        n = len(rows)
+        tgid, memcg_id, region, node, lru = (a[rows] for a in (c.tgid, c.memcg_id, c.region, c.node, c.lru))
+        # resident pages: None where the process's residency was not read, else pagemap's count
+        in_scan = np.isin(tgid, np.fromiter(scanned, dtype=np.uint64, count=len(scanned)))
+        res_rows = np.zeros(0, np.int64)
+        if resident:
+            keys = list(resident)
+            r_tgid, r_region, r_node = (np.fromiter((k[i] for k in keys), dtype=np.uint64, count=len(keys))
+                                        for i in range(3))
+            r_lru = np.fromiter((H.LRU_NAMES.index(k[3]) for k in keys), dtype=np.uint64, count=len(keys))
+            r_pages = np.fromiter(resident.values(), dtype=np.int64, count=len(keys))
+            m = C.match(r_region, C.key_word(r_tgid, np.zeros(len(keys), np.uint64), r_node, r_lru),
+                        region, C.key_word(tgid, np.zeros(n, np.uint64), node, lru))
+            res = np.where(m >= 0, r_pages[np.where(m >= 0, m, 0)], 0)
+            seen = np.zeros(len(keys), bool)
+            seen[m[in_scan & (m >= 0)]] = True
+            res_rows = np.flatnonzero(~seen)  # resident cells never counted, in residency's order
+        else:
+            res = np.zeros(n, np.int64)
+        res = np.where(in_scan, res, -1)  # -1: residency not read (RegionHeat.resident_pages None)
+        last = st.last_ns[rows]
+        idle = np.where(last <= 0, inf, np.where(last < now_ns, (now_ns - last) / 1e9, 0.0))
+        cols = {"tgid": tgid, "memcg_id": memcg_id, "start": region << np.uint64(shift), "node": node, "lru": lru,
+                "res": res, "delta": st.delta[rows], "total": st.total[rows], "rate": st.rate[rows], "idle": idle}
+        src_row = rows
+        if len(res_rows):
+            # resident cells never counted: their process's memcg from its first counted cell (else 0)
+            memcg_of: dict = {}
+            for tg, mid in zip(tgid.tolist(), memcg_id.tolist()):
+                memcg_of.setdefault(tg, mid)
+            r_t = r_tgid[res_rows]
+            k = len(res_rows)
+            extra = {"tgid": r_t, "memcg_id": np.fromiter((memcg_of.get(x, 0) for x in r_t.tolist()), np.uint64, k),
+                     "start": r_region[res_rows] << np.uint64(shift), "node": r_node[res_rows], "lru": r_lru[res_rows],
+                     "res": r_pages[res_rows], "delta": np.zeros(k, np.int64), "total": np.zeros(k, np.int64),
+                     "rate": np.zeros(k), "idle": np.full(k, inf)}
+            cols = {name: np.concatenate((a, extra[name])) for name, a in cols.items()}
+            src_row = np.concatenate((rows, np.full(k, -1, np.int64)))
+        order = np.lexsort((cols["lru"], cols["node"], cols["start"], cols["tgid"]))  # stable, as list.sort
+        return C.RegionColumns({name: a[order] for name, a in cols.items()}, st, src_row[order], now_ns, with_passes)
+
+    def _buckets(self, spans_in, rows) -> tuple[H.HeatBucket, ...]:
+        import numpy as np
+
         cfg, page = self.cfg, self.page_size
+        st = self.cols
         spans = H.collapsed_spans(spans_in)
-        rate: Counter = Counter()
-        latest: Counter = Counter()
-        for k, s in mine.items():
-            rate[(k.tgid, k.region)] += s.rate * page
-            latest[(k.tgid, k.region)] += s.delta_pages * page
-        heat = H.address_histogram(spans, dict(rate), cfg.region_shift, cfg.heat_buckets)
-        acc = H.address_histogram(spans, dict(latest), cfg.region_shift, cfg.heat_buckets)
+        # per (tgid, region): rate and latest finds summed over its nodes and lrus, in the cells'
+        # order, and the dict in order of first appearance (address_histogram adds in that order)
+        tg, rg = st.cells.tgid[rows], st.cells.region[rows]
+        rate, latest = {}, {}
+        if len(rows):
+            order = np.lexsort((np.arange(len(rows)), rg, tg))
+            t_s, r_s = tg[order], rg[order]
+            newkey = np.ones(len(rows), bool)
+            newkey[1:] = (t_s[1:] != t_s[:-1]) | (r_s[1:] != r_s[:-1])
+            group = np.cumsum(newkey) - 1
+            inv = np.empty(len(rows), np.int64)
+            inv[order] = group
+            ngroups = int(group[-1]) + 1
+            rsum = np.zeros(ngroups, np.float64)
+            np.add.at(rsum, inv, st.rate[rows] * page)  # in the cells' order: the same float sums
+            lsum = np.zeros(ngroups, np.int64)
+            np.add.at(lsum, inv, st.delta[rows] * page)
+            first = np.full(ngroups, len(rows), np.int64)
+            np.minimum.at(first, inv, np.arange(len(rows)))
+            for g in np.argsort(first, kind="stable").tolist():
+                i = int(first[g])
+                key = (int(tg[i]), int(rg[i]))
+                rate[key], latest[key] = float(rsum[g]), int(lsum[g])
+        heat = H.address_histogram(spans, rate, cfg.region_shift, cfg.heat_buckets)
+        acc = H.address_histogram(spans, latest, cfg.region_shift, cfg.heat_buckets)
         ranges = H.bucket_ranges(spans, cfg.heat_buckets)
         return tuple(H.HeatBucket(tuple(r), h, round(a)) for r, h, a in zip(ranges, heat, acc))

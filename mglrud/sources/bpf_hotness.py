@@ -46,7 +46,7 @@ from operator import itemgetter
 
 from mglrud.config import Bpf, Config, Target, memcg_matches
 from mglrud.fs import FS
-from mglrud.memory import gc_paused
+from mglrud.memory import gc_paused, trim
 from mglrud.model import SourceStatus
 from mglrud.model import hotness as H
 from mglrud.sources import bpf_probe
@@ -66,6 +66,13 @@ RETRY_MAX = 1800.0
 BUILD_POLL = 1.0  # seconds between looks at a running Build (due_in())
 
 # ---------------------------------------------------------------- targets
+
+def isin(col, values):
+    """Which rows of a uint64 column hold one of `values` (a set of ints)."""
+    import numpy as np
+
+    return np.isin(col, np.fromiter(values, dtype=np.uint64, count=len(values)))
+
 
 def target_processes(targets: tuple[Target, ...], procs: ProcTable) -> dict[str, tuple[int, ...]]:
     """Process targets -> their tgids now."""
@@ -91,7 +98,9 @@ class BpfHotnessSource(HeatBuilder):
         self.program = None
         self._started = False  # start() tried (configure() starts it once)
         self.reason = "not started"
-        self.state: dict = {}
+        # per-cell state as columns (model/heat_columns.py: numpy, imported on the first read,
+        # as the probe makes sure it is there), the pass-tagged finds included; None: no cell yet
+        self.cols = None
         self.accessed: dict[str, Counter] = {}  # target -> (node, lru) -> bytes, cumulative
         self.stats = (0, 0, 0)
         self.stats_base = (0, 0, 0)  # counts of the programs before this one (see carry_over)
@@ -106,7 +115,6 @@ class BpfHotnessSource(HeatBuilder):
         # per cell the (pass seq, pages) of its recent finds that followed a pass
         self._memcg_seq: dict = {}
         self._passes: dict[int, tuple[H.AgingPass, ...]] = {}
-        self._found_in: dict[H.CellKey, tuple[tuple[int, int], ...]] = {}
         self.build: Build | None = None  # a program being compiled off the loop
         self.in_loop = False  # made by a reload inside the daemon's loop (the Engine sets it)
 
@@ -133,9 +141,11 @@ class BpfHotnessSource(HeatBuilder):
             # the new program's maps start from zero: its counts go on from the old one's
             # (nothing to carry on the first start: then this changes nothing)
             self.carry_over(self)
-            self.state, self._had = {}, {}
+            self.cols, self._had = self.cols.forget_counts() if self.cols is not None else None, {}
         if cfg != self.cfg:
-            self._memcg_seq, self._passes, self._found_in = {}, {}, {}
+            self._memcg_seq, self._passes = {}, {}
+            if self.cols is not None:
+                self.cols.forget_finds()
         self.cfg = cfg
         if error is not None:
             self.program, self.reason = None, str(error)
@@ -280,12 +290,16 @@ class BpfHotnessSource(HeatBuilder):
         read after the aging (the Engine's), whose max_seq says which memcgs had an aging pass
         since the previous read; without it the data has no passes (heat per read, as before).
 
-        The cyclic garbage collector is paused meanwhile: a cycle makes a few hundred thousand
-        tuples (CellKey, Counts, CellState, RegionHeat; none in a reference cycle), whose
-        allocations set off a full collection several times a cycle (40 % of a cycle at 65k
-        cells). One young-generation collection at the end sees them once, and untracks them."""
+        The per-cell state and the snapshot's regions are numpy columns (model/heat_columns.py):
+        no Python object per cell. The cyclic garbage collector is paused meanwhile all the same
+        (a stand-in program's dump makes a dict per cell); one young-generation collection at the
+        end sees what is left once."""
         with gc_paused(collect=0):
-            return self._cycle(targets, index, procs, lruvecs)
+            data = self._cycle(targets, index, procs, lruvecs)
+        # the cycle's numpy temporaries (a few MiB each at 65k cells, below the mmap threshold
+        # many of them) are freed, but glibc keeps their heap pages: give them back
+        trim()
+        return data
 
     def _cycle(self, targets, index, procs, lruvecs) -> H.HotnessData | None:
         if self._procs is None:
@@ -296,10 +310,20 @@ class BpfHotnessSource(HeatBuilder):
             return None
         tgids = {p for ps in procs.values() for p in ps}
         ids = {i for ms in memcgs.values() for i in ms}
+        import numpy as np
+
+        from mglrud.model import heat_columns as C
+
         try:
-            # Program.read() decodes at C speed; stand-ins (tests' replays of captured dumps) dump
-            read = getattr(self.program, "read", None)
-            raw = read() if read is not None else H.raw_from_dump(self.program.dump())
+            # Program.read_columns() decodes at C speed; stand-ins (tests' replays of captured dumps) dump
+            read = getattr(self.program, "read_columns", None)
+            if read is not None:
+                raw = read()
+                cells = raw.cells
+            else:
+                read = getattr(self.program, "read", None)
+                raw = read() if read is not None else H.raw_from_dump(self.program.dump())
+                cells = C.Cells.from_dict(raw.cells)
         except MAP_ERRORS as e:  # the kernel side went away: report, start again later
             self._fail(f"reading the BPF maps failed: {e}")
             return None
@@ -309,34 +333,40 @@ class BpfHotnessSource(HeatBuilder):
         # stale: cells of no targeted process whose memcg is not targeted either, or whose process
         # is gone (tgid 0: an mm with no owner task, the tracepoint's convention; kept, it cannot
         # be looked up). The sets first (C speed): most cycles need no pass over the cells.
-        cell_tgids, cell_ids = set(map(itemgetter(0), raw.cells)), set(map(itemgetter(1), raw.cells))
+        cell_tgids, cell_ids = set(np.unique(cells.tgid).tolist()), set(np.unique(cells.memcg_id).tolist())
         alive = {t for t in cell_tgids - tgids if t == 0 or self.fs.proc(t).exists()}
         gone = cell_tgids - tgids - alive
-        stale = []
+        stale_rows = []
         if not cell_ids <= ids:
-            stale += [k for k in raw.cells if k.tgid not in tgids and k.memcg_id not in ids]
+            stale_rows.append(np.flatnonzero(~isin(cells.tgid, tgids) & ~isin(cells.memcg_id, ids)))
         if gone:
-            stale += [k for k in raw.cells if k.memcg_id in ids and k.tgid in gone]
-        self.state = H.step(self.state, raw, self.cfg.half_life)
+            stale_rows.append(np.flatnonzero(isin(cells.memcg_id, ids) & isin(cells.tgid, gone)))
+        stale_rows = np.concatenate(stale_rows) if stale_rows else np.zeros(0, np.int64)
+        last = np.zeros(len(cells), bool)
+        last[stale_rows] = True
+        self.cols = C.step(self.cols if self.cols is not None else C.State.empty(), cells, raw.mono_ns, self.cfg.half_life)
         self._note_passes(lruvecs)
         self.stats = tuple(b + n for b, n in zip(self.stats_base, (raw.events, raw.matched, raw.dropped)))
         # built before the stale keys go, so that their last deltas reach the targets' counters:
         # a process gone since the previous read is no longer among a target's processes, but
         # what the kernel counted for it meanwhile (reclaim's look-around, aging by others) is
         # still in its cells, read now for the last time
-        data = self._build(targets, procs, memcgs, raw.mono_ns, len(raw.cells) - len(set(stale)), set(stale),
-                           self._found_in if lruvecs is not None else None)
+        data = self._build(targets, procs, memcgs, raw.mono_ns, len(cells) - int(last.sum()), last,
+                           lruvecs is not None)
         data = dataclasses.replace(data, harvested=tuple((n, b + v) for (n, v), b in
                                                          zip(self.harvested, self.harvest_base)))
         if lruvecs is not None:
             data = self._with_passes(data, memcgs)
         self._had = {t.name: (frozenset(procs.get(t.name, ())), frozenset(memcgs.get(t.name, ()))) for t in targets}
-        if stale:
-            self.program.delete(stale)
-            for k in stale:
-                self.state.pop(k, None)
-                self._found_in.pop(k, None)
+        if len(stale_rows):
+            self.program.delete(cells.keys(stale_rows))
+            self.cols = self.cols.take(~last)
         return data
+
+    @property
+    def state(self) -> dict:
+        """{CellKey: CellState} of the cells counted (hotness.step()'s form; tests, debugging)."""
+        return {} if self.cols is None else self.cols.as_dict()
 
     def _note_passes(self, lruvecs) -> dict:
         """Which memcgs had an aging pass since the previous read (their max_seq moved), and
@@ -349,12 +379,9 @@ class BpfHotnessSource(HeatBuilder):
             self._passes[mid] = ((p,) + self._passes.get(mid, ()))[:H.HISTORY]
         for mid in set(self._passes) - set(self._memcg_seq):
             del self._passes[mid]  # the memcg is gone
-        for k, s in self.state.items():
-            p = moved.get(k.memcg_id)
-            if p is not None and s.delta_pages:
-                self._found_in[k] = (((p.seq, s.delta_pages),) + self._found_in.get(k, ()))[:H.HISTORY]
-        for k in set(self._found_in) - set(self.state):
-            del self._found_in[k]
+        from mglrud.model import heat_columns as C
+
+        self.cols = C.tag_finds(self.cols, moved)
         return moved
 
     def _with_passes(self, data: H.HotnessData, memcgs: dict) -> H.HotnessData:
@@ -362,7 +389,8 @@ class BpfHotnessSource(HeatBuilder):
         pass-tagged finds already: _build's found_in)."""
         ids = {i for ms in memcgs.values() for i in ms}
         for t in data.targets:
-            ids.update(map(itemgetter(1), t.regions))  # RegionHeat.memcg_id
+            cols = getattr(t.regions, "cols", None)  # heat_columns.RegionColumns: no object per cell
+            ids.update(set(cols["memcg_id"].tolist()) if cols is not None else map(itemgetter(1), t.regions))
         passes = sorted((p for i in ids for p in self._passes.get(i, ())), key=lambda p: (-p.at, p.memcg_id))
         return dataclasses.replace(data, passes=tuple(passes))
 

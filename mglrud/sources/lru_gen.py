@@ -18,7 +18,7 @@ import errno
 import re
 import time
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import accumulate, groupby
 from operator import attrgetter, itemgetter
 from typing import Callable
 
@@ -146,17 +146,70 @@ def reparse(text: str, previous: tuple[GenHistogram, ...], fresh: set[str]) -> t
     memcgs, while a wake-up ages a few of them (aging.WAKEUPS groups an interval). What the
     others keep is the read of a moment earlier (before the aging writes), as good as the
     snapshot's own age. Text that does not split cleanly into memcg sections, or more than
-    half of it fresh, is parsed whole."""
-    if len(fresh) * 2 > len({h.memcg_path for h in previous}) or not text.startswith("memcg ") \
-            or len(text.splitlines()) != text.count("\n") + (not text.endswith("\n")):
+    half of it fresh, is parsed whole.
+
+    The common case -- the same memcgs as the read before, in the same order -- is found and
+    spliced without a Python step per memcg that is kept (_splice()); any other case takes
+    the general way (_reparse())."""
+    if len(fresh) * 2 > len(set(map(_path, previous))) or not text.startswith("memcg ") \
+            or (_other_line_breaks(text) and len(text.splitlines()) != text.count("\n") + (not text.endswith("\n"))):
         return parse(text)  # (a line break other than \n: the sections would not be parse()'s lines)
-    sections = []
-    for section in text[len("memcg "):].split("\nmemcg "):
+    sections = text[len("memcg "):].split("\nmemcg ")
+    spliced = _splice(sections, previous, fresh)
+    return spliced if spliced is not None else _reparse(text, sections, previous, fresh)
+
+
+_path = attrgetter("memcg_path")
+# What str.splitlines() breaks a line at besides \n. Without them (the kernel writes none) the
+# text's lines are its \n-separated ones, known without a splitlines() of the whole text: a
+# search for one character is a memchr(), a regex scan of a MiB of lru_gen took milliseconds.
+_LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _other_line_breaks(text: str) -> bool:
+    return any(c in text for c in (_LINE_BREAKS[:6] if text.isascii() else _LINE_BREAKS))
+
+
+def _splice(sections: list[str], previous: tuple[GenHistogram, ...], fresh: set[str]
+            ) -> tuple[GenHistogram, ...] | None:
+    """reparse() when the text lists the memcgs of `previous` in its order, each once, each
+    node once, and each header as the kernel prints it ("memcg %5hu %s": _reparse() reads it
+    as the same id and path); None otherwise."""
+    prev_keys = list(map(_memcg_key, previous))
+    runs = [(key, len(list(group))) for key, group in groupby(prev_keys)]  # a memcg's lruvecs are consecutive
+    if len(runs) != len(sections) or len(set(prev_keys)) != len(runs) \
+            or len(set(zip(prev_keys, map(_node, previous)))) != len(previous):
+        return None
+    if [section.partition("\n")[0] for section in sections] != [f"{i:5d} {path}" for (i, path), _ in runs]:
+        return None
+    parse_these = [i for i, (key, _) in enumerate(runs) if key[1] in fresh]
+    if not parse_these:
+        return tuple(previous)  # (the same tuple: nothing to copy)
+    parsed = parse("".join(f"memcg {sections[i]}" if sections[i].endswith("\n") else f"memcg {sections[i]}\n"
+                           for i in parse_these))
+    starts = list(accumulate((n for _, n in runs), initial=0))  # section i's lruvecs: previous[starts[i]:starts[i + 1]]
+    out: list[GenHistogram] = []
+    kept_from = j = 0
+    for i in parse_these:
+        out += previous[starts[kept_from]:starts[i]]
+        key = runs[i][0]
+        while j < len(parsed) and (parsed[j].memcg_id, parsed[j].memcg_path) == key:
+            out.append(parsed[j])
+            j += 1
+        kept_from = i + 1
+    out += previous[starts[kept_from]:]
+    return tuple(out)
+
+
+def _reparse(text: str, sections: list[str], previous: tuple[GenHistogram, ...], fresh: set[str]) -> tuple[GenHistogram, ...]:
+    """reparse(), any case: sections added, gone, moved or listed twice."""
+    keyed = []
+    for section in sections:
         # _MEMCG's reading of "memcg" + header: spaces, the id's digits, one space, the path
         memcg_id, _, path = section.partition("\n")[0].lstrip(" ").partition(" ")
         if not memcg_id.isdecimal():
             return parse(text)
-        sections.append(((int(memcg_id), path or "/"), section))
+        keyed.append(((int(memcg_id), path or "/"), section))
     kept: dict[tuple[int, str], list[GenHistogram]] = {}
     twice: set[tuple[int, str]] = set()  # listed twice under one id and path (dying twins, id 0): parsed
     for key, group in groupby(previous, _memcg_key):  # a memcg's lruvecs are consecutive
@@ -165,18 +218,18 @@ def reparse(text: str, previous: tuple[GenHistogram, ...], fresh: set[str]) -> t
             twice.add(key)
         kept[key] = hs
     seen: set[tuple[int, str]] = set()
-    for key, _ in sections:
+    for key, _ in keyed:
         if key in seen:
             twice.add(key)
         seen.add(key)
-    parse_these = [key[1] in fresh or key not in kept or key in twice for key, _ in sections]
+    parse_these = [key[1] in fresh or key not in kept or key in twice for key, _ in keyed]
     # the sections to parse, parsed together (one call, not one per section), then taken
     # back in order: a section's lruvecs are the next ones under its key
     parsed = parse("".join(f"memcg {section}" if section.endswith("\n") else f"memcg {section}\n"
-                           for (key, section), p in zip(sections, parse_these) if p)) if any(parse_these) else ()
+                           for (key, section), p in zip(keyed, parse_these) if p)) if any(parse_these) else ()
     out: list[GenHistogram] = []
     i = 0
-    for (key, _), p in zip(sections, parse_these):
+    for (key, _), p in zip(keyed, parse_these):
         if not p:
             out += kept[key]
             continue

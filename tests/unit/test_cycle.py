@@ -193,3 +193,17 @@ def test_a_problem_and_its_recovery_are_logged_when_not_flapping(caplog):
     notes.note("target a", "")
     assert [r.getMessage() for r in caplog.records] == ["target a: no running process with comm a",
                                                         "target a: ok again"]
+
+
+def test_duration_histogram_buckets_are_le_edges_cumulative():
+    from mglrud.aging import DURATION_EDGES, Aging
+    from mglrud.sources.lru_gen import AgingResult
+    a = Aging(lambda: 0.0, lambda: 0.0)
+    durations = [0.0, 0.0005, 0.001, 0.0011, 0.3, 10.0, 20.0]
+    for d in durations:
+        a._observe(AgingResult("/m", 0, "", d, ("+ 1 0 5 1 0",)))
+    s = a.stats()
+    # the exposition's rule: each edge counts the runs that took at most that long; +Inf all of them
+    assert list(s.duration_counts) == [sum(d <= e for d in durations) for e in DURATION_EDGES] + [len(durations)]
+    assert s.duration_counts[:3] == (3, 4, 4) and s.duration_counts[-2:] == (6, 7)
+    assert s.runs == 7 and s.duration_sum == sum(durations)

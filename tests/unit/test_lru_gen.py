@@ -313,3 +313,51 @@ def test_memcg_lines_read_as_the_format_says(header, memcg_id, path):
 def test_a_memcg_line_with_a_tab_is_not_one():
     with pytest.raises(lru_gen.ParseError, match="line 1: unexpected"):
         lru_gen.parse("memcg\t1 /x\n node     0\n          3        100          1           2 \n")
+
+
+def _fleet(n: int, aged: set[str], later_ms: int) -> str:
+    """n memcgs on two nodes; `aged` ones have one generation more; every age `later_ms` later."""
+    rows = []
+    for i in range(n):
+        path = f"/system.slice/s{i}.service" if i % 2 else f"/kubepods.slice/pod{i}/ctr"
+        extra = [_g(8, 0, 7 + i, 3)] if path in aged else []
+        rows.append((i + 2, path, [(node, [_g(4 + g, 4000 - 1000 * g + later_ms, i + g, node + g) for g in range(4)] + extra)
+                                   for node in (0, 1)]))
+    return lru_gen_text(rows)
+
+
+def test_reparse_of_the_same_memcgs_splices_the_aged_into_the_read_before():
+    """The common case (the same memcgs as the read before, in its order) takes _splice():
+    its result is the general way's, the kept lruvecs are the read before's own objects."""
+    paths = [h.memcg_path for h in lru_gen.parse(_fleet(40, set(), 0))][::2]
+    for aged in (set(), {paths[0]}, {paths[-1]}, set(paths[3:9]), set(paths[::6])):
+        previous = lru_gen.parse(_fleet(40, set(), 0))
+        after = _fleet(40, aged, 5)
+        sections = after[len("memcg "):].split("\nmemcg ")
+        spliced = lru_gen._splice(sections, previous, aged)
+        assert spliced is not None, aged
+        assert spliced == lru_gen._reparse(after, sections, previous, aged) == lru_gen.reparse(after, previous, aged)
+        fresh = {(h.memcg_path, h.node): h for h in lru_gen.parse(after)}
+        old = {(h.memcg_path, h.node): h for h in previous}
+        assert [(h.memcg_path, h.node) for h in spliced] == list(fresh)
+        for h in spliced:
+            key = (h.memcg_path, h.node)
+            if h.memcg_path in aged:
+                assert h == fresh[key] and h.max_seq == 8, key
+            else:
+                assert h is old[key] and h != fresh[key], key
+
+
+def test_reparse_takes_the_general_way_when_the_memcgs_differ_from_the_read_before():
+    previous = lru_gen.parse(_fleet(10, set(), 0))
+    aged = {"/kubepods.slice/pod0/ctr"}
+    for after in (_fleet(10, aged, 5).replace("memcg     5 ", "memcg    55 "),  # an id reused for the same path
+                  _fleet(9, aged, 5),  # one memcg gone
+                  _fleet(11, aged, 5),  # one new
+                  _fleet(10, aged, 5).replace("memcg     3 ", "memcg 3 ")):  # a header not as the kernel prints it
+        sections = after[len("memcg "):].split("\nmemcg ")
+        assert lru_gen._splice(sections, previous, aged) is None
+        got = lru_gen.reparse(after, previous, aged)
+        assert got == lru_gen._reparse(after, sections, previous, aged)
+        assert [(h.memcg_id, h.memcg_path, h.node) for h in got] == \
+            [(h.memcg_id, h.memcg_path, h.node) for h in lru_gen.parse(after)]

@@ -14,7 +14,8 @@ nr_pages = 512; the range events' bitmaps must name the same pages.
 
 Events are read from a tracefs instance of our own (so nothing else that
 traces is disturbed), and through bcc programs, the way mglrud's BPF source
-consumes them.
+consumes them. The last test compares the stock-kernel probe of issue 14
+(docs/stock-kernel.md) with the per-entry event, page by page, both attached at once.
 """
 
 import os
@@ -29,6 +30,10 @@ import pytest
 
 import lrugen
 from conftest import numa_nodes
+from mglrud.config import Bpf, Paths
+from mglrud.fs import FS
+from mglrud.model import hotness as H
+from mglrud.sources.bpf_program import Program
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HPAGE_PMD_NR = 512
@@ -546,3 +551,70 @@ def test_aging_is_the_same_with_a_program_attached(memcgs, helpers, trace):
     assert len(on) == len(off)
     for gen, (a, b_) in enumerate(zip(off, on)):
         assert abs(a - b_) <= 8, f"generation {gen} (0 = youngest): {a} pages off, {b_} on"
+
+
+# The stock-kernel probe and the patch's tracepoint count the same pages (issue 14). On the patched
+# kernel both are available, so they can be attached at once and compared page by page: mglrud's
+# own program on the accessed-bit probe (fexit on ptep_test_and_clear_young() and
+# pmdp_test_and_clear_young(); docs/stock-kernel.md), built with 4 KiB regions so that each map
+# cell is one page, and the per-entry tracepoint read from the tracefs instance.
+def probe_pages(prog: Program, tgid: int) -> dict[int, tuple[int, str]]:
+    """{address: (pages, lru)} of the probe's cells of tgid inside [LO, HI): with 4 KiB
+    regions a cell is one page (a THP: the cell of its first page, 512 pages)."""
+    out = {}
+    for c in prog.dump()["heat"]:
+        addr = c["region"] * PAGE
+        if c["tgid"] == tgid and LO <= addr < HI:
+            assert addr not in out, f"two cells at {addr:#x}: {c}"
+            out[addr] = (c["percpu"][0][0], H.LRU_NAMES[c["lru"]])
+    return out
+
+
+def test_the_probe_and_the_tracepoint_count_the_same_pages(memcgs, helpers, trace):
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    assert "[never]" not in thp, f"THP is disabled in the guest: {thp}"
+    assert FILE_PATH.stat().st_size >= NPAGES * PAGE, f"{FILE_PATH} is too small"
+    cg = memcgs("tp-probe")
+    h = helpers(cg)
+    h(f"map A {ANON_A:#x} {NPAGES} anon")
+    h(f"map C {FILE_C:#x} {NPAGES} file {FILE_PATH}")
+    h(f"map D {THP_D:#x} {HPAGE_PMD_NR} anon thp")
+    mid = lrugen.memcg_id("/mglrud-test/tp-probe")
+    h("touch D 0")
+    assert thp_mapped(h.pid, THP_D), "the madvised 2 MiB region did not get a PMD-mapped THP"
+    fault_in_and_clear(h, mid, 0, ["A", "C"])
+
+    # the daemon's own loader and program, on the probe although the tracepoint is there
+    prog = Program(Bpf(region_size=PAGE, max_regions=1 << 16), FS(Paths()), event="fexit")
+    try:
+        assert prog.event == "fexit", f"attached as {prog.event}: {getattr(prog, 'fallback', '')}"
+        prog.set_targets({h.pid}, set())
+        before = probe_pages(prog, h.pid)  # what the first aging's harvest left: cleared below
+        prog.delete([k for k in H.raw_from_dump(prog.dump()).cells])
+        touched_anon, touched_file = [0, 1, 5, 17, 40, 63], [2, 3, 30, 62]
+        h(f"touch A {','.join(map(str, touched_anon))}")
+        h(f"touch C {','.join(map(str, touched_file))}")
+        h("touch D 3,300")  # two pages of one huge page: one PMD entry, 512 pages
+        trace.start()
+        age(mid)
+        events = trace.stop()
+        found = probe_pages(prog, h.pid)
+        harvest = prog.dump()["harvest"]
+    finally:
+        prog.close()
+
+    want = {a: (1, "anon") for a in pages(ANON_A, touched_anon)}
+    want |= {a: (1, "file") for a in pages(FILE_C, touched_file)}
+    want[THP_D] = (HPAGE_PMD_NR, "anon")
+    traced = {}
+    for e in events_at(events, ANON_A, NPAGES) + events_at(events, FILE_C, NPAGES) + \
+            events_at(events, THP_D, HPAGE_PMD_NR):
+        assert e["addr"] not in traced, f"the tracepoint named {e['addr']:#x} twice"
+        traced[e["addr"]] = (e["nr_pages"], e["type"])
+    assert traced == want, f"tracepoint: {sorted(traced.items())}\nwant: {sorted(want.items())}"
+    assert found == traced, (
+        f"probe and tracepoint differ: only the probe {sorted(set(found.items()) - set(traced.items()))}, "
+        f"only the tracepoint {sorted(set(traced.items()) - set(found.items()))}"
+        f" (left from the first aging, deleted: {len(before)} cells)")
+    # every harvest of the target came from this process's lru_gen write: the aging's
+    assert harvest["reclaim"] == [0] * len(harvest["reclaim"]) and sum(harvest["aging"]) > 0, harvest
