@@ -7,12 +7,18 @@ program attaches as fexit to ptep_test_and_clear_young()/pmdp_test_and_clear_you
 
 - The hot-block test of test_bpf_hotness.py, through `mglrud run` over HTTP: exactly
   the hot block's 2 MiB regions hot, anon, node 0, with residency.
-- Under memcg reclaim (a file mapping twice its cgroup's memory.max, read in a loop):
-  reclaim's harvests show up as harvester="reclaim", and the target's heat (accessed
-  bytes) is exactly the aging's harvests, the documented choice.
+- In the same daemon, under memcg reclaim (a file mapping twice its cgroup's memory.max,
+  read in a loop): the file mapping's regions are lru="file" (the hot block's anon);
+  reclaim's harvests show up as harvester="reclaim", none as "other", and the targets'
+  heat (accessed bytes) is exactly the aging's harvests, the documented choice.
 - MGLRU off, as the kernel boots: `mglrud check` says how to switch it on, and
   `mglrud run` (sources: auto, no lru_gen.enable) serves the /proc source's data and
   leaves it off.
+- The probe unable to run (the headers, or the ptep_test_and_clear_young symbol, hidden
+  from mglrud by a bind mount in its own mount namespace): `mglrud check` says why in
+  one line, mglrud_source_up{source="bpf"} 0, lru_gen serves.
+- In a two-node guest (vm-run.sh --numa --variant stock -- -m "stock and numa"): a
+  process's pages bound half to node 0, half to node 1 split by numa_node as bound.
 
 MGLRU is compiled in but off on this kernel; the probe test switches it on (the daemon
 never does unless configured to) and back off after.
