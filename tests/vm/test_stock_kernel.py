@@ -214,7 +214,7 @@ def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs,
 
     def unshared(*argv: str) -> list[str]:
         return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                'mount --bind "$0" "$1" && exec "$@"', src, dst, sys.executable, "-m", "mglrud", *argv]
+                'mount --bind "$0" "$1" && shift && exec "$@"', src, dst, sys.executable, "-m", "mglrud", *argv]
 
     check = subprocess.run(unshared("check", "-c", str(cfg)), capture_output=True, text=True, timeout=600,
                            env={**os.environ, "PYTHONPATH": str(bh.REPO)})
