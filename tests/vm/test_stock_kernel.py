@@ -180,6 +180,13 @@ def test_node_split_on_the_stock_kernel(stock_mglru, memcgs, daemons, tmp_path):
         toucher.stop()
 
 
+def under_bind_mount(src: str, dst: str, *argv: str) -> list[str]:
+    """`mglrud ARGV` with SRC bound over DST in its own mount namespace (the test's is untouched);
+    unshare without --fork and sh's exec: the pid started is mglrud's."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$0" "$1" && shift && exec "$@"', src, dst, sys.executable, "-m", "mglrud", *argv]
+
+
 def hidden(what: str, tmp_path: Path) -> tuple[str, str, str]:
     """(file or directory to mount, where, the reason the probe gives) for a kernel that lacks WHAT:
     bound over the real one in the daemon's own mount namespace only."""
@@ -213,8 +220,7 @@ def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs,
                    f"targets: [{{name: m, memcg: /mglrud-test/{cg.name}}}]\n")
 
     def unshared(*argv: str) -> list[str]:
-        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                'mount --bind "$0" "$1" && shift && exec "$@"', src, dst, sys.executable, "-m", "mglrud", *argv]
+        return under_bind_mount(src, dst, *argv)
 
     check = subprocess.run(unshared("check", "-c", str(cfg)), capture_output=True, text=True, timeout=600,
                            env={**os.environ, "PYTHONPATH": str(bh.REPO)})
@@ -236,3 +242,41 @@ def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs,
     up = {lab["source"]: v for lab, v in samples(text, "mglrud_source_up")}
     assert up == {"bpf": 0, "lru_gen": 1}, up
     assert reason in bpf["reason"] and "\n" not in bpf["reason"], bpf
+
+
+def test_kretprobe_fallback(stock_mglru, memcgs, workloads, tmp_path):
+    """fexit unusable (ptep_test_and_clear_young missing from available_filter_functions, as on a
+    kernel built without its ftrace entry; hidden by a bind mount as above): the probe attaches
+    as kprobe + kretprobe, and the hot block is exactly the hot buckets through it, heat the
+    aging's harvests to the byte."""
+    aff = next((p for p in (Path("/sys/kernel/tracing/available_filter_functions"),
+                            Path("/sys/kernel/debug/tracing/available_filter_functions")) if p.exists()), None)
+    assert aff is not None, "no tracefs available_filter_functions in this guest"
+    filtered = tmp_path / "available_filter_functions"
+    with open(aff) as src, open(filtered, "w") as dst:
+        dst.writelines(line for line in src if line.split()[:1] != ["ptep_test_and_clear_young"])
+    size, hot = 64 << 20, 16 << 20
+    w = workloads("--size", f"{size >> 20}M", "--hot", f"{hot >> 20}M", "--seconds", str(LIFE),
+                  cgroup=memcgs("stock-kretprobe"))
+    cfg = tmp_path / "mglrud.yaml"
+    cfg.write_text(f"""
+sources: [bpf, lru_gen]
+aging: {{interval: {bh.INTERVAL}s}}
+snapshot: {{interval: 1s}}
+metrics: {{cold_thresholds: [3s, 6s]}}
+bpf: {{half_life: 6s, heat_buckets: 64}}
+targets: [{{name: hotblock, pid: {w.pid}}}]
+""")
+    args = ["run", "-c", str(cfg), "--listen.port", "0", "--listen.socket", str(tmp_path / "run" / "mglrud.sock")]
+    d = DaemonProc.start([], tmp_path / "mglrud.log", wrapper=under_bind_mount(str(filtered), str(aff), *args),
+                         forks=False, wait=bh.WAIT)
+    try:
+        bh.check_hot_block(d, w, size, hot)
+        text = d.wait_agings(1, "one more aging")
+    finally:
+        d.stop()
+    assert attached(text) == "kretprobe", attached(text)
+    h = harvested(text)
+    acc = sum(v for lab, v in samples(text, "mglrud_target_accessed_bytes_total"))
+    print(f"kretprobe: harvested {h}, accessed bytes {acc}")
+    assert h["aging"] > 0 and acc == h["aging"], (acc, h)
