@@ -17,6 +17,8 @@ program attaches as fexit to ptep_test_and_clear_young()/pmdp_test_and_clear_you
 - The probe unable to run (the headers, or the ptep_test_and_clear_young symbol, hidden
   from mglrud by a bind mount in its own mount namespace): `mglrud check` says why in
   one line, mglrud_source_up{source="bpf"} 0, lru_gen serves.
+- The kretprobe fallback (the helper hidden from available_filter_functions the same
+  way): attached as kretprobe, the hot block exactly the hot buckets.
 - In a two-node guest (vm-run.sh --numa --variant stock -- -m "stock and numa"): a
   process's pages bound half to node 0, half to node 1 split by numa_node as bound.
 
