@@ -219,6 +219,7 @@ def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs,
     workloads("--size", "16M", cgroup=cg)
     cfg = tmp_path / "mglrud.yaml"
     cfg.write_text(f"sources: [bpf, lru_gen]\naging: {{interval: {bh.INTERVAL}s}}\nsnapshot: {{interval: 1s}}\n"
+                   f"metrics: {{cold_thresholds: [3s, 6s]}}\n"
                    f"targets: [{{name: m, memcg: /mglrud-test/{cg.name}}}]\n")
 
     def unshared(*argv: str) -> list[str]:
