@@ -11,6 +11,7 @@ errors="replace": bcc can print stray bytes while it unpacks kernel headers.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -131,7 +132,11 @@ class DaemonProc:
         deadline = time.monotonic() + (wait or self.wait)
         text = ""
         while time.monotonic() < deadline and self.proc.poll() is None:
-            text = self.get("/metrics")
+            try:
+                text = self.get("/metrics")
+            except (OSError, http.client.HTTPException) as e:
+                # a scrape the daemon dropped (its log says why: "http: handling a connection failed")
+                raise AssertionError(f"{what}: GET /metrics failed: {e!r}\n{self.log_text()[-6000:]}") from e
             if pred(text):
                 return text
             time.sleep(every)

@@ -25,6 +25,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "numa: needs a guest with two NUMA nodes (vm-run.sh --numa)")
     config.addinivalue_line("markers", "stock: needs a guest on Debian's own kernel, without mglrud's patch "
                                        "(vm-run.sh --variant stock; make test-vm-stock)")
+    config.addinivalue_line("markers", "wip: written but not yet seen to pass in the guest; left out of "
+                                       "`make test` (Makefile) and named in README's Status until it does")
 
 
 def pytest_collection_modifyitems(config, items):

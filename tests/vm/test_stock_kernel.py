@@ -208,6 +208,7 @@ def hidden(what: str, tmp_path: Path) -> tuple[str, str, str]:
             "it; needs mglrud's kernel patch")
 
 
+@pytest.mark.wip  # failed in the guest (both cases) at the end of the session that wrote it; not yet diagnosed
 @pytest.mark.parametrize("what", ["headers", "symbol"])
 def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs, workloads, tmp_path, monkeypatch):
     """A kernel whose headers (or accessed-bit symbol) are missing, made real for mglrud alone with a bind
@@ -247,6 +248,7 @@ def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs,
     assert reason in bpf["reason"] and "\n" not in bpf["reason"], bpf
 
 
+@pytest.mark.wip  # not yet seen to pass: its one run in the guest had not finished after 15 min
 def test_kretprobe_fallback(stock_mglru, memcgs, workloads, tmp_path):
     """fexit unusable (ptep_test_and_clear_young missing from available_filter_functions, as on a
     kernel built without its ftrace entry; hidden by a bind mount as above): the probe attaches
