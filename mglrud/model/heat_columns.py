@@ -313,7 +313,9 @@ class RegionColumns(Sequence):
         """(ages (n, W) float64 seconds ago, pages (n, W), lengths (n,)): each cell's finds,
         newest first, as RegionHeat.found has them."""
         n, st = len(self), self.state
-        if st is None or not st.hist_ns.shape[1] or not n:
+        # a state with no rows (a restarted program) can still have history columns: row 0, used
+        # below for cells never counted, must exist
+        if st is None or not st.hist_ns.shape[1] or not n or not len(st):
             return np.zeros((n, 0)), np.zeros((n, 0), I64), np.zeros(n, I64)
         rows = np.where(self.src_row >= 0, self.src_row, 0)
         counted = (self.src_row >= 0)
@@ -386,13 +388,13 @@ class RegionColumns(Sequence):
         src = self.src_row[sl]
         rows = np.where(src >= 0, src, 0)
         counted = src >= 0
-        if st is not None and st.hist_ns.shape[1] and n:
+        if st is not None and st.hist_ns.shape[1] and n and len(st):  # len: see found_columns()
             hn = st.hist_ns[rows]
             ages = np.where(hn < self.now_ns, (self.now_ns - hn) / 1e9, 0.0)
             found = pairs(ages, st.hist_pages[rows], np.where(counted, st.hist_len[rows], 0))
         else:
             found = [()] * n
-        if self.with_passes and st is not None and st.fi_seq.shape[1] and n:
+        if self.with_passes and st is not None and st.fi_seq.shape[1] and n and len(st):
             found_in = pairs(st.fi_seq[rows], st.fi_pages[rows], np.where(counted, st.fi_len[rows], 0))
         else:
             found_in = [()] * n

@@ -129,3 +129,22 @@ def test_the_metrics_of_the_columns_equal_those_of_the_region_objects(tmp_path, 
     assert sum(1 for t in data.targets for r in t.regions if r.resident_pages and r.found) > 30
     ties = [r for t in data.targets for r in t.regions if len({a for a, _ in r.found}) < len(r.found)]
     assert ties, "no cell with two finds of the same age: the ties are not tested"
+
+
+def test_resident_cells_with_a_state_of_no_rows_render():
+    """A reload that restarts the program leaves a state with no rows but history columns (width
+    > 0); a region only resident (never counted: src_row -1) must render, not index row 0 of an
+    empty array (seen in the guest: IndexError in every scrape after `kill -HUP`)."""
+    import numpy as np
+
+    z, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
+    w = np.zeros((0, 3), np.int64)
+    st = C.State(C.empty_cells(), z, z, z, f, z, z, w, w, z, w, w, z)
+    one = lambda v, t=np.int64: np.array([v], t)  # noqa: E731
+    cols = {"tgid": one(7), "memcg_id": one(1), "start": one(1 << 21), "node": one(0), "lru": one(0),
+            "res": one(100), "delta": one(0), "total": one(0), "rate": one(0.0, np.float64), "idle": one(-1.0, np.float64)}
+    rc = C.RegionColumns(cols, st, one(-1), 10**9, True)
+    [r] = list(rc)
+    assert (r.tgid, r.resident_pages, r.found, r.found_in) == (7, 100, (), ())
+    per_pair = rc.idle_and_cold((1.0, 10.0), (5.0,), 4096)
+    assert len(per_pair) == 1, per_pair  # one (node, lru) pair, its buckets computed
