@@ -207,20 +207,28 @@ def test_node_split(memcgs, daemons, tmp_path, drop_sys_admin):
             status = Path(f"/proc/{d.daemon_pid()}/status").read_text()
             eff = int(next(l for l in status.splitlines() if l.startswith("CapEff:")).split()[1], 16)
             assert not eff & (1 << 21), "CAP_SYS_ADMIN still effective"
-        text = d.wait_agings(8, "node split")  # 4 per node
-        acc = {(lab["numa_node"], lab["lru"]): v for lab, v in samples(text, "mglrud_target_accessed_bytes_total")
-               if lab["target"] == "numa"}
-        print(f"accessed bytes by node: {acc}")
-        assert acc.get(("0", "anon"), 0) >= npages * 4096 and acc.get(("1", "anon"), 0) >= npages * 4096, acc
-        t = next(t for t in d.snapshot()["hotness"]["targets"] if t["name"] == "numa")
-        span = npages * 4096
-        for base, node in ((toucher.a, 0), (toucher.b, 1)):
-            rs = [r for r in t["regions"] if base <= r["start"] < base + span and r["accessed_bytes_total"]]
-            assert rs and all(r["node"] == node for r in rs), (node, rs)
-            res = [r for r in t["regions"] if base <= r["start"] < base + span and r["resident_bytes"]]
-            assert sum(r["resident_bytes"] for r in res) == span and all(r["node"] == node for r in res), res
+        check_node_split(d, toucher, npages)
     finally:
         toucher.stop()
+
+
+def check_node_split(d, toucher, npages: int) -> str:
+    """Target "numa" (a Toucher's pages, half bound to node 0, half to node 1): after 8 agings
+    (4 per node), accessed bytes, accessed regions and residency each split by node as bound.
+    Returns the last /metrics text."""
+    text = d.wait_agings(8, "node split")
+    acc = {(lab["numa_node"], lab["lru"]): v for lab, v in samples(text, "mglrud_target_accessed_bytes_total")
+           if lab["target"] == "numa"}
+    print(f"accessed bytes by node: {acc}")
+    assert acc.get(("0", "anon"), 0) >= npages * 4096 and acc.get(("1", "anon"), 0) >= npages * 4096, acc
+    t = next(t for t in d.snapshot()["hotness"]["targets"] if t["name"] == "numa")
+    span = npages * 4096
+    for base, node in ((toucher.a, 0), (toucher.b, 1)):
+        rs = [r for r in t["regions"] if base <= r["start"] < base + span and r["accessed_bytes_total"]]
+        assert rs and all(r["node"] == node for r in rs), (node, rs)
+        res = [r for r in t["regions"] if base <= r["start"] < base + span and r["resident_bytes"]]
+        assert sum(r["resident_bytes"] for r in res) == span and all(r["node"] == node for r in res), res
+    return text
 
 
 def accessed_totals(text: str, *targets: str) -> dict[str, float]:

@@ -165,19 +165,8 @@ def test_node_split_on_the_stock_kernel(stock_mglru, memcgs, daemons, tmp_path):
     toucher = bh.Toucher(memcgs("stock-numa"), npages)
     try:
         d = daemons(tmp_path, f"[{{name: numa, pid: {toucher.proc.pid}}}]")
-        text = d.wait_agings(8, "node split")
+        text = bh.check_node_split(d, toucher, npages)
         assert attached(text) == "fexit", attached(text)
-        acc = {(lab["numa_node"], lab["lru"]): v for lab, v in samples(text, "mglrud_target_accessed_bytes_total")
-               if lab["target"] == "numa"}
-        print(f"accessed bytes by node: {acc}")
-        assert acc.get(("0", "anon"), 0) >= npages * 4096 and acc.get(("1", "anon"), 0) >= npages * 4096, acc
-        t = next(t for t in d.snapshot()["hotness"]["targets"] if t["name"] == "numa")
-        span = npages * 4096
-        for base, node in ((toucher.a, 0), (toucher.b, 1)):
-            rs = [r for r in t["regions"] if base <= r["start"] < base + span and r["accessed_bytes_total"]]
-            assert rs and all(r["node"] == node for r in rs), (node, rs)
-            res = [r for r in t["regions"] if base <= r["start"] < base + span and r["resident_bytes"]]
-            assert sum(r["resident_bytes"] for r in res) == span and all(r["node"] == node for r in res), res
     finally:
         toucher.stop()
 
