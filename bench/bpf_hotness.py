@@ -41,6 +41,7 @@ not absolute times.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import ctypes
 import mmap
@@ -223,6 +224,7 @@ def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events
     counted: dict[str, list[float]] = {}
     compile_s = []
     empty = EmptyFexit() if "fexit-empty" in events else None
+    attached_as: dict[str, set] = {}
     for b in range(blocks):
         for event in ["off"] + events:
             prog = None
@@ -230,7 +232,12 @@ def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events
                 empty.attach()
             elif event != "off":
                 t = time.monotonic()
-                prog = Program(cfg, FS(Paths()), event=event)
+                # EVENT=PATH: the same attachment with another program file (a baseline to compare with)
+                name, _, path = event.partition("=")
+                prog = Program(dataclasses.replace(cfg, program=path) if path else cfg, FS(Paths()), event=name)
+                if prog.event != name:  # the loader fell back (fexit did not load): say so, not a wrong label
+                    print(f"# {event}: attached as {prog.event}: {getattr(prog, 'fallback', '')}", flush=True)
+                    attached_as.setdefault(event, set()).add(prog.event)
                 compile_s.append(time.monotonic() - t)
                 prog.set_targets({os.getpid()}, {mid})
             for _ in range(per_block):
@@ -250,9 +257,12 @@ def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events
              f"{'off (no program)':40} {len(times['off']):6d} {1000 * off:9.1f} {1000 * min(times['off']):7.1f} "
              f"{1.0:10.3f} {'':>10}"]
     for e in events:
-        lines.append(f"{('nothing on fexit' if e == 'fexit-empty' else 'counting on ' + e):40} {len(times[e]):6d} {1000 * statistics.median(times[e]):9.1f} "
+        label = "nothing on fexit" if e == "fexit-empty" else "counting on " + e.partition("=")[0] + (
+            f" ({Path(e.partition('=')[2]).name})" if "=" in e else "")
+        lines.append(f"{label:40} {len(times[e]):6d} {1000 * statistics.median(times[e]):9.1f} "
                      f"{1000 * min(times[e]):7.1f} {statistics.median(times[e]) / off:10.3f} "
                      f"{statistics.mean(counted[e]):10.0f}")
+    lines += [f"({e} fell back to {', '.join(sorted(a))} in some blocks)" for e, a in attached_as.items()]
     lines.append(f"(pages/pass: pages the program counted per pass; program compile+attach "
                  f"{statistics.median(compile_s):.1f} s median under TCG)")
     return lines
@@ -353,7 +363,8 @@ def main() -> int:
                    help="accuracy with the TLB flushed before each round's touches, without, or both")
     p.add_argument("--events", default="", help="comma-separated attachments the overhead compares: "
                    "tracepoint names, fexit, kretprobe, fexit-empty (a program that does nothing: the "
-                   "trampoline's cost) (default: both tracepoints, or on a kernel without "
+                   "trampoline's cost), EVENT=PATH (that attachment with the program file PATH instead of "
+                   "bpf/hotness.bpf.c: before/after in one run) (default: both tracepoints, or on a kernel without "
                    "them, e.g. Debian's stock one, fexit)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))

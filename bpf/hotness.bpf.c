@@ -84,6 +84,15 @@
  * linux/page-flags.h made bcc's compile of the probe several times slower.
  */
 #include <linux/page-flags-layout.h>
+#ifdef MGLRUD_ATTACH_KPROBE
+/*
+ * struct pt_regs, the kprobe's context (its arguments and PT_REGS_RC()): without it
+ * bcc cannot compile the kprobe + kretprobe pair (linux/sched.h brought it before
+ * the members came from BTF; the fallback then failed to compile, and the source
+ * stayed down, on every kernel that needed it).
+ */
+#include <asm/ptrace.h>
+#endif
 #define MGLRUD_NODES_PGOFF	((sizeof(unsigned long) * 8) - SECTIONS_WIDTH - NODES_WIDTH)
 #define NODES_PGSHIFT		(MGLRUD_NODES_PGOFF * (NODES_WIDTH != 0))
 #define NODES_MASK		((1UL << NODES_WIDTH) - 1)
@@ -162,7 +171,13 @@ enum mglrud_harvester { HARVEST_AGING, HARVEST_RECLAIM, HARVEST_OTHER };
 
 /* config[CONFIG_SELF_TGID]: mglrud's tgid, whose writes to lru_gen are the aging it asks for */
 #define CONFIG_SELF_TGID 0
-#define NR_CONFIG 1
+/*
+ * config[CONFIG_TARGETS_GEN]: bumped by user space after each update of the target maps
+ * (sources/bpf_program.py set_targets(), once a cycle): the probe's per-CPU mm cache
+ * (mm_cache below) is valid for one generation only.
+ */
+#define CONFIG_TARGETS_GEN 1
+#define NR_CONFIG 2
 
 /*
  * Per-CPU: each CPU updates its own copy of a value, so concurrent aging walks
@@ -245,55 +260,137 @@ static __always_inline int harvester(void)
 #define X86_PMD_PFN_MASK	0x000fffffffe00000UL	/* and a 2 MiB aligned frame */
 
 /*
+ * Kernel memory the probe reads. With fexit the program's arguments are BTF-typed
+ * pointers (the verifier knows vma is a struct vm_area_struct *, ptep a pte_t *), and
+ * a load through one, or through a pointer member loaded from one, is a plain load
+ * the verifier checks against the kernel's BTF and the JIT guards with an exception
+ * table entry: no helper call. The kprobe's arguments are plain numbers (kept in a
+ * map from entry to return), read with bpf_probe_read_kernel(). A read the BTF walk
+ * cannot type (past the end of the member's struct, as mem_cgroup.id from its css,
+ * or a struct page found by arithmetic) is always bpf_probe_read_kernel().
+ */
+static __always_inline void *read_ptr(void *p, unsigned long off)
+{
+#ifdef MGLRUD_ATTACH_FEXIT
+	return *(void **)MEMBER(p, off);
+#else
+	void *v = NULL;
+
+	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
+	return v;
+#endif
+}
+
+static __always_inline u32 read_u32(void *p, unsigned long off)
+{
+#ifdef MGLRUD_ATTACH_FEXIT
+	return *(u32 *)MEMBER(p, off);
+#else
+	u32 v = 0;
+
+	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
+	return v;
+#endif
+}
+
+/*
+ * What the probe resolves per mm, cached per CPU: an aging walk harvests a whole
+ * PTE table, a whole VMA, of one mm in a row on one CPU, so all but its first
+ * entry find the mm here and skip the owner, its tgid, its css and memcg id, and
+ * the two target lookups. An entry is valid while the vma's mm and the mm's owner
+ * are the cached ones (a freed mm whose memory is reused for another has another
+ * owner) and config[CONFIG_TARGETS_GEN] has not moved (a new target set, once a
+ * cycle: a task moved to another memcg is seen at the next cycle at the latest).
+ */
+struct mm_cache {
+	void *mm;
+	void *owner;
+	u64 map_base;	/* the value of vmemmap_base: set at boot, read once */
+	u32 gen;
+	u32 tgid;
+	u16 memcg_id;
+	u8 targeted;
+	u8 valid;
+};
+BPF_PERCPU_ARRAY(mm_cache, struct mm_cache, 1);
+
+static __always_inline void resolve_mm(struct mm_cache *c, void *mm, void *owner, u32 gen)
+{
+	void *cgroups, *css;
+	u32 tgid = 0;
+	unsigned short memcg_id = 0;
+
+	if (owner) {
+		tgid = read_u32(owner, TASK_TGID);
+		cgroups = read_ptr(owner, TASK_CGROUPS);
+		css = cgroups ? read_ptr(cgroups, CSS_SET_SUBSYS + MEMORY_CGRP_ID * sizeof(void *)) : NULL;
+		/* css is the first member of struct mem_cgroup; mem_cgroup_id() is memcg->id.id */
+		if (css)
+			bpf_probe_read_kernel(&memcg_id, sizeof(memcg_id), MEMBER(css, MEMCG_ID_ID));
+	}
+	if (!c->valid)
+		bpf_probe_read_kernel(&c->map_base, sizeof(c->map_base), (void *)VMEMMAP_BASE);
+	c->mm = mm;
+	c->owner = owner;
+	c->gen = gen;
+	c->tgid = tgid;
+	c->memcg_id = memcg_id;
+	c->targeted = targeted(tgid, memcg_id);
+	c->valid = 1;
+}
+
+/*
  * One harvested accessed bit: entry @entry (its value after the clear: only the
  * accessed bit changed) at @addr of @vma, mapping @nr_pages base pages.
  */
 static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64 nr_pages)
 {
 	struct region_key key = {};
-	void *mm = NULL, *owner = NULL, *css = NULL, *cgroups = NULL, *page;
-	unsigned long map_base = 0, flags = 0, head = 0;
-	u64 pfn;
-	u32 tgid = 0;
-	unsigned short memcg_id = 0;
-	int who;
+	struct mm_cache *c;
+	void *mm, *owner, *page;
+	unsigned long pg[2] = {};	/* page->flags, and page->compound_head beside it */
+	unsigned long flags;
+	u32 *genp, gen;
+	int zero = 0, k = CONFIG_TARGETS_GEN, who;
 
 	stat_inc(STAT_EVENTS);
-	bpf_probe_read_kernel(&mm, sizeof(mm), MEMBER(vma, VMA_VM_MM));
+	mm = read_ptr(vma, VMA_VM_MM);
 	if (!mm)
 		return 0;
 	/* mm->owner exists with CONFIG_MEMCG (mm_update_next_owner() keeps it on a live thread) */
-	bpf_probe_read_kernel(&owner, sizeof(owner), MEMBER(mm, MM_OWNER));
-	if (owner) {
-		bpf_probe_read_kernel(&tgid, sizeof(tgid), MEMBER(owner, TASK_TGID));
-		bpf_probe_read_kernel(&cgroups, sizeof(cgroups), MEMBER(owner, TASK_CGROUPS));
-		if (cgroups)
-			bpf_probe_read_kernel(&css, sizeof(css),
-					      MEMBER(cgroups, CSS_SET_SUBSYS + MEMORY_CGRP_ID * sizeof(void *)));
-		/* css is the first member of struct mem_cgroup; mem_cgroup_id() is memcg->id.id */
-		if (css)
-			bpf_probe_read_kernel(&memcg_id, sizeof(memcg_id), MEMBER(css, MEMCG_ID_ID));
-	}
-	if (!targeted(tgid, memcg_id))
+	owner = read_ptr(mm, MM_OWNER);
+	c = mm_cache.lookup(&zero);
+	genp = config.lookup(&k);
+	if (!c || !genp)
+		return 0;
+	gen = *genp;
+	if (!c->valid || c->mm != mm || c->owner != owner || c->gen != gen)
+		resolve_mm(c, mm, owner, gen);
+	if (!c->targeted)
 		return 0;
 	who = harvester();
 	stat_add(STAT_HARVEST_AGING + who, nr_pages);
 	if (!((HEAT_HARVESTERS >> who) & 1))
 		return 0;
 
-	pfn = (nr_pages > 1 ? entry & X86_PMD_PFN_MASK : entry & X86_PFN_MASK) >> 12;
-	bpf_probe_read_kernel(&map_base, sizeof(map_base), (void *)VMEMMAP_BASE);
-	page = (void *)(map_base + pfn * PAGE_SIZEOF);
-	bpf_probe_read_kernel(&flags, sizeof(flags), MEMBER(page, PAGE_FLAGS));
+	page = (void *)(c->map_base +
+			((nr_pages > 1 ? entry & X86_PMD_PFN_MASK : entry & X86_PFN_MASK) >> 12) * PAGE_SIZEOF);
+	/* flags and compound_head are the first two words of struct page (6.1, 6.12): one read */
+	if (PAGE_COMPOUND_HEAD == PAGE_FLAGS + sizeof(long)) {
+		bpf_probe_read_kernel(pg, sizeof(pg), MEMBER(page, PAGE_FLAGS));
+	} else {
+		bpf_probe_read_kernel(&pg[0], sizeof(pg[0]), MEMBER(page, PAGE_FLAGS));
+		bpf_probe_read_kernel(&pg[1], sizeof(pg[1]), MEMBER(page, PAGE_COMPOUND_HEAD));
+	}
+	flags = pg[0];
 	key.node = (flags >> NODES_PGSHIFT) & NODES_MASK;
 	/* folio_is_file_lru(): !PG_swapbacked, a flag of the head page */
-	bpf_probe_read_kernel(&head, sizeof(head), MEMBER(page, PAGE_COMPOUND_HEAD));
-	if (head & 1)
-		bpf_probe_read_kernel(&flags, sizeof(flags), MEMBER(head - 1, PAGE_FLAGS));
+	if (pg[1] & 1)
+		bpf_probe_read_kernel(&flags, sizeof(flags), MEMBER(pg[1] - 1, PAGE_FLAGS));
 	key.lru = (flags & (1UL << PG_SWAPBACKED)) ? KEY_LRU_ANON : KEY_LRU_FILE;
 	key.region = addr >> REGION_SHIFT;
-	key.tgid = tgid;
-	key.memcg_id = memcg_id;
+	key.tgid = c->tgid;
+	key.memcg_id = c->memcg_id;
 	if (!count(&key, nr_pages, bpf_ktime_get_ns())) {
 		stat_inc(STAT_DROPPED);
 		return 0;
@@ -303,11 +400,22 @@ static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64
 }
 
 /* @ptep, @pmdp: the pte_t / pmd_t (one u64 on x86-64) */
-static __always_inline int harvest_pte(void *vma, unsigned long addr, void *ptep)
+static __always_inline u64 read_entry(void *p)
 {
+#ifdef MGLRUD_ATTACH_FEXIT
+	return *(u64 *)p;
+#else
 	u64 val = 0;
 
-	bpf_probe_read_kernel(&val, sizeof(val), ptep);
+	bpf_probe_read_kernel(&val, sizeof(val), p);
+	return val;
+#endif
+}
+
+static __always_inline int harvest_pte(void *vma, unsigned long addr, void *ptep)
+{
+	u64 val = read_entry(ptep);
+
 	if (!(val & X86_PAGE_PRESENT))
 		return 0;
 	return harvest(vma, addr, val, 1);
@@ -315,9 +423,8 @@ static __always_inline int harvest_pte(void *vma, unsigned long addr, void *ptep
 
 static __always_inline int harvest_pmd(void *vma, unsigned long addr, void *pmdp)
 {
-	u64 val = 0;
+	u64 val = read_entry(pmdp);
 
-	bpf_probe_read_kernel(&val, sizeof(val), pmdp);
 	/*
 	 * MGLRU also clears the accessed bit of non-leaf PMDs (walk_pmd_range_locked(),
 	 * LRU_GEN_NONLEAF_YOUNG): that is no page, only a THP (_PAGE_PSE) is one.
@@ -370,7 +477,7 @@ int kretprobe__ptep_test_and_clear_young(struct pt_regs *ctx)
 		return 0;
 	copy = *c;
 	calls_pte.delete(&id);
-	if (PT_REGS_RC(ctx) != 1)
+	if ((int)PT_REGS_RC(ctx) != 1)	/* an int: the upper half of rax is not its */
 		return 0;
 	return harvest_pte(copy.vma, copy.addr, copy.entry);
 }
@@ -394,7 +501,7 @@ int kretprobe__pmdp_test_and_clear_young(struct pt_regs *ctx)
 		return 0;
 	copy = *c;
 	calls_pmd.delete(&id);
-	if (PT_REGS_RC(ctx) != 1)
+	if ((int)PT_REGS_RC(ctx) != 1)	/* an int: the upper half of rax is not its */
 		return 0;
 	return harvest_pmd(copy.vma, copy.addr, copy.entry);
 }

@@ -110,6 +110,8 @@ U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
 # struct region_key for numpy (KEY's layout, 16 bytes)
 KEY_DTYPE = [("region", "<u8"), ("tgid", "<u4"), ("memcg_id", "<u2"), ("node", "u1"), ("lru", "u1")]
 MAPS = ["heat", "stats", "target_tgids", "target_memcgs", "config"]
+# indexes of the config map (bpf/hotness.bpf.c CONFIG_*)
+CONFIG_SELF_TGID, CONFIG_TARGETS_GEN = 0, 1
 STATS = ("events", "matched", "dropped")
 # stats[3..5]: base pages of targets found young, by who cleared the bit (bpf/hotness.bpf.c)
 HARVESTERS = ("aging", "reclaim", "other")
@@ -181,6 +183,8 @@ class Program:
     daemon keeps the maps' and the attachment's descriptors and reads the maps with
     bpf(2) (mglrud/bpfsys.py). Tests of the source give it a stand-in."""
 
+    _targets_gen = 0  # config[CONFIG_TARGETS_GEN], bumped by each set_targets()
+
     def __init__(self, cfg: Bpf, fs: FS, event: str | None = None):
         # `event` forces one of the two tracepoints (benchmarks compare them)
         self.event = event or pick_event(cfg, fs)
@@ -233,7 +237,7 @@ class Program:
 
     def set_targets(self, tgids: set[int], memcg_ids: set[int]) -> None:
         # this process writes lru_gen: the harvests it causes are the aging's (the program's harvester())
-        self.maps["config"].update(U32.pack(0), U32.pack(os.getpid()))
+        self.maps["config"].update(U32.pack(CONFIG_SELF_TGID), U32.pack(os.getpid()))
         for name, want in (("target_tgids", tgids), ("target_memcgs", memcg_ids)):
             table = self.maps[name]
             have = {U32.unpack(k)[0] for k in table.keys()}
@@ -241,6 +245,11 @@ class Program:
                 table.delete(U32.pack(k))
             for k in sorted(want - have):
                 table.update(U32.pack(k), b"\x01")
+        # a new generation, every call (once a cycle): the probe's per-CPU mm cache (owner's tgid
+        # and memcg, targeted or not) is dropped, so new targets and a task moved to another
+        # memcg are seen from this cycle's aging on (bpf/hotness.bpf.c, mm_cache)
+        self._targets_gen = (self._targets_gen + 1) & 0xFFFFFFFF
+        self.maps["config"].update(U32.pack(CONFIG_TARGETS_GEN), U32.pack(self._targets_gen))
 
     def _percpu_stat(self, i: int) -> list[int]:
         stats = self.maps["stats"]

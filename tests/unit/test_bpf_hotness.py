@@ -594,3 +594,34 @@ def test_probe_names_numpy_when_it_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numpy" else real(name, *a))
     p = bpf_hotness.probe(fs)
     assert not p.usable and "apt install python3-numpy" in p.detail, p
+
+
+def test_set_targets_moves_the_generation_that_drops_the_probes_mm_cache():
+    """Each set_targets() (once a cycle) loads the targets, then writes config[CONFIG_TARGETS_GEN]
+    anew: the probe's per-CPU mm cache (bpf/hotness.bpf.c mm_cache) holds for one generation."""
+    class Table:
+        def __init__(self, items=()):
+            self.items, self.log = dict(items), []
+
+        def keys(self):
+            return list(self.items)
+
+        def update(self, k, v):
+            self.items[k] = v
+            self.log.append(("update", k, v))
+
+        def delete(self, k):
+            del self.items[k]
+            self.log.append(("delete", k))
+
+    u32 = bpf_hotness.U32
+    prog = object.__new__(bpf_hotness.Program)
+    prog.maps = {"config": Table(), "target_tgids": Table({u32.pack(7): b"\x01"}), "target_memcgs": Table()}
+    prog.set_targets({8}, {3})
+    config = prog.maps["config"]
+    assert config.items == {u32.pack(0): u32.pack(os.getpid()), u32.pack(1): u32.pack(1)}
+    assert set(prog.maps["target_tgids"].items) == {u32.pack(8)} and set(prog.maps["target_memcgs"].items) == {u32.pack(3)}
+    prog.set_targets({8}, {3})  # the same targets: a new generation all the same (a task may have moved memcg)
+    assert config.items[u32.pack(1)] == u32.pack(2)
+    # the generation is written last, after the target maps, so a cache refilled from it sees the new targets
+    assert config.log[-1] == ("update", u32.pack(1), u32.pack(2))

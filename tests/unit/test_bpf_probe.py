@@ -101,3 +101,37 @@ def test_selection_without_tracepoint_nor_probe_says_both(tmp_path, monkeypatch)
     monkeypatch.setattr(bpf_probe, "probe", lambda fs: check(tmp_path, fs))
     p = probe_bpf(fs)
     assert not p.usable and "mm_vmscan_lru_gen_young" in p.detail and "install linux-headers" in p.detail
+
+
+@pytest.mark.parametrize("btf", [True, False], ids=["members-from-btf", "headers"])
+@pytest.mark.parametrize("attach", ["MGLRUD_ATTACH_FEXIT", "MGLRUD_ATTACH_KPROBE"])
+def test_the_kprobe_variant_has_struct_pt_regs_in_every_layout(attach, btf, tmp_path):
+    """The kprobe + kretprobe pair takes its arguments and return value from struct pt_regs
+    (bcc turns the arguments into ctx->di..., PT_REGS_RC() is ctx->ax): a header defining it must
+    be included. With the members from BTF (-DMGLRUD_BTF) linux/sched.h, which brought it, is not:
+    the fallback failed to compile in the stock guest, and the source stayed down. Checked with
+    the C preprocessor over bpf/hotness.bpf.c with the flags sources/bpf_program.py passes, each
+    kernel header an empty stand-in (the program's own #include lines name them)."""
+    import re
+    import shutil
+    import subprocess
+
+    from mglrud.sources.bpf_program import DEFAULT_PROGRAM
+
+    cpp = shutil.which("cpp")
+    assert cpp, "no cpp (build-essential, scripts/install-deps)"
+    src = DEFAULT_PROGRAM.read_text()
+    for header in set(re.findall(r"#include <([^>]+)>", src)):
+        (tmp_path / header).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / header).write_text("")
+    flags = [f"-D{attach}", "-DVMEMMAP_BASE=0xffffffff82a1b0c8ULL", "-DTASK_FLAGS_OFFSET=44"]
+    if btf:
+        flags += ["-DMGLRUD_BTF=1"]
+    deps = subprocess.run([cpp, "-nostdinc", "-I", str(tmp_path), "-M", *flags, str(DEFAULT_PROGRAM)],
+                          capture_output=True, text=True, check=True).stdout
+    included = {h for h in re.findall(r"\S+\.h", deps)}
+    pt_regs = {str(tmp_path / "asm/ptrace.h"), str(tmp_path / "linux/sched.h")}
+    if attach == "MGLRUD_ATTACH_KPROBE":
+        assert included & pt_regs, f"{attach} {'with' if btf else 'without'} MGLRUD_BTF includes {sorted(included)}"
+    else:  # fexit takes its arguments from the trampoline's context: no pt_regs, no header for it
+        assert not btf or not included & pt_regs, sorted(included)
