@@ -227,7 +227,10 @@ def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs,
     args = ["run", "-c", str(cfg), "--listen.port", "0", "--listen.socket", str(tmp_path / "run" / "mglrud.sock")]
     d = DaemonProc.start([], tmp_path / "mglrud.log", wrapper=unshared(*args), forks=False, wait=600)
     try:
-        text = d.wait_metrics(lambda t: f'mglrud_memcg_resident_bytes{{memcg="/mglrud-test/{cg.name}"' in t,
+        # labels render sorted (lru, memcg, numa_node): match the memcg label, not a line prefix (the
+        # prefix `{memcg=` never matched, and the test waited out its 600 s and failed)
+        text = d.wait_metrics(lambda t: any(lab.get("memcg") == f"/mglrud-test/{cg.name}" for lab, _ in
+                                            samples(t, "mglrud_memcg_resident_bytes")),
                               "lru_gen serving the target's memcg")
         bpf = next(s for s in d.snapshot()["sources"] if s["name"] == "bpf")
     finally:
