@@ -197,7 +197,6 @@ def hidden(what: str, tmp_path: Path) -> tuple[str, str, str]:
             "it; needs mglrud's kernel patch")
 
 
-@pytest.mark.wip  # failed in the guest (both cases) at the end of the session that wrote it; not yet diagnosed
 @pytest.mark.parametrize("what", ["headers", "symbol"])
 def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs, workloads, tmp_path, monkeypatch):
     """A kernel whose headers (or accessed-bit symbol) are missing, made real for mglrud alone with a bind
@@ -225,7 +224,7 @@ def test_probe_that_cannot_run_leaves_lru_gen_running(what, stock_mglru, memcgs,
     assert ("lru_gen", "used") in row, check.stdout
 
     args = ["run", "-c", str(cfg), "--listen.port", "0", "--listen.socket", str(tmp_path / "run" / "mglrud.sock")]
-    d = DaemonProc.start([], tmp_path / "mglrud.log", wrapper=unshared(*args), forks=False, wait=600)
+    d = DaemonProc.start(args, tmp_path / "mglrud.log", wrapper=unshared(*args), forks=False, wait=600)
     try:
         # labels render sorted (lru, memcg, numa_node): match the memcg label, not a line prefix (the
         # prefix `{memcg=` never matched, and the test waited out its 600 s and failed)
@@ -265,7 +264,9 @@ bpf: {{half_life: 6s, heat_buckets: 64}}
 targets: [{{name: hotblock, pid: {w.pid}}}]
 """)
     args = ["run", "-c", str(cfg), "--listen.port", "0", "--listen.socket", str(tmp_path / "run" / "mglrud.sock")]
-    d = DaemonProc.start([], tmp_path / "mglrud.log", wrapper=under_bind_mount(str(filtered), str(aff), *args),
+    # ARGS given beside the wrapper name its --listen.socket: the snapshot is read there, the full
+    # view; over TCP it is the redacted one, with no bucket ranges (the check found none in the mapping)
+    d = DaemonProc.start(args, tmp_path / "mglrud.log", wrapper=under_bind_mount(str(filtered), str(aff), *args),
                          forks=False, wait=bh.WAIT)
     try:
         bh.check_hot_block(d, w, size, hot)
