@@ -301,12 +301,26 @@ static __always_inline u32 read_u32(void *p, unsigned long off)
  * are the cached ones (a freed mm whose memory is reused for another has another
  * owner) and config[CONFIG_TARGETS_GEN] has not moved (a new target set, once a
  * cycle: a task moved to another memcg is seen at the next cycle at the latest).
+ *
+ * It also holds the time the harvests are stamped with (region_val.last_ns), read
+ * once per CLOCK_EVERY harvests counted, and anew for each mm and each generation:
+ * bpf_ktime_get_ns() per entry was most of the program's cost in the TCG guest,
+ * whose clocksource is the emulated HPET (the TSC is marked unstable there); on
+ * hardware it is a TSC read. A stamp is then older than its harvest by
+ * at most the time the walk took over CLOCK_EVERY entries of one mm in one aging
+ * pass (the generation moves before each: mglrud sets the targets, then ages),
+ * far below the aging interval that bounds what last_ns can tell anyway.
  */
+#ifndef CLOCK_EVERY
+#define CLOCK_EVERY 256
+#endif
 struct mm_cache {
 	void *mm;
 	void *owner;
 	u64 map_base;	/* the value of vmemmap_base: set at boot, read once */
+	u64 now;	/* bpf_ktime_get_ns() when last read */
 	u32 gen;
+	u32 stamped;	/* harvests counted with `now` */
 	u32 tgid;
 	u16 memcg_id;
 	u8 targeted;
@@ -336,6 +350,7 @@ static __always_inline void resolve_mm(struct mm_cache *c, void *mm, void *owner
 	c->tgid = tgid;
 	c->memcg_id = memcg_id;
 	c->targeted = targeted(tgid, memcg_id);
+	c->stamped = CLOCK_EVERY;	/* the clock is read at the first harvest counted */
 	c->valid = 1;
 }
 
@@ -391,7 +406,12 @@ static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64
 	key.region = addr >> REGION_SHIFT;
 	key.tgid = c->tgid;
 	key.memcg_id = c->memcg_id;
-	if (!count(&key, nr_pages, bpf_ktime_get_ns())) {
+	if (c->stamped >= CLOCK_EVERY) {
+		c->now = bpf_ktime_get_ns();
+		c->stamped = 0;
+	}
+	c->stamped++;
+	if (!count(&key, nr_pages, c->now)) {
 		stat_inc(STAT_DROPPED);
 		return 0;
 	}
