@@ -49,6 +49,7 @@
  *   VMEMMAP_BASE   (the probe) address of the kernel variable vmemmap_base
  *                  (/proc/kallsyms): struct page of a pfn, for node and anon/file
  *   HEAT_HARVESTERS which harvester classes count in heat (see above)
+ *   CLOCK_EVERY    (the probe) harvests counted per clock read (default 256; mm_cache)
  *   TASK_FLAGS_OFFSET offsetof(struct task_struct, flags), from the kernel's BTF;
  *                  without it linux/sched.h is included
  */
