@@ -229,6 +229,46 @@ def test_gc_paused_collects_the_asked_generation_only_when_it_turns_the_collecto
     assert collected == [0] and gc.isenabled()
 
 
+def test_gc_paused_settle_puts_the_bursts_survivors_in_the_oldest_generation():
+    """settle: what the burst made is not traversed by the next young collections (it is in
+    generation 2 at once), and a reference cycle made in it is still freed by a full collection."""
+    import gc
+    import weakref
+    from mglrud import memory
+
+    class Node:
+        pass
+
+    with memory.gc_paused(settle=True):
+        kept = [[i] for i in range(5000)]  # tracked containers, as a read's lruvecs are
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the collector frees it
+        gone = weakref.ref(a)
+        del a, b
+    assert gc.isenabled()
+    assert gc.get_count()[0] < 100, gc.get_count()  # the young count starts again (not 5000+)
+    young = {id(o) for o in gc.get_objects(0)} | {id(o) for o in gc.get_objects(1)}
+    assert not any(id(x) in young for x in kept)
+    oldest = {id(o) for o in gc.get_objects(2)}
+    assert all(id(x) in oldest for x in kept[::500])
+    assert gone() is not None  # waits for a full collection...
+    gc.collect()
+    assert gone() is None  # ...which frees it
+
+
+def test_gc_paused_settle_only_when_it_turns_the_collector_back_on(monkeypatch):
+    import gc
+    from mglrud import memory
+    froze = []
+    monkeypatch.setattr(gc, "freeze", lambda: froze.append("freeze"))
+    monkeypatch.setattr(gc, "unfreeze", lambda: froze.append("unfreeze"))
+    with memory.gc_paused(settle=True):
+        with memory.gc_paused(settle=True):
+            pass
+        assert froze == []
+    assert froze == ["freeze", "unfreeze"] and gc.isenabled()
+
+
 def test_prepare_renders_ahead_only_the_variants_scrapes_asked_for_lately(tmp_path):
     import dataclasses
     snap = _snapshot(_synthetic_paths(tmp_path))
