@@ -191,7 +191,8 @@ class Daemon:
                         self._sleep(min(self.config.snapshot_interval, self.watchdog.interval))
                     else:
                         try:
-                            exposition.prepare()  # rendered here, not in the next scrapes
+                            # rendered here, not in the next scrapes (those expected before the next publish)
+                            exposition.prepare(within=self.config.snapshot_interval)
                         except Exception:
                             log.exception("rendering the snapshot ahead failed; scrapes will render it")
                     next_publish = time.monotonic() + self.config.snapshot_interval

@@ -16,7 +16,7 @@ A body is three parts, in this order:
 3. per scrape: the extra collectors (config reload state, process_*), then `# EOF` for OpenMetrics.
 
 The daemon's loop renders part 2 ahead, when it publishes a snapshot, in the variants scrapes
-asked for lately (Exposition.prepare()), so that a scrape finds it made.
+asked for lately and expect to read it (Exposition.prepare()), so that a scrape finds it made.
 
 Text 0.0.4 is a plain concatenation of families, so parts 1+2 are byte for byte what
 generate_latest(build_registry(...)) gives (tests/unit/test_exposition.py checks it on
@@ -183,7 +183,8 @@ class Exposition:
     prepare(), called by the daemon's loop when it publishes a snapshot, renders the variants
     (format, gzip) that scrapes asked for in the last RECENT seconds, so that their next scrapes
     find bytes: at thousands of memcgs a render takes a few hundred ms, which a scrape should
-    not wait for. A variant nobody asks for any more is no longer rendered ahead."""
+    not wait for. A variant nobody asks for any more is no longer rendered ahead, nor one whose
+    next scrape is expected only after the next publish (prepare(within=))."""
 
     RECENT = 120.0  # two scrape intervals of a 1-minute job
 
@@ -196,14 +197,29 @@ class Exposition:
         self.clock = clock
         self.cache = RenderCache(render)
         self._asked: dict[tuple[bool, bool], float] = {}  # (openmetrics, gzip) -> when last asked
+        self._every: dict[tuple[bool, bool], float] = {}  # -> seconds between its last two asks
 
-    def prepare(self) -> int:
-        """Render the published snapshot's recently asked-for variants now; how many there were."""
+    # Asks closer than this are one scrape round (two Prometheus replicas, a retry), not an interval
+    ROUND = 1.0
+
+    def prepare(self, within: float | None = None) -> int:
+        """Render the published snapshot's recently asked-for variants now; how many there were.
+
+        `within`: seconds until the next snapshot is published (snapshot.interval). A variant
+        whose next scrape is not expected before then is not rendered ahead: its next scrape
+        reads a later snapshot, and this one's render would be thrown away unread. At
+        3,000 memcgs a render is ~300 ms: 10 s snapshots scraped every 60 s rendered 6 times a
+        minute for 1 read. Expected: its last ask plus the time between its last two asks
+        (one scraper's interval); unknown (asked once) or overdue: rendered, as before. A
+        scrape that comes earlier than expected renders its snapshot itself (the bytes are the
+        same; it waits for the render)."""
         snap = self.published.current
         if snap is None:
             return 0
         now = self.clock()
-        wanted = [v for v, at in list(self._asked.items()) if now - at <= self.RECENT]
+        wanted = [v for v, at in list(self._asked.items()) if now - at <= self.RECENT
+                  and (within is None or v not in self._every
+                       or at + self._every[v] <= now + within + self.ROUND)]
         for om, gz in wanted:
             self.cache.get(snap, om, deflated=gz)  # the deflated form renders the text first
         return len(wanted)
@@ -216,7 +232,11 @@ class Exposition:
 
     def metrics(self, accept: str | None = None, accept_encoding: str | None = None) -> tuple[bytes, list]:
         om = wants_openmetrics(accept)
-        self._asked[(om, wants_gzip(accept_encoding))] = self.clock()
+        variant, now = (om, wants_gzip(accept_encoding)), self.clock()
+        last = self._asked.get(variant)
+        if last is not None and now - last >= self.ROUND:
+            self._every[variant] = now - last
+        self._asked[variant] = now
         head, snap, tail = self.parts(om)
         middle = self.cache.get(snap, om) if snap is not None else b""
         headers = [("Content-Type", OPENMETRICS if om else TEXT)]

@@ -269,6 +269,57 @@ def test_gc_paused_settle_only_when_it_turns_the_collector_back_on(monkeypatch):
     assert froze == ["freeze", "unfreeze"] and gc.isenabled()
 
 
+@pytest.mark.parametrize("scrape_every, renders_a_minute", [(60.0, 1), (30.0, 2), (15.0, 4), (5.0, 6)])
+def test_prepare_renders_ahead_only_the_snapshots_a_scrape_is_expected_to_read(tmp_path, scrape_every,
+                                                                              renders_a_minute):
+    """Snapshots every 10 s: prepare(within=10) renders a snapshot only when the variant's next
+    scrape (its last ask + the time between its last two) is due before the next publish; every
+    scrape still gets its snapshot's bytes, and (the prediction holding) finds them rendered."""
+    import dataclasses
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    published = Published(snap)
+    now = [1000.0]
+    exp = exposition.Exposition(published, wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+    t, next_scrape, scrapes, renders_ahead, scraped_unrendered = 0.0, 3.0, 0, 0, 0
+    while t < 600:  # ten minutes of 1 s ticks: publish every 10 s, scrape every scrape_every
+        now[0] = 1000.0 + t
+        if t % 10 == 0:
+            snap = dataclasses.replace(snap, taken_at=TAKEN_AT + t)
+            published.publish(snap)
+            before = exp.cache.renders
+            exp.prepare(within=10.0)
+            if t >= 120:  # the scraper's interval known (its first two scrapes)
+                renders_ahead += exp.cache.renders - before
+        if t >= next_scrape:
+            before = exp.cache.renders
+            body, _ = exp.metrics()
+            assert body == exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 1).metrics()[0]
+            scraped_unrendered += exp.cache.renders - before
+            scrapes += 1
+            next_scrape += scrape_every
+        t += 1.0
+    assert scrapes == int((600 - 3) // scrape_every) + 1
+    # after the first two scrapes (no interval known yet) every scrape found its bytes made
+    assert scraped_unrendered <= 2, scraped_unrendered
+    # and from the third minute on the renders ahead were the scrapes' (or the publishes', if fewer)
+    assert abs(renders_ahead - renders_a_minute * 8) <= 1, renders_ahead
+
+
+def test_prepare_without_within_renders_every_snapshot_asked_for_lately(tmp_path):
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    now = [100.0]
+    exp = exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+    exp.metrics()
+    now[0] += 60
+    exp.metrics()  # one scrape a minute
+    import dataclasses
+    exp.published.publish(dataclasses.replace(snap, taken_at=snap.taken_at + 10))
+    now[0] += 10
+    assert exp.prepare() == 1  # as before: rendered, read or not
+    exp.published.publish(dataclasses.replace(snap, taken_at=snap.taken_at + 20))
+    assert exp.prepare(within=10.0) == 0  # the next scrape is 40 s away: a later snapshot's
+
+
 def test_prepare_renders_ahead_only_the_variants_scrapes_asked_for_lately(tmp_path):
     import dataclasses
     snap = _snapshot(_synthetic_paths(tmp_path))
