@@ -160,7 +160,47 @@ def memcg_worker(memcgs: int) -> dict:
     import gc
     gc.collect()
     out.update(rss())
+    # the daemon as a whole: its loop (daemon.py: a cycle at each due wake-up or publish, every
+    # cycle published, then Exposition.prepare()) and one Prometheus scraping /metrics every S
+    # seconds, over simulated time; the share of a core is all of it (cycles, renders ahead,
+    # scrapes) in the minutes after the first two (when the scraper's interval is known).
+    # After the RSS above, which it would move (by when its last render fell).
+    for every in SCRAPE_EVERY:
+        out[f"daemon_share_{every:.0f}"], out[f"renders_per_min_{every:.0f}"] = daemon_share(
+            eng, clock, exposition, Published, every)
     return out
+
+
+SCRAPE_EVERY = (15.0, 60.0)  # Prometheus' scrape intervals simulated (a common one; its default)
+
+
+def daemon_share(eng, clock, exposition, Published, every: float, minutes: int = 4) -> tuple[float, float]:
+    """(share of one core, renders a minute) of the daemon's loop plus a scraper every `every` s."""
+    import inspect
+    published = Published(None)
+    exp = exposition.Exposition(published, wall=lambda: 1.7e9 + clock.t, clock=clock)
+    ahead = "within" in inspect.signature(exp.prepare).parameters  # before: every snapshot asked for
+    start = clock.t
+    next_publish, next_scrape = start, start + 3.0
+    busy, renders0, measured_from = 0.0, None, start + 120.0
+    while clock.t - start < minutes * 60:
+        counted = clock.t >= measured_from
+        if counted and renders0 is None:
+            renders0 = exp.cache.renders
+        if eng.due_in() <= 0 or clock.t >= next_publish:
+            dt, snap = cpu(eng.cycle)
+            published.publish(snap)
+            dt2, _ = cpu(lambda: exp.prepare(within=10.0) if ahead else exp.prepare())
+            clock.t += dt + dt2
+            busy += (dt + dt2) if counted else 0.0
+            next_publish = clock.t + 10.0
+        if clock.t >= next_scrape:
+            dt, _ = cpu(exp.metrics)
+            busy += dt if counted else 0.0
+            next_scrape += every
+        clock.t = max(clock.t + 0.05, min(clock.t + eng.due_in(), next_publish, next_scrape))
+    span = clock.t - measured_from
+    return busy / span, (exp.cache.renders - (renders0 or 0)) / span * 60
 
 
 KEY = struct.Struct("<QIHBB")  # bpf/hotness.bpf.c struct region_key
@@ -432,6 +472,14 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
             ("loop: wake-ups a minute (1 min aging, 10 s snapshots)", "wakeups_per_min",
              lambda x: "—" if x is None else f"{x:.0f}"),
             ("loop busy (% of one core)", "loop_busy", lambda x: "—" if x is None else f"{x * 100:.2f} %"),
+            ("the daemon, scraped every 15 s: renders a minute", "renders_per_min_15",
+             lambda x: "—" if x is None else f"{x:.1f}"),
+            ("the daemon, scraped every 15 s: % of one core (loop, renders, scrapes)", "daemon_share_15",
+             lambda x: "—" if x is None else f"{x * 100:.2f} %"),
+            ("the daemon, scraped every 60 s: renders a minute", "renders_per_min_60",
+             lambda x: "—" if x is None else f"{x:.1f}"),
+            ("the daemon, scraped every 60 s: % of one core (loop, renders, scrapes)", "daemon_share_60",
+             lambda x: "—" if x is None else f"{x * 100:.2f} %"),
             ("/snapshot.json", "json_bytes", fmt_b),
             ("RSS at the end (peak)", "VmRSS", fmt_b)]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
