@@ -229,6 +229,38 @@ def test_gc_paused_collects_the_asked_generation_only_when_it_turns_the_collecto
     assert collected == [0] and gc.isenabled()
 
 
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 7, 8, 255, 4096, 65537, 1 << 20])
+def test_crc32_zeros_combines_two_crcs_as_zlib_over_the_concatenation(length):
+    import random
+    import zlib
+    rng = random.Random(length)
+    for head_len in (0, 1, 33, 1000):
+        head, middle = rng.randbytes(head_len), rng.randbytes(length)
+        got = exposition._gf2_times(exposition.crc32_zeros(length), zlib.crc32(head)) ^ zlib.crc32(middle)
+        assert got == zlib.crc32(head + middle), (head_len, length)
+
+
+def test_a_gzip_scrape_keeps_no_text_and_a_plain_one_still_gets_it(tmp_path):
+    """Prometheus asks for gzip: the cache then keeps the deflated middle (and its CRC), not its
+    text (20 MiB at 3,000 memcgs); a scrape without gzip renders the text again, the same bytes."""
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    now = [100.0]
+    exp = exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+    fresh = exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 1)
+    body, headers = exp.metrics(accept_encoding="gzip")
+    assert ("Content-Encoding", "gzip") in headers
+    assert gzip.decompress(body) == fresh.metrics()[0]
+    assert exp.cache._slots[(False, False)].value is None  # the text: not kept
+    assert isinstance(exp.cache._slots[(False, True)].value, exposition.Deflated)
+    assert exp.cache.renders == 1
+    assert exp.metrics()[0] == fresh.metrics()[0]  # a plain scrape: rendered again
+    assert exp.cache.renders == 2
+    exp.cache._snapshot = None  # a new snapshot, say: now a plain scrape asked lately, the text stays
+    body, _ = exp.metrics(accept_encoding="gzip")
+    assert gzip.decompress(body) == fresh.metrics()[0]
+    assert exp.cache._slots[(False, False)].value is not None
+
+
 def test_gc_paused_settle_puts_the_bursts_survivors_in_the_oldest_generation():
     """settle: what the burst made is not traversed by the next young collections (it is in
     generation 2 at once), and a reference cycle made in it is still freed by a full collection."""
