@@ -89,6 +89,13 @@ def rss() -> dict:
     return out
 
 
+def trims_at_publish() -> bool:
+    """Whether this tree's daemon loop calls memory.trim() after publishing (before: no)."""
+    import inspect
+    from mglrud import daemon
+    return "memory.trim()" in inspect.getsource(daemon.Daemon._run)
+
+
 def memcg_worker(memcgs: int) -> dict:
     sys.path.insert(0, str(REPO / "tests" / "unit"))
     from synth import lru_gen_text
@@ -98,11 +105,8 @@ def memcg_worker(memcgs: int) -> dict:
     from mglrud.cycle import Engine
     from mglrud.fs import RecordingWriter
 
-    try:
-        from mglrud import memory
-        memory.tune()  # what the daemon does at start (Daemon.run); before: no such module
-    except ImportError:
-        pass
+    from mglrud import memory
+    memory.tune()  # what the daemon does at start (Daemon.run)
     tmp = Path(tempfile.mkdtemp(prefix="mglrud-scale-"))
     (tmp / "debugfs").mkdir()
     (tmp / "debugfs" / "lru_gen").write_text(lru_gen_text(lru_gen_rows(memcgs)))
@@ -119,6 +123,8 @@ def memcg_worker(memcgs: int) -> dict:
         clock.t = max(clock.t + 0.05, min(clock.t + eng.due_in(), publish))
         before = len(eng.writer.commands)
         dt, snap = cpu(eng.cycle)
+        if trims_at_publish():  # the daemon gives the replaced snapshot's heap back at the publish
+            dt += cpu(memory.trim)[0]
         clock.t += dt
         busy += dt
         wakeups += 1
@@ -179,6 +185,8 @@ def daemon_share(eng, clock, exposition, Published, every: float, minutes: int =
     """(share of one core, renders a minute, RSS at the end) of the daemon's loop plus a scraper
     (gzip, as Prometheus asks) every `every` s."""
     import inspect
+    from mglrud import memory
+    trims = trims_at_publish()
     published = Published(None)
     exp = exposition.Exposition(published, wall=lambda: 1.7e9 + clock.t, clock=clock)
     ahead = "within" in inspect.signature(exp.prepare).parameters  # before: every snapshot asked for
@@ -193,6 +201,8 @@ def daemon_share(eng, clock, exposition, Published, every: float, minutes: int =
             dt, snap = cpu(eng.cycle)
             published.publish(snap)
             dt2, _ = cpu(lambda: exp.prepare(within=10.0) if ahead else exp.prepare())
+            if trims:
+                dt2 += cpu(memory.trim)[0]
             clock.t += dt + dt2
             busy += (dt + dt2) if counted else 0.0
             next_publish = clock.t + 10.0
@@ -293,6 +303,8 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 18) -> dict:
         dt, data = cpu(lambda: src.cycle(cfg.targets, index, procs))
         times.append(dt)
         prog.maps = {}  # the fixture's bytes: not the source's memory
+        if trims_at_publish():  # the previous cycle's data freed (the daemon: its snapshot, at publish)
+            memory.trim()
     assert data is not None and sum(len(t.regions) for t in data.targets) == cells, "every cell reached the snapshot"
     import gc
     gc.collect()
