@@ -10,10 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+import cgroup
 
 IN_VM = os.environ.get("MGLRUD_IN_VM") == "1"
 HERE = Path(__file__).parent
@@ -98,12 +99,7 @@ def memcgs():
 
     yield make
     for path in reversed(made):
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:  # processes still exiting
-                time.sleep(0.1)
+        cgroup.remove(path)
 
 
 def lru_gen_text() -> str:

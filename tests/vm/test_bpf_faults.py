@@ -11,10 +11,7 @@ Runs inside the guest (kernel-patch/vm-run.sh -- tests/vm/test_bpf_faults.py); s
 
 import re
 import signal
-import time
 from pathlib import Path
-
-import pytest
 
 from tests.daemonproc import DaemonProc, metric_value
 

@@ -14,15 +14,12 @@ the write, a process exiting mid-read. Runs inside the guest; skipped elsewhere.
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import pytest
 
 from tests.daemonproc import DaemonProc, metric_value
 

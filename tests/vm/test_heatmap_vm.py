@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import cgroup
 import lrugen
 from tests.daemonproc import DaemonProc
 
@@ -70,12 +71,7 @@ targets: [{{name: heat, pid: {info['pid']}}}]
             d.stop()
         w.kill()
         w.wait(timeout=30)
-        for _ in range(50):
-            try:
-                cg.rmdir()
-                break
-            except OSError:  # the workload still exiting
-                time.sleep(0.1)
+        cgroup.remove(cg)
 
 
 def regions(lo: int, hi: int) -> list[int]:

@@ -18,7 +18,6 @@ Runs inside the guest (kernel-patch/vm-run.sh -- -k test_workload_vm); skipped e
 """
 
 import os
-import time
 import uuid
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from mglrud.collectors.workload import memcg_info
 from mglrud.config import Paths
 from mglrud.fs import FS
 from mglrud.sources import lru_gen
+
+import cgroup
 
 ROOT = Path("/sys/fs/cgroup")
 POD_A = str(uuid.uuid4())
@@ -57,12 +58,7 @@ def kubelet_tree():
                 made.append(parent)
     yield ROOT.joinpath(*systemd), ROOT.joinpath(*cgroupfs)
     for path in reversed(made):
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:  # the workloads still exiting
-                time.sleep(0.1)
+        cgroup.remove(path)
 
 
 def test_pod_and_container_on_the_info_series(kubelet_tree, workloads):
