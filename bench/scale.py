@@ -89,6 +89,13 @@ def rss() -> dict:
     return out
 
 
+def trims_at_publish() -> bool:
+    """Whether this tree's daemon loop calls memory.trim() after publishing (before: no)."""
+    import inspect
+    from mglrud import daemon
+    return "memory.trim()" in inspect.getsource(daemon.Daemon._run)
+
+
 def memcg_worker(memcgs: int) -> dict:
     sys.path.insert(0, str(REPO / "tests" / "unit"))
     from synth import lru_gen_text
@@ -98,11 +105,8 @@ def memcg_worker(memcgs: int) -> dict:
     from mglrud.cycle import Engine
     from mglrud.fs import RecordingWriter
 
-    try:
-        from mglrud import memory
-        memory.tune()  # what the daemon does at start (Daemon.run); before: no such module
-    except ImportError:
-        pass
+    from mglrud import memory
+    memory.tune()  # what the daemon does at start (Daemon.run)
     tmp = Path(tempfile.mkdtemp(prefix="mglrud-scale-"))
     (tmp / "debugfs").mkdir()
     (tmp / "debugfs" / "lru_gen").write_text(lru_gen_text(lru_gen_rows(memcgs)))
@@ -119,6 +123,8 @@ def memcg_worker(memcgs: int) -> dict:
         clock.t = max(clock.t + 0.05, min(clock.t + eng.due_in(), publish))
         before = len(eng.writer.commands)
         dt, snap = cpu(eng.cycle)
+        if trims_at_publish():  # the daemon gives the replaced snapshot's heap back at the publish
+            dt += cpu(memory.trim)[0]
         clock.t += dt
         busy += dt
         wakeups += 1
@@ -149,14 +155,66 @@ def memcg_worker(memcgs: int) -> dict:
     out["scrape_first"], (body, _) = cpu(exp.metrics)
     out["scrape_cached"], _ = cpu(exp.metrics)
     out["series"] = sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
-    out["json_bytes"] = len(snapshot_json.to_json(snap).encode())
+    # /snapshot.json as the daemon serves it: in pieces where it does (after), else one string
+    if hasattr(snapshot_json, "to_json_pieces"):
+        out["json_bytes"] = sum(map(len, snapshot_json.to_json_pieces(snap)))
+    else:
+        out["json_bytes"] = len(snapshot_json.to_json(snap).encode())
     # what the daemon holds between scrapes: the engine, the snapshot and the render cache, not
     # the bodies of past responses (this process kept two, 2 x 21 MiB at 3,000 memcgs)
     del body, _
     import gc
     gc.collect()
     out.update(rss())
+    del exp  # its render cache: the simulated daemon below has its own
+    # the daemon as a whole: its loop (daemon.py: a cycle at each due wake-up or publish, every
+    # cycle published, then Exposition.prepare()) and one Prometheus scraping /metrics every S
+    # seconds, over simulated time; the share of a core is all of it (cycles, renders ahead,
+    # scrapes) in the minutes after the first two (when the scraper's interval is known).
+    # After the RSS above, which it would move (by when its last render fell).
+    for every in SCRAPE_EVERY:
+        out[f"daemon_share_{every:.0f}"], out[f"renders_per_min_{every:.0f}"], out[f"rss_gzip_{every:.0f}"] = \
+            daemon_share(eng, clock, exposition, Published, every)
     return out
+
+
+SCRAPE_EVERY = (15.0, 60.0)  # Prometheus' scrape intervals simulated (a common one; its default)
+
+
+def daemon_share(eng, clock, exposition, Published, every: float, minutes: int = 4) -> tuple[float, float, int]:
+    """(share of one core, renders a minute, RSS at the end) of the daemon's loop plus a scraper
+    (gzip, as Prometheus asks) every `every` s."""
+    import inspect
+    from mglrud import memory
+    trims = trims_at_publish()
+    published = Published(None)
+    exp = exposition.Exposition(published, wall=lambda: 1.7e9 + clock.t, clock=clock)
+    ahead = "within" in inspect.signature(exp.prepare).parameters  # before: every snapshot asked for
+    start = clock.t
+    next_publish, next_scrape = start, start + 3.0
+    busy, renders0, measured_from = 0.0, None, start + 120.0
+    while clock.t - start < minutes * 60:
+        counted = clock.t >= measured_from
+        if counted and renders0 is None:
+            renders0 = exp.cache.renders
+        if eng.due_in() <= 0 or clock.t >= next_publish:
+            dt, snap = cpu(eng.cycle)
+            published.publish(snap)
+            dt2, _ = cpu(lambda: exp.prepare(within=10.0) if ahead else exp.prepare())
+            if trims:
+                dt2 += cpu(memory.trim)[0]
+            clock.t += dt + dt2
+            busy += (dt + dt2) if counted else 0.0
+            next_publish = clock.t + 10.0
+        if clock.t >= next_scrape:  # as Prometheus asks: gzip
+            dt, _ = cpu(lambda: exp.metrics(accept_encoding="gzip"))
+            busy += dt if counted else 0.0
+            next_scrape += every
+        clock.t = max(clock.t + 0.05, min(clock.t + eng.due_in(), next_publish, next_scrape))
+    span = clock.t - measured_from
+    import gc
+    gc.collect()
+    return busy / span, (exp.cache.renders - (renders0 or 0)) / span * 60, rss()["VmRSS"]
 
 
 KEY = struct.Struct("<QIHBB")  # bpf/hotness.bpf.c struct region_key
@@ -245,6 +303,8 @@ def bpf_worker(cells: int, cpus: int, cycles: int = 18) -> dict:
         dt, data = cpu(lambda: src.cycle(cfg.targets, index, procs))
         times.append(dt)
         prog.maps = {}  # the fixture's bytes: not the source's memory
+        if trims_at_publish():  # the previous cycle's data freed (the daemon: its snapshot, at publish)
+            memory.trim()
     assert data is not None and sum(len(t.regions) for t in data.targets) == cells, "every cell reached the snapshot"
     import gc
     gc.collect()
@@ -428,8 +488,18 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
             ("loop: wake-ups a minute (1 min aging, 10 s snapshots)", "wakeups_per_min",
              lambda x: "—" if x is None else f"{x:.0f}"),
             ("loop busy (% of one core)", "loop_busy", lambda x: "—" if x is None else f"{x * 100:.2f} %"),
+            ("the daemon, scraped every 15 s (gzip): renders a minute", "renders_per_min_15",
+             lambda x: "—" if x is None else f"{x:.1f}"),
+            ("the daemon, scraped every 15 s: % of one core (loop, renders, scrapes)", "daemon_share_15",
+             lambda x: "—" if x is None else f"{x * 100:.2f} %"),
+            ("the daemon, scraped every 60 s (gzip): renders a minute", "renders_per_min_60",
+             lambda x: "—" if x is None else f"{x:.1f}"),
+            ("the daemon, scraped every 60 s: % of one core (loop, renders, scrapes)", "daemon_share_60",
+             lambda x: "—" if x is None else f"{x * 100:.2f} %"),
             ("/snapshot.json", "json_bytes", fmt_b),
-            ("RSS at the end (peak)", "VmRSS", fmt_b)]
+            ("RSS at the end (peak)", "VmRSS", fmt_b),
+            ("RSS after the daemon scraped every 15 s (gzip, as Prometheus asks)", "rss_gzip_15", fmt_b),
+            ("RSS after the daemon scraped every 60 s (gzip)", "rss_gzip_60", fmt_b)]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = [f"# bench/scale.py — {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
            f"# command: /usr/bin/python3 bench/scale.py --runs {args.runs} --slow-runs {args.slow_runs} "

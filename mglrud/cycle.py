@@ -107,7 +107,7 @@ class Engine:
         # A cycle allocates tens of thousands of objects at thousands of memcgs and makes no
         # reference cycles: the collector, run dozens of times over everything the daemon holds,
         # would free nothing (memory.gc_paused()); it runs after.
-        with gc_paused():
+        with gc_paused(settle=True):
             return self._cycle(age, age_all)
 
     def _cycle(self, age: bool, age_all: bool) -> Snapshot:

@@ -184,7 +184,7 @@ class Handler(BaseHTTPRequestHandler):
             if snap is None:
                 self._send(503, "text/plain; charset=utf-8", b"no snapshot yet\n", body)
             else:
-                self._send(200, "application/json", snapshot_json.to_json(snap, query).encode(), body)
+                self._send(200, "application/json", snapshot_json.to_json_pieces(snap, query), body)
         elif path == "/-/healthy":
             code, text = self.site.health()
             self._send(code, "text/plain; charset=utf-8", text.encode(), body)
@@ -197,15 +197,18 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, "text/plain; charset=utf-8",
                        b"not found; try /metrics, /snapshot.json, /-/healthy or /-/ready\n", body)
 
-    def _send(self, code: int, ctype: str, data: bytes, body: bool = True, extra=()) -> None:
+    def _send(self, code: int, ctype: str, data: bytes | list[bytes], body: bool = True, extra=()) -> None:
+        """`data`: the body, or its pieces in order (written one after another, never joined)."""
+        pieces = [data] if isinstance(data, bytes) else data
         self.send_response(code)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(sum(map(len, pieces))))
         for name, value in extra:
             self.send_header(name, value)
         self.end_headers()
         if body:
-            self.wfile.write(data)
+            for piece in pieces:
+                self.wfile.write(piece)
 
     def log_message(self, fmt, *args):
         log.debug("http %s " + fmt, self.client_address[0], *args)

@@ -48,7 +48,7 @@ def trim() -> bool:
 
 
 @contextlib.contextmanager
-def gc_paused(collect: int | None = None):
+def gc_paused(collect: int | None = None, settle: bool = False):
     """The cyclic garbage collector off for a burst of allocations that makes no cycles.
 
     lru_gen's parse makes ~40k tuples and lists at 3,000 memcgs, so the collector ran
@@ -56,13 +56,24 @@ def gc_paused(collect: int | None = None):
     generations), for objects that it cannot free: the parse's own. 10-30 % of a parse.
     Reference counting still frees everything as usual; the collector runs at the
     next allocations after it -- or at once, `collect` being the generation to collect,
-    when the pause ends the outermost one (it then sees the burst's survivors once)."""
+    when the pause ends the outermost one (it then sees the burst's survivors once).
+
+    `settle`: when the pause ends the outermost one, the burst's survivors (and every other
+    tracked object) go to the oldest generation at once (gc.freeze() then gc.unfreeze(), both
+    documented to do just that), and the young generation's count starts again at 0. Why: at
+    3,000 memcgs a cycle leaves ~40k new objects (the read's lruvecs), which the next young
+    collection traversed, then the middle one: 10-20 ms a cycle, a sixth of it, to free
+    nothing (they go by reference counting when the next read replaces them). A reference
+    cycle made in the burst is then freed by the next full collection, not the next young one."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was:
+            if settle:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
             if collect is not None:
                 gc.collect(collect)

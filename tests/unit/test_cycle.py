@@ -207,3 +207,14 @@ def test_duration_histogram_buckets_are_le_edges_cumulative():
     assert list(s.duration_counts) == [sum(d <= e for d in durations) for e in DURATION_EDGES] + [len(durations)]
     assert s.duration_counts[:3] == (3, 4, 4) and s.duration_counts[-2:] == (6, 7)
     assert s.runs == 7 and s.duration_sum == sum(durations)
+
+
+def test_a_cycle_leaves_its_read_in_the_oldest_generation(tmp_path):
+    """Engine.cycle() settles its burst (memory.gc_paused(settle=True)): the snapshot's lruvecs
+    are not in the young generations, which the next collections would traverse for nothing."""
+    import gc
+    eng, _, _ = _engine(tmp_path, "targets: [{memcg: /a}, {memcg: /b}]", MEMCGS)
+    snap = eng.cycle(age_all=True)
+    young = {id(o) for g in (0, 1) for o in gc.get_objects(g)}
+    assert snap.lruvecs and not any(id(h) in young for h in snap.lruvecs)
+    assert all(id(h) in {id(o) for o in gc.get_objects(2)} for h in snap.lruvecs)

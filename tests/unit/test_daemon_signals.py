@@ -114,3 +114,44 @@ def test_a_burst_of_sighups_is_one_or_more_reloads_and_sigterm_still_stops(burst
     finally:
         t.join()
     assert 1 <= len(reloads) <= burst and time.monotonic() - started < 10
+
+
+class _Snap:
+    def __init__(self, n):
+        self.n, self.sources, self.targets = n, (), ()
+        self.aging = SimpleNamespace(runs=0, errors=())
+
+
+def test_the_loop_gives_freed_heap_back_after_each_publish(monkeypatch):
+    """memory.trim() runs after the publish, when the snapshot it replaced is already freed (the
+    BPF source's columns: heap pages the cycle's own trims could not give back yet)."""
+    import weakref
+    from mglrud import daemon as mdaemon
+    cfg = from_dict({"snapshot": {"interval": "1h"}, "targets": [{"name": "a", "memcg": "/**"}]})
+    cfg = dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, port=0))
+    seen = []  # per trim: (the snapshot published, whether the one before it is still alive)
+    refs = []
+
+    class Engine(_Engine):
+        def cycle(self, age=True, **_):
+            self.cycles += 1
+            if self.cycles == 4:
+                d.stop.set()
+            snap = _Snap(self.cycles)
+            refs.append(weakref.ref(snap))
+            return snap
+
+        def due_in(self):
+            return 0.0  # a cycle at every turn of the loop
+
+    def trim():
+        current = d.published.current
+        seen.append((current.n if current else None, len(refs) > 1 and refs[-2]() is not None))
+        return True
+
+    monkeypatch.setattr(mdaemon.memory, "trim", trim)
+    d = Daemon(cfg, lambda: cfg, engine=Engine())
+    assert d.run() == 0
+    published = [n for n, _ in seen if n is not None and n > 1]
+    assert published == [2, 3, 4], seen  # once after each publish of the loop
+    assert not any(alive for n, alive in seen if n in (2, 3, 4)), seen  # the replaced one already freed

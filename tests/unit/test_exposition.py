@@ -229,6 +229,129 @@ def test_gc_paused_collects_the_asked_generation_only_when_it_turns_the_collecto
     assert collected == [0] and gc.isenabled()
 
 
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 7, 8, 255, 4096, 65537, 1 << 20])
+def test_crc32_zeros_combines_two_crcs_as_zlib_over_the_concatenation(length):
+    import random
+    import zlib
+    rng = random.Random(length)
+    for head_len in (0, 1, 33, 1000):
+        head, middle = rng.randbytes(head_len), rng.randbytes(length)
+        got = exposition._gf2_times(exposition.crc32_zeros(length), zlib.crc32(head)) ^ zlib.crc32(middle)
+        assert got == zlib.crc32(head + middle), (head_len, length)
+
+
+def test_a_gzip_scrape_keeps_no_text_and_a_plain_one_still_gets_it(tmp_path):
+    """Prometheus asks for gzip: the cache then keeps the deflated middle (and its CRC), not its
+    text (20 MiB at 3,000 memcgs); a scrape without gzip renders the text again, the same bytes."""
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    now = [100.0]
+    exp = exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+    fresh = exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 1)
+    body, headers = exp.metrics(accept_encoding="gzip")
+    assert ("Content-Encoding", "gzip") in headers
+    assert gzip.decompress(body) == fresh.metrics()[0]
+    assert exp.cache._slots[(False, False)].value is None  # the text: not kept
+    assert isinstance(exp.cache._slots[(False, True)].value, exposition.Deflated)
+    assert exp.cache.renders == 1
+    assert exp.metrics()[0] == fresh.metrics()[0]  # a plain scrape: rendered again
+    assert exp.cache.renders == 2
+    exp.cache._snapshot = None  # a new snapshot, say: now a plain scrape asked lately, the text stays
+    body, _ = exp.metrics(accept_encoding="gzip")
+    assert gzip.decompress(body) == fresh.metrics()[0]
+    assert exp.cache._slots[(False, False)].value is not None
+
+
+def test_gc_paused_settle_puts_the_bursts_survivors_in_the_oldest_generation():
+    """settle: what the burst made is not traversed by the next young collections (it is in
+    generation 2 at once), and a reference cycle made in it is still freed by a full collection."""
+    import gc
+    import weakref
+    from mglrud import memory
+
+    class Node:
+        pass
+
+    with memory.gc_paused(settle=True):
+        kept = [[i] for i in range(5000)]  # tracked containers, as a read's lruvecs are
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the collector frees it
+        gone = weakref.ref(a)
+        del a, b
+    assert gc.isenabled()
+    assert gc.get_count()[0] < 100, gc.get_count()  # the young count starts again (not 5000+)
+    young = {id(o) for o in gc.get_objects(0)} | {id(o) for o in gc.get_objects(1)}
+    assert not any(id(x) in young for x in kept)
+    oldest = {id(o) for o in gc.get_objects(2)}
+    assert all(id(x) in oldest for x in kept[::500])
+    assert gone() is not None  # waits for a full collection...
+    gc.collect()
+    assert gone() is None  # ...which frees it
+
+
+def test_gc_paused_settle_only_when_it_turns_the_collector_back_on(monkeypatch):
+    import gc
+    from mglrud import memory
+    froze = []
+    monkeypatch.setattr(gc, "freeze", lambda: froze.append("freeze"))
+    monkeypatch.setattr(gc, "unfreeze", lambda: froze.append("unfreeze"))
+    with memory.gc_paused(settle=True):
+        with memory.gc_paused(settle=True):
+            pass
+        assert froze == []
+    assert froze == ["freeze", "unfreeze"] and gc.isenabled()
+
+
+@pytest.mark.parametrize("scrape_every, renders_a_minute", [(60.0, 1), (30.0, 2), (15.0, 4), (5.0, 6)])
+def test_prepare_renders_ahead_only_the_snapshots_a_scrape_is_expected_to_read(tmp_path, scrape_every,
+                                                                              renders_a_minute):
+    """Snapshots every 10 s: prepare(within=10) renders a snapshot only when the variant's next
+    scrape (its last ask + the time between its last two) is due before the next publish; every
+    scrape still gets its snapshot's bytes, and (the prediction holding) finds them rendered."""
+    import dataclasses
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    published = Published(snap)
+    now = [1000.0]
+    exp = exposition.Exposition(published, wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+    t, next_scrape, scrapes, renders_ahead, scraped_unrendered = 0.0, 3.0, 0, 0, 0
+    while t < 600:  # ten minutes of 1 s ticks: publish every 10 s, scrape every scrape_every
+        now[0] = 1000.0 + t
+        if t % 10 == 0:
+            snap = dataclasses.replace(snap, taken_at=TAKEN_AT + t)
+            published.publish(snap)
+            before = exp.cache.renders
+            exp.prepare(within=10.0)
+            if t >= 120:  # the scraper's interval known (its first two scrapes)
+                renders_ahead += exp.cache.renders - before
+        if t >= next_scrape:
+            before = exp.cache.renders
+            body, _ = exp.metrics()
+            assert body == exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 1).metrics()[0]
+            scraped_unrendered += exp.cache.renders - before
+            scrapes += 1
+            next_scrape += scrape_every
+        t += 1.0
+    assert scrapes == int((600 - 3) // scrape_every) + 1
+    # after the first two scrapes (no interval known yet) every scrape found its bytes made
+    assert scraped_unrendered <= 2, scraped_unrendered
+    # and from the third minute on the renders ahead were the scrapes' (or the publishes', if fewer)
+    assert abs(renders_ahead - renders_a_minute * 8) <= 1, renders_ahead
+
+
+def test_prepare_without_within_renders_every_snapshot_asked_for_lately(tmp_path):
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    now = [100.0]
+    exp = exposition.Exposition(Published(snap), wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+    exp.metrics()
+    now[0] += 60
+    exp.metrics()  # one scrape a minute
+    import dataclasses
+    exp.published.publish(dataclasses.replace(snap, taken_at=snap.taken_at + 10))
+    now[0] += 10
+    assert exp.prepare() == 1  # as before: rendered, read or not
+    exp.published.publish(dataclasses.replace(snap, taken_at=snap.taken_at + 20))
+    assert exp.prepare(within=10.0) == 0  # the next scrape is 40 s away: a later snapshot's
+
+
 def test_prepare_renders_ahead_only_the_variants_scrapes_asked_for_lately(tmp_path):
     import dataclasses
     snap = _snapshot(_synthetic_paths(tmp_path))

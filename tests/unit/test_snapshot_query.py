@@ -31,6 +31,18 @@ def test_no_query_is_the_whole_document_byte_for_byte(snap):
     assert "query" not in to_dict(snap)
 
 
+@pytest.mark.parametrize("piece", [1 << 13, 100, 1])
+def test_the_pieces_served_are_to_json_byte_for_byte(snap, monkeypatch, piece):
+    """/snapshot.json writes to_json_pieces() one after another (no token list of the whole text):
+    joined they are to_json()'s text, for every query form and piece size."""
+    monkeypatch.setattr(snapshot_json, "_PIECE", piece)
+    for q in (None, Query(pid=META["pid"], limit=3), Query(target="m"), Query(form="columns")):
+        pieces = snapshot_json.to_json_pieces(snap, q)
+        assert b"".join(pieces) == to_json(snap, q).encode()
+        if piece == 100 and q is None:
+            assert len(pieces) > 3 and all(len(p) >= 100 for p in pieces[:-1])
+
+
 def test_pid_keeps_that_process_only(snap):
     whole = to_dict(snap)
     assert len({r["tgid"] for r in _regions(whole)}) >= 1
