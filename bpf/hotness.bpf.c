@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * mglrud's hotness counter, on the tracepoint vmscan:mm_vmscan_lru_gen_young of
- * mglrud's kernel patch (kernel-patch/, documented in
- * Documentation/admin-guide/mm/multigen_lru.rst, "Tracing accessed pages").
- *
- * and, preferably, on its range event vmscan:mm_vmscan_lru_gen_young_range
- * (one event per PTE table, per THP, or per look-around window, carrying the
- * count of young entries): the per-entry event fires once per young 4 KiB page
- * and a program on it multiplies the time of an aging pass (kernel-patch/
- * README.md, "Cost"); -DUSE_RANGE_EVENT picks the range event.
+ * mglrud's hotness counter, on the tracepoint vmscan:mm_vmscan_lru_gen_young_range
+ * of mglrud's kernel patch (kernel-patch/, documented in
+ * Documentation/admin-guide/mm/multigen_lru.rst, "Tracing accessed bits"): one
+ * event per PTE table, per THP, or per look-around window the walk looked at,
+ * with the counts of entries scanned and found young; -DUSE_RANGE_EVENT picks it.
+ * Without it, the program attaches to the series' debugging event
+ * vmscan:mm_vmscan_lru_gen_young, one per young 4 KiB page, which multiplies
+ * the time of an aging pass (kernel-patch/README.md, "Cost"): benchmarks only.
  *
  * MGLRU's aging walk finds (and clears) young page-table entries. This program
  * keeps only those of the processes and memcgs mglrud targets and adds them up
@@ -527,19 +526,52 @@ int kretprobe__pmdp_test_and_clear_young(struct pt_regs *ctx)
 	return harvest_pmd(copy.vma, copy.addr, copy.entry);
 }
 #endif
-#elif defined(USE_RANGE_EVENT)
+#else /* the tracepoints */
+/*
+ * The events carry the mm, not its owner (the trace header takes no lock): the tgid
+ * is mm->owner's, read here at the offsets user space passes from the kernel's BTF
+ * (TP_MM_OWNER, TP_TASK_TGID: mglrud/sources/bpf_program.py layout()), as the probe
+ * does; without them, from the headers. 0 if the mm has no owner (any more).
+ */
+#ifndef TP_MM_OWNER
+#include <linux/sched.h>
+#include <linux/mm_types.h>
+#define TP_MM_OWNER	offsetof(struct mm_struct, owner)
+#define TP_TASK_TGID	offsetof(struct task_struct, tgid)
+#endif
+static __always_inline u32 owner_tgid(const void *mm)
+{
+	void *owner = NULL;
+	u32 tgid = 0;
+
+	if (!mm)
+		return 0;
+	bpf_probe_read_kernel(&owner, sizeof(owner), (void *)((char *)mm + TP_MM_OWNER));
+	if (owner)
+		bpf_probe_read_kernel(&tgid, sizeof(tgid), (void *)((char *)owner + TP_TASK_TGID));
+	return tgid;
+}
+
+#ifdef USE_RANGE_EVENT
 #if REGION_SHIFT < 21
 #error "the range event needs regions of at least 2 MiB (REGION_SHIFT >= 21)"
 #endif
+/*
+ * One event per range the walk looked at (a PTE table, a THP, a look-around window),
+ * cold ones included (nr_scanned > 0, nr_young 0): only young entries count here.
+ */
 TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 {
 	struct region_key key = {};
 	u64 now, file, anon;
-
+	u32 tgid;
 	int who;
 
 	stat_inc(STAT_EVENTS);
-	if (!args->nr_young || !targeted(args->tgid, args->memcg_id))
+	if (!args->nr_young)
+		return 0;
+	tgid = owner_tgid(args->mm);
+	if (!targeted(tgid, args->memcg_id))
 		return 0;
 	who = harvester();
 	stat_add(STAT_HARVEST_AGING + who, (u64)args->nr_young * args->nr_pages);
@@ -547,7 +579,7 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 		return 0;
 
 	key.region = args->addr >> REGION_SHIFT;
-	key.tgid = args->tgid;
+	key.tgid = tgid;
 	key.memcg_id = args->memcg_id;
 	key.node = args->nid;
 	file = (u64)args->nr_file * args->nr_pages;
@@ -571,14 +603,15 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 	return 0;
 }
 #else
+/* The debugging event of the series' last patch: one per young entry (benchmarks) */
 TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 {
 	struct region_key key = {};
-
+	u32 tgid = owner_tgid(args->mm);
 	int who;
 
 	stat_inc(STAT_EVENTS);
-	if (!targeted(args->tgid, args->memcg_id))
+	if (!targeted(tgid, args->memcg_id))
 		return 0;
 	who = harvester();
 	stat_add(STAT_HARVEST_AGING + who, args->nr_pages);
@@ -586,7 +619,7 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 		return 0;
 
 	key.region = args->addr >> REGION_SHIFT;
-	key.tgid = args->tgid;
+	key.tgid = tgid;
 	key.memcg_id = args->memcg_id;
 	key.node = args->nid;
 	key.lru = args->type ? KEY_LRU_FILE : KEY_LRU_ANON;
@@ -598,3 +631,4 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 	return 0;
 }
 #endif
+#endif /* the tracepoints */

@@ -53,6 +53,9 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 # The counting programs' maps and their one update: the key is what mglrud's own
 # program (bpf/hotness.bpf.c) keys on; a full map counts a drop instead.
 MAPS = b"""
+#include <linux/mm_types.h>
+#include <linux/sched.h>
+
 struct key {
     u64 region;
     u32 tgid;
@@ -63,6 +66,18 @@ struct key {
 BPF_HASH(targets, u32, u8, 1024);
 BPF_PERCPU_HASH(heat, struct key, u64, 65536);
 BPF_PERCPU_ARRAY(dropped, u64, 1);
+
+/* the events carry the mm: its owner's tgid, as mglrud's program reads it */
+static u32 owner_tgid(struct mm_struct *mm)
+{
+    struct task_struct *owner = NULL;
+    u32 tgid = 0;
+
+    bpf_probe_read_kernel(&owner, sizeof(owner), &mm->owner);
+    if (owner)
+        bpf_probe_read_kernel(&tgid, sizeof(tgid), &owner->tgid);
+    return tgid;
+}
 
 static void add(struct key *k, u64 pages)
 {
@@ -85,7 +100,7 @@ static void add(struct key *k, u64 pages)
 COUNTING = MAPS + b"""
 TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 {
-    u32 tgid = args->tgid;
+    u32 tgid = owner_tgid((struct mm_struct *)args->mm);
     struct key k = {};
 
     if (!targets.lookup(&tgid))
@@ -101,7 +116,7 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 
 # The same two programs as raw tracepoints: no trace record is built (the
 # event's TP_fast_assign does not run); the program gets the tracepoint's
-# arguments (mm, memcg, folio, addr, pfn, old_gen, max_seq, path) and reads
+# arguments (lruvec, mm, folio, addr, pfn, old_gen, path) and reads
 # what it needs itself. Node and type would come from folio->flags; this
 # stand-in leaves them out.
 RAW_EMPTY = b"""
@@ -127,7 +142,7 @@ BPF_PERCPU_ARRAY(dropped, u64, 1);
 
 RAW_TRACEPOINT_PROBE(mm_vmscan_lru_gen_young)
 {
-    struct mm_struct *mm = (struct mm_struct *)ctx->args[0];
+    struct mm_struct *mm = (struct mm_struct *)ctx->args[1];
     struct task_struct *owner = NULL;
     u32 tgid = 0;
     u64 zero = 0, *v;
@@ -141,7 +156,7 @@ RAW_TRACEPOINT_PROBE(mm_vmscan_lru_gen_young)
         return 0;
     k.region = ctx->args[3] >> 21;
     k.tgid = tgid;
-    k.path = ctx->args[7];
+    k.path = ctx->args[6];
     v = heat.lookup_or_try_init(&k, &zero);
     if (v) {
         *v += k.path == 1 ? 512 : 1;
@@ -155,7 +170,7 @@ RAW_TRACEPOINT_PROBE(mm_vmscan_lru_gen_young)
 """
 
 # The same, on the per-range event: one event per PTE table (2 MiB), whose
-# nr_young and nr_file are the counts to add; no loop over the bitmap.
+# nr_young and nr_file are the counts to add.
 RANGE_EMPTY = b"""
 TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 {
@@ -166,7 +181,7 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 RANGE_COUNTING = MAPS + b"""
 TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young_range)
 {
-    u32 tgid = args->tgid;
+    u32 tgid = owner_tgid((struct mm_struct *)args->mm);
     struct key k = {};
 
     if (!targets.lookup(&tgid))

@@ -54,6 +54,9 @@ if [ "$variant" = stock ]; then
 else
     image=$("$HERE/build.sh" "$variant" | tail -1)
     label=$(basename "$(dirname "$(dirname "$(dirname "$(dirname "$image")")")")")
+    # The patched source tree, read-only in the guest: tests/vm/test_kselftest_lru_gen.py
+    # builds the series' selftest from it
+    ksrc=$CACHE/src/linux-$(grep -E '^version=' "$HERE/BASE" | cut -d= -f2)
 fi
 [ -f "$image" ] || { echo "vm-run.sh: no kernel image (build.sh printed '$image')" >&2; exit 125; }
 export PATH=$CACHE/venv/bin:$PATH
@@ -70,13 +73,14 @@ args=(--disable-microvm --run "$image" --cpus "$smp" --memory "$memory" --rwdir 
 [ "$kvm" = 1 ] || args+=(--disable-kvm)
 # The guest sees the host's root, but virtme-ng puts a tmpfs over /var/cache: hand it in
 [ -z "$stock" ] || args+=(--rodir "$stock")
+[ -z "${ksrc:-}" ] || args+=(--rodir "$ksrc")
 if [ "$numa" = 1 ]; then
     [ "$cpus" -ge 2 ] || { echo "vm-run.sh: --numa needs --cpus 2 or more" >&2; exit 2; }
     half=$(( $(numfmt --from=iec "$memory") / 2 / 1048576 ))M
     args+=(--numa "$half,cpus=0" --numa "$half,cpus=1-$((cpus - 1))")
 fi
 
-guest=(env "MGLRUD_STOCK=$stock" bash "$HERE/guest-run.sh" "$out" "$REPO")
+guest=(env "MGLRUD_STOCK=$stock" "MGLRUD_KSRC=${ksrc:-}" bash "$HERE/guest-run.sh" "$out" "$REPO")
 if [ -n "$cmd" ]; then
     guest+=(--exec "$cmd")
 else

@@ -2,7 +2,7 @@
 
 Looks at /sys/kernel/mm/lru_gen/enabled and /sys/kernel/debug/lru_gen
 (Documentation/admin-guide/mm/multigen_lru.rst), the tracepoint of mglrud's
-kernel patch (tracefs events/vmscan/mm_vmscan_lru_gen_young), bcc (Debian's python3-bpfcc),
+kernel patch (tracefs events/vmscan/mm_vmscan_lru_gen_young_range), bcc (Debian's python3-bpfcc),
 cgroup v2 (Documentation/admin-guide/cgroup-v2.rst), the cgroup namespace
 (mglrud/cgroupns.py), privileges and the optional urwid, Pillow and python3-systemd
 (mglrud/optional.py).
@@ -84,9 +84,11 @@ def _writable(fs: FS, lruvecs: tuple) -> Row:
     return Row(name, True, f"no-op aging write {cmd!r} accepted")
 
 
-# mglrud's kernel patch (kernel-patch/) adds vmscan:mm_vmscan_lru_gen_young; a
-# separate events/lru_gen/ system is accepted too in case the series renames it.
-TRACEPOINTS = (("events", "vmscan", "mm_vmscan_lru_gen_young"), ("events", "lru_gen"))
+# mglrud's kernel patch (kernel-patch/) adds vmscan:mm_vmscan_lru_gen_young_range (its
+# debug patch vmscan:mm_vmscan_lru_gen_young); a separate events/lru_gen/ system is
+# accepted too in case the series renames it.
+TRACEPOINTS = (("events", "vmscan", "mm_vmscan_lru_gen_young_range"), ("events", "vmscan", "mm_vmscan_lru_gen_young"),
+               ("events", "lru_gen"))
 
 
 def _tracepoint(fs: FS) -> Row:

@@ -1,8 +1,9 @@
 """Source: per-region access heat from bpf/hotness.bpf.c on mglrud's MGLRU tracepoint.
 
-The tracepoint vmscan:mm_vmscan_lru_gen_young comes with mglrud's kernel patch
+The tracepoint vmscan:mm_vmscan_lru_gen_young_range comes with mglrud's kernel patch
 (kernel-patch/; Documentation/admin-guide/mm/multigen_lru.rst, "Tracing accessed
-pages"): the aging walk fires it for every young page-table entry it finds.
+bits"): the aging walk fires it for every PTE table (THP, look-around window) it
+looks at, with the mm and the counts of entries scanned and found young.
 The BPF program (loaded by bcc from bpf/hotness.bpf.c, constants passed as -D
 flags) counts them in the kernel per (tgid, memcg, region, node, lru); this
 module has it compiled and attached once, by a short-lived child process
@@ -403,9 +404,10 @@ def probe(fs: FS) -> Probe:
     """The tracepoint of mglrud's kernel patch (else, on a stock kernel, the accessed-bit probe)
     and bcc; whether the program compiles
     and attaches is only known when the source starts (sources/bpf_hotness.py)."""
+    # the range event is the series' main patch; the per-entry one its optional debugging patch
     event = fs.tracefs("events", "vmscan", "mm_vmscan_lru_gen_young")
     try:
-        found = event.is_dir()
+        found = fs.tracefs("events", "vmscan", "mm_vmscan_lru_gen_young_range").is_dir() or event.is_dir()
     except PermissionError:
         return Probe("bpf", False, f"{event} is not readable: run mglrud as root")
     if not found:

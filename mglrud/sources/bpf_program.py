@@ -26,10 +26,11 @@ from mglrud.sources import bpf_probe
 
 log = logging.getLogger(__name__)
 
+# The per-entry event: the debugging patch at the end of kernel-patch/'s series (one event
+# per young entry; a program on it multiplies the time of an aging pass): benchmarks only.
 EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young")
-# One event per PTE table / THP / look-around window with the count of young entries
-# (patch 3 of kernel-patch/): what the program attaches to when the kernel has it, because
-# a program on the per-entry event multiplies the time of an aging pass.
+# One event per PTE table / THP / look-around window with the counts of entries scanned and
+# found young (the series' main patch): what the program attaches to.
 RANGE_EVENT = ("events", "vmscan", "mm_vmscan_lru_gen_young_range")
 DEFAULT_PROGRAM = bpf_program("hotness.bpf.c")  # package data in a wheel, bpf/ in a checkout
 MAX_TGIDS = 4096
@@ -84,6 +85,13 @@ def layout(fs: FS, probe: bool) -> list[str]:
     except (OSError, btf.BtfError) as e:
         log.info("source bpf: task_struct.flags not found in %s (%s): compiling with linux/sched.h", path, e)
         return []
+    if not probe:
+        # the tracepoints carry the mm: the program reads mm->owner->tgid itself
+        try:
+            out += [f"-DTP_MM_OWNER={btf.member_offset(data, 'mm_struct', 'owner')}",
+                    f"-DTP_TASK_TGID={btf.member_offset(data, 'task_struct', 'tgid')}"]
+        except btf.BtfError as e:
+            log.info("source bpf: %s in %s: compiling the tracepoint program with linux/mm_types.h", e, path)
     if probe:
         try:
             out += probe_layout(data)
@@ -94,7 +102,8 @@ def layout(fs: FS, probe: bool) -> list[str]:
 
 def pick_event(cfg: Bpf, fs: FS) -> str | None:
     """The tracepoint to attach to: the range event when the kernel has it and regions
-    are at least a PTE table (2 MiB), else the per-entry event; None if neither exists."""
+    are at least a PTE table (2 MiB), else the per-entry (debugging) event; None if
+    neither exists."""
     try:
         if fs.tracefs(*RANGE_EVENT).is_dir() and cfg.region_shift >= 21:
             return RANGE_EVENT[-1]

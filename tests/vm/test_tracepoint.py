@@ -1,8 +1,9 @@
-"""The MGLRU tracepoints of the kernel patch series (issue 4):
-vmscan:mm_vmscan_lru_gen_young (one event per young entry) and
-vmscan:mm_vmscan_lru_gen_young_range (one per scanned range, with a bitmap),
+"""The MGLRU tracepoints of the kernel patch series (issues 4 and 17):
+vmscan:mm_vmscan_lru_gen_young_range (one per scanned range, with the counts of
+entries scanned and found young: the series' main patch) and
+vmscan:mm_vmscan_lru_gen_young (one event per young entry: its debugging patch),
 documented in Documentation/admin-guide/mm/multigen_lru.rst ("Tracing accessed
-pages").
+bits").
 
 Each test starts tests/vm/tp_workload.py in a memcg of its own, maps memory at
 fixed addresses, faults all of it in, ages the memcg once (which clears every
@@ -10,7 +11,8 @@ accessed bit), then touches a known set of pages and ages again with the
 tracepoints on. The events of that second aging must name exactly the touched
 pages: their addresses, their pfns (from /proc/PID/pagemap), the memcg, the
 node, anon vs file, the generation numbers, and for a THP one PMD event with
-nr_pages = 512; the range events' bitmaps must name the same pages.
+nr_pages = 512; the range events must count the same pages young out of the
+mapping's pages scanned.
 
 Events are read from a tracefs instance of our own (so nothing else that
 traces is disturbed), and through bcc programs, the way mglrud's BPF source
@@ -107,13 +109,11 @@ STR_FIELDS = {"mm", "type", "path"}
 
 
 def parse_event(text: str) -> dict:
-    """The fields of one event's text ("mm=... tgid=... young=00000000,00000003")."""
+    """The fields of one event's text ("mm=... memcg_id=7 nid=0 addr=0x... ...")."""
     ev = {}
     for key, value in FIELD.findall(text):
         if key in STR_FIELDS:
             ev[key] = value
-        elif key == "young":  # a bitmask: 32-bit hex groups, most significant first
-            ev[key] = int(value.replace(",", ""), 16)
         else:
             ev[key] = int(value, 16 if key in HEX_FIELDS else 10)
     return ev
@@ -215,10 +215,11 @@ def check_pte_events(events, helper, base, touched, *, memcg_id, seq, type_, nid
         f"events at {base:#x}: missing pages {sorted((a - base) // PAGE for a in want - set(counts))}, "
         f"unexpected pages {sorted((a - base) // PAGE for a in set(counts) - want)}")
     assert all(n == 1 for n in counts.values()), f"pages reported more than once: {counts}"
+    # the events carry the mm, not a pid: one mm for all of a process's events
+    assert len({e["mm"] for e in mine}) == 1, f"several mms in one process's events: {mine}"
     pfns = pagemap_pfns(helper.pid, want)
     for e in mine:
         assert e["pfn"] == pfns[e["addr"]], f"pfn of {e['addr']:#x}: event {e['pfn']:#x}, pagemap {pfns[e['addr']]:#x}"
-        assert e["tgid"] == helper.pid, e
         assert e["memcg_id"] == memcg_id, e
         assert e["nid"] == nid, e
         assert e["type"] == type_, e
@@ -229,36 +230,35 @@ def check_pte_events(events, helper, base, touched, *, memcg_id, seq, type_, nid
         assert e["old_gen"] == (seq - 1) % MAX_NR_GENS, e
 
 
-def young_addrs(ranges: list[dict]) -> Counter:
-    """How often each address is named young by the range events' bitmaps."""
-    seen = Counter()
-    for r in ranges:
-        for i in range(r["nr"]):
-            if r["young"] >> i & 1:
-                seen[r["addr"] + i * r["nr_pages"] * PAGE] += 1
-    return seen
+TABLE = HPAGE_PMD_NR * PAGE  # the address space one PTE table maps (x86-64)
 
 
-def check_range_events(ranges, helper, base, touched, *, memcg_id, seq, type_, nid=0, path="pte"):
-    """The range events covering [base, base+NPAGES) name exactly the touched
-    pages, once each. Each mapping here is alone in its 2 MiB, so the counts
-    of its range events cover only its pages."""
-    end = base + NPAGES * PAGE
-    mine = [r for r in ranges if r["addr"] < end and r["addr"] + r["nr"] * r["nr_pages"] * PAGE > base]
-    seen = young_addrs(mine)
-    want = pages(base, touched)
-    assert set(seen) == want, (
-        f"range events at {base:#x} name pages {sorted((a - base) // PAGE for a in seen)}, touched {touched}")
-    assert all(n == 1 for n in seen.values()), f"pages named more than once: {seen}"
+def check_range_events(ranges, base, touched, *, memcg_id, seq, type_, nid=0, path="pte"):
+    """The range events of this aging (memcg, node) in the PTE table of [base, base+NPAGES)
+    count exactly the touched pages young. Each mapping here is alone in its 2 MiB, so
+    the page table walk's one event for the table scanned exactly its NPAGES entries."""
+    table = base - base % TABLE
+    mine = [r for r in ranges if table <= r["addr"] < table + TABLE
+            and (r["memcg_id"], r["nid"]) == (memcg_id, nid)]
+    assert mine, f"no range event of memcg {memcg_id} node {nid} in the table at {table:#x}: {ranges}"
     for r in mine:
         assert r["path"] == path, r
-        assert (r["tgid"], r["memcg_id"], r["nid"]) == (helper.pid, memcg_id, nid), r
-        assert r["max_seq"] == seq, r
-        assert r["nr_young"] == bin(r["young"]).count("1"), r
+        assert r["max_seq"] == seq and r["nr_pages"] == 1, r
         assert r["nr_file"] == (r["nr_young"] if type_ == "file" else 0), r
-        if path == "pte":
-            assert r["addr"] % (HPAGE_PMD_NR * PAGE) == 0 and r["nr"] == HPAGE_PMD_NR, r
-            assert r["nr_pages"] == 1, r
+        assert 0 <= r["nr_young"] <= r["nr_scanned"], r
+    assert len({r["mm"] for r in mine}) == 1, f"several mms in one process's range events: {mine}"
+    if path == "pte":
+        assert len(mine) == 1, f"expected one event for the PTE table at {table:#x}: {mine}"
+        r = mine[0]
+        assert r["addr"] == table, r
+        assert (r["nr_scanned"], r["nr_young"]) == (NPAGES, len(touched)), \
+            f"table at {table:#x}: {r['nr_young']} young of {r['nr_scanned']} scanned, touched {len(touched)} of {NPAGES}"
+    else:
+        # look-around: the PTE reclaim asked about alone (1 of 1), then its window, where it is
+        # no longer young; every touched page is found young once, by one or the other
+        assert sum(r["nr_young"] for r in mine) == len(touched), mine
+        assert all(base <= r["addr"] and r["addr"] + r["nr_scanned"] * PAGE <= base + NPAGES * PAGE
+                   for r in mine), f"a look-around range outside the mapping: {mine}"
 
 
 def fault_in_and_clear(helper, mid, node, names):
@@ -293,8 +293,8 @@ def test_pte_events_name_exactly_the_touched_pages_of_two_memcgs(memcgs, helpers
     check_pte_events(events, a, ANON_A, touched_a, memcg_id=mid_a, seq=seq_a, type_="anon")
     check_pte_events(events, b, ANON_B, touched_b, memcg_id=mid_b, seq=seq_b, type_="anon")
     assert len(events) == len(touched_a) + len(touched_b), "events outside the two mappings"
-    check_range_events(trace.ranges, a, ANON_A, touched_a, memcg_id=mid_a, seq=seq_a, type_="anon")
-    check_range_events(trace.ranges, b, ANON_B, touched_b, memcg_id=mid_b, seq=seq_b, type_="anon")
+    check_range_events(trace.ranges, ANON_A, touched_a, memcg_id=mid_a, seq=seq_a, type_="anon")
+    check_range_events(trace.ranges, ANON_B, touched_b, memcg_id=mid_b, seq=seq_b, type_="anon")
     assert len(trace.ranges) == 2, f"expected one range event per PTE table, got {trace.ranges}"
 
 
@@ -316,8 +316,8 @@ def test_file_pages_are_reported_as_file(memcgs, helpers, trace):
 
     check_pte_events(events, h, ANON_A, touched_anon, memcg_id=mid, seq=seq, type_="anon")
     check_pte_events(events, h, FILE_C, touched_file, memcg_id=mid, seq=seq, type_="file")
-    check_range_events(trace.ranges, h, ANON_A, touched_anon, memcg_id=mid, seq=seq, type_="anon")
-    check_range_events(trace.ranges, h, FILE_C, touched_file, memcg_id=mid, seq=seq, type_="file")
+    check_range_events(trace.ranges, ANON_A, touched_anon, memcg_id=mid, seq=seq, type_="anon")
+    check_range_events(trace.ranges, FILE_C, touched_file, memcg_id=mid, seq=seq, type_="file")
 
 
 def thp_mapped(pid: int, addr: int) -> bool:
@@ -354,15 +354,23 @@ def test_thp_reports_one_pmd_event_with_512_pages(memcgs, helpers, trace):
     assert e["addr"] == THP_D, e
     assert e["pfn"] == pagemap_pfns(h.pid, [THP_D])[THP_D], e
     assert e["pfn"] % HPAGE_PMD_NR == 0, e
-    assert e["tgid"] == h.pid and e["memcg_id"] == mid and e["type"] == "anon", e
+    assert e["memcg_id"] == mid and e["type"] == "anon", e
     assert e["max_seq"] == seq and e["new_gen"] == seq % MAX_NR_GENS, e
 
     ranges = [r for r in trace.ranges if r["addr"] == THP_D]
     assert len(ranges) == 1, f"expected one range event for the THP, got {trace.ranges}"
     r = ranges[0]
-    assert (r["path"], r["nr"], r["nr_pages"], r["young"], r["nr_young"], r["nr_file"]) == \
-        ("pmd", 1, HPAGE_PMD_NR, 1, 1, 0), r
-    assert (r["tgid"], r["memcg_id"], r["max_seq"]) == (h.pid, mid, seq), r
+    assert (r["path"], r["nr_pages"], r["nr_scanned"], r["nr_young"], r["nr_file"]) == \
+        ("pmd", HPAGE_PMD_NR, 1, 1, 0), r
+    assert (r["mm"], r["memcg_id"], r["max_seq"]) == (e["mm"], mid, seq), r
+
+    # a THP looked at and not accessed is reported too: scanned, not young
+    trace.start()
+    seq = age(mid)
+    trace.stop()
+    ranges = [r for r in trace.ranges if r["addr"] == THP_D]
+    assert [(r["path"], r["nr_scanned"], r["nr_young"], r["max_seq"]) for r in ranges] == \
+        [("pmd", 1, 0, seq)], f"expected one cold pmd range for the untouched THP, got {trace.ranges}"
 
 
 @pytest.mark.numa
@@ -391,8 +399,8 @@ def test_memory_bound_to_node_1_reports_node_1(memcgs, helpers, trace):
     # Each aging walks the same page tables but only promotes its own node's folios.
     check_pte_events(events, h, ANON_A, touched_0, memcg_id=mid, seq=seq0, type_="anon", nid=0)
     check_pte_events(events, h, NODE1_E, touched_1, memcg_id=mid, seq=seq1, type_="anon", nid=1)
-    check_range_events(trace.ranges, h, ANON_A, touched_0, memcg_id=mid, seq=seq0, type_="anon", nid=0)
-    check_range_events(trace.ranges, h, NODE1_E, touched_1, memcg_id=mid, seq=seq1, type_="anon", nid=1)
+    check_range_events(trace.ranges, ANON_A, touched_0, memcg_id=mid, seq=seq0, type_="anon", nid=0)
+    check_range_events(trace.ranges, NODE1_E, touched_1, memcg_id=mid, seq=seq1, type_="anon", nid=1)
 
 
 def test_reclaim_look_around_reports_the_touched_pages(memcgs, helpers, trace):
@@ -425,7 +433,7 @@ def test_reclaim_look_around_reports_the_touched_pages(memcgs, helpers, trace):
     for e in mine:
         assert e["path"] == "look_around" and e["nr_pages"] == 1, e
         assert e["pfn"] == pfns[e["addr"]], e
-        assert (e["tgid"], e["memcg_id"], e["nid"], e["type"]) == (h.pid, mid, 0, "file"), e
+        assert (e["memcg_id"], e["nid"], e["type"]) == (mid, 0, "file"), e
         assert e["max_seq"] == seq and e["new_gen"] == seq % MAX_NR_GENS, e
         # -1 for the folio reclaim asked about (isolated) and for neighbours
         # isolated in the same batch; the generation being evicted otherwise.
@@ -433,11 +441,14 @@ def test_reclaim_look_around_reports_the_touched_pages(memcgs, helpers, trace):
     assert any(e["old_gen"] == -1 for e in mine), "no event for the PTE reclaim asked about"
     resident = pagemap_pfns(h.pid, pages(FILE_C, range(NPAGES)))
     assert set(resident) == pages(FILE_C, touched), "reclaim kept untouched pages or dropped touched ones"
-    check_range_events(trace.ranges, h, FILE_C, touched, memcg_id=mid, seq=seq, type_="file",
+    check_range_events(trace.ranges, FILE_C, touched, memcg_id=mid, seq=seq, type_="file",
                        path="look_around")
-    assert any(r["nr"] == 1 for r in trace.ranges), "no one-entry range for the PTE reclaim asked about"
+    assert any((r["nr_scanned"], r["nr_young"]) == (1, 1) for r in trace.ranges), \
+        "no one-entry range for the PTE reclaim asked about"
 
 
+# The events carry the mm; the program reads mm->owner->tgid at the offsets of the kernel's
+# BTF, as mglrud's own program does (bpf/hotness.bpf.c owner_tgid(), TP_MM_OWNER/TP_TASK_TGID).
 BCC_PROGRAM = r"""
 struct seen {
     u64 pfn;
@@ -464,7 +475,13 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
         return 0;
     s.pfn = args->pfn;
     s.max_seq = args->max_seq;
-    s.tgid = args->tgid;
+    {
+        void *owner = NULL;
+
+        bpf_probe_read_kernel(&owner, sizeof(owner), (char *)args->mm + MM_OWNER);
+        if (owner)
+            bpf_probe_read_kernel(&s.tgid, sizeof(s.tgid), (char *)owner + TASK_TGID);
+    }
     s.nr_pages = args->nr_pages;
     s.nid = args->nid;
     s.old_gen = args->old_gen;
@@ -479,6 +496,16 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_lru_gen_young)
 """
 
 
+def bcc_cflags() -> list[str]:
+    """The address filter and the offsets of mm_struct.owner and task_struct.tgid, from BTF."""
+    from mglrud import btf
+
+    data = Path("/sys/kernel/btf/vmlinux").read_bytes()
+    return [f"-DLO={LO:#x}ULL", f"-DHI={HI:#x}ULL",
+            f"-DMM_OWNER={btf.member_offset(data, 'mm_struct', 'owner')}",
+            f"-DTASK_TGID={btf.member_offset(data, 'task_struct', 'tgid')}"]
+
+
 def test_a_bcc_program_sees_the_same_fields(memcgs, helpers):
     """What mglrud's BPF source does: attach with bcc and read the raw fields."""
     from bcc import BPF  # Debian's python3-bpfcc, seen through the venv's system site-packages
@@ -489,7 +516,7 @@ def test_a_bcc_program_sees_the_same_fields(memcgs, helpers):
     mid = lrugen.memcg_id("/mglrud-test/tp-bcc")
     fault_in_and_clear(h, mid, 0, ["A"])
 
-    b = BPF(text=BCC_PROGRAM.encode(), cflags=[f"-DLO={LO:#x}ULL", f"-DHI={HI:#x}ULL"])
+    b = BPF(text=BCC_PROGRAM.encode(), cflags=bcc_cflags())
     try:
         touched = [0, 21, 22, 23, 42]
         h(f"touch A {','.join(map(str, touched))}")
@@ -535,7 +562,7 @@ def test_aging_is_the_same_with_a_program_attached(memcgs, helpers, trace):
     from bcc import BPF
 
     off = aging_histogram(memcgs, helpers, "tp-same-off")
-    b = BPF(text=BCC_PROGRAM.encode(), cflags=[f"-DLO={LO:#x}ULL", f"-DHI={HI:#x}ULL"])
+    b = BPF(text=BCC_PROGRAM.encode(), cflags=bcc_cflags())
     trace.start()
     try:
         on = aging_histogram(memcgs, helpers, "tp-same-on")
