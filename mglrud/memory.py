@@ -20,9 +20,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import time
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD = 1 << 20
+# gc_paused(settle=True): at most this long between full collections (see there)
+FULL_COLLECTION_EVERY = 300.0
+_now = time.monotonic
+_next_full_collection = 0.0
 
 _trim = _mallopt = None
 try:
@@ -63,8 +68,12 @@ def gc_paused(collect: int | None = None, settle: bool = False):
     documented to do just that), and the young generation's count starts again at 0. Why: at
     3,000 memcgs a cycle leaves ~40k new objects (the read's lruvecs), which the next young
     collection traversed, then the middle one: 10-20 ms a cycle, a sixth of it, to free
-    nothing (they go by reference counting when the next read replaces them). A reference
-    cycle made in the burst is then freed by the next full collection, not the next young one."""
+    nothing (they go by reference counting when the next read replaces them). Garbage in
+    reference cycles goes there too (one made in the burst, or by an HTTP thread before it: a
+    /snapshot.json request's encoder closures), and settling never counts towards CPython's
+    trigger of a full collection: so once FULL_COLLECTION_EVERY seconds have passed, a settle
+    is a full collection instead (it too leaves the survivors in the oldest generation; tens
+    of ms at 3,000 memcgs, every 5 minutes)."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -72,8 +81,18 @@ def gc_paused(collect: int | None = None, settle: bool = False):
     finally:
         if was:
             if settle:
-                gc.freeze()
-                gc.unfreeze()
+                _settle()
             gc.enable()
             if collect is not None:
                 gc.collect(collect)
+
+
+def _settle() -> None:
+    global _next_full_collection
+    now = _now()
+    if now >= _next_full_collection:
+        _next_full_collection = now + FULL_COLLECTION_EVERY
+        gc.collect()
+    else:
+        gc.freeze()
+        gc.unfreeze()
