@@ -296,11 +296,12 @@ static __always_inline u32 read_u32(void *p, unsigned long off)
 /*
  * What the probe resolves per mm, cached per CPU: an aging walk harvests a whole
  * PTE table, a whole VMA, of one mm in a row on one CPU, so all but its first
- * entry find the mm here and skip the owner, its tgid, its css and memcg id, and
- * the two target lookups. An entry is valid while the vma's mm and the mm's owner
- * are the cached ones (a freed mm whose memory is reused for another has another
- * owner) and config[CONFIG_TARGETS_GEN] has not moved (a new target set, once a
- * cycle: a task moved to another memcg is seen at the next cycle at the latest).
+ * entry find the mm here and skip its css and memcg id and the two target
+ * lookups. An entry is valid while the vma's mm, the mm's owner and the owner's
+ * tgid are the cached ones (an mm and a task_struct freed and both reused by a new
+ * process on this CPU keep their addresses, but the new owner has another tgid)
+ * and config[CONFIG_TARGETS_GEN] has not moved (a new target set, once a cycle: a
+ * task moved to another memcg is seen at the next cycle at the latest).
  *
  * It also holds the time the harvests are stamped with (region_val.last_ns), read
  * once per CLOCK_EVERY harvests counted, and anew for each mm and each generation:
@@ -379,7 +380,8 @@ static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64
 	if (!c || !genp)
 		return 0;
 	gen = *genp;
-	if (!c->valid || c->mm != mm || c->owner != owner || c->gen != gen)
+	if (!c->valid || c->mm != mm || c->owner != owner || c->gen != gen ||
+	    (owner && read_u32(owner, TASK_TGID) != c->tgid))
 		resolve_mm(c, mm, owner, gen);
 	if (!c->targeted)
 		return 0;
