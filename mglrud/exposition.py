@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
+import weakref
 import zlib
 from typing import Callable, Iterable, NamedTuple
 
@@ -207,18 +208,30 @@ class _Slot:
         self.value = None
 
 
+def _weak(obj):
+    """A weak reference to obj; None for None or an object that takes none."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return None
+
+
 class RenderCache:
     """Rendered bytes of ONE snapshot (the latest asked for), per variant, made on first demand.
 
     Keyed on the Snapshot object itself (snapshots are immutable and replaced, never
-    changed): a new object drops every variant of the old one. Counts renders, so
-    tests can see that N concurrent scrapes of one snapshot render it once.
+    changed): a new object drops every variant of the old one. The one it replaced is
+    remembered weakly: a late scrape of it (it read the published snapshot just before the
+    loop published and rendered the next) gets bytes rendered for it alone, and the newer
+    snapshot's stay. Counts renders, so tests can see that N concurrent scrapes of one
+    snapshot render it once.
     """
 
     def __init__(self, render: Callable[[object, bool], bytes] = render_snapshot):
         self._render = render
         self._lock = threading.Lock()
         self._snapshot = None
+        self._replaced = None  # weakref.ref to the snapshot the current one replaced
         self._slots: dict[tuple, _Slot] = {}
         self.renders = 0
 
@@ -227,9 +240,18 @@ class RenderCache:
         False: once deflated, the text is not kept (no scrape asked for it lately); a scrape
         that does ask renders it again."""
         with self._lock:
-            if snapshot is not self._snapshot:
-                self._snapshot, self._slots = snapshot, {}
-            slot = self._slots.setdefault((openmetrics, deflated), _Slot())
+            late = snapshot is not self._snapshot and self._replaced is not None \
+                and self._replaced() is snapshot
+            if not late:
+                if snapshot is not self._snapshot:
+                    self._replaced = _weak(self._snapshot)
+                    self._snapshot, self._slots = snapshot, {}
+                slot = self._slots.setdefault((openmetrics, deflated), _Slot())
+        if late:
+            text = self._render(snapshot, openmetrics)
+            with self._lock:
+                self.renders += 1
+            return Deflated.of(text) if deflated else text
         with slot.lock:  # one render per variant; the others wait for its bytes
             if slot.value is None:
                 if deflated:
