@@ -404,8 +404,8 @@ def test_reference_cycles_settled_into_the_oldest_generation_are_freed_within_a_
         made.append((weakref.ref(a), now[0]))
         del a, b
         with memory.gc_paused(settle=True):
-            made.append(([[i] for i in range(200)], 0.0))  # what a cycle's read holds
-            made.pop()
+            read = [[i] for i in range(200)]  # what a cycle's read holds...
+        del read  # ...until the next read replaces it
         now[0] += 15.0
     due = [ref for ref, t in made if t < freed_by]
     assert due and all(ref() is None for ref in due), \
