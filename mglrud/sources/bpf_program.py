@@ -202,6 +202,11 @@ class Program:
             # no tracepoint: the accessed-bit probe of a stock kernel (docs/stock-kernel.md)
             check = bpf_probe.probe(fs)
             if not check.usable:
+                if self.event is None and fs.tracefs(*RANGE_EVENT).is_dir():
+                    # the series' main patch without its debugging one: the range event only
+                    raise Unavailable(f"{fs.tracefs(*RANGE_EVENT)} needs bpf.region_size of 2 MiB or more "
+                                      f"(it is {1 << cfg.region_shift} B) and this kernel has no per-entry "
+                                      f"event, and {check.detail}")
                 raise Unavailable(f"{fs.tracefs(*EVENT)} missing (the kernel lacks mglrud's tracepoint, "
                                   f"kernel-patch/, or tracefs is not mounted), and {check.detail}")
             attach = self.event or check.mode

@@ -293,6 +293,18 @@ def test_program_refuses_a_kernel_without_the_tracepoint(tmp_path):
         bpf_hotness.Program(Bpf(), FS(Paths(tracefs=str(tmp_path), debugfs=str(tmp_path))))
 
 
+def test_a_v2_kernel_with_regions_under_a_pte_table_is_told_the_region_size(tmp_path):
+    """The series' main patch (the range event) without its debugging patch (the per-entry
+    event), bpf.region_size 1 MiB, and no probe either: the reason names the region size, not a
+    missing tracepoint (review)."""
+    (tmp_path / "events" / "vmscan" / "mm_vmscan_lru_gen_young_range").mkdir(parents=True)
+    fs = FS(Paths(tracefs=str(tmp_path), debugfs=str(tmp_path), procfs=str(tmp_path), sysfs=str(tmp_path)))
+    with pytest.raises(bpf_hotness.Unavailable) as e:
+        bpf_hotness.Program(Bpf(region_size=1 << 20), fs)
+    assert "bpf.region_size" in str(e.value) and "2 MiB" in str(e.value), str(e.value)
+    assert "lacks mglrud's tracepoint" not in str(e.value)
+
+
 def test_cflags_carry_the_constants():
     assert bpf_hotness.cflags(Bpf(region_size=1 << 20, max_regions=4096))[:2] == \
         ["-DREGION_SHIFT=20", "-DMAX_REGIONS=4096"]
