@@ -248,9 +248,7 @@ class RenderCache:
                     self._snapshot, self._slots = snapshot, {}
                 slot = self._slots.setdefault((openmetrics, deflated), _Slot())
         if late:
-            text = self._render(snapshot, openmetrics)
-            with self._lock:
-                self.renders += 1
+            text = self._counted_render(snapshot, openmetrics)
             return Deflated.of(text) if deflated else text
         with slot.lock:  # one render per variant; the others wait for its bytes
             if slot.value is None:
@@ -259,11 +257,15 @@ class RenderCache:
                     if not keep_text:
                         self._drop(snapshot, openmetrics)
                 else:
-                    slot.value = self._render(snapshot, openmetrics)
-                    with self._lock:
-                        self.renders += 1
-                    memory.trim()  # the render's garbage: tens of MiB at thousands of memcgs
+                    slot.value = self._counted_render(snapshot, openmetrics)
             return slot.value
+
+    def _counted_render(self, snapshot, openmetrics: bool) -> bytes:
+        text = self._render(snapshot, openmetrics)
+        with self._lock:
+            self.renders += 1
+        memory.trim()  # the render's garbage: tens of MiB at thousands of memcgs
+        return text
 
     def _drop(self, snapshot, openmetrics: bool) -> None:
         with self._lock:
