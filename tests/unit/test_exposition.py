@@ -428,11 +428,11 @@ def test_a_late_scrape_of_the_replaced_snapshot_does_not_throw_away_the_new_ones
     cache.get(old, False)
     assert cache.get(new, False, deflated=True).size == len(str(id(new)))  # rendered ahead
     late = cache.get(old, False)  # the late scrape
-    assert late == f"{id(old)}".encode()
-    assert cache.get(new, False) == f"{id(new)}".encode()
+    assert late == [f"{id(old)}".encode()]
+    assert cache.get(new, False) == [f"{id(new)}".encode()]
     assert cache.get(new, False, deflated=True).size == len(str(id(new)))
     assert calls == [old, new, old], calls  # the new snapshot rendered once
     del old, late
     gc.collect()
     newest = Snap()  # a later snapshot replaces the cached one as before
-    assert cache.get(newest, False) == f"{id(newest)}".encode() and calls[-1] is newest
+    assert cache.get(newest, False) == [f"{id(newest)}".encode()] and calls[-1] is newest
