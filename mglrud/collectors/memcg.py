@@ -126,14 +126,14 @@ class _Spelled(dict):
 
 
 class _Line(dict):
-    """value -> floatToGoString(value) and a newline: a line's last piece (see _chunks()).
+    """value -> floatToGoString(value): a line's last piece but its newline (see _chunks()).
 
     Zero is kept too, under the key 0 (== 0.0): 0 and 0.0 are spelled "0.0"; -0.0 ("-0.0")
     cannot come here: page counts are unsigned and ages (the kernel's unsigned milliseconds /
     1000.0) and their sums non-negative."""
 
     def __missing__(self, value) -> str:
-        s = self[value] = _spell(value) + "\n"
+        s = self[value] = _spell(value)
         return s
 
 
@@ -223,23 +223,26 @@ class _Shape:
         # comparisons by the float's own method in map(): an int threshold's __le__ would not take a float
         self.cuts = [float(t) for t in cuts]
         self.edges = [float(e) for e in edges]
-        self.res_pre = [f'{n_res}{{lru="{lru}",' for lru in LRUS]
-        self.cold_pre = [f'{n_cold}{{lru="{lru}",' for lru in LRUS for _ in cuts]
+        # every line's first piece starts with the newline that ends the line before (_join());
+        # so a value is spelled alone, and a column of floats by map(repr) (_spread())
+        self.res_pre = [f'\n{n_res}{{lru="{lru}",' for lru in LRUS]
+        self.cold_pre = [f'\n{n_cold}{{lru="{lru}",' for lru in LRUS for _ in cuts]
         self.cold_post = [f',threshold="{floatToGoString(t)}"}} ' for _ in LRUS for t in cuts]
         # the idle family's lines per lruvec: per lru its buckets, then (OpenMetrics) _gcount and _gsum
         self.idle_pre = [p for lru in LRUS for p in
-                         [f'{n_idle}_bucket{{le="{floatToGoString(e)}",lru="{lru}",' for e in edges]
-                         + ([f'{n_idle}_gcount{{lru="{lru}",', f'{n_idle}_gsum{{lru="{lru}",'] if openmetrics else [])]
-        self.count_pre = [f'{n_idle}_gcount{{lru="{lru}",' for lru in LRUS]
-        self.sum_pre = [f'{n_idle}_gsum{{lru="{lru}",' for lru in LRUS]
+                         [f'\n{n_idle}_bucket{{le="{floatToGoString(e)}",lru="{lru}",' for e in edges]
+                         + ([f'\n{n_idle}_gcount{{lru="{lru}",', f'\n{n_idle}_gsum{{lru="{lru}",'] if openmetrics
+                            else [])]
+        self.count_pre = [f'\n{n_idle}_gcount{{lru="{lru}",' for lru in LRUS]
+        self.sum_pre = [f'\n{n_idle}_gsum{{lru="{lru}",' for lru in LRUS]
         self._gen_pre: dict[int, tuple[list[str], list[str]]] = {}
 
     def gen_pre(self, ng: int) -> tuple[list[str], list[str]]:
         pre = self._gen_pre.get(ng)
         if pre is None:  # gen="0" is the youngest, the last one
             pre = self._gen_pre[ng] = (
-                [f'{self.n_gen}{{gen="{ng - 1 - i}",lru="{lru}",' for lru in LRUS for i in range(ng)],
-                [f'{self.n_age}{{gen="{ng - 1 - i}",' for i in range(ng)])
+                [f'\n{self.n_gen}{{gen="{ng - 1 - i}",lru="{lru}",' for lru in LRUS for i in range(ng)],
+                [f'\n{self.n_age}{{gen="{ng - 1 - i}",' for i in range(ng)])
         return pre
 
     def lines(self, run, ng: int, value: "_Line") -> list[bytes | None]:
@@ -264,16 +267,16 @@ class _Shape:
             out[0] = _join((self.res_pre * r, _repeat(mnb, 2), _spread([_times(t, page) for t in totals], spell)))
         if want_cold and self.cuts:
             # per threshold the generations idle at least that long (bound >= threshold)
-            cols = [_times(_masked_sum(c, [list(map(t.__le__, b)) for b in bounds]), page)
-                    for c in counts for t in self.cuts]
+            masks = [[list(map(t.__le__, b)) for b in bounds] for t in self.cuts]
+            cols = [_times(_masked_sum(c, m), page) for c in counts for m in masks]
             width = len(cols)
             out[3] = _join((self.cold_pre * r, _repeat(mn, width), self.cold_post * r, _spread(cols, spell)))
         if want_idle:
             cols, counts_col, sums_col = [], [], []
+            # cumulative(): per edge the generations whose bound is at most it
+            masks = [[list(map(e.__ge__, b)) for b in bounds] for e in self.edges]
             for c in counts:
-                # cumulative(): per edge the generations whose bound is at most it
-                buckets = [_times(_masked_sum(c, [list(map(e.__ge__, b)) for b in bounds]), page)
-                           for e in self.edges]
+                buckets = [_times(_masked_sum(c, m), page) for m in masks]
                 # the sum in cumulative()'s order (oldest first, from 0): a float sum's last bits depend on it
                 seconds = [0] * r
                 for b, n in zip(bounds, c):
@@ -310,20 +313,47 @@ def _repeat(items: list[str], times: int) -> list[str]:
 
 
 def _spread(columns: list[list], spell) -> list[str]:
-    """Column k's i-th value spelled at i * len(columns) + k: lruvec by lruvec, its lines in order."""
+    """Column k's i-th value spelled at i * len(columns) + k: lruvec by lruvec, its lines in order.
+    Integers through `spell` (a dict: byte counts repeat, 0 above all); a column of floats
+    (ages, page-seconds: nearly all distinct) by repr() where that is floatToGoString's spelling."""
     width = len(columns)
     out = [None] * (width * len(columns[0]))
     for k, column in enumerate(columns):
-        out[k::width] = map(spell, column)
+        out[k::width] = _floats(column) if set(map(type, column)) == _FLOAT else map(spell, column)
     return out
 
 
+_FLOAT = {float}
+
+
+def _floats(column: list[float]) -> list[str]:
+    """floatToGoString() of each: repr() below 1e6; Go's exponent form from there to 1e16."""
+    spelled = list(map(repr, column))
+    total = sum(column)
+    if total == total and max(column) < 1e6 and min(column) > -math.inf:  # (total: no NaN)
+        return spelled
+    return [r if -math.inf < v < 1e6 else _big(v, r) for v, r in zip(column, spelled)]
+
+
+def _big(value: float, r: str) -> str:
+    """floatToGoString(value) for a value from 1e6 on, r being repr(value)."""
+    if value < 1e16:  # (then repr() has the digits and a dot, no exponent)
+        dot = r.index(".")
+        return f"{r[0]}.{r[1:dot]}{r[dot + 1:]}".rstrip("0.") + f"e+0{dot - 1}"
+    return floatToGoString(value)
+
+
 def _join(columns) -> bytes:
-    """Lines whose i-th pieces are columns[i] (lists of str of one length): their text."""
+    """Lines whose i-th pieces are columns[i] (lists of str of one length), the first piece
+    starting with the newline that ends the line before: their text, each line ending in one."""
     width = len(columns)
     pieces = [None] * (width * len(columns[0]))
     for i, column in enumerate(columns):
         pieces[i::width] = column
+    if not pieces:
+        return b""
+    pieces[0] = pieces[0][1:]
+    pieces.append("\n")
     return "".join(pieces).encode()
 
 
