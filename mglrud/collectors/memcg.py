@@ -337,7 +337,7 @@ def _floats(column: list[float]) -> list[str]:
 
 def _big(value: float, r: str) -> str:
     """floatToGoString(value) for a value from 1e6 on, r being repr(value)."""
-    if value < 1e16:  # (then repr() has the digits and a dot, no exponent)
+    if 1e6 <= value < 1e16:  # (then repr() has the digits and a dot, no exponent)
         dot = r.index(".")
         return f"{r[0]}.{r[1:dot]}{r[dot + 1:]}".rstrip("0.") + f"e+0{dot - 1}"
     return floatToGoString(value)
