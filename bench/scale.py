@@ -198,11 +198,12 @@ def daemon_share(eng, clock, exposition, Published, every: float, minutes: int =
     ahead = "within" in inspect.signature(exp.prepare).parameters  # before: every snapshot asked for
     start = clock.t
     next_publish, next_scrape = start, start + 3.0
-    busy, renders0, measured_from = 0.0, None, start + 120.0
-    while clock.t - start < minutes * 60:
-        counted = clock.t >= measured_from
-        if counted and renders0 is None:
-            renders0 = exp.cache.renders
+    # counted: from just after the first scrape 2 minutes in (the scraper's interval known) to
+    # just after the first scrape `minutes` in: whole scrape intervals, so that a render made
+    # ahead for a scrape beyond the window is not counted in it (nor one for the first scrape)
+    busy, renders0, measured_from, end = 0.0, 0, None, None
+    while end is None:
+        counted = measured_from is not None
         if eng.due_in() <= 0 or clock.t >= next_publish:
             dt, snap = cpu(eng.cycle)
             published.publish(snap)
@@ -214,13 +215,18 @@ def daemon_share(eng, clock, exposition, Published, every: float, minutes: int =
             next_publish = clock.t + 10.0
         if clock.t >= next_scrape:  # as Prometheus asks: gzip
             dt, _ = cpu(lambda: scrape(exp, "gzip" if gz else None))
+            clock.t += dt
             busy += dt if counted else 0.0
             next_scrape += every
+            if not counted and clock.t - start >= 120.0:
+                measured_from, renders0 = clock.t, exp.cache.renders
+            elif counted and clock.t - start >= minutes * 60:
+                end = clock.t
         clock.t = max(clock.t + 0.05, min(clock.t + eng.due_in(), next_publish, next_scrape))
-    span = clock.t - measured_from
+    span = end - measured_from
     import gc
     gc.collect()
-    return busy / span, (exp.cache.renders - (renders0 or 0)) / span * 60, rss()["VmRSS"]
+    return busy / span, (exp.cache.renders - renders0) / span * 60, rss()["VmRSS"]
 
 
 def scrape(exp, accept_encoding) -> None:

@@ -301,7 +301,10 @@ def _times(column: list, factor: int) -> list:
 
 def _masked_sum(counts: list[list[int]], masks: list[list[bool]]) -> list[int]:
     """Per lruvec, the sum of its generations' counts where the mask is true."""
-    return list(map(sum, zip(*[map(mul, m, n) for m, n in zip(masks, counts)])))
+    total = map(mul, masks[0], counts[0])
+    for m, n in zip(masks[1:], counts[1:]):
+        total = map(add, total, map(mul, m, n))
+    return list(total)
 
 
 def _repeat(items: list[str], times: int) -> list[str]:
@@ -327,20 +330,20 @@ _FLOAT = {float}
 
 
 def _floats(column: list[float]) -> list[str]:
-    """floatToGoString() of each: repr() below 1e6; Go's exponent form from there to 1e16."""
+    """floatToGoString() of each: repr() below 1e6; from there to 1e16 Go's exponent form, made
+    from repr()'s digits (the page-seconds sums are nearly all there)."""
     spelled = list(map(repr, column))
     total = sum(column)
     if total == total and max(column) < 1e6 and min(column) > -math.inf:  # (total: no NaN)
         return spelled
-    return [r if -math.inf < v < 1e6 else _big(v, r) for v, r in zip(column, spelled)]
+    # floatToGoString's steps: the digits before the dot and after it, the dot after the first
+    go = [(a[0] + "." + a[1:] + b).rstrip("0.") + _EXPONENT[len(a) - 1]
+          for a, _, b in map(str.partition, spelled, repeat("."))]
+    return [r if -math.inf < v < 1e6 else g if 1e6 <= v < 1e16 else floatToGoString(v)
+            for v, r, g in zip(column, spelled, go)]
 
 
-def _big(value: float, r: str) -> str:
-    """floatToGoString(value) for a value from 1e6 on, r being repr(value)."""
-    if 1e6 <= value < 1e16:  # (then repr() has the digits and a dot, no exponent)
-        dot = r.index(".")
-        return f"{r[0]}.{r[1:dot]}{r[dot + 1:]}".rstrip("0.") + f"e+0{dot - 1}"
-    return floatToGoString(value)
+_EXPONENT = [f"e+0{k}" for k in range(32)]  # (repr() has at most 24 characters)
 
 
 def _join(columns) -> bytes:
