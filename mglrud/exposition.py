@@ -10,8 +10,8 @@ application/openmetrics-text, gzip when Accept-Encoding names gzip.
 A body is three parts, in this order:
 
 1. per scrape: mglrud_build_info and mglrud_snapshot_age_seconds (the age changes every second);
-2. the snapshot's families, rendered ONCE per published Snapshot by `render(snapshot, openmetrics)`
-   and kept (with its raw-deflate form for gzip) until another snapshot is published;
+2. the snapshot's families, rendered ONCE per published Snapshot by `render_pieces(snapshot,
+   openmetrics)` and kept in pieces (with its raw-deflate form for gzip) until another snapshot is published;
    concurrent scrapes of a new snapshot wait for the one render instead of each doing it;
 3. per scrape: the extra collectors (config reload state, process_*), then `# EOF` for OpenMetrics.
 
@@ -25,7 +25,7 @@ independent raw deflate streams joined at byte-aligned sync-flush points (RFC 19
 a non-final block ends the stream only when BFINAL is set), so the big middle part is
 compressed once per snapshot, and only the small ends and a CRC-32 are computed per scrape (the
 middle's CRC once, combined with the head's: crc32_zeros()); the cache keeps the middle's text
-only while scrapes without gzip ask for it.
+only while a scrape without gzip is expected to read it before the next publish.
 """
 
 from __future__ import annotations
