@@ -152,8 +152,11 @@ def memcg_worker(memcgs: int) -> dict:
     out["age_all"] = statistics.median(age_all_runs)
     # scrapes: the first of a snapshot renders it, the next ones get the same bytes
     exp = exposition.Exposition(Published(snap), wall=lambda: snap.taken_at + 1)
-    out["scrape_first"], (body, _) = cpu(exp.metrics)
-    out["scrape_cached"], _ = cpu(exp.metrics)
+    # (as http.py asks: the body in pieces where the tree has Exposition.body(), else one bytes)
+    ask = getattr(exp, "body", exp.metrics)
+    out["scrape_first"], (body, _) = cpu(ask)
+    out["scrape_cached"], _ = cpu(ask)
+    body = body if isinstance(body, bytes) else b"".join(body)
     out["series"] = sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
     # /snapshot.json as the daemon serves it: in pieces where it does (after), else one string
     if hasattr(snapshot_json, "to_json_pieces"):
@@ -196,6 +199,8 @@ def daemon_share(eng, clock, exposition, Published, every: float, minutes: int =
     published = Published(None)
     exp = exposition.Exposition(published, wall=lambda: 1.7e9 + clock.t, clock=clock)
     ahead = "within" in inspect.signature(exp.prepare).parameters  # before: every snapshot asked for
+    from mglrud import daemon  # the next publish: at the next cycle, an aging wake-up if sooner (later trees)
+    wakeups = "self.engine.due_in()))" in inspect.getsource(daemon.Daemon._run)
     start = clock.t
     next_publish, next_scrape = start, start + 3.0
     # counted: from just after the first scrape 2 minutes in (the scraper's interval known) to
@@ -207,7 +212,8 @@ def daemon_share(eng, clock, exposition, Published, every: float, minutes: int =
         if eng.due_in() <= 0 or clock.t >= next_publish:
             dt, snap = cpu(eng.cycle)
             published.publish(snap)
-            dt2, _ = cpu(lambda: exp.prepare(within=10.0) if ahead else exp.prepare())
+            dt2, _ = cpu(lambda: exp.prepare(within=min(10.0, max(0.0, eng.due_in())) if wakeups else 10.0)
+                         if ahead else exp.prepare())
             if trims:
                 dt2 += cpu(memory.trim)[0]
             clock.t += dt + dt2
