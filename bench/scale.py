@@ -165,7 +165,7 @@ def memcg_worker(memcgs: int) -> dict:
         out["json_bytes"] = len(snapshot_json.to_json(snap).encode())
     # what the daemon holds between scrapes: the engine, the snapshot and the render cache, not
     # the bodies of past responses (this process kept two, 2 x 21 MiB at 3,000 memcgs)
-    del body, _
+    del body, _, ask  # (ask: a bound method of exp, which holds its render cache)
     import gc
     gc.collect()
     out.update(rss())
