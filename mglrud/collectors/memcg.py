@@ -115,22 +115,13 @@ def _spell(value) -> str:
     return floatToGoString(value)
 
 
-class _Spelled(dict):
-    """value -> floatToGoString(value), computed once per distinct value (a C-level lookup after)."""
-
-    def __missing__(self, value) -> str:
-        s = _spell(value)
-        if value:  # 0 == -0.0 == 0 as keys, but floatToGoString spells -0.0 "-0.0"
-            self[value] = s
-        return s
-
-
 class _Line(dict):
-    """value -> floatToGoString(value): a line's last piece but its newline (see _chunks()).
+    """value -> floatToGoString(value), once per distinct value in a render: a line's last piece
+    but its newline (see _chunks()), for the columns of integers (bytes: they repeat, 0 above
+    all); columns of floats go by _floats().
 
     Zero is kept too, under the key 0 (== 0.0): 0 and 0.0 are spelled "0.0"; -0.0 ("-0.0")
-    cannot come here: page counts are unsigned and ages (the kernel's unsigned milliseconds /
-    1000.0) and their sums non-negative."""
+    does not come here: page counts are unsigned, so bytes are non-negative integers."""
 
     def __missing__(self, value) -> str:
         s = self[value] = _spell(value)
