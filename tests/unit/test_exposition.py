@@ -147,6 +147,9 @@ def _hostile_snapshot(**kw):
     # ages from 1e6 s on (Go's exponent form), and ones no kernel prints (the maths must not care)
     lruvecs.append(GenHistogram(97, "/old", 1, tuple(Generation(s, a, 3 * s, 11 * s) for s, a in
                                                      ((1, 1.5e16), (2, 2_000_000.25), (3, 999_999.5), (4, 12.0)))))
+    # level ages on an edge and a threshold (30 s, 0.5 s): "at least" and "at most" both hold there
+    lruvecs += [GenHistogram(95, "/level", n, tuple(Generation(s, a, 2 * s + n, 3 * s) for s, a in
+                                                    ((1, 30.0), (2, 30.0), (3, 0.5), (4, 0.5)))) for n in (0, 1)]
     lruvecs.append(GenHistogram(96, "/inf", 0, tuple(Generation(s, a, 3 * s, 11 * s) for s, a in
                                                      ((1, float("inf")), (2, float("nan")), (3, 4.0)))))
     # ages that do not fall towards the youngest (not what the kernel prints; the maths must not care)
