@@ -78,7 +78,7 @@ class _Lines:
             out.append(line)
         with self._lock:  # the other format's lines stay (a render of one format keeps its own)
             self._lines = {**{k: v for k, v in self._lines.items() if k[1] != openmetrics}, **kept}
-        return out
+        return [b"".join(out)]  # one piece: a plain body is written piece by piece (a send each)
 
 
 def _head(openmetrics: bool) -> bytes:
