@@ -71,6 +71,9 @@
 #define TASK_FLAGS(task) (&((struct task_struct *)(task))->flags)
 #endif
 
+/* @p + @off: a member of the struct at @p, at an offset from the kernel's BTF or a header */
+#define MEMBER(p, off)		((void *)((char *)(p) + (off)))
+
 #ifdef MGLRUD_PROBE
 #ifdef MGLRUD_BTF
 /*
@@ -113,8 +116,6 @@
 #define PAGE_SIZEOF		sizeof(struct page)
 #define PG_SWAPBACKED		PG_swapbacked
 #endif
-/* @p + @off: a member of the struct at @p, read with bpf_probe_read_kernel() */
-#define MEMBER(p, off)		((void *)((char *)(p) + (off)))
 #endif
 
 #ifndef REGION_SHIFT
@@ -223,6 +224,27 @@ static __always_inline bool targeted(u32 tgid, u32 memcg_id)
 	return target_tgids.lookup(&tgid) || target_memcgs.lookup(&memcg_id);
 }
 
+/*
+ * A pointer or a u32 member of the struct at @p (mm->owner, task->tgid, ...), read with
+ * bpf_probe_read_kernel(): what the tracepoints and the kprobe read, and the fexit
+ * programs where the verifier cannot type the load (see read_ptr() below).
+ */
+static __always_inline void *kread_ptr(const void *p, unsigned long off)
+{
+	void *v = NULL;
+
+	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
+	return v;
+}
+
+static __always_inline u32 kread_u32(const void *p, unsigned long off)
+{
+	u32 v = 0;
+
+	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
+	return v;
+}
+
 static __always_inline void stat_add(int i, u64 n)
 {
 	u64 *v = stats.lookup(&i);
@@ -274,10 +296,7 @@ static __always_inline void *read_ptr(void *p, unsigned long off)
 #ifdef MGLRUD_ATTACH_FEXIT
 	return *(void **)MEMBER(p, off);
 #else
-	void *v = NULL;
-
-	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
-	return v;
+	return kread_ptr(p, off);
 #endif
 }
 
@@ -286,10 +305,7 @@ static __always_inline u32 read_u32(void *p, unsigned long off)
 #ifdef MGLRUD_ATTACH_FEXIT
 	return *(u32 *)MEMBER(p, off);
 #else
-	u32 v = 0;
-
-	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
-	return v;
+	return kread_u32(p, off);
 #endif
 }
 
@@ -355,6 +371,29 @@ static __always_inline void resolve_mm(struct mm_cache *c, void *mm, void *owner
 	c->valid = 1;
 }
 
+/* The mm's cached owner, memcg and targeted-ness (harvest()'s mm_cache); NULL if none. */
+static __always_inline struct mm_cache *mm_resolved(void *mm)
+{
+	struct mm_cache *c;
+	void *owner;
+	u32 *genp, gen;
+	int zero = 0, k = CONFIG_TARGETS_GEN;
+
+	if (!mm)
+		return NULL;
+	/* mm->owner exists with CONFIG_MEMCG (mm_update_next_owner() keeps it on a live thread) */
+	owner = read_ptr(mm, MM_OWNER);
+	c = mm_cache.lookup(&zero);
+	genp = config.lookup(&k);
+	if (!c || !genp)
+		return NULL;
+	gen = *genp;
+	if (!c->valid || c->mm != mm || c->owner != owner || c->gen != gen ||
+	    (owner && read_u32(owner, TASK_TGID) != c->tgid))
+		resolve_mm(c, mm, owner, gen);
+	return c;
+}
+
 /*
  * One harvested accessed bit: entry @entry (its value after the clear: only the
  * accessed bit changed) at @addr of @vma, mapping @nr_pages base pages.
@@ -363,27 +402,14 @@ static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64
 {
 	struct region_key key = {};
 	struct mm_cache *c;
-	void *mm, *owner, *page;
+	void *page;
 	unsigned long pg[2] = {};	/* page->flags, and page->compound_head beside it */
 	unsigned long flags;
-	u32 *genp, gen;
-	int zero = 0, k = CONFIG_TARGETS_GEN, who;
+	int who;
 
 	stat_inc(STAT_EVENTS);
-	mm = read_ptr(vma, VMA_VM_MM);
-	if (!mm)
-		return 0;
-	/* mm->owner exists with CONFIG_MEMCG (mm_update_next_owner() keeps it on a live thread) */
-	owner = read_ptr(mm, MM_OWNER);
-	c = mm_cache.lookup(&zero);
-	genp = config.lookup(&k);
-	if (!c || !genp)
-		return 0;
-	gen = *genp;
-	if (!c->valid || c->mm != mm || c->owner != owner || c->gen != gen ||
-	    (owner && read_u32(owner, TASK_TGID) != c->tgid))
-		resolve_mm(c, mm, owner, gen);
-	if (!c->targeted)
+	c = mm_resolved(read_ptr(vma, VMA_VM_MM));
+	if (!c || !c->targeted)
 		return 0;
 	who = harvester();
 	stat_add(STAT_HARVEST_AGING + who, nr_pages);
@@ -531,27 +557,25 @@ int kretprobe__pmdp_test_and_clear_young(struct pt_regs *ctx)
 #else /* the tracepoints */
 /*
  * The events carry the mm, not its owner (the trace header takes no lock): the tgid
- * is mm->owner's, read here at the offsets user space passes from the kernel's BTF
- * (TP_MM_OWNER, TP_TASK_TGID: mglrud/sources/bpf_program.py layout()), as the probe
- * does; without them, from the headers. 0 if the mm has no owner (any more).
+ * is mm->owner's, read at the offsets user space passes from the kernel's BTF
+ * (MM_OWNER, TASK_TGID: mglrud/sources/bpf_program.py layout()), with the probe's
+ * kread_ptr()/kread_u32(); without them, from the headers. 0 if the mm has no owner
+ * (any more).
  */
-#ifndef TP_MM_OWNER
+#ifndef MM_OWNER
 #include <linux/sched.h>
 #include <linux/mm_types.h>
-#define TP_MM_OWNER	offsetof(struct mm_struct, owner)
-#define TP_TASK_TGID	offsetof(struct task_struct, tgid)
+#define MM_OWNER	offsetof(struct mm_struct, owner)
+#define TASK_TGID	offsetof(struct task_struct, tgid)
 #endif
 static __always_inline u32 owner_tgid(const void *mm)
 {
-	void *owner = NULL;
-	u32 tgid = 0;
+	void *owner;
 
 	if (!mm)
 		return 0;
-	bpf_probe_read_kernel(&owner, sizeof(owner), (void *)((char *)mm + TP_MM_OWNER));
-	if (owner)
-		bpf_probe_read_kernel(&tgid, sizeof(tgid), (void *)((char *)owner + TP_TASK_TGID));
-	return tgid;
+	owner = kread_ptr(mm, MM_OWNER);
+	return owner ? kread_u32(owner, TASK_TGID) : 0;
 }
 
 #ifdef USE_RANGE_EVENT
