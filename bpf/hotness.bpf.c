@@ -165,6 +165,7 @@ enum mglrud_harvester { HARVEST_AGING, HARVEST_RECLAIM, HARVEST_OTHER };
 #ifndef HEAT_HARVESTERS
 #ifdef MGLRUD_PROBE
 #define HEAT_HARVESTERS (1 << HARVEST_AGING)
+#define HEAT_AGING_ONLY 1	/* aging_run below */
 #else
 #define HEAT_HARVESTERS ((1 << HARVEST_AGING) | (1 << HARVEST_RECLAIM) | (1 << HARVEST_OTHER))
 #endif
@@ -201,7 +202,7 @@ static __always_inline void stat_inc(int i)
 }
 
 /* Add @pages found young to the cell @key; false when the map is full. */
-static __always_inline bool count(struct region_key *key, u64 pages, u64 now)
+static __always_inline bool count_n(struct region_key *key, u64 pages, u64 entries, u64 now)
 {
 	struct region_val *v, init = {};
 
@@ -214,9 +215,14 @@ static __always_inline bool count(struct region_key *key, u64 pages, u64 now)
 			return false;
 	}
 	v->pages += pages;
-	v->events++;
+	v->events += entries;
 	v->last_ns = now;
 	return true;
+}
+
+static __always_inline bool count(struct region_key *key, u64 pages, u64 now)
+{
+	return count_n(key, pages, 1, now);
 }
 
 static __always_inline bool targeted(u32 tgid, u32 memcg_id)
@@ -371,50 +377,46 @@ static __always_inline void resolve_mm(struct mm_cache *c, void *mm, void *owner
 	c->valid = 1;
 }
 
-/* The mm's cached owner, memcg and targeted-ness (harvest()'s mm_cache); NULL if none. */
-static __always_inline struct mm_cache *mm_resolved(void *mm)
+/* @c made valid for @mm (see above); false when the config cannot be read */
+static __always_inline bool mm_check(struct mm_cache *c, void *mm)
 {
-	struct mm_cache *c;
 	void *owner;
 	u32 *genp, gen;
-	int zero = 0, k = CONFIG_TARGETS_GEN;
+	int k = CONFIG_TARGETS_GEN;
 
-	if (!mm)
-		return NULL;
 	/* mm->owner exists with CONFIG_MEMCG (mm_update_next_owner() keeps it on a live thread) */
 	owner = read_ptr(mm, MM_OWNER);
-	c = mm_cache.lookup(&zero);
 	genp = config.lookup(&k);
-	if (!c || !genp)
-		return NULL;
+	if (!genp)
+		return false;
 	gen = *genp;
 	if (!c->valid || c->mm != mm || c->owner != owner || c->gen != gen ||
 	    (owner && read_u32(owner, TASK_TGID) != c->tgid))
 		resolve_mm(c, mm, owner, gen);
+	return true;
+}
+
+/* The mm's cached owner, memcg and targeted-ness (this CPU's mm_cache); NULL if none. */
+static __always_inline struct mm_cache *mm_resolved(void *mm)
+{
+	struct mm_cache *c;
+	int zero = 0;
+
+	if (!mm)
+		return NULL;
+	c = mm_cache.lookup(&zero);
+	if (!c || !mm_check(c, mm))
+		return NULL;
 	return c;
 }
 
-/*
- * One harvested accessed bit: entry @entry (its value after the clear: only the
- * accessed bit changed) at @addr of @vma, mapping @nr_pages base pages.
- */
-static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64 nr_pages)
+/* The region key of a harvested entry @entry (@nr_pages base pages) at @addr of the mm in @c */
+static __always_inline void harvest_key(struct region_key *key, struct mm_cache *c, unsigned long addr,
+					u64 entry, u64 nr_pages)
 {
-	struct region_key key = {};
-	struct mm_cache *c;
 	void *page;
 	unsigned long pg[2] = {};	/* page->flags, and page->compound_head beside it */
 	unsigned long flags;
-	int who;
-
-	stat_inc(STAT_EVENTS);
-	c = mm_resolved(read_ptr(vma, VMA_VM_MM));
-	if (!c || !c->targeted)
-		return 0;
-	who = harvester();
-	stat_add(STAT_HARVEST_AGING + who, nr_pages);
-	if (!((HEAT_HARVESTERS >> who) & 1))
-		return 0;
 
 	page = (void *)(c->map_base +
 			((nr_pages > 1 ? entry & X86_PMD_PFN_MASK : entry & X86_PFN_MASK) >> 12) * PAGE_SIZEOF);
@@ -426,19 +428,119 @@ static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64
 		bpf_probe_read_kernel(&pg[1], sizeof(pg[1]), MEMBER(page, PAGE_COMPOUND_HEAD));
 	}
 	flags = pg[0];
-	key.node = (flags >> NODES_PGSHIFT) & NODES_MASK;
+	key->node = (flags >> NODES_PGSHIFT) & NODES_MASK;
 	/* folio_is_file_lru(): !PG_swapbacked, a flag of the head page */
 	if (pg[1] & 1)
 		bpf_probe_read_kernel(&flags, sizeof(flags), MEMBER(pg[1] - 1, PAGE_FLAGS));
-	key.lru = (flags & (1UL << PG_SWAPBACKED)) ? KEY_LRU_ANON : KEY_LRU_FILE;
-	key.region = addr >> REGION_SHIFT;
-	key.tgid = c->tgid;
-	key.memcg_id = c->memcg_id;
+	key->lru = (flags & (1UL << PG_SWAPBACKED)) ? KEY_LRU_ANON : KEY_LRU_FILE;
+	key->region = addr >> REGION_SHIFT;
+	key->tgid = c->tgid;
+	key->memcg_id = c->memcg_id;
 	if (c->stamped >= CLOCK_EVERY) {
 		c->now = bpf_ktime_get_ns();
 		c->stamped = 0;
 	}
 	c->stamped++;
+}
+
+#if defined(MGLRUD_ATTACH_FEXIT) && defined(HEAT_AGING_ONLY)
+#define AGING_RUN 1
+/*
+ * mglrud's own aging, the only harvests counted in heat here (HEAT_HARVESTERS), is
+ * one task writing lru_gen (config[CONFIG_SELF_TGID]), whose walk finds the young
+ * entries of one mm in address order: runs of entries of one region, node and lru.
+ * So its harvests are added up in one shared slot, `aging_run` (an array: its lookup
+ * is inlined by the verifier, where a per-CPU array's and the heat hash's are helper
+ * calls), and go into `heat` (and `stats`) when the key changes and when the write
+ * returns (fexit on lru_gen_seq_write(), mm/vmscan.c, below): per young entry, one
+ * read of its struct page and no map helper, where each was five helper calls
+ * (stats three times, mm_cache, heat). One writer: one task of mglrud ages at a time
+ * (mglrud/aging.py); the task may change CPUs, so the slot is not per CPU. Harvests
+ * of mglrud's task outside a write of lru_gen (its own direct reclaim, its
+ * clear_refs writes) are added at the end of its next write.
+ */
+struct aging_run {
+	struct mm_cache c;	/* the aging task's mm cache */
+	struct region_key key;	/* the run's key */
+	u64 pages;	/* the run's base pages, not yet in heat */
+	u64 entries;	/* and entries */
+	u64 ns;	/* its stamp */
+	u64 events;	/* STAT_EVENTS not yet in stats */
+	u64 harvested;	/* STAT_HARVEST_AGING not yet in stats */
+};
+BPF_ARRAY(aging_run, struct aging_run, 1);
+
+static __always_inline void run_flush(struct aging_run *r)
+{
+	if (!r->pages)
+		return;
+	if (count_n(&r->key, r->pages, r->entries, r->ns))
+		stat_add(STAT_MATCHED, r->entries);
+	else
+		stat_add(STAT_DROPPED, r->entries);
+	r->pages = 0;
+	r->entries = 0;
+}
+
+static __always_inline bool same_key(struct region_key *a, struct region_key *b)
+{
+	/* region, then tgid, memcg_id, node and lru in the second word */
+	return a->region == b->region && *(u64 *)((char *)a + 8) == *(u64 *)((char *)b + 8);
+}
+
+/* A harvest by mglrud's aging (see above) */
+static __always_inline int harvest_aging(void *vma, unsigned long addr, u64 entry, u64 nr_pages)
+{
+	struct region_key key = {};
+	struct aging_run *r;
+	void *mm = read_ptr(vma, VMA_VM_MM);
+	int zero = 0;
+
+	r = aging_run.lookup(&zero);
+	if (!r)
+		return 0;
+	r->events++;
+	if (!mm || !mm_check(&r->c, mm) || !r->c.targeted)
+		return 0;
+	r->harvested += nr_pages;
+	harvest_key(&key, &r->c, addr, entry, nr_pages);
+	if (r->pages && !same_key(&r->key, &key))
+		run_flush(r);
+	if (!r->pages)
+		r->key = key;
+	r->pages += nr_pages;
+	r->entries++;
+	r->ns = r->c.now;
+	return 0;
+}
+#endif
+
+/*
+ * One harvested accessed bit: entry @entry (its value after the clear: only the
+ * accessed bit changed) at @addr of @vma, mapping @nr_pages base pages.
+ */
+static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64 nr_pages)
+{
+	struct region_key key = {};
+	struct mm_cache *c;
+	int who;
+
+#ifdef AGING_RUN
+	int k = CONFIG_SELF_TGID;
+	u32 *self = config.lookup(&k);
+
+	if (self && *self && (bpf_get_current_pid_tgid() >> 32) == *self)
+		return harvest_aging(vma, addr, entry, nr_pages);
+#endif
+	stat_inc(STAT_EVENTS);
+	c = mm_resolved(read_ptr(vma, VMA_VM_MM));
+	if (!c || !c->targeted)
+		return 0;
+	who = harvester();
+	stat_add(STAT_HARVEST_AGING + who, nr_pages);
+	if (!((HEAT_HARVESTERS >> who) & 1))
+		return 0;
+	harvest_key(&key, c, addr, entry, nr_pages);
 	if (!count(&key, nr_pages, c->now)) {
 		stat_inc(STAT_DROPPED);
 		return 0;
@@ -496,6 +598,32 @@ KRETFUNC_PROBE(pmdp_test_and_clear_young, void *vma, unsigned long addr, void *p
 		return 0;
 	return harvest_pmd(vma, addr, pmdp);
 }
+
+#ifdef AGING_RUN
+/* The end of a write to lru_gen (mm/vmscan.c): mglrud's aging pass is in heat and stats after it */
+KRETFUNC_PROBE(lru_gen_seq_write, void *file, const char *src, unsigned long len, void *pos, long ret)
+{
+	int zero = 0, k = CONFIG_SELF_TGID;
+	u32 *self = config.lookup(&k);
+	struct aging_run *r;
+
+	if (!self || !*self || (bpf_get_current_pid_tgid() >> 32) != *self)
+		return 0;
+	r = aging_run.lookup(&zero);
+	if (!r)
+		return 0;
+	run_flush(r);
+	if (r->events) {
+		stat_add(STAT_EVENTS, r->events);
+		r->events = 0;
+	}
+	if (r->harvested) {
+		stat_add(STAT_HARVEST_AGING, r->harvested);
+		r->harvested = 0;
+	}
+	return 0;
+}
+#endif
 #else
 /* kprobe + kretprobe: the arguments, kept from entry to return, per thread */
 struct call {
