@@ -25,6 +25,8 @@
  * `addr` of `vma->vm_mm`: the program resolves what the tracepoint carries
  * itself (owner tgid and memcg from mm->owner, node and anon/file from the
  * struct page of the entry's pfn) and counts into the same maps, same layout.
+ * Under fexit, mglrud's own aging harvests are added up in runs and reach the
+ * maps at the end of each write to lru_gen (fexit on lru_gen_seq_write(); aging_run).
  *
  * Whoever clears the bit, it is gone for the next one: each harvest is classed
  * by the current task (the harvester) -- mglrud's own aging writes (its tgid,
