@@ -456,10 +456,10 @@ static __always_inline void harvest_key(struct region_key *key, struct mm_cache 
  * calls), and go into `heat` (and `stats`) when the key changes and when the write
  * returns (fexit on lru_gen_seq_write(), mm/vmscan.c, below): per young entry, one
  * read of its struct page and no map helper, where each was five helper calls
- * (stats three times, mm_cache, heat). One writer: one task of mglrud ages at a time
- * (mglrud/aging.py); the task may change CPUs, so the slot is not per CPU. Harvests
- * of mglrud's task outside a write of lru_gen (its own direct reclaim, its
- * clear_refs writes) are added at the end of its next write.
+ * (stats three times, mm_cache, heat). One writer: mglrud's main thread, which ages
+ * (aging_task()); it may change CPUs, so the slot is not per CPU. Harvests of that
+ * thread outside a write of lru_gen (its own direct reclaim, its clear_refs writes)
+ * are added at the end of its next write.
  */
 struct aging_run {
 	struct mm_cache c;	/* the aging task's mm cache */
@@ -471,6 +471,21 @@ struct aging_run {
 	u64 harvested;	/* STAT_HARVEST_AGING not yet in stats */
 };
 BPF_ARRAY(aging_run, struct aging_run, 1);
+
+/*
+ * mglrud's main thread (pid == tgid == config[CONFIG_SELF_TGID]), which does its aging
+ * (mglrud/daemon.py's loop; the HTTP server is another thread): the slot's one writer.
+ * Harvests by mglrud's other threads (their own direct reclaim) are aging harvests too
+ * (harvester()) and are counted per harvest, as without the run.
+ */
+static __always_inline bool aging_task(void)
+{
+	int k = CONFIG_SELF_TGID;
+	u32 *self = config.lookup(&k);
+	u64 id = bpf_get_current_pid_tgid();
+
+	return self && *self && (id >> 32) == *self && (u32)id == *self;
+}
 
 static __always_inline void run_flush(struct aging_run *r)
 {
@@ -528,10 +543,7 @@ static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64
 	int who;
 
 #ifdef AGING_RUN
-	int k = CONFIG_SELF_TGID;
-	u32 *self = config.lookup(&k);
-
-	if (self && *self && (bpf_get_current_pid_tgid() >> 32) == *self)
+	if (aging_task())
 		return harvest_aging(vma, addr, entry, nr_pages);
 #endif
 	stat_inc(STAT_EVENTS);
@@ -605,11 +617,10 @@ KRETFUNC_PROBE(pmdp_test_and_clear_young, void *vma, unsigned long addr, void *p
 /* The end of a write to lru_gen (mm/vmscan.c): mglrud's aging pass is in heat and stats after it */
 KRETFUNC_PROBE(lru_gen_seq_write, void *file, const char *src, unsigned long len, void *pos, long ret)
 {
-	int zero = 0, k = CONFIG_SELF_TGID;
-	u32 *self = config.lookup(&k);
+	int zero = 0;
 	struct aging_run *r;
 
-	if (!self || !*self || (bpf_get_current_pid_tgid() >> 32) != *self)
+	if (!aging_task())
 		return 0;
 	r = aging_run.lookup(&zero);
 	if (!r)
