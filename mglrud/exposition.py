@@ -221,11 +221,19 @@ def crc32_zeros(length: int) -> tuple[int, ...]:
 # ---------------------------------------------------------------- the cache
 
 class _Slot:
-    __slots__ = ("lock", "value")
+    __slots__ = ("lock", "value", "made")
 
     def __init__(self):
         self.lock = threading.Lock()
         self.value = None
+        self.made = 0  # renders into this slot: which one a pending let-go is for
+
+
+def _timer(seconds: float, fn: Callable[[], None]) -> None:
+    """Run fn in `seconds`, on a daemon thread of its own."""
+    t = threading.Timer(seconds, fn)
+    t.daemon = True
+    t.start()
 
 
 def _weak(obj):
@@ -247,8 +255,14 @@ class RenderCache:
     snapshot render it once. The text is kept as render_pieces()' pieces.
     """
 
-    def __init__(self, render: Callable[[object, bool], bytes | list[bytes]] = render_pieces):
+    # A text no scrape is expected to ask for again stays this long after it is handed out, for
+    # the other scrapes of the same round (two Prometheus replicas, a retry, a curl beside them)
+    LINGER = 1.0
+
+    def __init__(self, render: Callable[[object, bool], bytes | list[bytes]] = render_pieces,
+                 later: Callable[[float, Callable[[], None]], None] | None = None):
         self._render = render
+        self._later = later or _timer
         self._lock = threading.Lock()
         self._snapshot = None
         self._replaced = None  # weakref.ref to the snapshot the current one replaced
@@ -257,8 +271,8 @@ class RenderCache:
 
     def get(self, snapshot, openmetrics: bool, deflated: bool = False, keep_text: bool = True):
         """The snapshot's part 2: its pieces, or (deflated) a Deflated of them. `keep_text`
-        False: once deflated, or once handed out, the text is not kept (no scrape is expected to
-        ask for it again); a scrape that does ask renders it again."""
+        False: once deflated, or LINGER seconds after it is handed out, the text is not kept (no
+        scrape is expected to ask for it again); a scrape that does ask renders it again."""
         with self._lock:
             late = snapshot is not self._snapshot and self._replaced is not None \
                 and self._replaced() is snapshot
@@ -279,9 +293,21 @@ class RenderCache:
                         self._drop(snapshot, openmetrics)
                 else:
                     value = slot.value = self._counted_render(snapshot, openmetrics)
+                    slot.made += 1
             if not deflated and not keep_text:
-                slot.value = None
+                made = slot.made
+                self._later(self.LINGER, lambda: self._let_go(slot, made))
             return value
+
+    @staticmethod
+    def _let_go(slot: _Slot, made: int) -> None:
+        """Drop the slot's text if it is still the made'th render, and give the heap back (a
+        body still being written keeps it until Exposition.sent())."""
+        with slot.lock:
+            if slot.value is None or slot.made != made:
+                return
+            slot.value = None
+        memory.trim()
 
     def _counted_render(self, snapshot, openmetrics: bool) -> list[bytes]:
         text = _pieces(self._render(snapshot, openmetrics))
@@ -323,12 +349,13 @@ class Exposition:
 
     def __init__(self, published: Published, extra=(), wall: Callable[[], float] = time.time,
                  render: Callable[[object, bool], bytes | list[bytes]] = render_pieces,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 later: Callable[[float, Callable[[], None]], None] | None = None):
         self.published = published
         self.extra = tuple(extra)  # per-scrape collectors, rendered after the snapshot's families
         self.wall = wall
         self.clock = clock
-        self.cache = RenderCache(render)
+        self.cache = RenderCache(render, later)
         self._asked: dict[tuple[bool, bool], float] = {}  # (openmetrics, gzip) -> when last asked
         self._every: dict[tuple[bool, bool], float] = {}  # -> seconds between its last two asks
         self._next_publish: float | None = None  # when prepare(within=) expects the next publish
@@ -365,8 +392,10 @@ class Exposition:
         at = self._asked.get(variant)
         if at is None or now - at > self.RECENT:
             return False
-        every = self._every.get(variant)
-        return self._next_publish is None or every is None or at + every <= self._next_publish + self.ROUND
+        every, next_publish = self._every.get(variant), self._next_publish
+        if next_publish is not None and next_publish < now:
+            next_publish = None  # overdue (a cycle failed and kept the snapshot): unknown
+        return next_publish is None or every is None or at + every <= next_publish + self.ROUND
 
     def parts(self, openmetrics: bool) -> tuple[bytes, object, bytes]:
         snap = self.published.current  # read ONCE: every part of one body is one snapshot's
