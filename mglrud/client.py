@@ -118,7 +118,7 @@ def read_maps(pid: int, procfs: str = "/proc") -> list[tuple[int, int, str]]:
 
     out = []
     try:
-        text = Path(procfs, str(pid), "maps").read_text()
+        text = Path(procfs, str(pid), "maps").read_text(errors="backslashreplace")  # file names: any bytes
     except OSError:
         return out
     for line in text.splitlines():

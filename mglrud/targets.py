@@ -80,16 +80,22 @@ def status_uid(text: str) -> int | None:
     return None
 
 
+def _text(path) -> str:
+    return path.read_bytes().decode("utf-8", "backslashreplace")
+
+
 def read_proc(fs: FS, pid: int, cmdline: bool, uid: bool = False) -> Proc | None:
     """None when the process exited meanwhile or is not readable."""
     try:
-        comm = fs.proc(pid, "comm").read_text().rstrip("\n")
-        cgroup = proc_cgroup(fs.proc(pid, "cgroup").read_text())
+        # any user can name a process (prctl(PR_SET_NAME)) or a delegated cgroup with bytes that
+        # are not UTF-8: kept as \xNN (lru_gen.read_text() spells memcg paths the same way)
+        comm = _text(fs.proc(pid, "comm")).rstrip("\n")
+        cgroup = proc_cgroup(_text(fs.proc(pid, "cgroup")))
         cmd = ""
         if cmdline:
             with open(fs.proc(pid, "cmdline"), "rb") as f:
                 cmd = f.read(CMDLINE_MAX).replace(b"\0", b" ").decode(errors="replace").strip()
-        owner = status_uid(fs.proc(pid, "status").read_text()) if uid else None
+        owner = status_uid(_text(fs.proc(pid, "status"))) if uid else None
     except OSError:  # exited meanwhile (ENOENT, ESRCH while torn down) or not readable
         return None
     return Proc(pid, comm, cmd, cgroup, start_time(fs, pid), owner)

@@ -102,7 +102,7 @@ def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes, s
     CONFIG_MIGRATION; EPERM: a seccomp filter or LSM), from pagemap's PFNs (node -1 when
     the kernel hides them, i.e. without CAP_SYS_ADMIN)."""
     try:
-        vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text()) if e.rss > 0]
+        vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text(errors="replace")) if e.rss > 0]
     except (OSError, ValueError):
         return None
     spans = [(e.start, e.end) for e in vmas]

@@ -241,7 +241,9 @@ def _reparse(text: str, sections: list[str], previous: tuple[GenHistogram, ...],
 
 def read_text(fs: FS) -> str:
     try:
-        return fs.lru_gen.read_text()
+        # memcg names are any bytes but '/' (a tenant names its delegated cgroups): a byte that
+        # is not UTF-8 is kept as \xNN, the same spelling targets.py gives /proc/PID/cgroup
+        return fs.lru_gen.read_bytes().decode("utf-8", "backslashreplace")
     except FileNotFoundError:
         raise Unavailable(
             f"{fs.lru_gen} does not exist: mount debugfs (mount -t debugfs none {fs.paths.debugfs}) "

@@ -314,8 +314,16 @@ def test_not_root_tracefs_and_debugfs_unreadable_keep_the_engine_running(tmp_pat
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
         return real_read(self, *a, **kw)
 
+    real_bytes = pathlib.Path.read_bytes
+
+    def read_bytes(self):
+        if str(self).startswith(closed):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_bytes(self)
+
     monkeypatch.setattr(pathlib.Path, "stat", stat)
     monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", read_bytes)
     rig = Rig(root, _config(root, sources=["bpf", "lru_gen"]))
     m = rig.cycle()
     assert up(m) == 0

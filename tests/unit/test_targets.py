@@ -157,3 +157,17 @@ def test_a_huge_command_line_is_matched_on_its_first_cmdline_max_bytes_only(monk
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_process_name_or_cgroup_that_is_not_utf8_is_read_not_fatal(tmp_path):
+    """Any user can name a process with bytes that are not UTF-8 (prctl(PR_SET_NAME)) and, with a
+    delegated cgroup, a cgroup too: read with those bytes escaped, and the scan of every other
+    process goes on (seen failing: UnicodeDecodeError out of scan_procs, every cycle)."""
+    from mglrud.targets import scan_procs
+    fs = _proc_tree(tmp_path, PROCS)
+    (tmp_path / "proc" / "100" / "comm").write_bytes(b"ng\xffinx\n")
+    (tmp_path / "proc" / "200" / "cgroup").write_bytes(b"0::/user.slice/t\xfe\n")
+    procs = {p.pid: p for p in scan_procs(fs, cmdline=True)}
+    assert sorted(procs) == [100, 200, 300, 400]
+    assert procs[100].comm == "ng\\xffinx"
+    assert procs[200].cgroup == "/user.slice/t\\xfe"
