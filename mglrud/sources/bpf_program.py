@@ -100,6 +100,17 @@ def layout(fs: FS, probe: bool) -> list[str]:
     return out
 
 
+def own_tgid(fs: FS) -> int:
+    """This process's tgid as the program sees it (bpf_get_current_pid_tgid(): the initial PID
+    namespace's), read as /proc/self of the procfs the targets' pids come from: in a container of
+    its own PID namespace with the host's /proc at /host/proc, os.getpid() is 1 (the host's init),
+    the link names mglrud's host pid. os.getpid() when the link cannot be read."""
+    try:
+        return int(os.readlink(fs.proc("self")))
+    except (OSError, ValueError):
+        return os.getpid()
+
+
 def pick_event(cfg: Bpf, fs: FS) -> str | None:
     """The tracepoint to attach to: the range event when the kernel has it and regions
     are at least a PTE table (2 MiB), else the per-entry (debugging) event; None if
@@ -195,6 +206,7 @@ class Program:
     _targets_gen = 0  # config[CONFIG_TARGETS_GEN], bumped by each set_targets()
 
     def __init__(self, cfg: Bpf, fs: FS, event: str | None = None):
+        self.self_tgid = own_tgid(fs)  # the writer of lru_gen: its harvests are the aging's
         # `event` forces one of the two tracepoints (benchmarks compare them)
         self.event = event or pick_event(cfg, fs)
         attach, flags = "tracepoint", cflags(cfg, self.event == RANGE_EVENT[-1])
@@ -251,7 +263,7 @@ class Program:
 
     def set_targets(self, tgids: set[int], memcg_ids: set[int]) -> None:
         # this process writes lru_gen: the harvests it causes are the aging's (the program's harvester())
-        self.maps["config"].update(U32.pack(CONFIG_SELF_TGID), U32.pack(os.getpid()))
+        self.maps["config"].update(U32.pack(CONFIG_SELF_TGID), U32.pack(self.self_tgid))
         for name, want in (("target_tgids", tgids), ("target_memcgs", memcg_ids)):
             table = self.maps[name]
             have = {U32.unpack(k)[0] for k in table.keys()}

@@ -629,11 +629,27 @@ def test_set_targets_moves_the_generation_that_drops_the_probes_mm_cache():
     u32 = bpf_hotness.U32
     prog = object.__new__(bpf_hotness.Program)
     prog.maps = {"config": Table(), "target_tgids": Table({u32.pack(7): b"\x01"}), "target_memcgs": Table()}
+    prog.self_tgid = 4242
     prog.set_targets({8}, {3})
     config = prog.maps["config"]
-    assert config.items == {u32.pack(0): u32.pack(os.getpid()), u32.pack(1): u32.pack(1)}
+    assert config.items == {u32.pack(0): u32.pack(4242), u32.pack(1): u32.pack(1)}
     assert set(prog.maps["target_tgids"].items) == {u32.pack(8)} and set(prog.maps["target_memcgs"].items) == {u32.pack(3)}
     prog.set_targets({8}, {3})  # the same targets: a new generation all the same (a task may have moved memcg)
     assert config.items[u32.pack(1)] == u32.pack(2)
     # the generation is written last, after the target maps, so a cache refilled from it sees the new targets
     assert config.log[-1] == ("update", u32.pack(1), u32.pack(2))
+
+
+def test_own_tgid_is_read_from_the_procfs_of_the_targets_not_os_getpid(tmp_path):
+    """In a container of its own PID namespace (deploy/container: the host's /proc at /host/proc)
+    os.getpid() is 1, the host's init; the program compares the host's tgids, so config's
+    SELF_TGID is /proc/self of that procfs (review: with os.getpid() no harvest was the aging's
+    and the probe's heat stayed empty there)."""
+    from mglrud.config import Paths
+    from mglrud.fs import FS
+    from mglrud.sources.bpf_program import own_tgid
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "self").symlink_to("4242")
+    assert own_tgid(FS(Paths(procfs=str(tmp_path / "proc")))) == 4242
+    assert own_tgid(FS(Paths(procfs=str(tmp_path / "none")))) == os.getpid()  # unreadable: our own
+    assert own_tgid(FS(Paths(procfs="/proc"))) == os.getpid()
