@@ -180,8 +180,7 @@ def guest(args) -> int:
     base = 0x3000_0000_0000
     vma_maps = [f"map V{i} {base + 0x6000_0000 + i * 32 * PAGE:#x} 16 anon" for i in range(1024)]
     vma_touch = [f"touch V{i} all" for i in range(1024)]
-    print(f"[cost] kernel {platform.release()}, patched={patched}, cmdline {Path('/proc/cmdline').read_text().strip()}",
-          flush=True)
+    print(f"[cost] kernel {platform.release()}, patched={patched}, label {args.label}", flush=True)
     work = {}
     try:
         work["dense"] = Aging("dense", [f"map D {base:#x} {n128} anon"], ["touch D all"], n128, n128 // TABLE, 1)
@@ -232,7 +231,7 @@ def guest(args) -> int:
                 counted.setdefault("pages", []).append(sum(c for v in d["heat"] for c, _, _ in v["percpu"]))
                 prog.close()
             passes("off")
-            if empty:
+            if empty is not None:
                 empty.attach_tracepoint(tp=b"vmscan:mm_vmscan_lru_gen_young_range",
                                         fn_name=b"tracepoint__vmscan__mm_vmscan_lru_gen_young_range")
                 try:
@@ -244,7 +243,7 @@ def guest(args) -> int:
                 for n, t in times.items()), flush=True)
         out = {
             "label": args.label, "release": platform.release(), "patched": patched,
-            "cmdline": Path("/proc/cmdline").read_text().strip(), "blocks": args.blocks, "passes": args.passes,
+            "blocks": args.blocks, "passes": args.passes,
             "workloads": {n: {"young": w.young, "tables": w.tables, "vmas": w.vmas} for n, w in work.items()},
             "thp_kb": thp, "times_ns": times, "errors": errors, "counted_pages_per_block": counted,
         }
@@ -262,6 +261,85 @@ def guest(args) -> int:
     return 0
 
 
+LOCK_STAT = Path("/proc/lock_stat")
+LOCK_STAT_ON = Path("/proc/sys/kernel/lock_stat")
+LOCK_COLUMNS = ("con-bounces", "contentions", "waittime-min", "waittime-max", "waittime-total", "waittime-avg",
+                "acq-bounces", "acquisitions", "holdtime-min", "holdtime-max", "holdtime-total", "holdtime-avg")
+
+
+def lock_classes(text: str, match=("ptlock", "ptl", "page_table_lock")) -> dict[str, dict[str, float]]:
+    """The class lines of /proc/lock_stat (Documentation/locking/lockstat.rst) whose name has one
+    of `match` in it: {class: {column: value}}; times are in microseconds."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, rest = line.rpartition(":")
+        nums = rest.split()
+        if not sep or len(nums) != len(LOCK_COLUMNS) or not any(m in name for m in match):
+            continue
+        try:
+            out[name.strip()] = dict(zip(LOCK_COLUMNS, map(float, nums)))
+        except ValueError:
+            continue
+    return out
+
+
+def ptl(args) -> int:
+    """Page-table lock hold times over aging passes of the dense workload, from lock_stat
+    (CONFIG_LOCK_STAT, the debug kernel): event off vs mglrud's counting program on it."""
+    os.sched_setaffinity(0, {1} if os.cpu_count() > 1 else {0})
+    CG_ROOT.mkdir(exist_ok=True)
+    (CG_ROOT / "cgroup.subtree_control").write_text("+memory")
+    n = args.mib * (1 << 20) // PAGE
+    w = Aging("dense", [f"map D {0x3000_0000_0000:#x} {n} anon"], ["touch D all"], n, n // TABLE, 1)
+    prog = None
+    lines = [f"PTL classes in /proc/lock_stat over one aging pass of {args.mib} MiB anon, every page young "
+             f"({n // TABLE} PTE tables); kernel {platform.release()}; times in us",
+             f"{'config':9} {'pass':>4} {'pass us':>9} {'class':30} {'acquisitions':>12} {'contentions':>11} "
+             f"{'hold min':>8} {'hold max':>9} {'hold total':>10} {'hold avg':>8}"]
+    try:
+        for config in ("off", "counting", "off", "counting"):
+            if config == "counting":
+                from mglrud.config import Bpf, Paths
+                from mglrud.fs import FS
+                from mglrud.sources.bpf_program import Program
+
+                prog = Program(Bpf(), FS(Paths()), event="mm_vmscan_lru_gen_young_range")
+                prog.set_targets({w.w.pid}, {w.w.mid})
+            for i in range(args.passes):
+                for t in w.touches:
+                    w.w(t)
+                LOCK_STAT.write_text("0")  # clear
+                LOCK_STAT_ON.write_text("1")
+                ns, err = w.age()
+                LOCK_STAT_ON.write_text("0")
+                classes = lock_classes(LOCK_STAT.read_text())
+                if not classes:
+                    lines.append(f"{config:9} {i:4d} {ns / 1e3:9.0f} (no page-table lock class in /proc/lock_stat)")
+                for name, c in sorted(classes.items()):
+                    lines.append(f"{config:9} {i:4d} {ns / 1e3:9.0f} {name[:30]:30} {c['acquisitions']:12.0f} "
+                                 f"{c['contentions']:11.0f} {c['holdtime-min']:8.2f} {c['holdtime-max']:9.2f} "
+                                 f"{c['holdtime-total']:10.1f} {c['holdtime-avg']:8.2f}" + (f" {err}" if err else ""))
+            if prog:
+                d = prog.dump()
+                lines.append(f"# counting program saw {sum(c for v in d['heat'] for c, _, _ in v['percpu'])} pages")
+                prog.close()
+                prog = None
+    finally:
+        if prog:
+            prog.close()
+        w.w.stop()
+        for _ in range(50):
+            try:
+                w.w.cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    Path(args.out, "ptl_hold.txt").write_text(text)
+    return 0
+
+
 def summary(args) -> int:
     runs = [json.loads(Path(d, "kernel_cost.json").read_text()) for d in args.dirs]
     order = []
@@ -272,8 +350,7 @@ def summary(args) -> int:
     for label in order:
         rs = [r for r in runs if r["label"] == label]
         print(f"# {label}: {len(rs)} boot(s), {rs[0]['release']}, patched={rs[0]['patched']}, "
-              f"{rs[0]['blocks']} blocks x {rs[0]['passes']} passes per configuration each; "
-              f"cmdline icount? see vm-run.sh --qemu-opts of the run")
+              f"{rs[0]['blocks']} blocks x {rs[0]['passes']} passes per configuration each")
     base = next((r for r in runs if not r["patched"]), None)
     work = runs[0]["workloads"]
     print(f"{'workload':11} {'kernel/config':28} {'n':>3} {'median us':>10} {'min us':>9} {'max us':>9} "
@@ -295,6 +372,37 @@ def summary(args) -> int:
     return 0
 
 
+UNPATCHED_CACHE = "/var/cache/mglrud-unpatched"
+
+
+def run(args) -> int:
+    """Host side: boots alternating unpatched and patched (A B A B ...), one guest at a time."""
+    qemu = f"-icount shift={args.icount},sleep=off" if args.icount is not None else ""
+    clock = f"icount{args.icount}" if qemu else "wall"
+    dirs = []
+    for i in range(args.boots):
+        variant = ("unpatched", "default")[i % 2]
+        label = ("unpatched", "patched")[i % 2] + "-" + clock
+        out = Path(args.out, f"{i:02d}-{label}").resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if variant == "unpatched":  # its own cache: kernel-patch/README.md, "Cost"
+            env.setdefault("MGLRUD_CACHE", UNPATCHED_CACHE)
+        cmd = [str(REPO / "kernel-patch/vm-run.sh"), "--variant", variant, "--out", str(out),
+               "--timeout", str(args.timeout)]
+        if qemu:
+            cmd += ["--qemu-opts", qemu]
+        cmd += ["--exec", f"/usr/bin/python3 bench/kernel_cost.py guest --out {out} --label {label} "
+                          f"--blocks {args.blocks} --passes {args.passes}"]
+        print(f"[cost] boot {i}: {label}", flush=True)
+        rc = subprocess.run(cmd, env=env).returncode
+        if rc != 0:
+            print(f"kernel_cost.py: boot {i} ({label}) failed with exit status {rc}; see {out}", file=sys.stderr)
+            return 1
+        dirs.append(str(out))
+    return summary(argparse.Namespace(dirs=dirs))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -303,10 +411,21 @@ def main() -> int:
     g.add_argument("--label", required=True, help="name of this kernel/clock in the summary, e.g. unpatched-icount")
     g.add_argument("--blocks", type=int, default=2)
     g.add_argument("--passes", type=int, default=5)
+    t = sub.add_parser("ptl", help="page-table lock hold times (needs CONFIG_LOCK_STAT)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--mib", type=int, default=64)
+    t.add_argument("--passes", type=int, default=3)
+    r = sub.add_parser("run", help="host side: alternate unpatched and patched boots, then summary")
+    r.add_argument("--out", required=True)
+    r.add_argument("--boots", type=int, default=4)
+    r.add_argument("--icount", type=int, help="qemu -icount shift=N,sleep=off (guest time counts instructions)")
+    r.add_argument("--blocks", type=int, default=2)
+    r.add_argument("--passes", type=int, default=5)
+    r.add_argument("--timeout", type=int, default=2400)
     s = sub.add_parser("summary")
     s.add_argument("dirs", nargs="+")
     args = p.parse_args()
-    return guest(args) if args.cmd == "guest" else summary(args)
+    return {"guest": guest, "ptl": ptl, "run": run, "summary": summary}[args.cmd](args)
 
 
 if __name__ == "__main__":
