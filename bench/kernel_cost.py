@@ -351,21 +351,28 @@ def summary(args) -> int:
         rs = [r for r in runs if r["label"] == label]
         print(f"# {label}: {len(rs)} boot(s), {rs[0]['release']}, patched={rs[0]['patched']}, "
               f"{rs[0]['blocks']} blocks x {rs[0]['passes']} passes per configuration each")
-    base = next((r for r in runs if not r["patched"]), None)
+    # labels are KERNEL-CLOCK (unpatched-icount1, patched-wall): ratios are to the unpatched
+    # kernel's median with the same clock
+    order.sort(key=lambda label: (label.partition("-")[2], label.startswith("patched")))
+
+    def median_of(label: str, w: str, config: str) -> float | None:
+        ts = [t for r in runs if r["label"] == label for t in r["times_ns"][w].get(config, [])]
+        return statistics.median(ts) if ts else None
+
     work = runs[0]["workloads"]
     print(f"{'workload':11} {'kernel/config':28} {'n':>3} {'median us':>10} {'min us':>9} {'max us':>9} "
-          f"{'ns/young':>9} {'ns/table':>10} {'/unpatched':>10}")
+          f"{'ns/young':>9} {'ns/table':>10} {'/unpatched':>10} {'+ns/young':>9} {'+ns/table':>9}")
     for w, shape in work.items():
-        base_med = None
         for label in order:
             rs = [r for r in runs if r["label"] == label]
+            base_med = median_of("unpatched-" + label.partition("-")[2], w, "off")
             for config in rs[0]["times_ns"][w]:
                 ts = [t for r in rs for t in r["times_ns"][w][config]]
                 errs = sum(len(r["errors"][w][config]) for r in rs)
                 med = statistics.median(ts)
-                if base is not None and label == base["label"] and config == "off":
-                    base_med = med
-                ratio = f"{med / base_med:10.4f}" if base_med else f"{'':>10}"
+                # the ratio, and what the configuration adds per young entry and per table
+                ratio = (f"{med / base_med:10.4f} {(med - base_med) / shape['young']:9.1f} "
+                         f"{(med - base_med) / shape['tables']:9.0f}") if base_med else ""
                 print(f"{w:11} {label + ' ' + config:28} {len(ts):3d} {med / 1e3:10.1f} {min(ts) / 1e3:9.1f} "
                       f"{max(ts) / 1e3:9.1f} {med / shape['young']:9.1f} {med / shape['tables']:10.0f} {ratio}"
                       + (f"  ({errs} writes failed)" if errs else ""))
