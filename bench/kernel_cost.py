@@ -340,6 +340,39 @@ def ptl(args) -> int:
     return 0
 
 
+def calibrate(args) -> int:
+    """Work the series does not touch, timed the same way: what two kernels' boots differ by
+    apart from the series (a pure user-space loop, a cheap syscall, a /proc read)."""
+    os.sched_setaffinity(0, {1} if os.cpu_count() > 1 else {0})
+
+    def loop():
+        x = 0
+        for i in range(200_000):
+            x += i
+        return x
+
+    def syscalls():
+        for _ in range(5000):
+            os.getppid()
+
+    def proc():
+        for _ in range(300):
+            Path("/proc/self/stat").read_bytes()
+
+    out = {}
+    for name, fn in (("python loop", loop), ("getppid x5000", syscalls), ("/proc/self/stat x300", proc)):
+        ts = []
+        for _ in range(args.passes):
+            t = time.perf_counter_ns()
+            fn()
+            ts.append(time.perf_counter_ns() - t)
+        out[name] = ts
+        print(f"[calibrate] {platform.release()} patched={RANGE_EVENT.is_dir()} {name}: median "
+              f"{statistics.median(ts) / 1e3:.1f} us, min {min(ts) / 1e3:.1f}, max {max(ts) / 1e3:.1f}", flush=True)
+    Path(args.out, "calibrate.json").write_text(json.dumps({"patched": RANGE_EVENT.is_dir(), "times_ns": out}))
+    return 0
+
+
 def summary(args) -> int:
     runs = [json.loads(Path(d, "kernel_cost.json").read_text()) for d in args.dirs]
     order = []
@@ -429,10 +462,13 @@ def main() -> int:
     r.add_argument("--blocks", type=int, default=2)
     r.add_argument("--passes", type=int, default=5)
     r.add_argument("--timeout", type=int, default=2400)
+    c = sub.add_parser("calibrate", help="time work the series does not touch (a boot's baseline)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--passes", type=int, default=7)
     s = sub.add_parser("summary")
     s.add_argument("dirs", nargs="+")
     args = p.parse_args()
-    return {"guest": guest, "ptl": ptl, "run": run, "summary": summary}[args.cmd](args)
+    return {"guest": guest, "ptl": ptl, "run": run, "calibrate": calibrate, "summary": summary}[args.cmd](args)
 
 
 if __name__ == "__main__":
