@@ -217,9 +217,12 @@ class EmptyFexit:
         self.bpf.detach_kretfunc(fn_name=self.FN)
 
 
-def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events: list[str]) -> list[str]:
+def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events: list[str],
+             every: int = 1) -> list[str]:
     """Blocks of passes without the program and with it on each event, interleaved. The event
-    fexit-empty is EMPTY_FEXIT: the trampoline's own cost on a stock kernel."""
+    fexit-empty is EMPTY_FEXIT: the trampoline's own cost on a stock kernel. `every`: one page
+    in that many is touched before each pass (1: all young; more: a sparse pass)."""
+    touched = range(0, m.npages, every)
     times: dict[str, list[float]] = {"off": []}
     counted: dict[str, list[float]] = {}
     compile_s = []
@@ -241,7 +244,7 @@ def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events
                 compile_s.append(time.monotonic() - t)
                 prog.set_targets({os.getpid()}, {mid})
             for _ in range(per_block):
-                m.touch(range(m.npages), flush=True)  # every page young at every pass
+                m.touch(touched, flush=True)  # these pages young at every pass
                 times.setdefault(event, []).append(age(mid))
             if prog:
                 d = prog.dump()
@@ -251,7 +254,8 @@ def overhead(mid: int, m: Mapping, blocks: int, per_block: int, cfg: Bpf, events
                 empty.detach()
                 counted.setdefault(event, []).append(0)
     off = statistics.median(times["off"])
-    lines = [f"aging pass over {m.npages * PAGE >> 20} MiB, every page young (TLB flushed before each pass); "
+    young = "every page young" if every == 1 else f"one page in {every} young ({len(touched)} pages)"
+    lines = [f"aging pass over {m.npages * PAGE >> 20} MiB, {young} (TLB flushed before each pass); "
              f"blocks of {per_block} passes, {blocks} per configuration, interleaved",
              f"{'configuration':40} {'passes':>6} {'median ms':>9} {'min ms':>7} {'median/off':>10} {'pages/pass':>10}",
              f"{'off (no program)':40} {len(times['off']):6d} {1000 * off:9.1f} {1000 * min(times['off']):7.1f} "
@@ -354,6 +358,8 @@ def main() -> int:
     p.add_argument("--overhead-size", type=size, default=256 << 20)
     p.add_argument("--blocks", type=int, default=3)
     p.add_argument("--per-block", type=int, default=4)
+    p.add_argument("--sparse", type=int, default=0, help="also an overhead table where one page in N is "
+                   "young at each pass (0: none)")
     p.add_argument("--daemon-seconds", type=float, default=60)
     p.add_argument("--skip", default="", help="comma-separated: accuracy,overhead,daemon")
     p.add_argument("--accuracy-events", default="", help="comma-separated attachments the accuracy tables "
@@ -411,6 +417,9 @@ def main() -> int:
         m = Mapping(args.overhead_size)
         emit(["", "## overhead: aging pass time, program attached / not attached"])
         emit(overhead(mid, m, args.blocks, args.per_block, cfg, events))
+        if args.sparse > 1:
+            emit(["", f"## overhead, sparse: one page in {args.sparse} young"])
+            emit(overhead(mid, m, args.blocks, args.per_block, cfg, events, every=args.sparse))
         del m
     if "daemon" not in skip:
         emit(["", "## daemon cost"])

@@ -25,6 +25,8 @@
  * `addr` of `vma->vm_mm`: the program resolves what the tracepoint carries
  * itself (owner tgid and memcg from mm->owner, node and anon/file from the
  * struct page of the entry's pfn) and counts into the same maps, same layout.
+ * Under fexit, mglrud's own aging harvests are added up in runs and reach the
+ * maps at the end of each write to lru_gen (fexit on lru_gen_seq_write(); aging_run).
  *
  * Whoever clears the bit, it is gone for the next one: each harvest is classed
  * by the current task (the harvester) -- mglrud's own aging writes (its tgid,
@@ -71,6 +73,9 @@
 #define TASK_FLAGS(task) (&((struct task_struct *)(task))->flags)
 #endif
 
+/* @p + @off: a member of the struct at @p, at an offset from the kernel's BTF or a header */
+#define MEMBER(p, off)		((void *)((char *)(p) + (off)))
+
 #ifdef MGLRUD_PROBE
 #ifdef MGLRUD_BTF
 /*
@@ -113,8 +118,6 @@
 #define PAGE_SIZEOF		sizeof(struct page)
 #define PG_SWAPBACKED		PG_swapbacked
 #endif
-/* @p + @off: a member of the struct at @p, read with bpf_probe_read_kernel() */
-#define MEMBER(p, off)		((void *)((char *)(p) + (off)))
 #endif
 
 #ifndef REGION_SHIFT
@@ -164,6 +167,7 @@ enum mglrud_harvester { HARVEST_AGING, HARVEST_RECLAIM, HARVEST_OTHER };
 #ifndef HEAT_HARVESTERS
 #ifdef MGLRUD_PROBE
 #define HEAT_HARVESTERS (1 << HARVEST_AGING)
+#define HEAT_AGING_ONLY 1	/* aging_run below */
 #else
 #define HEAT_HARVESTERS ((1 << HARVEST_AGING) | (1 << HARVEST_RECLAIM) | (1 << HARVEST_OTHER))
 #endif
@@ -200,7 +204,7 @@ static __always_inline void stat_inc(int i)
 }
 
 /* Add @pages found young to the cell @key; false when the map is full. */
-static __always_inline bool count(struct region_key *key, u64 pages, u64 now)
+static __always_inline bool count_n(struct region_key *key, u64 pages, u64 entries, u64 now)
 {
 	struct region_val *v, init = {};
 
@@ -213,14 +217,40 @@ static __always_inline bool count(struct region_key *key, u64 pages, u64 now)
 			return false;
 	}
 	v->pages += pages;
-	v->events++;
+	v->events += entries;
 	v->last_ns = now;
 	return true;
+}
+
+static __always_inline bool count(struct region_key *key, u64 pages, u64 now)
+{
+	return count_n(key, pages, 1, now);
 }
 
 static __always_inline bool targeted(u32 tgid, u32 memcg_id)
 {
 	return target_tgids.lookup(&tgid) || target_memcgs.lookup(&memcg_id);
+}
+
+/*
+ * A pointer or a u32 member of the struct at @p (mm->owner, task->tgid, ...), read with
+ * bpf_probe_read_kernel(): what the tracepoints and the kprobe read, and the fexit
+ * programs where the verifier cannot type the load (see read_ptr() below).
+ */
+static __always_inline void *kread_ptr(const void *p, unsigned long off)
+{
+	void *v = NULL;
+
+	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
+	return v;
+}
+
+static __always_inline u32 kread_u32(const void *p, unsigned long off)
+{
+	u32 v = 0;
+
+	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
+	return v;
 }
 
 static __always_inline void stat_add(int i, u64 n)
@@ -274,10 +304,7 @@ static __always_inline void *read_ptr(void *p, unsigned long off)
 #ifdef MGLRUD_ATTACH_FEXIT
 	return *(void **)MEMBER(p, off);
 #else
-	void *v = NULL;
-
-	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
-	return v;
+	return kread_ptr(p, off);
 #endif
 }
 
@@ -286,10 +313,7 @@ static __always_inline u32 read_u32(void *p, unsigned long off)
 #ifdef MGLRUD_ATTACH_FEXIT
 	return *(u32 *)MEMBER(p, off);
 #else
-	u32 v = 0;
-
-	bpf_probe_read_kernel(&v, sizeof(v), MEMBER(p, off));
-	return v;
+	return kread_u32(p, off);
 #endif
 }
 
@@ -355,40 +379,46 @@ static __always_inline void resolve_mm(struct mm_cache *c, void *mm, void *owner
 	c->valid = 1;
 }
 
-/*
- * One harvested accessed bit: entry @entry (its value after the clear: only the
- * accessed bit changed) at @addr of @vma, mapping @nr_pages base pages.
- */
-static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64 nr_pages)
+/* @c made valid for @mm (see above); false when the config cannot be read */
+static __always_inline bool mm_check(struct mm_cache *c, void *mm)
 {
-	struct region_key key = {};
-	struct mm_cache *c;
-	void *mm, *owner, *page;
-	unsigned long pg[2] = {};	/* page->flags, and page->compound_head beside it */
-	unsigned long flags;
+	void *owner;
 	u32 *genp, gen;
-	int zero = 0, k = CONFIG_TARGETS_GEN, who;
+	int k = CONFIG_TARGETS_GEN;
 
-	stat_inc(STAT_EVENTS);
-	mm = read_ptr(vma, VMA_VM_MM);
-	if (!mm)
-		return 0;
 	/* mm->owner exists with CONFIG_MEMCG (mm_update_next_owner() keeps it on a live thread) */
 	owner = read_ptr(mm, MM_OWNER);
-	c = mm_cache.lookup(&zero);
 	genp = config.lookup(&k);
-	if (!c || !genp)
-		return 0;
+	if (!genp)
+		return false;
 	gen = *genp;
 	if (!c->valid || c->mm != mm || c->owner != owner || c->gen != gen ||
 	    (owner && read_u32(owner, TASK_TGID) != c->tgid))
 		resolve_mm(c, mm, owner, gen);
-	if (!c->targeted)
-		return 0;
-	who = harvester();
-	stat_add(STAT_HARVEST_AGING + who, nr_pages);
-	if (!((HEAT_HARVESTERS >> who) & 1))
-		return 0;
+	return true;
+}
+
+/* The mm's cached owner, memcg and targeted-ness (this CPU's mm_cache); NULL if none. */
+static __always_inline struct mm_cache *mm_resolved(void *mm)
+{
+	struct mm_cache *c;
+	int zero = 0;
+
+	if (!mm)
+		return NULL;
+	c = mm_cache.lookup(&zero);
+	if (!c || !mm_check(c, mm))
+		return NULL;
+	return c;
+}
+
+/* The region key of a harvested entry @entry (@nr_pages base pages) at @addr of the mm in @c */
+static __always_inline void harvest_key(struct region_key *key, struct mm_cache *c, unsigned long addr,
+					u64 entry, u64 nr_pages)
+{
+	void *page;
+	unsigned long pg[2] = {};	/* page->flags, and page->compound_head beside it */
+	unsigned long flags;
 
 	page = (void *)(c->map_base +
 			((nr_pages > 1 ? entry & X86_PMD_PFN_MASK : entry & X86_PFN_MASK) >> 12) * PAGE_SIZEOF);
@@ -400,19 +430,131 @@ static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64
 		bpf_probe_read_kernel(&pg[1], sizeof(pg[1]), MEMBER(page, PAGE_COMPOUND_HEAD));
 	}
 	flags = pg[0];
-	key.node = (flags >> NODES_PGSHIFT) & NODES_MASK;
+	key->node = (flags >> NODES_PGSHIFT) & NODES_MASK;
 	/* folio_is_file_lru(): !PG_swapbacked, a flag of the head page */
 	if (pg[1] & 1)
 		bpf_probe_read_kernel(&flags, sizeof(flags), MEMBER(pg[1] - 1, PAGE_FLAGS));
-	key.lru = (flags & (1UL << PG_SWAPBACKED)) ? KEY_LRU_ANON : KEY_LRU_FILE;
-	key.region = addr >> REGION_SHIFT;
-	key.tgid = c->tgid;
-	key.memcg_id = c->memcg_id;
+	key->lru = (flags & (1UL << PG_SWAPBACKED)) ? KEY_LRU_ANON : KEY_LRU_FILE;
+	key->region = addr >> REGION_SHIFT;
+	key->tgid = c->tgid;
+	key->memcg_id = c->memcg_id;
 	if (c->stamped >= CLOCK_EVERY) {
 		c->now = bpf_ktime_get_ns();
 		c->stamped = 0;
 	}
 	c->stamped++;
+}
+
+#if defined(MGLRUD_ATTACH_FEXIT) && defined(HEAT_AGING_ONLY)
+#define AGING_RUN 1
+/*
+ * mglrud's own aging, the only harvests counted in heat here (HEAT_HARVESTERS), is
+ * one task writing lru_gen (config[CONFIG_SELF_TGID]), whose walk finds the young
+ * entries of one mm in address order: runs of entries of one region, node and lru.
+ * So its harvests are added up in one shared slot, `aging_run` (an array: its lookup
+ * is inlined by the verifier, where a per-CPU array's and the heat hash's are helper
+ * calls), and go into `heat` (and `stats`) when the key changes and when the write
+ * returns (fexit on lru_gen_seq_write(), mm/vmscan.c, below): per young entry, one
+ * read of its struct page and no map helper, where each was five helper calls
+ * (stats three times, mm_cache, heat). One writer: mglrud's main thread, which ages
+ * (aging_task()); it may change CPUs, so the slot is not per CPU. Harvests of that
+ * thread outside a write of lru_gen (its own direct reclaim, its clear_refs writes)
+ * are added at the end of its next write.
+ */
+struct aging_run {
+	struct mm_cache c;	/* the aging task's mm cache */
+	struct region_key key;	/* the run's key */
+	u64 pages;	/* the run's base pages, not yet in heat */
+	u64 entries;	/* and entries */
+	u64 ns;	/* its stamp */
+	u64 events;	/* STAT_EVENTS not yet in stats */
+	u64 harvested;	/* STAT_HARVEST_AGING not yet in stats */
+};
+BPF_ARRAY(aging_run, struct aging_run, 1);
+
+/*
+ * mglrud's main thread (pid == tgid == config[CONFIG_SELF_TGID]), which does its aging
+ * (mglrud/daemon.py's loop; the HTTP server is another thread): the slot's one writer.
+ * Harvests by mglrud's other threads (their own direct reclaim) are aging harvests too
+ * (harvester()) and are counted per harvest, as without the run.
+ */
+static __always_inline bool aging_task(void)
+{
+	int k = CONFIG_SELF_TGID;
+	u32 *self = config.lookup(&k);
+	u64 id = bpf_get_current_pid_tgid();
+
+	return self && *self && (id >> 32) == *self && (u32)id == *self;
+}
+
+static __always_inline void run_flush(struct aging_run *r)
+{
+	if (!r->pages)
+		return;
+	if (count_n(&r->key, r->pages, r->entries, r->ns))
+		stat_add(STAT_MATCHED, r->entries);
+	else
+		stat_add(STAT_DROPPED, r->entries);
+	r->pages = 0;
+	r->entries = 0;
+}
+
+static __always_inline bool same_key(struct region_key *a, struct region_key *b)
+{
+	/* region, then tgid, memcg_id, node and lru in the second word */
+	return a->region == b->region && *(u64 *)((char *)a + 8) == *(u64 *)((char *)b + 8);
+}
+
+/* A harvest by mglrud's aging (see above) */
+static __always_inline int harvest_aging(void *vma, unsigned long addr, u64 entry, u64 nr_pages)
+{
+	struct region_key key = {};
+	struct aging_run *r;
+	void *mm = read_ptr(vma, VMA_VM_MM);
+	int zero = 0;
+
+	r = aging_run.lookup(&zero);
+	if (!r)
+		return 0;
+	r->events++;
+	if (!mm || !mm_check(&r->c, mm) || !r->c.targeted)
+		return 0;
+	r->harvested += nr_pages;
+	harvest_key(&key, &r->c, addr, entry, nr_pages);
+	if (r->pages && !same_key(&r->key, &key))
+		run_flush(r);
+	if (!r->pages)
+		r->key = key;
+	r->pages += nr_pages;
+	r->entries++;
+	r->ns = r->c.now;
+	return 0;
+}
+#endif
+
+/*
+ * One harvested accessed bit: entry @entry (its value after the clear: only the
+ * accessed bit changed) at @addr of @vma, mapping @nr_pages base pages.
+ */
+static __always_inline int harvest(void *vma, unsigned long addr, u64 entry, u64 nr_pages)
+{
+	struct region_key key = {};
+	struct mm_cache *c;
+	int who;
+
+#ifdef AGING_RUN
+	if (aging_task())
+		return harvest_aging(vma, addr, entry, nr_pages);
+#endif
+	stat_inc(STAT_EVENTS);
+	c = mm_resolved(read_ptr(vma, VMA_VM_MM));
+	if (!c || !c->targeted)
+		return 0;
+	who = harvester();
+	stat_add(STAT_HARVEST_AGING + who, nr_pages);
+	if (!((HEAT_HARVESTERS >> who) & 1))
+		return 0;
+	harvest_key(&key, c, addr, entry, nr_pages);
 	if (!count(&key, nr_pages, c->now)) {
 		stat_inc(STAT_DROPPED);
 		return 0;
@@ -470,6 +612,31 @@ KRETFUNC_PROBE(pmdp_test_and_clear_young, void *vma, unsigned long addr, void *p
 		return 0;
 	return harvest_pmd(vma, addr, pmdp);
 }
+
+#ifdef AGING_RUN
+/* The end of a write to lru_gen (mm/vmscan.c): mglrud's aging pass is in heat and stats after it */
+KRETFUNC_PROBE(lru_gen_seq_write, void *file, const char *src, unsigned long len, void *pos, long ret)
+{
+	int zero = 0;
+	struct aging_run *r;
+
+	if (!aging_task())
+		return 0;
+	r = aging_run.lookup(&zero);
+	if (!r)
+		return 0;
+	run_flush(r);
+	if (r->events) {
+		stat_add(STAT_EVENTS, r->events);
+		r->events = 0;
+	}
+	if (r->harvested) {
+		stat_add(STAT_HARVEST_AGING, r->harvested);
+		r->harvested = 0;
+	}
+	return 0;
+}
+#endif
 #else
 /* kprobe + kretprobe: the arguments, kept from entry to return, per thread */
 struct call {
@@ -531,27 +698,25 @@ int kretprobe__pmdp_test_and_clear_young(struct pt_regs *ctx)
 #else /* the tracepoints */
 /*
  * The events carry the mm, not its owner (the trace header takes no lock): the tgid
- * is mm->owner's, read here at the offsets user space passes from the kernel's BTF
- * (TP_MM_OWNER, TP_TASK_TGID: mglrud/sources/bpf_program.py layout()), as the probe
- * does; without them, from the headers. 0 if the mm has no owner (any more).
+ * is mm->owner's, read at the offsets user space passes from the kernel's BTF
+ * (MM_OWNER, TASK_TGID: mglrud/sources/bpf_program.py layout()), with the probe's
+ * kread_ptr()/kread_u32(); without them, from the headers. 0 if the mm has no owner
+ * (any more).
  */
-#ifndef TP_MM_OWNER
+#ifndef MM_OWNER
 #include <linux/sched.h>
 #include <linux/mm_types.h>
-#define TP_MM_OWNER	offsetof(struct mm_struct, owner)
-#define TP_TASK_TGID	offsetof(struct task_struct, tgid)
+#define MM_OWNER	offsetof(struct mm_struct, owner)
+#define TASK_TGID	offsetof(struct task_struct, tgid)
 #endif
 static __always_inline u32 owner_tgid(const void *mm)
 {
-	void *owner = NULL;
-	u32 tgid = 0;
+	void *owner;
 
 	if (!mm)
 		return 0;
-	bpf_probe_read_kernel(&owner, sizeof(owner), (void *)((char *)mm + TP_MM_OWNER));
-	if (owner)
-		bpf_probe_read_kernel(&tgid, sizeof(tgid), (void *)((char *)owner + TP_TASK_TGID));
-	return tgid;
+	owner = kread_ptr(mm, MM_OWNER);
+	return owner ? kread_u32(owner, TASK_TGID) : 0;
 }
 
 #ifdef USE_RANGE_EVENT

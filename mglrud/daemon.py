@@ -191,8 +191,11 @@ class Daemon:
                         self._sleep(min(self.config.snapshot_interval, self.watchdog.interval))
                     else:
                         try:
-                            # rendered here, not in the next scrapes (those expected before the next publish)
-                            exposition.prepare(within=self.config.snapshot_interval)
+                            # rendered here, not in the next scrapes (those expected before the next
+                            # publish: the next cycle's, at the snapshot interval or at the next aging
+                            # wake-up if sooner -- every cycle publishes)
+                            exposition.prepare(within=min(self.config.snapshot_interval,
+                                                          max(0.0, self.engine.due_in())))
                         except Exception:
                             log.exception("rendering the snapshot ahead failed; scrapes will render it")
                     # the snapshot replaced by this one is freed at the publish, after the

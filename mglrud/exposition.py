@@ -10,8 +10,8 @@ application/openmetrics-text, gzip when Accept-Encoding names gzip.
 A body is three parts, in this order:
 
 1. per scrape: mglrud_build_info and mglrud_snapshot_age_seconds (the age changes every second);
-2. the snapshot's families, rendered ONCE per published Snapshot by `render(snapshot, openmetrics)`
-   and kept (with its raw-deflate form for gzip) until another snapshot is published;
+2. the snapshot's families, rendered ONCE per published Snapshot by `render_pieces(snapshot,
+   openmetrics)` and kept in pieces (with its raw-deflate form for gzip) until another snapshot is published;
    concurrent scrapes of a new snapshot wait for the one render instead of each doing it;
 3. per scrape: the extra collectors (config reload state, process_*), then `# EOF` for OpenMetrics.
 
@@ -25,7 +25,7 @@ independent raw deflate streams joined at byte-aligned sync-flush points (RFC 19
 a non-final block ends the stream only when BFINAL is set), so the big middle part is
 compressed once per snapshot, and only the small ends and a CRC-32 are computed per scrape (the
 middle's CRC once, combined with the head's: crc32_zeros()); the cache keeps the middle's text
-only while scrapes without gzip ask for it.
+only while a scrape without gzip is expected to read it before the next publish.
 """
 
 from __future__ import annotations
@@ -94,11 +94,14 @@ def encode(families: Iterable, openmetrics: bool) -> bytes:
     return out[:-len(_EOF)] if out.endswith(_EOF) else out
 
 
-def render_snapshot(snapshot, openmetrics: bool = False) -> bytes:
-    """Part 2 as bytes: what the cache keeps per snapshot and format. The per-memcg families
-    are written directly (collectors/memcg.py render(): client_python's per-sample path was
-    ~10 us a series, and they are nearly all of them); the others by client_python. The
-    bytes are the same as encode(snapshot_families(snapshot)) (tests/unit/test_exposition.py)."""
+def render_pieces(snapshot, openmetrics: bool = False) -> list[bytes]:
+    """Part 2 in pieces, in order: what the cache keeps per snapshot and format (a plain
+    scrape's body is written piece after piece, and deflate and CRC-32 run over them in turn:
+    never joined, so no second copy of ~22 MB at 3,000 memcgs, and no fresh mapping of it to
+    fault in). The per-memcg families and the info family are written directly
+    (collectors/memcg.py, collectors/workload.py: client_python's per-sample path was ~10 us a
+    series, and they are nearly all of them); the others by client_python. Joined, the bytes
+    are the same as encode(snapshot_families(snapshot)) (tests/unit/test_exposition.py)."""
     chunks: list[bytes] = []
     pending: list = []
     for f in collectors.families(snapshot, snapshot.taken_at, direct=True):
@@ -108,7 +111,17 @@ def render_snapshot(snapshot, openmetrics: bool = False) -> bytes:
         elif f.name not in PER_SCRAPE:
             pending.append(f)
     chunks.append(encode(pending, openmetrics))
-    return b"".join(chunks)
+    return [c for c in chunks if c]
+
+
+def render_snapshot(snapshot, openmetrics: bool = False) -> bytes:
+    """Part 2 as one bytes (render_pieces(), joined)."""
+    return b"".join(render_pieces(snapshot, openmetrics))
+
+
+def _pieces(text) -> list[bytes]:
+    """A render's result as pieces: a render function may give one bytes (tests do)."""
+    return [text] if isinstance(text, (bytes, bytearray)) else text
 
 
 # ---------------------------------------------------------------- negotiation
@@ -123,9 +136,13 @@ def wants_gzip(accept_encoding: str | None) -> bool:
 
 # ---------------------------------------------------------------- gzip in parts
 
-def _deflate(data: bytes, final: bool) -> bytes:
-    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)  # raw deflate: no zlib header
-    return c.compress(data) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+def _deflate(data: bytes | list[bytes], final: bool) -> bytes:
+    """One raw deflate stream (no zlib header) of data, or of its pieces in turn: zlib's
+    output does not depend on how its input is cut (tests/unit/test_exposition.py)."""
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
+    out = [c.compress(piece) for piece in _pieces(data)]
+    out.append(c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH))
+    return b"".join(out)
 
 
 # RFC 1952: ID1 ID2, CM=8 (deflate), FLG=0, MTIME=0 (none), XFL=0, OS=255 (unknown).
@@ -143,8 +160,11 @@ class Deflated(NamedTuple):
     zeros: tuple[int, ...]
 
     @classmethod
-    def of(cls, middle: bytes) -> "Deflated":
-        return cls(_deflate(middle, False), zlib.crc32(middle), len(middle), crc32_zeros(len(middle)))
+    def of(cls, middle: bytes | list[bytes]) -> "Deflated":
+        crc = size = 0
+        for piece in _pieces(middle):
+            crc, size = zlib.crc32(piece, crc), size + len(piece)
+        return cls(_deflate(middle, False), crc, size, crc32_zeros(size))
 
 
 def gzip_parts(head: bytes, middle: Deflated, tail: bytes) -> bytes:
@@ -224,10 +244,10 @@ class RenderCache:
     remembered weakly: a late scrape of it (it read the published snapshot just before the
     loop published and rendered the next) gets bytes rendered for it alone, and the newer
     snapshot's stay. Counts renders, so tests can see that N concurrent scrapes of one
-    snapshot render it once.
+    snapshot render it once. The text is kept as render_pieces()' pieces.
     """
 
-    def __init__(self, render: Callable[[object, bool], bytes] = render_snapshot):
+    def __init__(self, render: Callable[[object, bool], bytes | list[bytes]] = render_pieces):
         self._render = render
         self._lock = threading.Lock()
         self._snapshot = None
@@ -236,9 +256,9 @@ class RenderCache:
         self.renders = 0
 
     def get(self, snapshot, openmetrics: bool, deflated: bool = False, keep_text: bool = True):
-        """The snapshot's part 2: its bytes, or (deflated) a Deflated of them. `keep_text`
-        False: once deflated, the text is not kept (no scrape asked for it lately); a scrape
-        that does ask renders it again."""
+        """The snapshot's part 2: its pieces, or (deflated) a Deflated of them. `keep_text`
+        False: once deflated, or once handed out, the text is not kept (no scrape is expected to
+        ask for it again); a scrape that does ask renders it again."""
         with self._lock:
             late = snapshot is not self._snapshot and self._replaced is not None \
                 and self._replaced() is snapshot
@@ -251,21 +271,30 @@ class RenderCache:
             text = self._counted_render(snapshot, openmetrics)
             return Deflated.of(text) if deflated else text
         with slot.lock:  # one render per variant; the others wait for its bytes
-            if slot.value is None:
+            value = slot.value
+            if value is None:
                 if deflated:
-                    slot.value = Deflated.of(self.get(snapshot, openmetrics))
+                    value = slot.value = Deflated.of(self.get(snapshot, openmetrics))
                     if not keep_text:
                         self._drop(snapshot, openmetrics)
                 else:
-                    slot.value = self._counted_render(snapshot, openmetrics)
-            return slot.value
+                    value = slot.value = self._counted_render(snapshot, openmetrics)
+            if not deflated and not keep_text:
+                slot.value = None
+            return value
 
-    def _counted_render(self, snapshot, openmetrics: bool) -> bytes:
-        text = self._render(snapshot, openmetrics)
+    def _counted_render(self, snapshot, openmetrics: bool) -> list[bytes]:
+        text = _pieces(self._render(snapshot, openmetrics))
         with self._lock:
             self.renders += 1
         memory.trim()  # the render's garbage: tens of MiB at thousands of memcgs
         return text
+
+    def holds_text(self, snapshot, openmetrics: bool) -> bool:
+        """Whether the snapshot's text in this format is kept (for tests and the bench)."""
+        with self._lock:
+            slot = self._slots.get((openmetrics, False)) if snapshot is self._snapshot else None
+        return slot is not None and slot.value is not None
 
     def _drop(self, snapshot, openmetrics: bool) -> None:
         with self._lock:
@@ -276,18 +305,24 @@ class RenderCache:
 
 
 class Exposition:
-    """The /metrics body for a scrape: Exposition.metrics(accept, accept_encoding) -> (body, headers).
+    """The /metrics body for a scrape: Exposition.body(accept, accept_encoding) -> (pieces,
+    headers), or metrics() -> (bytes, headers).
 
     prepare(), called by the daemon's loop when it publishes a snapshot, renders the variants
     (format, gzip) that scrapes asked for in the last RECENT seconds, so that their next scrapes
-    find bytes: at thousands of memcgs a render takes a few hundred ms, which a scrape should
-    not wait for. A variant nobody asks for any more is no longer rendered ahead, nor one whose
-    next scrape is expected only after the next publish (prepare(within=))."""
+    find bytes: at thousands of memcgs a render takes a hundred ms or more, which a scrape
+    should not wait for. A variant nobody asks for any more is no longer rendered ahead, nor
+    one whose next scrape is expected only after the next publish (prepare(within=)).
+
+    The text (~22 MB at 3,000 memcgs) is kept only while a scrape without gzip is expected to
+    read it before the next publish: a gzip scrape needs only the deflated form, and a plain
+    scrape's text is let go once written when the next plain scrape is expected to read a
+    later snapshot (the daemon then gives the memory back: sent())."""
 
     RECENT = 120.0  # two scrape intervals of a 1-minute job
 
     def __init__(self, published: Published, extra=(), wall: Callable[[], float] = time.time,
-                 render: Callable[[object, bool], bytes] = render_snapshot,
+                 render: Callable[[object, bool], bytes | list[bytes]] = render_pieces,
                  clock: Callable[[], float] = time.monotonic):
         self.published = published
         self.extra = tuple(extra)  # per-scrape collectors, rendered after the snapshot's families
@@ -296,6 +331,8 @@ class Exposition:
         self.cache = RenderCache(render)
         self._asked: dict[tuple[bool, bool], float] = {}  # (openmetrics, gzip) -> when last asked
         self._every: dict[tuple[bool, bool], float] = {}  # -> seconds between its last two asks
+        self._next_publish: float | None = None  # when prepare(within=) expects the next publish
+        self._trim = False  # a plain body was let go of: give its memory back once written
 
     # Asks closer than this are one scrape round (two Prometheus replicas, a retry), not an interval
     ROUND = 1.0
@@ -306,7 +343,7 @@ class Exposition:
         `within`: seconds until the next snapshot is published (snapshot.interval). A variant
         whose next scrape is not expected before then is not rendered ahead: its next scrape
         reads a later snapshot, and this one's render would be thrown away unread. At
-        3,000 memcgs a render is ~300 ms: 10 s snapshots scraped every 60 s rendered 6 times a
+        3,000 memcgs a render is ~150 ms: 10 s snapshots scraped every 60 s rendered 6 times a
         minute for 1 read. Expected: its last ask plus the time between its last two asks
         (one scraper's interval); unknown (asked once) or overdue: rendered, as before. A
         scrape that comes earlier than expected renders its snapshot itself (the bytes are the
@@ -315,12 +352,21 @@ class Exposition:
         if snap is None:
             return 0
         now = self.clock()
-        wanted = [v for v, at in list(self._asked.items()) if now - at <= self.RECENT
-                  and (within is None or v not in self._every
-                       or at + self._every[v] <= now + within + self.ROUND)]
+        self._next_publish = None if within is None else now + within
+        wanted = [v for v in list(self._asked) if self._expected(v, now)]
         for om, gz in wanted:  # the deflated form renders the text first
-            self.cache.get(snap, om, deflated=gz, keep_text=not gz or self._plain_asked(om, now))
+            self.cache.get(snap, om, deflated=gz, keep_text=not gz or self._expected((om, False), now))
         return len(wanted)
+
+    def _expected(self, variant: tuple[bool, bool], now: float) -> bool:
+        """Whether a scrape of this variant is expected before the next publish: asked in the last
+        RECENT seconds, and (when prepare(within=) said when the next publish is) its next ask
+        (its last plus its interval) comes before that; unknown interval or overdue: expected."""
+        at = self._asked.get(variant)
+        if at is None or now - at > self.RECENT:
+            return False
+        every = self._every.get(variant)
+        return self._next_publish is None or every is None or at + every <= self._next_publish + self.ROUND
 
     def parts(self, openmetrics: bool) -> tuple[bytes, object, bytes]:
         snap = self.published.current  # read ONCE: every part of one body is one snapshot's
@@ -328,7 +374,8 @@ class Exposition:
         tail = encode((f for c in self.extra for f in c.collect()), openmetrics)
         return head, snap, tail + (_EOF if openmetrics else b"")
 
-    def metrics(self, accept: str | None = None, accept_encoding: str | None = None) -> tuple[bytes, list]:
+    def body(self, accept: str | None = None, accept_encoding: str | None = None) -> tuple[list[bytes], list]:
+        """The body in pieces (to be written in turn) and the headers, for a scrape."""
         om = wants_openmetrics(accept)
         variant, now = (om, wants_gzip(accept_encoding)), self.clock()
         last = self._asked.get(variant)
@@ -337,15 +384,25 @@ class Exposition:
         self._asked[variant] = now
         head, snap, tail = self.parts(om)
         headers = [("Content-Type", OPENMETRICS if om else TEXT)]
+        keep = self._expected((om, False), now)
         if variant[1]:
-            middle = self.cache.get(snap, om, deflated=True, keep_text=self._plain_asked(om, now)) \
+            middle = self.cache.get(snap, om, deflated=True, keep_text=keep) \
                 if snap is not None else Deflated.of(b"")
             headers.append(("Content-Encoding", "gzip"))
-            return gzip_parts(head, middle, tail), headers
-        middle = self.cache.get(snap, om) if snap is not None else b""
-        return head + middle + tail, headers
+            return [gzip_parts(head, middle, tail)], headers
+        middle = self.cache.get(snap, om, keep_text=keep) if snap is not None else []
+        if not keep:
+            self._trim = True
+        return [head, *middle, tail], headers
 
-    def _plain_asked(self, om: bool, now: float) -> bool:
-        """Whether a scrape without gzip asked for this format lately (its text is then kept)."""
-        at = self._asked.get((om, False))
-        return at is not None and now - at <= self.RECENT
+    def metrics(self, accept: str | None = None, accept_encoding: str | None = None) -> tuple[bytes, list]:
+        """body(), joined."""
+        pieces, headers = self.body(accept, accept_encoding)
+        return b"".join(pieces), headers
+
+    def sent(self) -> None:
+        """A body from body() was written and let go of: if it held the only reference to a
+        text (~22 MB at 3,000 memcgs, in pieces on the heap), give the freed heap back."""
+        if self._trim:
+            self._trim = False
+            memory.trim()

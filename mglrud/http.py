@@ -171,9 +171,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         full = self.site.full_view(self.web, self.client_address[0] == "unix")
         if path == "/metrics":
-            exposition = self.site.exposition if full else self.site.redacted_exposition
-            data, headers = exposition.metrics(self.headers.get("Accept"), self.headers.get("Accept-Encoding"))
-            self._send(200, headers[0][1], data, body, extra=headers[1:] + [("Vary", "Accept, Accept-Encoding")])
+            self._send_metrics(self.site.exposition if full else self.site.redacted_exposition, body)
         elif path == "/snapshot.json":
             snap = (self.site.published if full else self.site.redacted).current
             try:
@@ -196,6 +194,14 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain; charset=utf-8",
                        b"not found; try /metrics, /snapshot.json, /-/healthy or /-/ready\n", body)
+
+    def _send_metrics(self, exposition: Exposition, body: bool) -> None:
+        data, headers = exposition.body(self.headers.get("Accept"), self.headers.get("Accept-Encoding"))
+        try:
+            self._send(200, headers[0][1], data, body, extra=headers[1:] + [("Vary", "Accept, Accept-Encoding")])
+        finally:
+            del data  # (the pieces may be the only reference to a text the cache let go of)
+            exposition.sent()
 
     def _send(self, code: int, ctype: str, data: bytes | list[bytes], body: bool = True, extra=()) -> None:
         """`data`: the body, or its pieces in order (written one after another, never joined)."""

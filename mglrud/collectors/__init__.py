@@ -48,7 +48,8 @@ class Text:
 
 def families(snap: Snapshot | None, now: float, direct: bool = False):
     """Every metric family of one Snapshot, in /metrics order. direct: memcg's families
-    (nearly all the series on a host with many memcgs) come as one Text instead."""
+    (nearly all the series on a host with many memcgs) and workload's info family (one
+    series per memcg) come as a Text each instead."""
     yield from selfmetrics.families(snap, now)
     if snap is None:
         return
@@ -61,6 +62,10 @@ def families(snap: Snapshot | None, now: float, direct: bool = False):
     for module in (memcg, workload, procfs, bpf):
         if direct and module is memcg:
             yield Text(lambda openmetrics: memcg.chunks(snap, openmetrics))  # applies metrics.disable itself
+            continue
+        if direct and module is workload:
+            if workload.FAMILIES["memcg_info"] not in off:
+                yield Text(lambda openmetrics: workload.chunks(snap, openmetrics))
             continue
         yield from (f for f in module.families(snap) if f.name not in off)
 

@@ -8,8 +8,8 @@ the youngest (0) because the kernel's sequence numbers grow without bound.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from itertools import accumulate
+from itertools import repeat
+from operator import add, itemgetter, mul
 
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -101,24 +101,30 @@ def _head(name: str, doc: str, kind: str, openmetrics: bool) -> str:
 _EXACT = 2 ** 53  # integers up to here are exact as floats (repr(float(n)) == f"{n}.0" below 1e16)
 
 
-class _Spelled(dict):
-    """value -> floatToGoString(value), computed once per distinct value (a C-level lookup after)."""
+def _spell(value) -> str:
+    """floatToGoString(value), faster for the values these families have."""
+    if type(value) is int and -_EXACT < value < _EXACT:
+        # floatToGoString's steps for an integral float: repr() is the digits and ".0";
+        # from 7 digits on, Go's exponent form
+        s = str(value)
+        if value > 0 and len(s) > 6:
+            return f"{s[0]}.{s[1:]}0".rstrip("0.") + f"e+0{len(s) - 1}"
+        return s + ".0"
+    if type(value) is float and -math.inf < value < 1e6:
+        return repr(value)  # floatToGoString: Go's exponent form only from 1e6 on
+    return floatToGoString(value)
+
+
+class _Line(dict):
+    """value -> floatToGoString(value), once per distinct value in a render: a line's last piece
+    but its newline (see _chunks()), for the columns of integers (bytes: they repeat, 0 above
+    all); columns of floats go by _floats().
+
+    Zero is kept too, under the key 0 (== 0.0): 0 and 0.0 are spelled "0.0"; -0.0 ("-0.0")
+    does not come here: page counts are unsigned, so bytes are non-negative integers."""
 
     def __missing__(self, value) -> str:
-        if type(value) is int and -_EXACT < value < _EXACT:
-            # floatToGoString's steps for an integral float: repr() is the digits and ".0";
-            # from 7 digits on, Go's exponent form
-            s = str(value)
-            if value > 0 and len(s) > 6:
-                s = f"{s[0]}.{s[1:]}0".rstrip("0.") + f"e+0{len(s) - 1}"
-            else:
-                s += ".0"
-        elif type(value) is float and -math.inf < value < 1e6:
-            s = repr(value)  # floatToGoString: Go's exponent form only from 1e6 on
-        else:
-            s = floatToGoString(value)
-        if value:  # 0 == -0.0 == 0 as keys, but floatToGoString spells -0.0 "-0.0"
-            self[value] = s
+        s = self[value] = _spell(value)
         return s
 
 
@@ -140,82 +146,48 @@ def _chunks(snap, openmetrics: bool) -> list[bytes]:
 
     Why: these families are nearly all of /metrics on a host with many memcgs (64 series per
     memcg and node with the defaults), and client_python spends ~10 us and a labels dict per
-    sample on them: at 3,000 memcgs 1.8 s and most of the daemon's peak memory a render. Here
-    each memcg's, node's and lru's label text is built once and every line is one f-string;
-    labels are in client_python's order (sorted by name); values are spelled by
-    floatToGoString, once per distinct value (byte counts repeat, 0 above all). Lines are
-    encoded a batch of memcgs at a time, so the peak is the bytes, not the lines as str objects
-    (~150 bytes each over their text), and the caller joins the chunks once, with its own."""
+    sample on them: at 3,000 memcgs 1.8 s and most of the daemon's peak memory a render.
+
+    How: a line is three or four pieces -- the name and the labels before memcg (one string
+    per family, lru, gen or edge), the memcg's and node's labels (one string per lruvec), and
+    the value with its newline (one string per distinct value, spelled by floatToGoString
+    once) -- and a family's lines are one str.join() over a list whose every third item is
+    one kind of piece, filled by slice assignment. The values are computed by columns: the
+    lruvecs of a run with the same number of generations side by side, one list per
+    generation, combined by map() (C loops, no Python step per value). So no f-string and no
+    line object per line: the Python work is per lruvec and per column. Labels are in
+    client_python's order (sorted by name). Lines are joined and encoded a batch of lruvecs at
+    a time, so the peak is the bytes and the lists of references, and the caller joins the
+    chunks once, with its own."""
     if snap is None:
         return []
     off = getattr(snap, "disabled_families", frozenset())
-    want_res, want_gen, want_age, want_cold, want_idle = (
-        FAMILIES[k] not in off for k in ("resident", "generation", "generation_age", "cold", "idle_age"))
-    n_res, n_gen, n_age, n_cold, n_idle = (
-        FAMILIES[k] for k in ("resident", "generation", "generation_age", "cold", "idle_age"))
-    page = snap.page_size
-    spell = _Spelled()
-    thresholds = [(t, floatToGoString(t)) for t in snap.cold_thresholds]
+    want = tuple(FAMILIES[k] not in off for k in ("resident", "generation", "generation_age", "cold", "idle_age"))
+    _, _, _, _, want_idle = want
+    n_idle = FAMILIES["idle_age"]
     edges = tuple(snap.idle_age_buckets) + (math.inf,)
-    les = [f'{n_idle}_bucket{{le="{floatToGoString(e)}",' for e in edges]
-    # cumulative() sums each bucket on its own; with sorted edges a point's first bucket is a
-    # bisect and the rest a running sum (integers: the same totals).
-    ascending = list(edges) == sorted(edges)
-    gen_labels: dict[int, list[str]] = {}
-    resident, gen_bytes, gen_age, cold, idle, gcount, gsum = lists = [], [], [], [], [], [], []
-    encoded: list[list[bytes]] = [[] for _ in lists]
-    for seen, h in enumerate(snap.lruvecs, 1):
-        if seen % _BATCH == 0:
-            _encode(lists, encoded)
-        mn = f'memcg="{_escape(h.memcg_path)}",numa_node="{h.node}"'
-        gens = h.generations
-        gl = gen_labels.get(len(gens))
-        if gl is None:  # gen="0" is the youngest, the last one
-            gl = gen_labels[len(gens)] = [f'gen="{len(gens) - 1 - i}",' for i in range(len(gens))]
-        if want_age:
-            gen_age += [f"{n_age}{{{g_}{mn}}} {spell[g.age_seconds]}\n" for g_, g in zip(gl, gens)]
-        bounds = idle_lower_bounds(h)
-        # per threshold the generations idle at least that long: usually the oldest k (bounds do
-        # not grow towards the youngest), summed as a slice
-        cold_gens = []
-        for t, ts in thresholds:
-            js = [j for j, b in enumerate(bounds) if b >= t]
-            cold_gens.append((ts, len(js) if js[-1:] == [len(js) - 1] or not js else -1, js))
-        first = [bisect_left(edges, b) for b in bounds] if ascending else None
-        for lru in LRUS:
-            counts = [g.anon_pages for g in gens] if lru == "anon" else [g.file_pages for g in gens]
-            lm = f'lru="{lru}",{mn}'
-            if want_res:
-                resident.append(f"{n_res}{{{lm}}} {spell[sum(counts) * page]}\n")
-            if want_gen:
-                gen_bytes += [f"{n_gen}{{{g_}{lm}}} {spell[n * page]}\n" for g_, n in zip(gl, counts)]
-            if want_cold:
-                cold += [f'{n_cold}{{{lm},threshold="{ts}"}} '
-                         f'{spell[(sum(counts[:k]) if k >= 0 else sum([counts[j] for j in js])) * page]}\n'
-                         for ts, k, js in cold_gens]
-            if want_idle:
-                if first is not None:
-                    per = [0] * len(edges)
-                    for k, n in zip(first, counts):
-                        if k < len(per):
-                            per[k] += n
-                    values = [spell[v * page] for v in accumulate(per)]
-                else:
-                    values = [spell[sum(n for b, n in zip(bounds, counts) if b <= e) * page] for e in edges]
-                idle += [f"{le}{lm}}} {v}\n" for le, v in zip(les, values)]
-                # the sum in cumulative()'s order: a float sum's last bits depend on it
-                seconds = spell[sum([b * n for b, n in zip(bounds, counts) if b != math.inf]) * page]
-                if openmetrics:
-                    idle.append(f"{n_idle}_gcount{{{lm}}} {values[-1]}\n{n_idle}_gsum{{{lm}}} {seconds}\n")
-                else:
-                    gcount.append(f"{n_idle}_gcount{{{lm}}} {values[-1]}\n")
-                    gsum.append(f"{n_idle}_gsum{{{lm}}} {seconds}\n")
-    _encode(lists, encoded)
-    res_b, gen_b, age_b, cold_b, idle_b, gcount_b, gsum_b = encoded
+    shape = _Shape(snap.page_size, tuple(snap.cold_thresholds), edges, openmetrics, want)
+    sections: list[list[bytes]] = [[] for _ in range(7)]
+    lruvecs = snap.lruvecs
+    value = _Line()
+    for at in range(0, len(lruvecs), _BATCH):
+        batch = lruvecs[at:at + _BATCH]
+        # runs of lruvecs with the same number of generations (nearly always one run)
+        i = 0
+        while i < len(batch):
+            ng = len(batch[i].generations)
+            j = i + 1
+            while j < len(batch) and len(batch[j].generations) == ng:
+                j += 1
+            for section, text in zip(sections, shape.lines(batch[i:j], ng, value)):
+                if text is not None:
+                    section.append(text)
+            i = j
+    res_b, gen_b, age_b, cold_b, idle_b, gcount_b, gsum_b = sections
     out: list[bytes] = []
-    for want, key, chunks in ((want_res, "resident", res_b), (want_gen, "generation", gen_b),
-                              (want_age, "generation_age", age_b), (want_cold, "cold", cold_b)):
-        if want:
+    for w, key, chunks in zip(want, ("resident", "generation", "generation_age", "cold"),
+                              (res_b, gen_b, age_b, cold_b)):
+        if w:
             out.append(_head(FAMILIES[key], HELP[_HELP_KEY[key]], "gauge", openmetrics).encode())
             out += chunks
     if want_idle:
@@ -226,6 +198,157 @@ def _chunks(snap, openmetrics: bool) -> list[bytes]:
             out += [_head(n_idle + "_gcount", doc, "gauge", False).encode()] + gcount_b
             out += [_head(n_idle + "_gsum", doc, "gauge", False).encode()] + gsum_b
     return out
+
+
+_anon, _file, _age = itemgetter(2), itemgetter(3), itemgetter(1)  # Generation's fields
+
+
+class _Shape:
+    """What every run's lines share: the families asked for, the label pieces before memcg."""
+
+    def __init__(self, page: int, cuts: tuple, edges: tuple, openmetrics: bool, want: tuple):
+        self.page, self.openmetrics, self.want = page, openmetrics, want
+        n_res, n_gen, n_age, n_cold, n_idle = (
+            FAMILIES[k] for k in ("resident", "generation", "generation_age", "cold", "idle_age"))
+        self.n_gen, self.n_age = n_gen, n_age
+        # comparisons by the float's own method in map(): an int threshold's __le__ would not take a float
+        self.cuts = [float(t) for t in cuts]
+        self.edges = [float(e) for e in edges]
+        # every line's first piece starts with the newline that ends the line before (_join());
+        # so a value is spelled alone, and a column of floats by map(repr) (_spread())
+        self.res_pre = [f'\n{n_res}{{lru="{lru}",' for lru in LRUS]
+        self.cold_pre = [f'\n{n_cold}{{lru="{lru}",' for lru in LRUS for _ in cuts]
+        self.cold_post = [f',threshold="{floatToGoString(t)}"}} ' for _ in LRUS for t in cuts]
+        # the idle family's lines per lruvec: per lru its buckets, then (OpenMetrics) _gcount and _gsum
+        self.idle_pre = [p for lru in LRUS for p in
+                         [f'\n{n_idle}_bucket{{le="{floatToGoString(e)}",lru="{lru}",' for e in edges]
+                         + ([f'\n{n_idle}_gcount{{lru="{lru}",', f'\n{n_idle}_gsum{{lru="{lru}",'] if openmetrics
+                            else [])]
+        self.count_pre = [f'\n{n_idle}_gcount{{lru="{lru}",' for lru in LRUS]
+        self.sum_pre = [f'\n{n_idle}_gsum{{lru="{lru}",' for lru in LRUS]
+        self._gen_pre: dict[int, tuple[list[str], list[str]]] = {}
+
+    def gen_pre(self, ng: int) -> tuple[list[str], list[str]]:
+        pre = self._gen_pre.get(ng)
+        if pre is None:  # gen="0" is the youngest, the last one
+            pre = self._gen_pre[ng] = (
+                [f'\n{self.n_gen}{{gen="{ng - 1 - i}",lru="{lru}",' for lru in LRUS for i in range(ng)],
+                [f'\n{self.n_age}{{gen="{ng - 1 - i}",' for i in range(ng)])
+        return pre
+
+    def lines(self, run, ng: int, value: "_Line") -> list[bytes | None]:
+        """The run's lines of each section (resident, generation, age, cold, idle, and for text
+        0.0.4 idle's _gcount and _gsum), None for a section not written."""
+        want_res, want_gen, want_age, want_cold, want_idle = self.want
+        page, r, spell = self.page, len(run), value.__getitem__
+        out: list[bytes | None] = [None] * 7
+        mn = [f'memcg="{_escape(h.memcg_path)}",numa_node="{h.node}"' for h in run]
+        mnb = [m + "} " for m in mn]
+        gens = list(zip(*[h.generations for h in run]))  # per generation (oldest first), the run's
+        ages = [list(map(_age, g)) for g in gens]
+        bounds = ages[1:] + [[0.0] * r]  # model.lru_gen.idle_lower_bounds()
+        counts = ([list(map(_anon, g)) for g in gens], [list(map(_file, g)) for g in gens])
+        if want_age:
+            out[2] = _join((self.gen_pre(ng)[1] * r, _repeat(mnb, ng), _spread(ages, spell)))
+        if want_gen:
+            cols = [list(map(page.__mul__, n)) for n in counts[0] + counts[1]]
+            out[1] = _join((self.gen_pre(ng)[0] * r, _repeat(mnb, 2 * ng), _spread(cols, spell)))
+        totals = [list(map(sum, zip(*c))) for c in counts]
+        if want_res:
+            out[0] = _join((self.res_pre * r, _repeat(mnb, 2), _spread([_times(t, page) for t in totals], spell)))
+        if want_cold and self.cuts:
+            # per threshold the generations idle at least that long (bound >= threshold)
+            masks = [[list(map(t.__le__, b)) for b in bounds] for t in self.cuts]
+            cols = [_times(_masked_sum(c, m), page) for c in counts for m in masks]
+            width = len(cols)
+            out[3] = _join((self.cold_pre * r, _repeat(mn, width), self.cold_post * r, _spread(cols, spell)))
+        if want_idle:
+            cols, counts_col, sums_col = [], [], []
+            # cumulative(): per edge the generations whose bound is at most it
+            masks = [[list(map(e.__ge__, b)) for b in bounds] for e in self.edges]
+            for c in counts:
+                buckets = [_times(_masked_sum(c, m), page) for m in masks]
+                # the sum in cumulative()'s order (oldest first, from 0): a float sum's last bits depend on it
+                seconds = [0] * r
+                for b, n in zip(bounds, c):
+                    seconds = list(map(add, seconds, map(mul, b, n) if math.inf not in b
+                                       else [x * y if x != math.inf else 0 for x, y in zip(b, n)]))
+                seconds = _times(seconds, page)
+                cols += buckets
+                if self.openmetrics:
+                    cols += (buckets[-1], seconds)
+                counts_col.append(buckets[-1])
+                sums_col.append(seconds)
+            out[4] = _join((self.idle_pre * r, _repeat(mnb, len(cols)), _spread(cols, spell)))
+            if not self.openmetrics:
+                out[5] = _join((self.count_pre * r, _repeat(mnb, 2), _spread(counts_col, spell)))
+                out[6] = _join((self.sum_pre * r, _repeat(mnb, 2), _spread(sums_col, spell)))
+        return out
+
+
+def _times(column: list, factor: int) -> list:
+    return list(map(mul, column, repeat(factor, len(column))))
+
+
+def _masked_sum(counts: list[list[int]], masks: list[list[bool]]) -> list[int]:
+    """Per lruvec, the sum of its generations' counts where the mask is true."""
+    total = map(mul, masks[0], counts[0])
+    for m, n in zip(masks[1:], counts[1:]):
+        total = map(add, total, map(mul, m, n))
+    return list(total)
+
+
+def _repeat(items: list[str], times: int) -> list[str]:
+    """Each item `times` times in a row."""
+    out = [None] * (len(items) * times)
+    for i in range(times):
+        out[i::times] = items
+    return out
+
+
+def _spread(columns: list[list], spell) -> list[str]:
+    """Column k's i-th value spelled at i * len(columns) + k: lruvec by lruvec, its lines in order.
+    Integers through `spell` (a dict: byte counts repeat, 0 above all); a column of floats
+    (ages, page-seconds: nearly all distinct) by repr() where that is floatToGoString's spelling."""
+    width = len(columns)
+    out = [None] * (width * len(columns[0]))
+    for k, column in enumerate(columns):
+        out[k::width] = _floats(column) if set(map(type, column)) == _FLOAT else map(spell, column)
+    return out
+
+
+_FLOAT = {float}
+
+
+def _floats(column: list[float]) -> list[str]:
+    """floatToGoString() of each: repr() below 1e6; from there to 1e16 Go's exponent form, made
+    from repr()'s digits (the page-seconds sums are nearly all there)."""
+    spelled = list(map(repr, column))
+    total = sum(column)
+    if total == total and max(column) < 1e6 and min(column) > -math.inf:  # (total: no NaN)
+        return spelled
+    # floatToGoString's steps: the digits before the dot and after it, the dot after the first
+    go = [(a[0] + "." + a[1:] + b).rstrip("0.") + _EXPONENT[len(a) - 1]
+          for a, _, b in map(str.partition, spelled, repeat("."))]
+    return [r if -math.inf < v < 1e6 else g if 1e6 <= v < 1e16 else floatToGoString(v)
+            for v, r, g in zip(column, spelled, go)]
+
+
+_EXPONENT = [f"e+0{k}" for k in range(32)]  # (repr() has at most 24 characters)
+
+
+def _join(columns) -> bytes:
+    """Lines whose i-th pieces are columns[i] (lists of str of one length), the first piece
+    starting with the newline that ends the line before: their text, each line ending in one."""
+    width = len(columns)
+    pieces = [None] * (width * len(columns[0]))
+    for i, column in enumerate(columns):
+        pieces[i::width] = column
+    if not pieces:
+        return b""
+    pieces[0] = pieces[0][1:]
+    pieces.append("\n")
+    return "".join(pieces).encode()
 
 
 _BATCH = 256  # lruvecs whose lines are encoded together

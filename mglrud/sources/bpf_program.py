@@ -88,8 +88,8 @@ def layout(fs: FS, probe: bool) -> list[str]:
     if not probe:
         # the tracepoints carry the mm: the program reads mm->owner->tgid itself
         try:
-            out += [f"-DTP_MM_OWNER={btf.member_offset(data, 'mm_struct', 'owner')}",
-                    f"-DTP_TASK_TGID={btf.member_offset(data, 'task_struct', 'tgid')}"]
+            out += [f"-DMM_OWNER={btf.member_offset(data, 'mm_struct', 'owner')}",
+                    f"-DTASK_TGID={btf.member_offset(data, 'task_struct', 'tgid')}"]
         except btf.BtfError as e:
             log.info("source bpf: %s in %s: compiling the tracepoint program with linux/mm_types.h", e, path)
     if probe:

@@ -135,3 +135,35 @@ def test_the_kprobe_variant_has_struct_pt_regs_in_every_layout(attach, btf, tmp_
         assert included & pt_regs, f"{attach} {'with' if btf else 'without'} MGLRUD_BTF includes {sorted(included)}"
     else:  # fexit takes its arguments from the trampoline's context: no pt_regs, no header for it
         assert not btf or not included & pt_regs, sorted(included)
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["-DMGLRUD_ATTACH_FEXIT"], True),
+    (["-DMGLRUD_ATTACH_KPROBE"], False),  # no lru_gen_seq_write exit to flush at: counted per harvest
+    (["-DMGLRUD_ATTACH_FEXIT", "-DHEAT_HARVESTERS=7"], False),  # other harvesters' runs would race
+    ([], False),  # the tracepoints
+])
+def test_the_aging_run_only_where_its_flush_is(tmp_path, flags, expect):
+    """The aging run (bpf/hotness.bpf.c, aging_run) holds mglrud's aging harvests back from heat
+    until the key changes or the write to lru_gen returns: it must come with the fexit on
+    lru_gen_seq_write() that adds the last run, and only where heat is the aging's alone. Checked
+    with the C preprocessor, kernel headers empty stand-ins."""
+    import re
+    import shutil
+    import subprocess
+
+    from mglrud.sources.bpf_program import DEFAULT_PROGRAM
+
+    cpp = shutil.which("cpp")
+    assert cpp, "no cpp (build-essential, scripts/install-deps)"
+    src = DEFAULT_PROGRAM.read_text()
+    for header in set(re.findall(r"#include <([^>]+)>", src)):
+        (tmp_path / header).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / header).write_text("")
+    flags = flags + ["-DVMEMMAP_BASE=0xffffffff82a1b0c8ULL", "-DTASK_FLAGS_OFFSET=44", "-DMGLRUD_BTF=1",
+                     "-DUSE_RANGE_EVENT"]
+    out = subprocess.run([cpp, "-nostdinc", "-P", "-I", str(tmp_path), *flags, str(DEFAULT_PROGRAM)],
+                         capture_output=True, text=True, check=True).stdout
+    assert ("KRETFUNC_PROBE(lru_gen_seq_write" in out) == expect
+    assert ("harvest_aging(vma, addr, entry, nr_pages)" in out) == expect
+    assert ("BPF_ARRAY(aging_run" in out) == expect

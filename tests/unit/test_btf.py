@@ -135,5 +135,5 @@ def test_the_source_passes_offsets_or_includes_the_headers(tmp_path):
     got = bpf_program.layout(fs, probe=True)
     assert got[0] == "-DTASK_FLAGS_OFFSET=44" and got[-1] == "-DMGLRUD_BTF=1" and len(got) == 13
     # the tracepoints carry the mm: the program reads mm->owner->tgid at these offsets
-    assert bpf_program.layout(fs, probe=False) == ["-DTASK_FLAGS_OFFSET=44", "-DTP_MM_OWNER=1152",
-                                                    "-DTP_TASK_TGID=1412"]
+    assert bpf_program.layout(fs, probe=False) == ["-DTASK_FLAGS_OFFSET=44", "-DMM_OWNER=1152",
+                                                    "-DTASK_TGID=1412"]

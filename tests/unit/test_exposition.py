@@ -144,6 +144,14 @@ def _hostile_snapshot(**kw):
                                     (2 ** 53 + 7) * (k == 5) + g * 999_999) for g in range(1 + (k + node) % 4))
             lruvecs.append(GenHistogram(k + 1, path, node, gens))
     lruvecs.append(GenHistogram(99, "/empty", 0, (Generation(1, 0.0, 0, 0),)))
+    # ages from 1e6 s on (Go's exponent form), and ones no kernel prints (the maths must not care)
+    lruvecs.append(GenHistogram(97, "/old", 1, tuple(Generation(s, a, 3 * s, 11 * s) for s, a in
+                                                     ((1, 1.5e16), (2, 2_000_000.25), (3, 999_999.5), (4, 12.0)))))
+    # level ages on an edge and a threshold (30 s, 0.5 s): "at least" and "at most" both hold there
+    lruvecs += [GenHistogram(95, "/level", n, tuple(Generation(s, a, 2 * s + n, 3 * s) for s, a in
+                                                    ((1, 30.0), (2, 30.0), (3, 0.5), (4, 0.5)))) for n in (0, 1)]
+    lruvecs.append(GenHistogram(96, "/inf", 0, tuple(Generation(s, a, 3 * s, 11 * s) for s, a in
+                                                     ((1, float("inf")), (2, float("nan")), (3, 4.0)))))
     # ages that do not fall towards the youngest (not what the kernel prints; the maths must not care)
     lruvecs.append(GenHistogram(98, "/odd", 2, tuple(Generation(s, a, 5 * s, 7 * s) for s, a in
                                                      ((1, 1.0), (2, 100.0), (3, 5.0), (4, 200.0)))))
@@ -177,14 +185,16 @@ def test_memcg_text_matches_client_python_on_hostile_paths_and_values(kw, monkey
 
 def test_values_are_spelled_as_floattogostring_does():
     from prometheus_client.utils import floatToGoString
-    from mglrud.collectors.memcg import _Spelled
+    from mglrud.collectors.memcg import _Line, _spell
     ints = [0, 1, -1, 4096, 999_999, 1_000_000, 1_000_001, 1_234_567_000, 10 ** 10, 10 ** 10 + 4096, 10 ** 15,
             2 ** 53 - 1, 2 ** 53, 2 ** 53 + 1, 10 ** 16, 10 ** 20 + 3, -(2 ** 53) - 5, -123_456_789]
     floats = [0.0, -0.0, 0.001, 1e-7, 37.123, 999_999.9, 1e6, 1_234_567.5, 1e16, 1e22, -5.5, -1e300,
               float("inf"), float("-inf"), float("nan")]
-    spelled = _Spelled()
     for v in ints + [4096 * n for n in range(0, 10 ** 6, 7919)] + floats:
-        assert spelled[v] == floatToGoString(v), v
+        assert _spell(v) == floatToGoString(v), v
+    line = _Line()  # what a render keeps: the same, once per value (no -0.0 comes there)
+    for v in [v for v in ints + [4096 * n for n in range(0, 10 ** 6, 7919)] + floats if v == v and str(v) != "-0.0"] * 2:
+        assert line[v] == floatToGoString(v), v
 
 
 def test_trim_and_tune_reach_glibc():
@@ -428,11 +438,135 @@ def test_a_late_scrape_of_the_replaced_snapshot_does_not_throw_away_the_new_ones
     cache.get(old, False)
     assert cache.get(new, False, deflated=True).size == len(str(id(new)))  # rendered ahead
     late = cache.get(old, False)  # the late scrape
-    assert late == f"{id(old)}".encode()
-    assert cache.get(new, False) == f"{id(new)}".encode()
+    assert late == [f"{id(old)}".encode()]
+    assert cache.get(new, False) == [f"{id(new)}".encode()]
     assert cache.get(new, False, deflated=True).size == len(str(id(new)))
     assert calls == [old, new, old], calls  # the new snapshot rendered once
     del old, late
     gc.collect()
     newest = Snap()  # a later snapshot replaces the cached one as before
-    assert cache.get(newest, False) == f"{id(newest)}".encode() and calls[-1] is newest
+    assert cache.get(newest, False) == [f"{id(newest)}".encode()] and calls[-1] is newest
+
+
+# ---------------------------------------------------------------- the text in pieces, kept only while expected
+
+def _publishing(tmp_path):
+    """(exposition, publish(t), clock list): the daemon's loop at its publishes, on a fake clock."""
+    import dataclasses
+    snap = _snapshot(_synthetic_paths(tmp_path))
+    published = Published(snap)
+    now = [1000.0]
+    exp = exposition.Exposition(published, wall=lambda: TAKEN_AT + 1, clock=lambda: now[0])
+
+    def publish(t):
+        now[0] = 1000.0 + t
+        published.publish(dataclasses.replace(snap, taken_at=TAKEN_AT + t))
+        exp.prepare(within=10.0)
+
+    return exp, publish, now
+
+
+def test_a_gzip_scrape_keeps_no_text_for_a_plain_scraper_whose_next_scrape_reads_a_later_snapshot(tmp_path):
+    """Snapshots every 10 s, a plain scraper every 30 s and Prometheus (gzip) every 15 s: the text
+    (~22 MB at 3,000 memcgs) was kept whenever a plain scrape had asked in the last 2 minutes,
+    though the plain scraper's next scrape reads a later snapshot (review of issue 19's change)."""
+    exp, publish, now = _publishing(tmp_path)
+    for t in (0.0, 30.0):  # the plain scraper's first two scrapes: its interval, 30 s
+        publish(t)
+        now[0] += 1
+        exp.metrics()
+    publish(40.0)  # its next scrape at 61: after the next publish (50)
+    now[0] += 2
+    exp.metrics(accept_encoding="gzip")  # Prometheus
+    snap = exp.published.current
+    assert not exp.cache.holds_text(snap, False), "the text kept for nobody"
+    assert isinstance(exp.cache._slots[(False, True)].value, exposition.Deflated)
+    publish(50.0)
+    publish(60.0)  # the plain scrape at 61 is due before the next publish (70): made ahead, kept
+    assert exp.cache.holds_text(exp.published.current, False)
+
+
+def test_a_plain_scrapes_text_is_let_go_after_it_unless_another_plain_scrape_is_expected_first(tmp_path, monkeypatch):
+    """A plain scraper every 15 s and snapshots every 10 s: each of its scrapes reads a new
+    snapshot, so the text is not kept after the scrape (RSS after a plain scrape at 3,000 memcgs
+    was over the goal by its ~22 MB), and sent() gives the memory back; a scraper every 4 s reads
+    a snapshot two or three times: kept until its last scrape of it, rendered once."""
+    from mglrud import memory
+    trims = []
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(1) or True)
+    exp, publish, now = _publishing(tmp_path)
+    fresh = lambda: exposition.Exposition(exp.published, wall=lambda: TAKEN_AT + 1).metrics()[0]  # noqa: E731
+    for t in (0.0, 15.0):
+        publish(t // 10 * 10)
+        now[0] = 1000.0 + t + 0.5
+        pieces, _ = exp.body()
+        assert b"".join(pieces) == fresh()
+    assert not exp.cache.holds_text(exp.published.current, False)
+    trims.clear()
+    del pieces
+    exp.sent()
+    assert trims == [1]
+    exp.sent()
+    assert trims == [1]  # once per text let go
+    (tmp_path / "b").mkdir()
+    exp2, publish2, now2 = _publishing(tmp_path / "b")
+    publish2(0.0)
+    for t, kept in ((0.0, True), (4.0, True), (8.0, False)):  # the one at 12.5 reads the snapshot of 10
+        now2[0] = 1000.0 + t + 0.5
+        assert b"".join(exp2.body()[0]) == exposition.Exposition(exp2.published, wall=lambda: TAKEN_AT + 1).metrics()[0]
+        assert exp2.cache.holds_text(exp2.published.current, False) == kept, t
+    assert exp2.cache.renders == 1
+
+
+def test_the_text_is_deflated_in_pieces_to_the_same_stream_as_joined():
+    """Deflated.of(pieces) == Deflated.of(b"".join(pieces)): zlib's output does not depend on where
+    its input is cut (the cache deflates render_pieces()' pieces, never joined)."""
+    import random
+    rng = random.Random(7)
+    words = [b"mglrud_memcg_generation_bytes{gen=\"%d\"} " % i for i in range(40)] + [b"1.5e+07\n", b"0.0\n"]
+    text = b"".join(rng.choice(words) for _ in range(60000))
+    cuts = sorted(rng.sample(range(1, len(text)), 300))
+    pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+    assert exposition.Deflated.of(pieces) == exposition.Deflated.of(text)
+    member = exposition.gzip_parts(b"head\n", exposition.Deflated.of(pieces), b"tail\n")
+    assert gzip.decompress(member) == b"head\n" + text + b"tail\n"
+
+
+def test_floats_are_spelled_by_column_as_floattogostring_does():
+    import math
+    from prometheus_client.utils import floatToGoString
+    from mglrud.collectors.memcg import _floats
+    values = [0.0, -0.0, 0.001, 1e-7, 37.123, 999_999.9, 999_999.99999999, 1e6, 1_000_000.5, 1_234_567.25,
+              123_456_789_012.125, 9.99e15, 1e16, 1.5e16, 1e22, -5.5, -1e300, math.inf, -math.inf, math.nan]
+    for column in ([v] for v in values):
+        assert _floats(column) == [floatToGoString(v) for v in column], column
+    assert _floats(values) == [floatToGoString(v) for v in values]
+    small = [0.5 * i for i in range(1000)]
+    assert _floats(small) == [floatToGoString(v) for v in small]
+
+
+def test_the_info_lines_are_kept_per_path_and_a_path_gone_is_forgotten():
+    from mglrud.collectors import workload
+    from mglrud.model import Snapshot
+    from mglrud.model.lru_gen import GenHistogram, Generation
+    paths = ["/", '/a "quoted" b', "/new\nline", "/system.slice/x.service",
+             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234abcd_5678.slice"]
+
+    def snap(ps):
+        return Snapshot(taken_at=1.7e9, page_size=4096, cold_thresholds=(), idle_age_buckets=(),
+                        lruvecs=tuple(GenHistogram(i + 1, p, n, (Generation(1, 1.0, 1, 1),))
+                                      for i, p in enumerate(ps) for n in (0, 1)))
+
+    lines = workload._Lines()
+    for om in (False, True):
+        want = exposition.encode(list(workload.families(snap(paths))), om)
+        assert b"".join(lines.chunks(snap(paths), om)) == want
+        first = dict(lines._lines)
+        lines.chunks(snap(paths), om)
+        assert all(lines._lines[k] is v for k, v in first.items() if k[1] == om)  # the same lines: kept
+    assert {k for k in lines._lines} == {(p, om) for p in paths for om in (False, True)}
+    lines.chunks(snap(paths[:2]), False)
+    assert {k for k in lines._lines} == {(p, False) for p in paths[:2]} | {(p, True) for p in paths}
+    assert b"".join(lines.chunks(snap(paths[1:3]), False)) == exposition.encode(
+        list(workload.families(snap(paths[1:3]))), False)
+    assert lines.chunks(snap([]), False) == []

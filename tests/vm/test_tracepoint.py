@@ -448,7 +448,7 @@ def test_reclaim_look_around_reports_the_touched_pages(memcgs, helpers, trace):
 
 
 # The events carry the mm; the program reads mm->owner->tgid at the offsets of the kernel's
-# BTF, as mglrud's own program does (bpf/hotness.bpf.c owner_tgid(), TP_MM_OWNER/TP_TASK_TGID).
+# BTF, as mglrud's own program does (bpf/hotness.bpf.c owner_tgid(), MM_OWNER/TASK_TGID).
 BCC_PROGRAM = r"""
 struct seen {
     u64 pfn;
