@@ -9,7 +9,12 @@
 # seconds; a changed patch re-patches the source tree and make rebuilds only
 # the files it touches.
 #
-# Usage: kernel-patch/build.sh [default|debug]
+# The "unpatched" variant is the same source and the default config with no
+# patch at all (the baseline of the cost table, kernel-patch/README.md). It has
+# its own source tree and its own lock, so building it never reverts the series
+# in the tree the default and debug variants share, nor blocks their builds.
+#
+# Usage: kernel-patch/build.sh [default|debug|unpatched]
 # Prints progress on stderr and the bzImage path as the last line of stdout.
 set -euo pipefail
 shopt -s nullglob
@@ -26,26 +31,34 @@ die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 case "$VARIANT" in
     default) FRAGMENTS=("$HERE/config") ;;
     debug)   FRAGMENTS=("$HERE/config" "$HERE/debug.config") ;;
-    *) die "unknown variant '$VARIANT' (expected default or debug)" ;;
+    unpatched) FRAGMENTS=("$HERE/config") ;;
+    *) die "unknown variant '$VARIANT' (expected default, debug or unpatched)" ;;
 esac
 
 # shellcheck source=/dev/null
 . <(grep -E '^(package|tarball|version)=' "$HERE/BASE")
 "$REPO/scripts/install-deps" kernel >&2
-# One build at a time per cache: the source tree is shared between variants.
+# One build at a time per source tree: default and debug share one, unpatched
+# has its own.
+TREE=linux-$version
+LOCK=$CACHE/build.lock
+if [ "$VARIANT" = unpatched ]; then
+    TREE=linux-$version-unpatched
+    LOCK=$CACHE/build-unpatched.lock
+fi
 mkdir -p "$CACHE"
-exec 9>"$CACHE/build.lock"
+exec 9>"$LOCK"
 flock -w 3600 9 || die "another build holds $CACHE/build.lock"
 export PATH=$CACHE/venv/bin:$PATH   # vng and virtme-configkernel
 
-SRC=$CACHE/src/linux-$version
+SRC=$CACHE/src/$TREE
 if [ ! -f "$SRC/.mglrud-unpacked" ]; then
     say "unpacking $tarball into $SRC"
-    rm -rf "$SRC" "$CACHE/src/linux-source-6.12.unpack"
-    mkdir -p "$CACHE/src/linux-source-6.12.unpack"
-    tar -C "$CACHE/src/linux-source-6.12.unpack" -xf "$tarball"
-    mv "$CACHE/src/linux-source-6.12.unpack/linux-source-6.12" "$SRC"
-    rmdir "$CACHE/src/linux-source-6.12.unpack"
+    rm -rf "$SRC" "$SRC.unpack"
+    mkdir -p "$SRC.unpack"
+    tar -C "$SRC.unpack" -xf "$tarball"
+    mv "$SRC.unpack/linux-source-6.12" "$SRC"
+    rmdir "$SRC.unpack"
     got=$(make -s -C "$SRC" kernelversion)
     [ "$got" = "$version" ] || die "$tarball holds $got, kernel-patch/BASE says $version"
     mkdir -p "$SRC/.mglrud-applied"
@@ -56,7 +69,8 @@ fi
 VNG_VERSION=$(vng --version 2>/dev/null | awk '{print $2}')
 CONFIG_KEY=$( { echo "$version $VNG_VERSION"; cat "${FRAGMENTS[@]}"; } | sha256sum | cut -c1-12)
 PATCHES=("$HERE"/*.patch)
-PATCH_KEY=$(cat /dev/null "${PATCHES[@]}" | sha256sum | cut -c1-12)
+[ "$VARIANT" != unpatched ] || PATCHES=()
+PATCH_KEY=$(cat /dev/null "${PATCHES[@]+"${PATCHES[@]}"}" | sha256sum | cut -c1-12)
 BUILD=$CACHE/build/$version-$VARIANT-$CONFIG_KEY
 IMAGE=$BUILD/arch/x86/boot/bzImage
 
@@ -77,7 +91,7 @@ if [ "$applied_key" != "$PATCH_KEY" ]; then
         (cd "$SRC" && git apply -R "$p") || die "cannot revert $(basename "$p"); delete $SRC to start over"
         rm "$p"
     done
-    for p in "${PATCHES[@]}"; do
+    for p in "${PATCHES[@]+"${PATCHES[@]}"}"; do
         name=$(basename "$p")
         (cd "$SRC" && git apply --check "$p" 2>/dev/null) \
             || die "patch $name does not apply to linux $version: $(cd "$SRC" && git apply --check "$p" 2>&1 | head -1)"

@@ -8,10 +8,13 @@
 #   --cpus N          guest CPUs (default 2)
 #   --memory SIZE     guest memory (default 2G)
 #   --variant NAME    kernel variant: default | debug (lockdep, KASAN, DEBUG_VM) |
+#                     unpatched (the default config without the series: the cost baseline) |
 #                     stock (Debian's own linux-image-6.1.*-amd64 as shipped, no patch,
 #                     fetched by scripts/install-deps stock; docs/stock-kernel.md)
 #   --kvm             use KVM (hangs on these machines at the time of writing; TCG is the default)
 #   --timeout SECS    kill the guest after this long (default 1800)
+#   --qemu-opts OPTS  more qemu options (vng --qemu-opts), e.g. '-icount shift=1,sleep=off'
+#                     for guest clocks that count instructions (bench/kernel_cost.py)
 #   --out DIR         where the guest writes its results (default: a new temp dir)
 #   --exec CMD        run CMD in the guest (cwd = checkout) instead of pytest
 #
@@ -24,7 +27,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
 CACHE=${MGLRUD_CACHE:-/var/cache/mglrud}
 
-numa=0 cpus=2 memory=2G variant=default kvm=0 timeout=1800 out="" cmd=""
+numa=0 cpus=2 memory=2G variant=default kvm=0 timeout=1800 out="" cmd="" qemu_opts=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --numa) numa=1 ;;
@@ -34,6 +37,7 @@ while [ $# -gt 0 ]; do
         --kvm) kvm=1 ;;
         --timeout) timeout=$2; shift ;;
         --out) out=$2; shift ;;
+        --qemu-opts) qemu_opts=$2; shift ;;
         --exec) cmd=$2; shift ;;
         --) shift; break ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
@@ -57,6 +61,7 @@ else
     # The patched source tree, read-only in the guest: tests/vm/test_kselftest_lru_gen.py
     # builds the series' selftest from it
     ksrc=$CACHE/src/linux-$(grep -E '^version=' "$HERE/BASE" | cut -d= -f2)
+    [ "$variant" != unpatched ] || ksrc=$ksrc-unpatched   # build.sh keeps it apart
 fi
 [ -f "$image" ] || { echo "vm-run.sh: no kernel image (build.sh printed '$image')" >&2; exit 125; }
 export PATH=$CACHE/venv/bin:$PATH
@@ -71,6 +76,7 @@ smp=$cpus
 [ "$numa" = 1 ] && smp="$cpus,sockets=2,cores=$((cpus / 2)),threads=1"
 args=(--disable-microvm --run "$image" --cpus "$smp" --memory "$memory" --rwdir "$out" --verbose)
 [ "$kvm" = 1 ] || args+=(--disable-kvm)
+[ -z "$qemu_opts" ] || args+=(--qemu-opts "$qemu_opts")
 # The guest sees the host's root, but virtme-ng puts a tmpfs over /var/cache: hand it in
 [ -z "$stock" ] || args+=(--rodir "$stock")
 [ -z "${ksrc:-}" ] || args+=(--rodir "$ksrc")

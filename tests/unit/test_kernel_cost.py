@@ -1,0 +1,55 @@
+"""bench/kernel_cost.py's pure parts: the /proc/lock_stat reader and the summary's ratios."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "kernel_cost.py"
+spec = importlib.util.spec_from_file_location("kernel_cost", BENCH)
+kc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kc)
+
+LOCK_STAT = """lock_stat version 0.4
+-------------------------------------------------------------------------------------------
+                              class name    con-bounces    contentions   waittime-min   waittime-max waittime-total   waittime-avg    acq-bounces   acquisitions   holdtime-min   holdtime-max holdtime-total   holdtime-avg
+-------------------------------------------------------------------------------------------
+                      ptlock_ptr(ptdesc):             1              2           0.50           0.70           1.20           0.60             12            640           0.10          10.67         163.07           0.25
+                      -------------------
+                      ptlock_ptr(ptdesc)              2          [<ffffffff81234567>] walk_pte_range+0x1a/0x400
+                        &mm->mmap_lock-R:             0              0           0.00           0.00           0.00           0.00             22            222           0.09          10.67         163.07           0.73
+"""
+
+
+def test_lock_classes_reads_the_page_table_lock_class_only():
+    got = kc.lock_classes(LOCK_STAT)
+    assert list(got) == ["ptlock_ptr(ptdesc)"]
+    c = got["ptlock_ptr(ptdesc)"]
+    assert (c["contentions"], c["acquisitions"], c["holdtime-max"], c["holdtime-total"]) == (2, 640, 10.67, 163.07)
+
+
+def run(tmp_path, name, label, patched, times):
+    d = tmp_path / name
+    d.mkdir()
+    configs = {"off": times} if not patched else {"off": times, "counting": [t * 2 for t in times]}
+    (d / "kernel_cost.json").write_text(json.dumps({
+        "label": label, "release": "6.12.117", "patched": patched, "blocks": 1, "passes": len(times),
+        "workloads": {"dense": {"young": 1000, "tables": 10, "vmas": 1}},
+        "times_ns": {"dense": configs}, "errors": {"dense": {c: [] for c in configs}},
+        "counted_pages_per_block": {}, "thp_kb": 0}))
+    return str(d)
+
+
+def test_summary_divides_by_the_unpatched_median_of_the_same_clock(tmp_path, capsys):
+    dirs = [run(tmp_path, "a", "unpatched-icount1", False, [1000, 1000, 5000]),
+            run(tmp_path, "b", "patched-icount1", True, [1010, 1010, 1]),
+            run(tmp_path, "c", "unpatched-wall", False, [3000]),
+            run(tmp_path, "d", "patched-wall", True, [6000])]
+    kc.summary(type("A", (), {"dirs": dirs})())
+    rows = {" ".join(line.split()[1:3]): line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("dense")}
+    # icount: median 1010 / 1000; + 10 ns over 1000 young entries and 10 tables
+    assert rows["patched-icount1 off"][-3:] == ["1.0100", "0.0", "1"]
+    assert rows["patched-icount1 counting"][-3:] == ["2.0200", "1.0", "102"]
+    # wall is divided by the wall baseline, not by the icount one
+    assert rows["patched-wall off"][-3:] == ["2.0000", "3.0", "300"]
+    assert rows["unpatched-wall off"][-3:] == ["1.0000", "0.0", "0"]
