@@ -342,8 +342,8 @@ class Exposition:
 
     The text (~22 MB at 3,000 memcgs) is kept only while a scrape without gzip is expected to
     read it before the next publish: a gzip scrape needs only the deflated form, and a plain
-    scrape's text is let go once written when the next plain scrape is expected to read a
-    later snapshot (the daemon then gives the memory back: sent())."""
+    scrape's text is let go a round (RenderCache.LINGER) after it is handed out when the next
+    plain scrape is expected to read a later snapshot (the memory is then given back; sent())."""
 
     RECENT = 120.0  # two scrape intervals of a 1-minute job
 
