@@ -76,7 +76,7 @@ smp=$cpus
 [ "$numa" = 1 ] && smp="$cpus,sockets=2,cores=$((cpus / 2)),threads=1"
 args=(--disable-microvm --run "$image" --cpus "$smp" --memory "$memory" --rwdir "$out" --verbose)
 [ "$kvm" = 1 ] || args+=(--disable-kvm)
-[ -z "$qemu_opts" ] || args+=(--qemu-opts "$qemu_opts")
+[ -z "$qemu_opts" ] || args+=("--qemu-opts=$qemu_opts")  # one word: vng would take an OPTS such as "-cpu ..." for its own option
 # The guest sees the host's root, but virtme-ng puts a tmpfs over /var/cache: hand it in
 [ -z "$stock" ] || args+=(--rodir "$stock")
 [ -z "${ksrc:-}" ] || args+=(--rodir "$ksrc")
