@@ -103,15 +103,9 @@ def test_selection_without_tracepoint_nor_probe_says_both(tmp_path, monkeypatch)
     assert not p.usable and "mm_vmscan_lru_gen_young" in p.detail and "install linux-headers" in p.detail
 
 
-@pytest.mark.parametrize("btf", [True, False], ids=["members-from-btf", "headers"])
-@pytest.mark.parametrize("attach", ["MGLRUD_ATTACH_FEXIT", "MGLRUD_ATTACH_KPROBE"])
-def test_the_kprobe_variant_has_struct_pt_regs_in_every_layout(attach, btf, tmp_path):
-    """The kprobe + kretprobe pair takes its arguments and return value from struct pt_regs
-    (bcc turns the arguments into ctx->di..., PT_REGS_RC() is ctx->ax): a header defining it must
-    be included. With the members from BTF (-DMGLRUD_BTF) linux/sched.h, which brought it, is not:
-    the fallback failed to compile in the stock guest, and the source stayed down. Checked with
-    the C preprocessor over bpf/hotness.bpf.c with the flags sources/bpf_program.py passes, each
-    kernel header an empty stand-in (the program's own #include lines name them)."""
+def _cpp(tmp_path, *args: str) -> str:
+    """The C preprocessor over bpf/hotness.bpf.c, each kernel header it #includes an empty
+    stand-in under tmp_path: its stdout."""
     import re
     import shutil
     import subprocess
@@ -124,11 +118,25 @@ def test_the_kprobe_variant_has_struct_pt_regs_in_every_layout(attach, btf, tmp_
     for header in set(re.findall(r"#include <([^>]+)>", src)):
         (tmp_path / header).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / header).write_text("")
+    return subprocess.run([cpp, "-nostdinc", "-I", str(tmp_path), *args, str(DEFAULT_PROGRAM)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("btf", [True, False], ids=["members-from-btf", "headers"])
+@pytest.mark.parametrize("attach", ["MGLRUD_ATTACH_FEXIT", "MGLRUD_ATTACH_KPROBE"])
+def test_the_kprobe_variant_has_struct_pt_regs_in_every_layout(attach, btf, tmp_path):
+    """The kprobe + kretprobe pair takes its arguments and return value from struct pt_regs
+    (bcc turns the arguments into ctx->di..., PT_REGS_RC() is ctx->ax): a header defining it must
+    be included. With the members from BTF (-DMGLRUD_BTF) linux/sched.h, which brought it, is not:
+    the fallback failed to compile in the stock guest, and the source stayed down. Checked with
+    the C preprocessor over bpf/hotness.bpf.c with the flags sources/bpf_program.py passes, each
+    kernel header an empty stand-in (the program's own #include lines name them)."""
+    import re
+
     flags = [f"-D{attach}", "-DVMEMMAP_BASE=0xffffffff82a1b0c8ULL", "-DTASK_FLAGS_OFFSET=44"]
     if btf:
         flags += ["-DMGLRUD_BTF=1"]
-    deps = subprocess.run([cpp, "-nostdinc", "-I", str(tmp_path), "-M", *flags, str(DEFAULT_PROGRAM)],
-                          capture_output=True, text=True, check=True).stdout
+    deps = _cpp(tmp_path, "-M", *flags)
     included = {h for h in re.findall(r"\S+\.h", deps)}
     pt_regs = {str(tmp_path / "asm/ptrace.h"), str(tmp_path / "linux/sched.h")}
     if attach == "MGLRUD_ATTACH_KPROBE":
@@ -148,22 +156,9 @@ def test_the_aging_run_only_where_its_flush_is(tmp_path, flags, expect):
     until the key changes or the write to lru_gen returns: it must come with the fexit on
     lru_gen_seq_write() that adds the last run, and only where heat is the aging's alone. Checked
     with the C preprocessor, kernel headers empty stand-ins."""
-    import re
-    import shutil
-    import subprocess
-
-    from mglrud.sources.bpf_program import DEFAULT_PROGRAM
-
-    cpp = shutil.which("cpp")
-    assert cpp, "no cpp (build-essential, scripts/install-deps)"
-    src = DEFAULT_PROGRAM.read_text()
-    for header in set(re.findall(r"#include <([^>]+)>", src)):
-        (tmp_path / header).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / header).write_text("")
     flags = flags + ["-DVMEMMAP_BASE=0xffffffff82a1b0c8ULL", "-DTASK_FLAGS_OFFSET=44", "-DMGLRUD_BTF=1",
                      "-DUSE_RANGE_EVENT"]
-    out = subprocess.run([cpp, "-nostdinc", "-P", "-I", str(tmp_path), *flags, str(DEFAULT_PROGRAM)],
-                         capture_output=True, text=True, check=True).stdout
+    out = _cpp(tmp_path, "-P", *flags)
     assert ("KRETFUNC_PROBE(lru_gen_seq_write" in out) == expect
     assert ("harvest_aging(vma, addr, entry, nr_pages)" in out) == expect
     assert ("BPF_ARRAY(aging_run" in out) == expect
