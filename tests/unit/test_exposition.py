@@ -240,14 +240,37 @@ def test_gc_paused_collects_the_asked_generation_only_when_it_turns_the_collecto
 
 
 @pytest.mark.parametrize("length", [0, 1, 2, 3, 7, 8, 255, 4096, 65537, 1 << 20])
-def test_crc32_zeros_combines_two_crcs_as_zlib_over_the_concatenation(length):
+def test_crc32_combine_is_zlib_crc32_over_the_concatenation(length):
     import random
     import zlib
     rng = random.Random(length)
     for head_len in (0, 1, 33, 1000):
         head, middle = rng.randbytes(head_len), rng.randbytes(length)
-        got = exposition._gf2_times(exposition.crc32_zeros(length), zlib.crc32(head)) ^ zlib.crc32(middle)
-        assert got == zlib.crc32(head + middle), (head_len, length)
+        want = zlib.crc32(head + middle)
+        assert exposition.crc32_combine(zlib.crc32(head), zlib.crc32(middle), length) == want, (head_len, length)
+        assert exposition.crc32_combine(zlib.crc32(head), zlib.crc32(middle), length,
+                                        exposition.crc32_shift(length)) == want
+
+
+def test_a_deflater_of_segments_is_one_stream_of_their_text_in_order():
+    """Segments fed in any interleaving decompress, joined, to their texts in segment order, with
+    that text's CRC-32 and length; empty segments add nothing."""
+    import gzip
+    import random
+    import zlib
+    rng = random.Random(7)
+    texts = [[rng.randbytes(rng.randrange(0, 3000)) + b"x" * rng.randrange(0, 70000) for _ in range(5)]
+             for _ in range(4)]
+    d = exposition.Deflater()
+    segs = [d.segment() for _ in texts] + [d.segment()]  # the last one stays empty
+    for i in range(5):  # interleaved, as the memcg families' batches are
+        for seg, parts in zip(segs, texts):
+            d.feed(seg, parts[i])
+    middle = d.finish()
+    text = b"".join(b"".join(parts) for parts in texts)
+    assert (middle.crc, middle.size, middle.shift) == (zlib.crc32(text), len(text), exposition.crc32_shift(len(text)))
+    assert zlib.decompressobj(-15).decompress(middle.stream) == text
+    assert gzip.decompress(exposition.gzip_parts(b"head\n", middle, b"tail\n")) == b"head\n" + text + b"tail\n"
 
 
 def test_a_gzip_scrape_keeps_no_text_and_a_plain_one_still_gets_it(tmp_path):
