@@ -50,12 +50,13 @@ _EOF = b"# EOF\n"
 # selfmetrics' families that change between scrapes of one snapshot; every other family
 # collectors.families() yields depends on the snapshot alone.
 PER_SCRAPE = ("mglrud_build_info", "mglrud_snapshot_age_seconds")
-# gzip level: the cached part is compressed once per snapshot. On /metrics text (22 MB at
-# 3,000 memcgs) level 3 takes 73 ms where zlib's default 6 takes 196 ms, for 13 % more bytes
-# (2.1 vs 1.9 MB): deflate's fast strategy (levels 1-3) against the lazy one. The render is
-# the daemon's largest cost beside its cycle (bench/scale.py, "the daemon's share"), and
-# the bytes go to a Prometheus on the same network.
-GZIP_LEVEL = 3
+# gzip level: the cached part is compressed once per snapshot, and it is the daemon's third
+# cost after its cycles and renders at a 15 s scrape interval (bench/scale.py). On /metrics text
+# (22.7 MB at 3,000 memcgs, one process, load ~12, medians of 7): level 1 59-71 ms and 1.274 MB,
+# level 3 68-77 ms and 1.252 MB (+1.7 % bytes for level 1), zlib's default 6 300 ms and 0.995 MB
+# (client_python's gzip.compress() uses 9). Levels 1-3 are deflate's fast strategy; 1 is its
+# shortest match search. The bytes go to a Prometheus on the same network.
+GZIP_LEVEL = 1
 
 
 class _Families:
@@ -112,6 +113,44 @@ def render_pieces(snapshot, openmetrics: bool = False) -> list[bytes]:
             pending.append(f)
     chunks.append(encode(pending, openmetrics))
     return [c for c in chunks if c]
+
+
+def render_deflated(snapshot, openmetrics: bool = False) -> "Deflated":
+    """Deflated.of(render_pieces(snapshot, openmetrics)) without the text: what a gzip scrape
+    needs (Prometheus asks for gzip). The per-memcg families come a batch of lruvecs at a time,
+    each batch's lines of every family at once (memcg.sections()), and each family is deflated
+    in a segment of its own (Deflater) as its lines come, then the segments are joined in
+    /metrics order: the text is never held whole. Why: at 3,000 memcgs it is ~22 MB a render,
+    which the heap grew to hold and gave back (malloc_trim) every render, ~5,500 page faults
+    each time, and the peak RSS. Decompressed, the same bytes as render_pieces()
+    (tests/unit/test_exposition.py); the deflate stream differs by the segments' flushes."""
+    d = Deflater()
+    seg = d.segment()
+    pending: list = []
+    with memory.gc_paused():  # the batches' lists of lines make no cycles (memcg.chunks())
+        for f in collectors.families(snapshot, snapshot.taken_at, direct=True):
+            if not isinstance(f, collectors.Text):
+                if f.name not in PER_SCRAPE:
+                    pending.append(f)
+                continue
+            d.feed(seg, encode(pending, openmetrics))
+            pending = []
+            if f.sections is None:
+                for piece in f.render(openmetrics):
+                    d.feed(seg, piece)
+                continue
+            heads, batches = f.sections(openmetrics)
+            segs = [d.segment() for _ in heads]
+            for s, head in zip(segs, heads):
+                if head is not None:
+                    d.feed(s, head)
+            for texts in batches:
+                for s, head, text in zip(segs, heads, texts):
+                    if text is not None and head is not None:  # (as memcg.chunks() keeps them)
+                        d.feed(s, text)
+            seg = d.segment()  # what follows the Text
+        d.feed(seg, encode(pending, openmetrics))
+    return d.finish()
 
 
 def render_snapshot(snapshot, openmetrics: bool = False) -> bytes:
@@ -303,6 +342,8 @@ class RenderCache:
     def __init__(self, render: Callable[[object, bool], bytes | list[bytes]] = render_pieces,
                  later: Callable[[float, Callable[[], None]], None] | None = None):
         self._render = render
+        # the deflated form without the text (render_deflated()), for render_pieces' own text
+        self._deflate = render_deflated if render is render_pieces else None
         self._later = later or _timer
         self._lock = threading.Lock()
         self._snapshot = None
@@ -323,12 +364,17 @@ class RenderCache:
                     self._snapshot, self._slots = snapshot, {}
                 slot = self._slots.setdefault((openmetrics, deflated), _Slot())
         if late:
+            if deflated and self._deflate is not None:
+                return self._counted_render(snapshot, openmetrics, self._deflate)
             text = self._counted_render(snapshot, openmetrics)
             return Deflated.of(text) if deflated else text
         with slot.lock:  # one render per variant; the others wait for its bytes
             value = slot.value
             if value is None:
-                if deflated:
+                if deflated and not keep_text and self._deflate is not None \
+                        and not self.holds_text(snapshot, openmetrics):
+                    value = slot.value = self._counted_render(snapshot, openmetrics, self._deflate)
+                elif deflated:
                     value = slot.value = Deflated.of(self.get(snapshot, openmetrics))
                     if not keep_text:
                         self._drop(snapshot, openmetrics)
@@ -350,8 +396,10 @@ class RenderCache:
             slot.value = None
         memory.trim()
 
-    def _counted_render(self, snapshot, openmetrics: bool) -> list[bytes]:
-        text = _pieces(self._render(snapshot, openmetrics))
+    def _counted_render(self, snapshot, openmetrics: bool, render=None):
+        """The text's pieces, or (render: render_deflated) its Deflated."""
+        text = (render or self._render)(snapshot, openmetrics)
+        text = text if render else _pieces(text)
         with self._lock:
             self.renders += 1
         memory.trim()  # the render's garbage: tens of MiB at thousands of memcgs

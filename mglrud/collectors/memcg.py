@@ -161,14 +161,54 @@ def _chunks(snap, openmetrics: bool) -> list[bytes]:
     chunks once, with its own."""
     if snap is None:
         return []
+    heads, batches = _sections(snap, openmetrics)
+    sections: list[list[bytes]] = [[] for _ in heads]
+    for texts in batches:
+        for section, text in zip(sections, texts):
+            if text is not None:
+                section.append(text)
+    out: list[bytes] = []
+    for head, section in zip(heads, sections):
+        if head is not None:
+            out.append(head)
+            out += section
+    return out
+
+
+def sections(snap, openmetrics: bool = False):
+    """chunks()' text as (heads, batches), for a consumer that takes each batch's lines as they
+    are written (exposition.render_deflated(): deflated at once, never all held): `heads` the
+    HELP and TYPE text of each section (resident, generation, age, cold, idle, and for text
+    0.0.4 idle's _gcount and _gsum), None for a section not written; `batches` an iterator of
+    one list per batch of lruvecs, the batch's text of each section (None: none). chunks() is
+    each head followed by its section's texts, in order. Iterate it with the cyclic
+    collector paused (memory.gc_paused())."""
+    if snap is None:
+        return [], iter(())
+    return _sections(snap, openmetrics)
+
+
+def _sections(snap, openmetrics: bool):
     off = getattr(snap, "disabled_families", frozenset())
     want = tuple(FAMILIES[k] not in off for k in ("resident", "generation", "generation_age", "cold", "idle_age"))
-    _, _, _, _, want_idle = want
+    want_idle = want[4]
     n_idle = FAMILIES["idle_age"]
     edges = tuple(snap.idle_age_buckets) + (math.inf,)
     shape = _Shape(snap.page_size, tuple(snap.cold_thresholds), edges, openmetrics, want)
-    sections: list[list[bytes]] = [[] for _ in range(7)]
-    lruvecs = snap.lruvecs
+    heads: list[bytes | None] = [
+        _head(FAMILIES[key], HELP[_HELP_KEY[key]], "gauge", openmetrics).encode() if w else None
+        for w, key in zip(want, ("resident", "generation", "generation_age", "cold"))]
+    doc = HELP["idle"]
+    heads.append(_head(n_idle, doc, "gaugehistogram" if openmetrics else "histogram", openmetrics).encode()
+                 if want_idle else None)
+    # text 0.0.4: client_python moves _gcount and _gsum to gauges after the family (when it has lines)
+    lines = want_idle and not openmetrics and bool(snap.lruvecs)
+    heads += [_head(n_idle + suffix, doc, "gauge", False).encode() if lines else None
+              for suffix in ("_gcount", "_gsum")]
+    return heads, _batches(snap.lruvecs, shape)
+
+
+def _batches(lruvecs, shape: "_Shape"):
     value = _Line()
     for at in range(0, len(lruvecs), _BATCH):
         batch = lruvecs[at:at + _BATCH]
@@ -179,25 +219,8 @@ def _chunks(snap, openmetrics: bool) -> list[bytes]:
             j = i + 1
             while j < len(batch) and len(batch[j].generations) == ng:
                 j += 1
-            for section, text in zip(sections, shape.lines(batch[i:j], ng, value)):
-                if text is not None:
-                    section.append(text)
+            yield shape.lines(batch[i:j], ng, value)
             i = j
-    res_b, gen_b, age_b, cold_b, idle_b, gcount_b, gsum_b = sections
-    out: list[bytes] = []
-    for w, key, chunks in zip(want, ("resident", "generation", "generation_age", "cold"),
-                              (res_b, gen_b, age_b, cold_b)):
-        if w:
-            out.append(_head(FAMILIES[key], HELP[_HELP_KEY[key]], "gauge", openmetrics).encode())
-            out += chunks
-    if want_idle:
-        doc = HELP["idle"]
-        out.append(_head(n_idle, doc, "gaugehistogram" if openmetrics else "histogram", openmetrics).encode())
-        out += idle_b
-        if gcount_b:  # text 0.0.4: client_python moves _gcount and _gsum to gauges after the family
-            out += [_head(n_idle + "_gcount", doc, "gauge", False).encode()] + gcount_b
-            out += [_head(n_idle + "_gsum", doc, "gauge", False).encode()] + gsum_b
-    return out
 
 
 _anon, _file, _age = itemgetter(2), itemgetter(3), itemgetter(1)  # Generation's fields

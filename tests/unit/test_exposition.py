@@ -133,6 +133,26 @@ def test_both_formats_are_byte_identical_to_client_pythons_encoders_on_every_fix
     assert seen >= 4
 
 
+def _inflate(middle) -> bytes:
+    return zlib.decompressobj(-15).decompress(middle.stream)
+
+
+def test_the_deflated_render_is_the_text_deflated_on_every_fixture(tmp_path):
+    """render_deflated() (a gzip scrape's, never holding the text) inflates to render_snapshot()'s
+    bytes, with their CRC-32 and length, in both formats."""
+    (tmp_path / "synthetic").mkdir()
+    seen = 0
+    for name, snap in _snapshots(tmp_path):
+        (tmp_path / name).mkdir(exist_ok=True)
+        for om in (False, True):
+            want = exposition.render_snapshot(snap, om)
+            got = exposition.render_deflated(snap, om)
+            assert _inflate(got) == want, (name, om)
+            assert (got.crc, got.size) == (zlib.crc32(want), len(want)), (name, om)
+            seen += bool(snap.lruvecs)
+    assert seen >= 4
+
+
 def _hostile_snapshot(**kw):
     from mglrud.model import Snapshot
     from mglrud.model.lru_gen import GenHistogram, Generation
@@ -180,6 +200,8 @@ def test_memcg_text_matches_client_python_on_hostile_paths_and_values(kw, monkey
         with monkeypatch.context() as m:
             m.setattr(memcg, "_BATCH", 4)  # lines encoded in several batches: the same bytes
             assert memcg.render(snap, om) == want, om
+            # a gzip scrape's render: the same text, deflated a batch at a time, family by family
+            assert _inflate(exposition.render_deflated(snap, om)) == exposition.render_snapshot(snap, om), om
     assert memcg.render(None) == b""
 
 
@@ -283,7 +305,7 @@ def test_a_gzip_scrape_keeps_no_text_and_a_plain_one_still_gets_it(tmp_path):
     body, headers = exp.metrics(accept_encoding="gzip")
     assert ("Content-Encoding", "gzip") in headers
     assert gzip.decompress(body) == fresh.metrics()[0]
-    assert exp.cache._slots[(False, False)].value is None  # the text: not kept
+    assert not exp.cache.holds_text(snap, False)  # the text: not kept (not even made: render_deflated())
     assert isinstance(exp.cache._slots[(False, True)].value, exposition.Deflated)
     assert exp.cache.renders == 1
     assert exp.metrics()[0] == fresh.metrics()[0]  # a plain scrape: rendered again
