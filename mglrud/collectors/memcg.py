@@ -127,6 +127,26 @@ class _Line(dict):
         s = self[value] = _spell(value)
         return s
 
+    def paged(self, page: int) -> "_Paged":
+        """count -> self[count * page], for columns of page counts (made once per render)."""
+        got = getattr(self, "_paged", None)
+        if got is None or got.page != page:
+            got = self._paged = _Paged(page, self)
+        return got
+
+
+class _Paged(dict):
+    """page count -> the spelling of its bytes (count * page) in `spelled`, a _Line: a column
+    of counts is spelled by one map() over this dict's __getitem__, no column of bytes made."""
+
+    def __init__(self, page: int, spelled: _Line):
+        super().__init__()
+        self.page, self.spelled = page, spelled
+
+    def __missing__(self, count) -> str:
+        s = self[count] = self.spelled[count * self.page]
+        return s
+
 
 def render(snap, openmetrics: bool = False) -> bytes:
     """The families' text (chunks(), joined)."""
@@ -264,6 +284,9 @@ class _Shape:
         0.0.4 idle's _gcount and _gsum), None for a section not written."""
         want_res, want_gen, want_age, want_cold, want_idle = self.want
         page, r, spell = self.page, len(run), value.__getitem__
+        # columns of page counts, spelled as bytes (count x page) through a dict keyed by the
+        # count: no column of products made first
+        pages = value.paged(page).__getitem__
         out: list[bytes | None] = [None] * 7
         mn = [f'memcg="{_escape(h.memcg_path)}",numa_node="{h.node}"' for h in run]
         mnb = [m + "} " for m in mn]
@@ -274,17 +297,16 @@ class _Shape:
         if want_age:
             out[2] = _join((self.gen_pre(ng)[1] * r, _repeat(mnb, ng), _spread(ages, spell)))
         if want_gen:
-            cols = [list(map(page.__mul__, n)) for n in counts[0] + counts[1]]
-            out[1] = _join((self.gen_pre(ng)[0] * r, _repeat(mnb, 2 * ng), _spread(cols, spell)))
+            out[1] = _join((self.gen_pre(ng)[0] * r, _repeat(mnb, 2 * ng), _spread(counts[0] + counts[1], pages)))
         totals = [list(map(sum, zip(*c))) for c in counts]
         if want_res:
-            out[0] = _join((self.res_pre * r, _repeat(mnb, 2), _spread([_times(t, page) for t in totals], spell)))
+            out[0] = _join((self.res_pre * r, _repeat(mnb, 2), _spread(totals, pages)))
         if want_cold and self.cuts:
             # per threshold the generations idle at least that long (bound >= threshold)
             masks = [[list(map(t.__le__, b)) for b in bounds] for t in self.cuts]
-            cols = [_times(_masked_sum(c, m), page) for c in counts for m in masks]
+            cols = [_masked_sum(c, m) for c in counts for m in masks]
             width = len(cols)
-            out[3] = _join((self.cold_pre * r, _repeat(mn, width), self.cold_post * r, _spread(cols, spell)))
+            out[3] = _join((self.cold_pre * r, _repeat(mn, width), self.cold_post * r, _spread(cols, pages)))
         if want_idle:
             cols, counts_col, sums_col = [], [], []
             # cumulative(): per edge the generations whose bound is at most it
@@ -353,6 +375,8 @@ def _floats(column: list[float]) -> list[str]:
     # floatToGoString's steps: the digits before the dot and after it, the dot after the first
     go = [(a[0] + "." + a[1:] + b).rstrip("0.") + _EXPONENT[len(a) - 1]
           for a, _, b in map(str.partition, spelled, repeat("."))]
+    if total == total and min(column) >= 1e6 and max(column) < 1e16:  # all of them (no NaN): page-seconds
+        return go
     return [r if -math.inf < v < 1e6 else g if 1e6 <= v < 1e16 else floatToGoString(v)
             for v, r, g in zip(column, spelled, go)]
 

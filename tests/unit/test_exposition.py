@@ -601,6 +601,11 @@ def test_floats_are_spelled_by_column_as_floattogostring_does():
     assert _floats(values) == [floatToGoString(v) for v in values]
     small = [0.5 * i for i in range(1000)]
     assert _floats(small) == [floatToGoString(v) for v in small]
+    # a column all in Go's exponent range (the page-seconds) is spelled at once; a NaN or an end
+    # value among them must not pass for one (min() and max() do not see a NaN in the middle)
+    for column in ([1e6 + 0.5 * i for i in range(1000)], [2e6, math.nan, 3e6], [2e6, 1e16], [1e6, 9.99e15],
+                   [5e6, 999_999.5], [2e6, math.inf]):
+        assert _floats(column) == [floatToGoString(v) for v in column], column
 
 
 def test_the_info_lines_are_kept_per_path_and_a_path_gone_is_forgotten():
