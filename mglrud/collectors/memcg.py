@@ -127,17 +127,12 @@ class _Line(dict):
         s = self[value] = _spell(value)
         return s
 
-    def paged(self, page: int) -> "_Paged":
-        """count -> self[count * page], for columns of page counts (made once per render)."""
-        got = getattr(self, "_paged", None)
-        if got is None or got.page != page:
-            got = self._paged = _Paged(page, self)
-        return got
-
 
 class _Paged(dict):
     """page count -> the spelling of its bytes (count * page) in `spelled`, a _Line: a column
-    of counts is spelled by one map() over this dict's __getitem__, no column of bytes made."""
+    of counts is spelled by one map() over this dict's __getitem__, no column of bytes made.
+    (It refers to the _Line, never the other way: no reference cycle, both are freed with the
+    render, not at the next full collection.)"""
 
     def __init__(self, page: int, spelled: _Line):
         super().__init__()
@@ -230,6 +225,7 @@ def _sections(snap, openmetrics: bool):
 
 def _batches(lruvecs, shape: "_Shape"):
     value = _Line()
+    paged = _Paged(shape.page, value)
     for at in range(0, len(lruvecs), _BATCH):
         batch = lruvecs[at:at + _BATCH]
         # runs of lruvecs with the same number of generations (nearly always one run)
@@ -239,7 +235,7 @@ def _batches(lruvecs, shape: "_Shape"):
             j = i + 1
             while j < len(batch) and len(batch[j].generations) == ng:
                 j += 1
-            yield shape.lines(batch[i:j], ng, value)
+            yield shape.lines(batch[i:j], ng, value, paged)
             i = j
 
 
@@ -279,14 +275,14 @@ class _Shape:
                 [f'\n{self.n_age}{{gen="{ng - 1 - i}",' for i in range(ng)])
         return pre
 
-    def lines(self, run, ng: int, value: "_Line") -> list[bytes | None]:
+    def lines(self, run, ng: int, value: "_Line", paged: "_Paged") -> list[bytes | None]:
         """The run's lines of each section (resident, generation, age, cold, idle, and for text
         0.0.4 idle's _gcount and _gsum), None for a section not written."""
         want_res, want_gen, want_age, want_cold, want_idle = self.want
         page, r, spell = self.page, len(run), value.__getitem__
         # columns of page counts, spelled as bytes (count x page) through a dict keyed by the
         # count: no column of products made first
-        pages = value.paged(page).__getitem__
+        pages = paged.__getitem__
         out: list[bytes | None] = [None] * 7
         mn = [f'memcg="{_escape(h.memcg_path)}",numa_node="{h.node}"' for h in run]
         mnb = [m + "} " for m in mn]
