@@ -25,10 +25,10 @@ FailureAction=exit-force
 [Service]
 Type=oneshot
 ExecStart=/bin/bash $REPO/tests/vm/systemd/guest.sh $OUT $REPO
-TimeoutStartSec=20min
+TimeoutStartSec=40min
 UNIT
 # The manager logs to the journal (guest.sh greps it for the watchdog kill).
-exec timeout --kill-after=30 1500 unshare --pid --fork --mount --propagation private -- /bin/bash -c '
+exec timeout --kill-after=30 2520 unshare --pid --fork --mount --propagation private -- /bin/bash -c '
     set -e
     mount -t tmpfs -o mode=755 tmpfs /run        # the manager'"'"'s own /run
     mkdir -p '"$OUT"' '"$REPO"'
