@@ -60,7 +60,7 @@ extern const void vmemmap_base __ksym;
 #define PFN_MASK	0x000ffffffffff000ULL
 #define STRUCT_PAGE	64	/* sizeof(struct page) on x86-64 */
 #define MAX_TABLES	16384
-#define MAX_NODES	8
+#define MAX_NODES	4	/* node pfn ranges: 8 is past the 512-byte stack of the callbacks with the page read */
 
 enum {
 	S_WALKS,	/* walk_pud_range() calls bracketed */
@@ -69,7 +69,9 @@ enum {
 	S_HARVESTED,	/* young on entry, old on exit */
 	S_LOST,		/* tables not recorded (map full) */
 	S_MATCHED,	/* harvests that reached `heat` */
-	S_EMPTY,	/* (unused by the empty program: it does nothing) */
+	S_DBG_WORDS,	/* -DDEBUG: reap_word() calls with harvested bits */
+	S_DBG_PAGES,	/* -DDEBUG: reap_page() calls past the bit test */
+	S_DBG_FLUSH,	/* -DDEBUG: runs flushed */
 	S_NR,
 };
 
@@ -304,6 +306,9 @@ static __always_inline void flush_run(struct reap *r)
 
 	if (!r->pending)
 		return;
+#ifdef DEBUG
+	stat_add(S_DBG_FLUSH, 1);
+#endif
 	v = bpf_map_lookup_elem(&heat, &r->key);
 	if (v) {
 		__sync_fetch_and_add(v, r->pending);
@@ -360,6 +365,9 @@ static int reap_page(u32 b, void *ctx)
 	r->key.node = nd;
 	r->key.lru = lru;
 	r->pending++;
+#ifdef DEBUG
+	stat_add(S_DBG_PAGES, 1);
+#endif
 	return 0;
 }
 
@@ -375,6 +383,9 @@ static int reap_word(u32 w, void *ctx)
 	if (!r->bits)
 		return 0;
 	r->word = w;
+#ifdef DEBUG
+	stat_add(S_DBG_WORDS, 1);
+#endif
 	bpf_loop(64, reap_page, r, 0);
 	return 0;
 }
@@ -441,6 +452,14 @@ int BPF_PROG(walk_exit, void *p4d, unsigned long start, unsigned long end, struc
 		struct noderange *hdr = bpf_map_lookup_elem(&nodes, &zero);
 
 		r.nnodes = hdr ? hdr->node : 0;
+		/*
+		 * 6.1's verifier checks a bpf_loop() callback for one iteration from the caller's
+		 * state (upstream 6.7 fixed that: "verify callbacks as if they are called unknown
+		 * number of times"): a run length starting as the constant 0 had reap_page()'s
+		 * "pending != 0" branch hard-wired away as dead code, and every run was one page.
+		 * Start it from a map value (0, set by user space) the verifier cannot know.
+		 */
+		r.pending = hdr ? hdr->pad : 0;
 		for (k = 0; k < MAX_NODES; k++) {
 			u32 slot = k + 1;
 			struct noderange *nr = bpf_map_lookup_elem(&nodes, &slot);

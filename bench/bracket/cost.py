@@ -37,7 +37,7 @@ from bpf_hotness import CG, PAGE, Mapping, age, size  # noqa: E402
 from libbpf_ctypes import Object  # noqa: E402
 
 S_WALKS, S_TABLES, S_YOUNG, S_HARVESTED, S_LOST, S_MATCHED = range(6)
-MAX_NODES = 8
+MAX_NODES = 4
 
 
 class NodeRange(ctypes.Structure):
@@ -127,7 +127,7 @@ def main() -> int:
         for c in ["off"] + configs:
             o, names = progs.get(c, (None, []))
             for n in names:
-                o.attach(n)
+                o.o.attach(n)
             before = o.stat(S_HARVESTED) if o and c != "empty" else 0
             for _ in range(args.per_block):
                 m.touch(touched, flush=True)
@@ -135,7 +135,7 @@ def main() -> int:
             if o and c != "empty":
                 harvested.setdefault(c, []).append((o.stat(S_HARVESTED) - before) / args.per_block)
             for n in names:
-                o.detach(n)
+                o.o.detach(n)
     off = statistics.median(times["off"])
     young = "every page young" if args.every == 1 else f"one page in {args.every} young"
     out = [f"# bench/bracket/cost.py — {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
