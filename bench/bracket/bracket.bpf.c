@@ -294,6 +294,7 @@ struct reap {
 	u64 matched;
 	struct hkey key;
 	struct noderange nr[MAX_NODES];
+	u64 bnd[MAX_NODES - 1];	/* ATTRIB=2: first pfn of node ranges 1.., 1 << 62 when absent */
 	u32 nnodes;
 	u32 word;
 #endif
@@ -318,7 +319,9 @@ static __always_inline void flush_run(struct reap *r)
 	}
 	r->pending = 0;
 }
+#endif
 
+#if ATTRIB == 1
 static int reap_page(u32 b, void *ctx)
 {
 	struct reap *r = ctx;
@@ -391,6 +394,57 @@ static int reap_word(u32 w, void *ctx)
 }
 #endif
 
+#if ATTRIB == 2
+static __always_inline void add_heat(struct reap *r, u64 region, u16 node, u64 n)
+{
+	if (!n)
+		return;
+	r->key.region = region;
+	r->key.node = node;
+	r->key.lru = 2;
+	r->pending = n;
+	flush_run(r);
+}
+
+/*
+ * ATTRIB=2: attribution per table, no per-page callback and no struct page read. A PTE table
+ * maps one aligned 2 MiB region, so the region is the table's; the node of each harvested
+ * entry comes from its pfn against the node boundaries, branch-free (BPF has no setcc:
+ * (pfn - b) >> 63 is 1 when pfn < b), summed in the same unrolled pass that finds the
+ * harvested entries; anon/file is left to user space (lru 2). At most MAX_NODES heat updates
+ * a table, one in a one-node guest.
+ */
+static __always_inline u64 harvest_nodes(struct reap *r, struct ptes *ptes, struct table_rec *t)
+{
+	u64 n = 0, ge1 = 0, ge2 = 0, ge3 = 0, b1 = r->bnd[0], b2 = r->bnd[1], b3 = r->bnd[2];
+	int w, b;
+
+	for (w = 0; w < PTRS / 64; w++) {
+		u64 young = t->young[w];
+
+		for (b = 0; b < 64; b++) {
+			u64 e = ptes->e[w * 64 + b];
+			u64 h = (young >> b) & e & ~(e >> 5) & 1;	/* young before, present and old now */
+			u64 pfn = (e & PFN_MASK) >> 12;
+
+			n += h;
+			ge1 += h & (((pfn - b1) >> 63) ^ 1);
+			ge2 += h & (((pfn - b2) >> 63) ^ 1);
+			ge3 += h & (((pfn - b3) >> 63) ^ 1);
+		}
+	}
+	if (n) {
+		u64 region = t->addr >> 21;
+
+		add_heat(r, region, 0, n - ge1);
+		add_heat(r, region, r->nr[1].node, ge1 - ge2);
+		add_heat(r, region, r->nr[2].node, ge2 - ge3);
+		add_heat(r, region, r->nr[3].node, ge3);
+	}
+	return n;
+}
+#endif
+
 static int reap_table(u32 i, void *ctx)
 {
 	struct reap *r = ctx;
@@ -406,6 +460,10 @@ static int reap_table(u32 i, void *ctx)
 	ptes = bpf_map_lookup_elem(&buf, &one);
 	if (!ptes || bpf_probe_read_kernel(ptes, sizeof(*ptes), (void *)t->table))
 		goto out;
+#if ATTRIB == 2
+	r->harvested += harvest_nodes(r, ptes, t);
+	goto out;
+#endif
 	for (w = 0; w < PTRS / 64; w++) {
 		u64 old = 0;
 
@@ -422,7 +480,7 @@ static int reap_table(u32 i, void *ctx)
 	for (w = 0; w < PTRS / 64; w++)
 		n += popcount(r->harv[w]);
 	r->harvested += n;
-#if ATTRIB
+#if ATTRIB == 1
 	r->addr = t->addr;
 	bpf_loop(PTRS / 64, reap_word, r, 0);
 #endif
@@ -467,6 +525,8 @@ int BPF_PROG(walk_exit, void *p4d, unsigned long start, unsigned long end, struc
 			if (nr)
 				r.nr[k] = *nr;
 		}
+		for (k = 0; k < MAX_NODES - 1; k++)
+			r.bnd[k] = k + 1 < r.nnodes ? r.nr[k + 1].start : 1ULL << 62;
 		r.key.tgid = w.tgid;
 		bpf_probe_read_kernel(&r.vmemmap, sizeof(r.vmemmap), &vmemmap_base);
 	}

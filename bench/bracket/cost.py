@@ -113,7 +113,7 @@ def main() -> int:
     configs = [c for c in args.configs.split(",") if c]
 
     t = time.monotonic()
-    objs = {name: Bracket(HERE / "build" / f"{name}.o") for name in ("count", "attrib", "attrib-nopage")
+    objs = {name: Bracket(HERE / "build" / f"{name}.o") for name in ("count", "attrib", "attrib-nopage", "attrib-table")
             if name in configs or (name == "count" and "empty" in configs)}
     load_s = time.monotonic() - t
     progs = {"empty": (objs.get("count"), ["empty"])}
