@@ -164,7 +164,7 @@ def main() -> int:
                 split[(k[2], k[3])] = split.get((k[2], k[3]), 0) + v
             out.append(f"  heat: {len(heat)} keys, this tgid {sum(mine.values())} pages in {len(regions)} "
                        f"regions, in the mapping {inside} pages ({inside / max(1, len(times[name])):.0f} a pass, "
-                       f"{m.npages // len(range(0, m.npages, args.every)) and len(touched)} touched); "
+                       f"{len(touched)} touched); "
                        f"(node, lru 0 file/1 anon/2 unknown): {dict(sorted(split.items()))}; "
                        f"node ranges {b.ranges}")
     for b in objs.values():
