@@ -28,7 +28,8 @@ touched (tp_workload's mprotect round trip), so every touched page is young at t
 Configurations, on a patched kernel: off (no program: the static branch only; this is
 "patched-idle"), empty (a bcc program on the range event that returns at once), counting
 (mglrud's own bpf/hotness.bpf.c through its loader, mglrud.sources.bpf_program.Program, on the
-range event, targets = the workloads' tgids and memcgs). On an unpatched kernel only off.
+range event, targets = the workloads' tgids and memcgs). On an unpatched kernel only off;
+`--configs off` runs only off on a patched kernel too (all patched-idle / unpatched needs).
 They run in --blocks blocks: in each, the counting program is loaded (a bcc compile), every
 workload runs --passes passes with it, it is closed, then every workload runs --passes passes
 off and --passes passes with the empty program. Results go to DIR/kernel_cost.json.
@@ -36,6 +37,10 @@ off and --passes passes with the empty program. Results go to DIR/kernel_cost.js
 On the host (`summary`), over the JSON of several boots (alternate them: unpatched, patched,
 unpatched, patched, ...):
   /usr/bin/python3 bench/kernel_cost.py summary DIR1 DIR2 ... > bench/results/kernel_cost.txt
+(`run` does both: `run --out DIR --boots 4 --icount 1 --configs off --cache /var/cache/mglrud-v3`
+boots the unpatched kernel from --unpatched-cache and the patched one from --cache, alternately.)
+A label is KERNEL-CLOCK; the summary divides each by "unpatched-CLOCK" (so a guest run by hand
+with --label v3-icount1 is compared with the unpatched-icount1 boots).
 prints per workload and configuration the median, min and max pass time over all passes of all
 boots of that kernel, ns per young entry and per table, and patched ÷ unpatched by the medians.
 
