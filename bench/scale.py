@@ -545,6 +545,10 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
         out += ["| what | " + " | ".join(f"{n} memcgs" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
         for label, key, f in rows:
             out.append(f"| {label} | " + " | ".join(cell(key, ("memcg", n), f) for n in sizes) + " |")
+        each = lambda side, n: ", ".join(f"{r['daemon_share_15'] * 100:.2f} %"  # noqa: E731
+                                         for r in res.get((side, "memcg", n), []) if "daemon_share_15" in r)
+        out.append("| the daemon, scraped every 15 s (gzip): each run, in order | "
+                   + " | ".join(f"{each('before', n)} → {each('after', n)}" for n in sizes) + " |")
         hw = [f"{fmt_b(med(res.get((s, 'memcg', sizes[-1]), []), 'VmHWM'))}" for s in ("before", "after")]
         out.append(f"| peak RSS (VmHWM) at {sizes[-1]} memcgs | {hw[0]} → {hw[1]} |")
     if "bpf" in parts:

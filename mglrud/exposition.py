@@ -24,8 +24,10 @@ every fixture). gzip is one gzip member whose deflate stream is the three parts'
 independent raw deflate streams joined at byte-aligned sync-flush points (RFC 1951 3.2.4:
 a non-final block ends the stream only when BFINAL is set), so the big middle part is
 compressed once per snapshot, and only the small ends and a CRC-32 are computed per scrape (the
-middle's CRC once, combined with the head's: crc32_zeros()); the cache keeps the middle's text
-only while a scrape without gzip is expected to read it before the next publish.
+middle's CRC once, combined with the head's: crc32_combine()); the cache keeps the middle's text
+only while a scrape without gzip is expected to read it before the next publish. When no such
+scrape is expected, the middle is deflated as it is rendered, one segment per memcg family
+(render_deflated(), Deflater): its text is never held whole.
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ _EOF = b"# EOF\n"
 # selfmetrics' families that change between scrapes of one snapshot; every other family
 # collectors.families() yields depends on the snapshot alone.
 PER_SCRAPE = ("mglrud_build_info", "mglrud_snapshot_age_seconds")
-# gzip level: the cached part is compressed once per snapshot. On /metrics text (22 MB at
-# 3,000 memcgs) level 3 takes 73 ms where zlib's default 6 takes 196 ms, for 13 % more bytes
-# (2.1 vs 1.9 MB): deflate's fast strategy (levels 1-3) against the lazy one. The render is
-# the daemon's largest cost beside its cycle (bench/scale.py, "the daemon's share"), and
-# the bytes go to a Prometheus on the same network.
-GZIP_LEVEL = 3
+# gzip level: the cached part is compressed once per snapshot, and it is the daemon's third
+# cost after its cycles and renders at a 15 s scrape interval (bench/scale.py). On /metrics text
+# (22.7 MB at 3,000 memcgs, one process, load ~12, medians of 7): level 1 59-71 ms and 1.274 MB,
+# level 3 68-77 ms and 1.252 MB (+1.7 % bytes for level 1), zlib's default 6 300 ms and 0.995 MB
+# (client_python's gzip.compress() uses 9). Levels 1-3 are deflate's fast strategy; 1 is its
+# shortest match search. The bytes go to a Prometheus on the same network.
+GZIP_LEVEL = 1
 
 
 class _Families:
@@ -114,6 +117,44 @@ def render_pieces(snapshot, openmetrics: bool = False) -> list[bytes]:
     return [c for c in chunks if c]
 
 
+def render_deflated(snapshot, openmetrics: bool = False) -> "Deflated":
+    """Deflated.of(render_pieces(snapshot, openmetrics)) without the text: what a gzip scrape
+    needs (Prometheus asks for gzip). The per-memcg families come a batch of lruvecs at a time,
+    each batch's lines of every family at once (memcg.sections()), and each family is deflated
+    in a segment of its own (Deflater) as its lines come, then the segments are joined in
+    /metrics order: the text is never held whole. Why: at 3,000 memcgs it is ~22 MB a render,
+    which the heap grew to hold and gave back (malloc_trim) every render, ~5,500 page faults
+    each time, and the peak RSS. Decompressed, the same bytes as render_pieces()
+    (tests/unit/test_exposition.py); the deflate stream differs by the segments' flushes."""
+    d = Deflater()
+    seg = d.segment()
+    pending: list = []
+    with memory.gc_paused():  # the batches' lists of lines make no cycles (memcg.chunks())
+        for f in collectors.families(snapshot, snapshot.taken_at, direct=True):
+            if not isinstance(f, collectors.Text):
+                if f.name not in PER_SCRAPE:
+                    pending.append(f)
+                continue
+            d.feed(seg, encode(pending, openmetrics))
+            pending = []
+            if f.sections is None:
+                for piece in f.render(openmetrics):
+                    d.feed(seg, piece)
+                continue
+            heads, batches = f.sections(openmetrics)
+            segs = [d.segment() for _ in heads]
+            for s, head in zip(segs, heads):
+                if head is not None:
+                    d.feed(s, head)
+            for texts in batches:
+                for s, head, text in zip(segs, heads, texts):
+                    if text is not None and head is not None:  # (as memcg.chunks() keeps them)
+                        d.feed(s, text)
+            seg = d.segment()  # what follows the Text
+        d.feed(seg, encode(pending, openmetrics))
+    return d.finish()
+
+
 def render_snapshot(snapshot, openmetrics: bool = False) -> bytes:
     """Part 2 as one bytes (render_pieces(), joined)."""
     return b"".join(render_pieces(snapshot, openmetrics))
@@ -151,27 +192,67 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 class Deflated(NamedTuple):
     """The snapshot's part 2 as gzip needs it: its raw deflate stream (ending in a sync flush),
-    its CRC-32 and length, and crc32_zeros(length). Without the text: a scrape asking for gzip
+    its CRC-32 and length, and crc32_shift(length). Without the text: a scrape asking for gzip
     (Prometheus does) needs none of it, so the cache need not keep 20 MiB of it at 3,000 memcgs."""
 
     stream: bytes
     crc: int
     size: int
-    zeros: tuple[int, ...]
+    shift: int
 
     @classmethod
     def of(cls, middle: bytes | list[bytes]) -> "Deflated":
-        crc = size = 0
+        d = Deflater()
+        seg = d.segment()
         for piece in _pieces(middle):
-            crc, size = zlib.crc32(piece, crc), size + len(piece)
-        return cls(_deflate(middle, False), crc, size, crc32_zeros(size))
+            d.feed(seg, piece)
+        return d.finish()
+
+
+class Deflater:
+    """A raw deflate stream made of segments, each compressed by a compressor of its own and
+    ended by a sync flush, then joined in order (RFC 1951: a stream may be cut at a byte-aligned
+    sync flush, as gzip_parts() joins head, middle and tail), with the CRC-32 and length of the
+    text they hold, in order. Why segments: the per-memcg families are written a batch of
+    lruvecs at a time, each batch giving lines of every family, and /metrics has them family
+    after family; with one segment per family each batch's lines are deflated as soon as they
+    are written, and the snapshot's ~22 MB of text (3,000 memcgs) is never held at once for a
+    gzip scrape (render_deflated()). It decompresses to the same text, and is no larger: at
+    3,000 memcgs 1,266,924 bytes against 1,273,894 for the text in one stream (level 1; a
+    family's lines are alike, and a segment's window holds only them)."""
+
+    def __init__(self):
+        self._segments: list[list] = []  # [compressor, deflated pieces, crc, size]
+
+    def segment(self) -> list:
+        seg = [zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15), [], 0, 0]
+        self._segments.append(seg)
+        return seg
+
+    @staticmethod
+    def feed(seg: list, data: bytes) -> None:
+        if data:
+            seg[1].append(seg[0].compress(data))
+            seg[2] = zlib.crc32(data, seg[2])
+            seg[3] += len(data)
+
+    def finish(self) -> Deflated:
+        stream: list[bytes] = []
+        crc = size = 0
+        for compressor, out, seg_crc, seg_size in self._segments:
+            if seg_size:  # (an empty segment's flush would still be an empty block)
+                stream += out
+                stream.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+                crc, size = crc32_combine(crc, seg_crc, seg_size) if size else seg_crc, size + seg_size
+        self._segments = []
+        return Deflated(b"".join(stream), crc, size, crc32_shift(size))
 
 
 def gzip_parts(head: bytes, middle: Deflated, tail: bytes) -> bytes:
     """One gzip member of head + the middle's text + tail."""
-    # crc32(head + text) = the head's CRC carried over the text's length of zeros, xor the
-    # text's own CRC (zlib's crc32_combine()); then on over tail
-    crc = zlib.crc32(tail, _gf2_times(middle.zeros, zlib.crc32(head)) ^ middle.crc)
+    # crc32(head + text): the head's CRC carried over the text's length, xor the text's own
+    # CRC (zlib's crc32_combine()); then on over tail
+    crc = zlib.crc32(tail, crc32_combine(zlib.crc32(head), middle.crc, middle.size, middle.shift))
     size = len(head) + middle.size + len(tail)
     return b"".join((_GZIP_HEADER, _deflate(head, False), middle.stream, _deflate(tail, True),
                      struct.pack("<II", crc, size & 0xFFFFFFFF)))
@@ -179,43 +260,45 @@ def gzip_parts(head: bytes, middle: Deflated, tail: bytes) -> bytes:
 
 # ---------------------------------------------------------------- CRC-32 of a concatenation
 
-def _gf2_times(matrix, vector: int) -> int:
-    """A 32x32 matrix over GF(2) (one int per column) times a 32-bit vector."""
-    out = i = 0
-    while vector:
-        if vector & 1:
-            out ^= matrix[i]
-        vector >>= 1
-        i += 1
-    return out
+_POLY = 0xEDB88320  # the CRC-32 polynomial, reflected (zlib's crc32.c)
 
 
-def _gf2_square(matrix) -> list[int]:
-    return [_gf2_times(matrix, column) for column in matrix]
+def _multmodp(a: int, b: int) -> int:
+    """a times b modulo the CRC-32 polynomial (reflected: bit 31 is x^0); a must not be 0.
+    zlib's multmodp() (crc32.c, 1.2.12 on)."""
+    m, p = 1 << 31, 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
 
 
-def crc32_zeros(length: int) -> tuple[int, ...]:
-    """The map that carries a CRC-32 over `length` zero bytes, as a matrix for _gf2_times():
-    crc32(a + b) == _gf2_times(crc32_zeros(len(b)), crc32(a)) ^ crc32(b). zlib's
-    crc32_combine() (crc32.c, before 1.2.12), with the operator kept instead of applied once:
-    a render's part 2 is one length, then combined with a new head at every scrape.
-    About a millisecond per doubling of the length; the powers commute, so order is free."""
-    odd = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit (the CRC-32 polynomial)
-    even = _gf2_square(odd)  # two zero bits
-    odd = _gf2_square(even)  # four zero bits
-    op = [1 << n for n in range(32)]  # nothing yet: the identity
+_X2N = [1 << 30]  # x^(2^n) modulo the polynomial, n = 0..31 (zlib's x2n_table)
+for _ in range(31):
+    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
+
+
+def crc32_shift(length: int) -> int:
+    """x^(8 * length) modulo the polynomial: the operator that carries a CRC-32 over `length`
+    zero bytes, so that crc32(a + b) == crc32_combine(crc32(a), crc32(b), len(b)). zlib's
+    x2nmodp(length, 3). About 0.1 ms for 22 MB: one product per bit set in the length (the
+    matrix form it replaces, zlib's before 1.2.12, took ~5 ms, once per render)."""
+    p, k = 1 << 31, 3  # x^0
     while length:
-        even = _gf2_square(odd)  # first one zero byte, then each square doubles it
         if length & 1:
-            op = [_gf2_times(even, column) for column in op]
+            p = _multmodp(_X2N[k & 31], p)
         length >>= 1
-        if not length:
-            break
-        odd = _gf2_square(even)
-        if length & 1:
-            op = [_gf2_times(odd, column) for column in op]
-        length >>= 1
-    return tuple(op)
+        k += 1
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int, shift: int | None = None) -> int:
+    """crc32(a + b) from crc32(a), crc32(b) and len(b) (zlib's crc32_combine()); `shift`:
+    crc32_shift(length2), when the caller has it."""
+    return _multmodp(crc32_shift(length2) if shift is None else shift, crc1) ^ crc2
 
 
 # ---------------------------------------------------------------- the cache
@@ -262,6 +345,8 @@ class RenderCache:
     def __init__(self, render: Callable[[object, bool], bytes | list[bytes]] = render_pieces,
                  later: Callable[[float, Callable[[], None]], None] | None = None):
         self._render = render
+        # the deflated form without the text (render_deflated()), for render_pieces' own text
+        self._deflate = render_deflated if render is render_pieces else None
         self._later = later or _timer
         self._lock = threading.Lock()
         self._snapshot = None
@@ -282,12 +367,17 @@ class RenderCache:
                     self._snapshot, self._slots = snapshot, {}
                 slot = self._slots.setdefault((openmetrics, deflated), _Slot())
         if late:
+            if deflated and self._deflate is not None:
+                return self._counted_render(snapshot, openmetrics, self._deflate)
             text = self._counted_render(snapshot, openmetrics)
             return Deflated.of(text) if deflated else text
         with slot.lock:  # one render per variant; the others wait for its bytes
             value = slot.value
             if value is None:
-                if deflated:
+                if deflated and not keep_text and self._deflate is not None \
+                        and not self.holds_text(snapshot, openmetrics):
+                    value = slot.value = self._counted_render(snapshot, openmetrics, self._deflate)
+                elif deflated:
                     value = slot.value = Deflated.of(self.get(snapshot, openmetrics))
                     if not keep_text:
                         self._drop(snapshot, openmetrics)
@@ -309,8 +399,10 @@ class RenderCache:
             slot.value = None
         memory.trim()
 
-    def _counted_render(self, snapshot, openmetrics: bool) -> list[bytes]:
-        text = _pieces(self._render(snapshot, openmetrics))
+    def _counted_render(self, snapshot, openmetrics: bool, render=None):
+        """The text's pieces, or (render: render_deflated) its Deflated."""
+        text = (render or self._render)(snapshot, openmetrics)
+        text = text if render else _pieces(text)
         with self._lock:
             self.renders += 1
         memory.trim()  # the render's garbage: tens of MiB at thousands of memcgs

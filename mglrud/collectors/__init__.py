@@ -42,8 +42,11 @@ class Text:
     """In place of a module's families (families(direct=True)): their text, written by the
     module itself (memcg.chunks()) -- the same bytes client_python's encoders would write."""
 
-    def __init__(self, render: Callable[[bool], list[bytes]]):
+    def __init__(self, render: Callable[[bool], list[bytes]], sections: Callable | None = None):
         self.render = render  # openmetrics -> the text in chunks, to be joined
+        # openmetrics -> (heads, batches), the same text a batch of lines at a time, family
+        # after family (memcg.sections()); None: take render()'s
+        self.sections = sections
 
 
 def families(snap: Snapshot | None, now: float, direct: bool = False):
@@ -61,7 +64,8 @@ def families(snap: Snapshot | None, now: float, direct: bool = False):
     off = getattr(snap, "disabled_families", frozenset())
     for module in (memcg, workload, procfs, bpf):
         if direct and module is memcg:
-            yield Text(lambda openmetrics: memcg.chunks(snap, openmetrics))  # applies metrics.disable itself
+            yield Text(lambda openmetrics: memcg.chunks(snap, openmetrics),  # applies metrics.disable itself
+                       lambda openmetrics: memcg.sections(snap, openmetrics))
             continue
         if direct and module is workload:
             if workload.FAMILIES["memcg_info"] not in off:

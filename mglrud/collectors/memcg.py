@@ -128,6 +128,21 @@ class _Line(dict):
         return s
 
 
+class _Paged(dict):
+    """page count -> the spelling of its bytes (count * page) in `spelled`, a _Line: a column
+    of counts is spelled by one map() over this dict's __getitem__, no column of bytes made.
+    (It refers to the _Line, never the other way: no reference cycle, both are freed with the
+    render, not at the next full collection.)"""
+
+    def __init__(self, page: int, spelled: _Line):
+        super().__init__()
+        self.page, self.spelled = page, spelled
+
+    def __missing__(self, count) -> str:
+        s = self[count] = self.spelled[count * self.page]
+        return s
+
+
 def render(snap, openmetrics: bool = False) -> bytes:
     """The families' text (chunks(), joined)."""
     return b"".join(chunks(snap, openmetrics))
@@ -161,15 +176,56 @@ def _chunks(snap, openmetrics: bool) -> list[bytes]:
     chunks once, with its own."""
     if snap is None:
         return []
+    heads, batches = _sections(snap, openmetrics)
+    sections: list[list[bytes]] = [[] for _ in heads]
+    for texts in batches:
+        for section, text in zip(sections, texts):
+            if text is not None:
+                section.append(text)
+    out: list[bytes] = []
+    for head, section in zip(heads, sections):
+        if head is not None:
+            out.append(head)
+            out += section
+    return out
+
+
+def sections(snap, openmetrics: bool = False):
+    """chunks()' text as (heads, batches), for a consumer that takes each batch's lines as they
+    are written (exposition.render_deflated(): deflated at once, never all held): `heads` the
+    HELP and TYPE text of each section (resident, generation, age, cold, idle, and for text
+    0.0.4 idle's _gcount and _gsum), None for a section not written; `batches` an iterator of
+    one list per batch of lruvecs, the batch's text of each section (None: none). chunks() is
+    each head followed by its section's texts, in order. Iterate it with the cyclic
+    collector paused (memory.gc_paused())."""
+    if snap is None:
+        return [], iter(())
+    return _sections(snap, openmetrics)
+
+
+def _sections(snap, openmetrics: bool):
     off = getattr(snap, "disabled_families", frozenset())
     want = tuple(FAMILIES[k] not in off for k in ("resident", "generation", "generation_age", "cold", "idle_age"))
-    _, _, _, _, want_idle = want
+    want_idle = want[4]
     n_idle = FAMILIES["idle_age"]
     edges = tuple(snap.idle_age_buckets) + (math.inf,)
     shape = _Shape(snap.page_size, tuple(snap.cold_thresholds), edges, openmetrics, want)
-    sections: list[list[bytes]] = [[] for _ in range(7)]
-    lruvecs = snap.lruvecs
+    heads: list[bytes | None] = [
+        _head(FAMILIES[key], HELP[_HELP_KEY[key]], "gauge", openmetrics).encode() if w else None
+        for w, key in zip(want, ("resident", "generation", "generation_age", "cold"))]
+    doc = HELP["idle"]
+    heads.append(_head(n_idle, doc, "gaugehistogram" if openmetrics else "histogram", openmetrics).encode()
+                 if want_idle else None)
+    # text 0.0.4: client_python moves _gcount and _gsum to gauges after the family (when it has lines)
+    lines = want_idle and not openmetrics and bool(snap.lruvecs)
+    heads += [_head(n_idle + suffix, doc, "gauge", False).encode() if lines else None
+              for suffix in ("_gcount", "_gsum")]
+    return heads, _batches(snap.lruvecs, shape)
+
+
+def _batches(lruvecs, shape: "_Shape"):
     value = _Line()
+    paged = _Paged(shape.page, value)
     for at in range(0, len(lruvecs), _BATCH):
         batch = lruvecs[at:at + _BATCH]
         # runs of lruvecs with the same number of generations (nearly always one run)
@@ -179,25 +235,8 @@ def _chunks(snap, openmetrics: bool) -> list[bytes]:
             j = i + 1
             while j < len(batch) and len(batch[j].generations) == ng:
                 j += 1
-            for section, text in zip(sections, shape.lines(batch[i:j], ng, value)):
-                if text is not None:
-                    section.append(text)
+            yield shape.lines(batch[i:j], ng, value, paged)
             i = j
-    res_b, gen_b, age_b, cold_b, idle_b, gcount_b, gsum_b = sections
-    out: list[bytes] = []
-    for w, key, chunks in zip(want, ("resident", "generation", "generation_age", "cold"),
-                              (res_b, gen_b, age_b, cold_b)):
-        if w:
-            out.append(_head(FAMILIES[key], HELP[_HELP_KEY[key]], "gauge", openmetrics).encode())
-            out += chunks
-    if want_idle:
-        doc = HELP["idle"]
-        out.append(_head(n_idle, doc, "gaugehistogram" if openmetrics else "histogram", openmetrics).encode())
-        out += idle_b
-        if gcount_b:  # text 0.0.4: client_python moves _gcount and _gsum to gauges after the family
-            out += [_head(n_idle + "_gcount", doc, "gauge", False).encode()] + gcount_b
-            out += [_head(n_idle + "_gsum", doc, "gauge", False).encode()] + gsum_b
-    return out
 
 
 _anon, _file, _age = itemgetter(2), itemgetter(3), itemgetter(1)  # Generation's fields
@@ -236,11 +275,14 @@ class _Shape:
                 [f'\n{self.n_age}{{gen="{ng - 1 - i}",' for i in range(ng)])
         return pre
 
-    def lines(self, run, ng: int, value: "_Line") -> list[bytes | None]:
+    def lines(self, run, ng: int, value: "_Line", paged: "_Paged") -> list[bytes | None]:
         """The run's lines of each section (resident, generation, age, cold, idle, and for text
         0.0.4 idle's _gcount and _gsum), None for a section not written."""
         want_res, want_gen, want_age, want_cold, want_idle = self.want
         page, r, spell = self.page, len(run), value.__getitem__
+        # columns of page counts, spelled as bytes (count x page) through a dict keyed by the
+        # count: no column of products made first
+        pages = paged.__getitem__
         out: list[bytes | None] = [None] * 7
         mn = [f'memcg="{_escape(h.memcg_path)}",numa_node="{h.node}"' for h in run]
         mnb = [m + "} " for m in mn]
@@ -251,17 +293,16 @@ class _Shape:
         if want_age:
             out[2] = _join((self.gen_pre(ng)[1] * r, _repeat(mnb, ng), _spread(ages, spell)))
         if want_gen:
-            cols = [list(map(page.__mul__, n)) for n in counts[0] + counts[1]]
-            out[1] = _join((self.gen_pre(ng)[0] * r, _repeat(mnb, 2 * ng), _spread(cols, spell)))
+            out[1] = _join((self.gen_pre(ng)[0] * r, _repeat(mnb, 2 * ng), _spread(counts[0] + counts[1], pages)))
         totals = [list(map(sum, zip(*c))) for c in counts]
         if want_res:
-            out[0] = _join((self.res_pre * r, _repeat(mnb, 2), _spread([_times(t, page) for t in totals], spell)))
+            out[0] = _join((self.res_pre * r, _repeat(mnb, 2), _spread(totals, pages)))
         if want_cold and self.cuts:
             # per threshold the generations idle at least that long (bound >= threshold)
             masks = [[list(map(t.__le__, b)) for b in bounds] for t in self.cuts]
-            cols = [_times(_masked_sum(c, m), page) for c in counts for m in masks]
+            cols = [_masked_sum(c, m) for c in counts for m in masks]
             width = len(cols)
-            out[3] = _join((self.cold_pre * r, _repeat(mn, width), self.cold_post * r, _spread(cols, spell)))
+            out[3] = _join((self.cold_pre * r, _repeat(mn, width), self.cold_post * r, _spread(cols, pages)))
         if want_idle:
             cols, counts_col, sums_col = [], [], []
             # cumulative(): per edge the generations whose bound is at most it
@@ -330,6 +371,8 @@ def _floats(column: list[float]) -> list[str]:
     # floatToGoString's steps: the digits before the dot and after it, the dot after the first
     go = [(a[0] + "." + a[1:] + b).rstrip("0.") + _EXPONENT[len(a) - 1]
           for a, _, b in map(str.partition, spelled, repeat("."))]
+    if total == total and min(column) >= 1e6 and max(column) < 1e16:  # all of them (no NaN): page-seconds
+        return go
     return [r if -math.inf < v < 1e6 else g if 1e6 <= v < 1e16 else floatToGoString(v)
             for v, r, g in zip(column, spelled, go)]
 
