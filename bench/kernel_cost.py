@@ -28,7 +28,8 @@ touched (tp_workload's mprotect round trip), so every touched page is young at t
 Configurations, on a patched kernel: off (no program: the static branch only; this is
 "patched-idle"), empty (a bcc program on the range event that returns at once), counting
 (mglrud's own bpf/hotness.bpf.c through its loader, mglrud.sources.bpf_program.Program, on the
-range event, targets = the workloads' tgids and memcgs). On an unpatched kernel only off.
+range event, targets = the workloads' tgids and memcgs). On an unpatched kernel only off;
+`--configs off` runs only off on a patched kernel too (all patched-idle / unpatched needs).
 They run in --blocks blocks: in each, the counting program is loaded (a bcc compile), every
 workload runs --passes passes with it, it is closed, then every workload runs --passes passes
 off and --passes passes with the empty program. Results go to DIR/kernel_cost.json.
@@ -36,6 +37,10 @@ off and --passes passes with the empty program. Results go to DIR/kernel_cost.js
 On the host (`summary`), over the JSON of several boots (alternate them: unpatched, patched,
 unpatched, patched, ...):
   /usr/bin/python3 bench/kernel_cost.py summary DIR1 DIR2 ... > bench/results/kernel_cost.txt
+(`run` does both: `run --out DIR --boots 4 --icount 1 --configs off --cache /var/cache/mglrud-v3`
+boots the unpatched kernel from --unpatched-cache and the patched one from --cache, alternately.)
+A label is KERNEL-CLOCK; the summary divides each by "unpatched-CLOCK" (so a guest run by hand
+with --label v3-icount1 is compared with the unpatched-icount1 boots).
 prints per workload and configuration the median, min and max pass time over all passes of all
 boots of that kernel, ns per young entry and per table, and patched ÷ unpatched by the medians.
 
@@ -197,12 +202,14 @@ def guest(args) -> int:
                   if line.startswith("AnonHugePages:"))
         print(f"[cost] thp workload: AnonHugePages {thp} kB of {128 * 1024}", flush=True)
 
-        configs = ["off", "empty", "counting"] if patched else ["off"]
+        configs = [c for c in ("off", "empty", "counting") if c in args.configs.split(",")] if patched else ["off"]
+        if not configs:
+            raise SystemExit(f"kernel_cost.py: --configs {args.configs!r} names none of off, empty, counting")
         times: dict[str, dict[str, list[int]]] = {w: {c: [] for c in configs} for w in work}
         errors: dict[str, dict[str, list[str]]] = {w: {c: [] for c in configs} for w in work}
         counted: dict[str, list[int]] = {}
         empty = None
-        if patched:
+        if "empty" in configs:
             from bcc import BPF
 
             empty = BPF(text=EMPTY)
@@ -217,7 +224,7 @@ def guest(args) -> int:
                         errors[name][config].append(err)
 
         for b in range(args.blocks):
-            if patched:
+            if "counting" in configs:
                 from mglrud.config import Bpf, Paths
                 from mglrud.fs import FS
                 from mglrud.sources.bpf_program import Program
@@ -230,7 +237,8 @@ def guest(args) -> int:
                 d = prog.dump()
                 counted.setdefault("pages", []).append(sum(c for v in d["heat"] for c, _, _ in v["percpu"]))
                 prog.close()
-            passes("off")
+            if "off" in configs:
+                passes("off")
             if empty is not None:
                 empty.attach_tracepoint(tp=b"vmscan:mm_vmscan_lru_gen_young_range",
                                         fn_name=b"tracepoint__vmscan__mm_vmscan_lru_gen_young_range")
@@ -421,19 +429,20 @@ def run(args) -> int:
     clock = f"icount{args.icount}" if qemu else "wall"
     dirs = []
     for i in range(args.boots):
-        variant = ("unpatched", "default")[i % 2]
-        label = ("unpatched", "patched")[i % 2] + "-" + clock
+        k = (i + (args.first == "patched")) % 2
+        variant = ("unpatched", "default")[k]
+        label = ("unpatched", "patched")[k] + "-" + clock
         out = Path(args.out, f"{i:02d}-{label}").resolve()
         out.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        if variant == "unpatched":  # its own cache: kernel-patch/README.md, "Cost"
-            env.setdefault("MGLRUD_CACHE", UNPATCHED_CACHE)
+        # each kernel from its own cache: kernel-patch/README.md, "Cost"
+        env["MGLRUD_CACHE"] = args.unpatched_cache if variant == "unpatched" else args.cache
         cmd = [str(REPO / "kernel-patch/vm-run.sh"), "--variant", variant, "--out", str(out),
                "--timeout", str(args.timeout)]
         if qemu:
             cmd += ["--qemu-opts", qemu]
         cmd += ["--exec", f"/usr/bin/python3 bench/kernel_cost.py guest --out {out} --label {label} "
-                          f"--blocks {args.blocks} --passes {args.passes}"]
+                          f"--blocks {args.blocks} --passes {args.passes} --configs {args.configs}"]
         print(f"[cost] boot {i}: {label}", flush=True)
         rc = subprocess.run(cmd, env=env).returncode
         if rc != 0:
@@ -451,6 +460,8 @@ def main() -> int:
     g.add_argument("--label", required=True, help="name of this kernel/clock in the summary, e.g. unpatched-icount")
     g.add_argument("--blocks", type=int, default=2)
     g.add_argument("--passes", type=int, default=5)
+    g.add_argument("--configs", default="off,empty,counting",
+                   help="comma-separated configurations to run on a patched kernel (off = patched-idle)")
     t = sub.add_parser("ptl", help="page-table lock hold times (needs CONFIG_LOCK_STAT)")
     t.add_argument("--out", required=True)
     t.add_argument("--mib", type=int, default=64)
@@ -462,6 +473,13 @@ def main() -> int:
     r.add_argument("--blocks", type=int, default=2)
     r.add_argument("--passes", type=int, default=5)
     r.add_argument("--timeout", type=int, default=2400)
+    r.add_argument("--configs", default="off,empty,counting",
+                   help="configurations on the patched kernel; 'off' alone is enough for patched-idle / unpatched")
+    r.add_argument("--cache", default=os.environ.get("MGLRUD_CACHE", "/var/cache/mglrud"),
+                   help="MGLRUD_CACHE of the patched kernel (default: $MGLRUD_CACHE or /var/cache/mglrud)")
+    r.add_argument("--unpatched-cache", default=UNPATCHED_CACHE, help="MGLRUD_CACHE of the unpatched kernel")
+    r.add_argument("--first", choices=("unpatched", "patched"), default="unpatched",
+                   help="which kernel boots first (then they alternate)")
     c = sub.add_parser("calibrate", help="time work the series does not touch (a boot's baseline)")
     c.add_argument("--out", required=True)
     c.add_argument("--passes", type=int, default=7)
