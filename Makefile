@@ -29,9 +29,9 @@ check:
 ## test: every tier — unit and host integration, the VM tier on the project's kernel (one node,
 ## two nodes), the stock tier on Debian's own kernel, and mglrud under systemd as PID 1 in the
 ## guest; then one closing line. Two tracks side by side (scripts/test-all): test-vm, and
-## test-host then test-vm-stock then test-systemd
+## test-host then test-vm-stock then test-systemd (ARGS reaches each tier's make through MAKEFLAGS)
 test:
-	@ARGS='$(ARGS)' scripts/test-all
+	@scripts/test-all
 
 test-host:
 	@scripts/install-deps test

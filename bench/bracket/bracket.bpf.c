@@ -436,7 +436,7 @@ static __always_inline u64 harvest_nodes(struct reap *r, struct ptes *ptes, stru
 	if (n) {
 		u64 region = t->addr >> 21;
 
-		add_heat(r, region, 0, n - ge1);
+		add_heat(r, region, r->nr[0].node, n - ge1);
 		add_heat(r, region, r->nr[1].node, ge1 - ge2);
 		add_heat(r, region, r->nr[2].node, ge2 - ge3);
 		add_heat(r, region, r->nr[3].node, ge3);

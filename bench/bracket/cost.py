@@ -65,7 +65,8 @@ def node_ranges(zoneinfo: str) -> list[tuple[int, int, int]]:
             s = int(w[1])
             lo, hi = spans.get(node, [s, s + spanned])
             spans[node] = [min(lo, s), max(hi, s + spanned)]
-    return [(lo, hi, n) for n, (lo, hi) in sorted(spans.items())]
+    # by start pfn: the per-table mode (ATTRIB=2) splits a table's pages at the next range's start
+    return sorted((lo, hi, n) for n, (lo, hi) in spans.items())
 
 
 class Bracket:

@@ -53,3 +53,14 @@ def test_node_ranges_from_zoneinfo():
 
     # node 0 spans DMA and DMA32 (its empty Normal zone left out), node 1 its own range
     assert node_ranges(ZONEINFO) == [(1, 262144, 0), (262144, 524288, 1)]
+
+
+def test_node_ranges_are_in_pfn_order_not_node_order():
+    """The per-table mode splits a table's pages at each next range's start pfn: a node whose
+    memory lies below node 0's must come first (review finding: they were sorted by node)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "vm"))
+    from cost import node_ranges
+
+    swapped = ZONEINFO.replace("Node 0,", "Node X,").replace("Node 1,", "Node 0,").replace("Node X,", "Node 1,")
+    assert node_ranges(swapped) == [(1, 262144, 1), (262144, 524288, 0)]

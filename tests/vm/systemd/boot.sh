@@ -25,7 +25,8 @@ FailureAction=exit-force
 [Service]
 Type=oneshot
 ExecStart=/bin/bash $REPO/tests/vm/systemd/guest.sh $OUT $REPO
-TimeoutStartSec=40min
+TimeoutStartSec=38min
+TimeoutStopSec=30s
 UNIT
 # The manager logs to the journal (guest.sh greps it for the watchdog kill).
 exec timeout --kill-after=30 2520 unshare --pid --fork --mount --propagation private -- /bin/bash -c '

@@ -18,7 +18,7 @@ rm -f "$OUT/sd/rc" "$OUT/sd/guest.log" "$OUT"/sd/mglrud_*.deb
 # The Debian package the guest installs and purges after the make-install checks (reused while
 # the tree is unchanged); without it guest.sh fails that part, saying so.
 if deb=$("$REPO/scripts/build-deb"); then cp "$deb" "$OUT/sd/"; else echo "run.sh: scripts/build-deb failed" >&2; fi
-"$REPO/kernel-patch/vm-run.sh" --numa --out "$OUT" --timeout 2700 --exec "bash tests/vm/systemd/boot.sh $OUT/sd $REPO"
+"$REPO/kernel-patch/vm-run.sh" --numa --out "$OUT" --timeout 2760 --exec "bash tests/vm/systemd/boot.sh $OUT/sd $REPO"
 vm_rc=$?
 echo "---- guest.log"
 cat "$OUT/sd/guest.log" 2>/dev/null || echo "(none)"
