@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from mglrud.memory import gc_paused
-from mglrud.model.lru_gen import LRUS, cold_pages, idle_histogram, idle_lower_bounds
+from mglrud.model.lru_gen import LRUS, cold_pages, idle_histogram
 
 # metrics.disable keys -> the families they switch off (collectors/__init__.py gathers them).
 FAMILIES = {
