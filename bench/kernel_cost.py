@@ -186,21 +186,32 @@ def guest(args) -> int:
     vma_maps = [f"map V{i} {base + 0x6000_0000 + i * 32 * PAGE:#x} 16 anon" for i in range(1024)]
     vma_touch = [f"touch V{i} all" for i in range(1024)]
     print(f"[cost] kernel {platform.release()}, patched={patched}, label {args.label}", flush=True)
+    nthp = args.thp_mib * mib // PAGE
+    makers = {
+        "dense": lambda: Aging("dense", [f"map D {base:#x} {n128} anon"], ["touch D all"], n128, n128 // TABLE, 1),
+        "sparse": lambda: Aging("sparse", [f"map S {base + 0x1000_0000:#x} {n128} anon"],
+                                ["touch S " + ",".join(str(i) for i in range(0, n128, TABLE))],
+                                n128 // TABLE, n128 // TABLE, 1, fault=["touch S all"]),  # resident everywhere
+        "thp": lambda: Aging("thp", [f"map T {base + 0x2000_0000:#x} {nthp} anon thp"], ["touch T all"],
+                             nthp // TABLE, nthp // TABLE, 1),
+        "file": lambda: Aging("file", [f"map F {base + 0x3000_0000:#x} {n128 // 2} file {FILE_FILE}"],
+                              ["touch F all"], n128 // 2, n128 // 2 // TABLE, 1),
+        "vmas": lambda: Aging("vmas", vma_maps, vma_touch, 1024 * 16, 64, 1024),
+        "lookaround": lambda: LookAround(n128 // 4),
+    }
+    chosen = args.workloads.split(",")
+    if not chosen or any(w not in makers for w in chosen):
+        raise SystemExit(f"kernel_cost.py: --workloads {args.workloads!r}: choose from {','.join(makers)}")
     work = {}
     try:
-        work["dense"] = Aging("dense", [f"map D {base:#x} {n128} anon"], ["touch D all"], n128, n128 // TABLE, 1)
-        work["sparse"] = Aging("sparse", [f"map S {base + 0x1000_0000:#x} {n128} anon"],
-                               ["touch S " + ",".join(str(i) for i in range(0, n128, TABLE))],
-                               n128 // TABLE, n128 // TABLE, 1, fault=["touch S all"])  # resident everywhere
-        work["thp"] = Aging("thp", [f"map T {base + 0x2000_0000:#x} {n128} anon thp"], ["touch T all"],
-                            n128 // TABLE, n128 // TABLE, 1)
-        work["file"] = Aging("file", [f"map F {base + 0x3000_0000:#x} {n128 // 2} file {FILE_FILE}"],
-                             ["touch F all"], n128 // 2, n128 // 2 // TABLE, 1)
-        work["vmas"] = Aging("vmas", vma_maps, vma_touch, 1024 * 16, 64, 1024)
-        work["lookaround"] = LookAround(n128 // 4)
-        thp = sum(int(line.split()[1]) for line in Path(f"/proc/{work['thp'].w.pid}/smaps").read_text().splitlines()
-                  if line.startswith("AnonHugePages:"))
-        print(f"[cost] thp workload: AnonHugePages {thp} kB of {128 * 1024}", flush=True)
+        for name in makers:
+            if name in chosen:
+                work[name] = makers[name]()
+        thp = 0
+        if "thp" in work:
+            thp = sum(int(line.split()[1]) for line in Path(f"/proc/{work['thp'].w.pid}/smaps").read_text().splitlines()
+                      if line.startswith("AnonHugePages:"))
+            print(f"[cost] thp workload: AnonHugePages {thp} kB of {args.thp_mib * 1024}", flush=True)
 
         configs = [c for c in ("off", "empty", "counting") if c in args.configs.split(",")] if patched else ["off"]
         if not configs:
@@ -442,7 +453,8 @@ def run(args) -> int:
         if qemu:
             cmd += ["--qemu-opts", qemu]
         cmd += ["--exec", f"/usr/bin/python3 bench/kernel_cost.py guest --out {out} --label {label} "
-                          f"--blocks {args.blocks} --passes {args.passes} --configs {args.configs}"]
+                          f"--blocks {args.blocks} --passes {args.passes} --configs {args.configs} "
+                          f"--workloads {args.workloads} --thp-mib {args.thp_mib}"]
         print(f"[cost] boot {i}: {label}", flush=True)
         rc = subprocess.run(cmd, env=env).returncode
         if rc != 0:
@@ -462,6 +474,9 @@ def main() -> int:
     g.add_argument("--passes", type=int, default=5)
     g.add_argument("--configs", default="off,empty,counting",
                    help="comma-separated configurations to run on a patched kernel (off = patched-idle)")
+    g.add_argument("--workloads", default="dense,sparse,thp,file,vmas,lookaround",
+                   help="comma-separated workloads to set up and time")
+    g.add_argument("--thp-mib", type=int, default=128, help="size of the thp workload's mapping")
     t = sub.add_parser("ptl", help="page-table lock hold times (needs CONFIG_LOCK_STAT)")
     t.add_argument("--out", required=True)
     t.add_argument("--mib", type=int, default=64)
@@ -478,6 +493,9 @@ def main() -> int:
     r.add_argument("--cache", default=os.environ.get("MGLRUD_CACHE", "/var/cache/mglrud"),
                    help="MGLRUD_CACHE of the patched kernel (default: $MGLRUD_CACHE or /var/cache/mglrud)")
     r.add_argument("--unpatched-cache", default=UNPATCHED_CACHE, help="MGLRUD_CACHE of the unpatched kernel")
+    r.add_argument("--workloads", default="dense,sparse,thp,file,vmas,lookaround",
+                   help="comma-separated workloads to set up and time")
+    r.add_argument("--thp-mib", type=int, default=128, help="size of the thp workload's mapping")
     r.add_argument("--first", choices=("unpatched", "patched"), default="unpatched",
                    help="which kernel boots first (then they alternate)")
     c = sub.add_parser("calibrate", help="time work the series does not touch (a boot's baseline)")
