@@ -57,7 +57,7 @@ def test_summary_divides_by_the_unpatched_median_of_the_same_clock(tmp_path, cap
 
 def test_run_boots_each_kernel_from_its_own_cache_and_passes_configs(tmp_path, monkeypatch):
     """`run` alternates the kernels, each with its own MGLRUD_CACHE whatever the caller's
-    environment says, and hands --configs to the guest."""
+    environment says, and hands --configs, --workloads and --thp-mib to the guest."""
     calls = []
 
     def fake_run(cmd, env):
@@ -72,11 +72,12 @@ def test_run_boots_each_kernel_from_its_own_cache_and_passes_configs(tmp_path, m
     monkeypatch.setattr(kc, "summary", lambda args: 0)
     args = kc.argparse.Namespace(out=str(tmp_path), boots=3, icount=1, blocks=1, passes=2, timeout=60,
                                  configs="off", cache="/var/cache/v3", unpatched_cache="/var/cache/u",
-                                 first="patched")
+                                 first="patched", workloads="thp", thp_mib=512)
     assert kc.run(args) == 0
     variants = [c[c.index("--variant") + 1] for c, _ in calls]
     assert variants == ["default", "unpatched", "default"]
     assert [cache for _, cache in calls] == ["/var/cache/v3", "/var/cache/u", "/var/cache/v3"]
     guest = calls[0][0][-1]
     assert "--configs off" in guest and "--label patched-icount1" in guest
+    assert "--workloads thp --thp-mib 512" in guest
     assert calls[0][0][calls[0][0].index("--qemu-opts") + 1] == "-icount shift=1,sleep=off"
