@@ -198,6 +198,17 @@ ROLL_ROUNDS = 4
 ROLL_MIN_BYTES = 256 << 20
 
 
+def _readable(entries) -> dict:
+    """(start, end, path) -> 2: resident at the smaps read; 1: empty then but read between smaps
+    reads (small, on an LRU); 0: not read between smaps reads. (3, in _roll: mapped since.)"""
+    out = {}
+    for e in entries:
+        empty_ok = e.end - e.start <= EMPTY_READ_MAX and not _NOT_LRU_FLAGS & set(e.vmflags) \
+            and not e.path.startswith(_NOT_READ_PATHS)
+        out[(e.start, e.end, e.path)] = 2 if e.rss > 0 else int(empty_ok)
+    return out
+
+
 class _Process:
     __slots__ = ("sig", "full_at", "readable", "pieces", "total", "dirty", "result")
 
@@ -215,22 +226,26 @@ class ResidencyCache:
     """read_residency() that reads only what may have changed (bpf.residency_max_age > 0).
 
     Per process: a full read (smaps, then pagemap of every mapping with resident pages, as
-    read_residency()) at least every `max_age` seconds, and whenever the process is new or
-    another one has its pid (start time). In between, each cycle reads /proc/PID/stat and statm
-    (the kernel's RSS counters; O(1)): unchanged, the last result stands; moved, the mapping
-    list comes from /proc/PID/maps (no page walk) and pagemap is read again for new mappings
-    and, oldest first, for the pieces read before the counters moved, at least 1/ROLL_ROUNDS of
-    them a cycle. Mappings the last full read saw empty are read between full reads only when
-    small (EMPTY_READ_MAX), not hugetlb, PFN or I/O mappings; a new mapping larger than that, or
+    read_residency()) when the process is new to it, or another one has its pid (start time).
+    Then each cycle /proc/PID/stat and statm (the kernel's RSS counters; O(1), no page walk):
+    unchanged, the last result stands; moved, the mapping list comes from /proc/PID/maps (no page
+    walk) and pagemap is read again for new mappings and, oldest first, for the pieces
+    (READ_BYTES) read before the counters moved: at least 1/ROLL_ROUNDS of the process's address
+    space a cycle (ROLL_MIN_BYTES at least), so all of it within ROLL_ROUNDS cycles. Every
+    `max_age` seconds smaps is read again (which mappings are resident) and every piece becomes
+    due again the same way: what the counters did not show (pages migrated between nodes, as
+    many faulted in as dropped, counter slack) is read within max_age + ROLL_ROUNDS cycles.
+    Mappings empty at the last smaps read are read between them only when small
+    (EMPTY_READ_MAX) and not hugetlb, PFN or I/O mappings; a new mapping larger than that, or
     over MAX_SCAN_BYTES in all, makes the read a full one. Where stat or statm cannot be read,
-    every cycle is a full read."""
+    every cycle is a full read, as with max_age 0."""
 
     def __init__(self, max_age: float):
         self.max_age = max_age
         self.key = None  # the owner's: what the cached cells depend on (max age, region shift, page size)
         self.procs: dict[int, _Process] = {}
         self.seq = 0  # cycles seen (begin())
-        self.full_reads = self.piece_reads = 0  # what was read (bench/scale.py, tests)
+        self.full_reads = self.piece_reads = 0  # smaps reads, pieces read between them (bench, tests)
 
     def begin(self) -> None:
         """A new cycle: pieces read from here on are newer than the counters seen so far."""
@@ -251,8 +266,17 @@ class ResidencyCache:
             self.procs.pop(pid, None)
             return read_residency(fs, pid, region_shift, page_size, nodes, status_of)
         p = self.procs.get(pid)
-        if p is None or p.sig[0] != sig[0] or now - p.full_at >= self.max_age:
+        if p is None or p.sig[0] != sig[0]:
             return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, sig)
+        if now - p.full_at >= self.max_age:  # smaps again, and every piece read again from here on
+            try:
+                entries = parse_smaps(fs.proc(pid, "smaps").read_text(errors="replace"))
+            except (OSError, ValueError):
+                self.procs.pop(pid, None)
+                return None
+            self.full_reads += 1
+            p.sig, p.dirty, p.full_at, p.readable = sig, self.seq, now, _readable(entries)
+            return self._roll(fs, pid, region_shift, page_size, nodes, now, status_of, p, entries)
         if sig != p.sig:
             p.sig, p.dirty = sig, self.seq
         elif not any(seq < p.dirty for _, seq in p.pieces.values()):
@@ -268,23 +292,20 @@ class ResidencyCache:
         spans, pieces, why, entries = r
         if pieces is None:
             return spans, None, why  # read in full again next cycle
-        readable = {}  # 2: resident at the full read; 1: empty then, read between full reads;
-        # 0: not read between full reads; 3 (_roll): mapped since
-        for e in entries:
-            empty_ok = e.end - e.start <= EMPTY_READ_MAX and not _NOT_LRU_FLAGS & set(e.vmflags) \
-                and not e.path.startswith(_NOT_READ_PATHS)
-            readable[(e.start, e.end, e.path)] = 2 if e.rss > 0 else int(empty_ok)
-        p = _Process(sig, now, readable, pieces, self.seq)
+        p = _Process(sig, now, _readable(entries), pieces, self.seq)
         p.result = spans, dict(p.total), ""
         self.procs[pid] = p
         return p.result
 
-    def _roll(self, fs, pid, region_shift, page_size, nodes, now, status_of, p: _Process):
-        try:
-            maps = parse_smaps(fs.proc(pid, "maps").read_text(errors="replace"))
-        except (OSError, ValueError):
-            self.procs.pop(pid, None)
-            return None
+    def _roll(self, fs, pid, region_shift, page_size, nodes, now, status_of, p: _Process, maps=None):
+        """Read pagemap again where it is due: new mappings, then the stale pieces, oldest first.
+        `maps`: smaps' entries just read (at max age), else /proc/PID/maps is read."""
+        if maps is None:
+            try:
+                maps = parse_smaps(fs.proc(pid, "maps").read_text(errors="replace"))
+            except (OSError, ValueError):
+                self.procs.pop(pid, None)
+                return None
         vmas = []
         for e in maps:
             key = (e.start, e.end, e.path)

@@ -95,15 +95,21 @@ def test_counters_that_did_not_move_read_nothing(tmp_path):
     assert cache.full_reads == 1 and cache.piece_reads == 0
 
 
-def test_at_max_age_it_is_read_in_full_whatever_the_counters_say(tmp_path):
-    # pages gone with counters that do not show it (counter slack, a page migrated): seen at max age
+@pytest.mark.parametrize("small", [True, False])
+def test_at_max_age_it_is_read_again_whatever_the_counters_say(tmp_path, monkeypatch, small):
+    # pages gone with counters that do not show it (counter slack, a page migrated): smaps at max
+    # age, and pagemap from then on: at once for a process under ROLL_MIN_BYTES, else a quarter a cycle
+    if not small:
+        monkeypatch.setattr(bpf_heat, "READ_BYTES", 4 << 20)
+        monkeypatch.setattr(bpf_heat, "ROLL_MIN_BYTES", 0)
     proc = Proc(tmp_path)
     cache = bpf_heat.ResidencyCache(60.0)
     first = _read(cache, proc, 1000.0)
-    proc.drop(range(0, 4096))
+    proc.drop(range(0, PM["pages"], 2))
     assert _read(cache, proc, 1059.9) == first
-    got = _read(cache, proc, 1060.0)
-    assert got == proc.fresh() and got != first and cache.full_reads == 2
+    got = [_read(cache, proc, 1060.0 + t) for t in range(bpf_heat.ROLL_ROUNDS)]
+    assert got[-1] == proc.fresh() != first and cache.full_reads == 2
+    assert (got[0] == got[-1]) == small
 
 
 def test_moved_counters_read_everything_again_within_roll_rounds_cycles(tmp_path, pieces):
@@ -248,6 +254,6 @@ def test_a_bad_residency_max_age_is_one_line(value, error):
 
 def test_residency_max_age_values():
     base = "targets: [{name: w, pid: 1}]\n"
-    assert loads(base).bpf.residency_max_age == 60.0
+    assert loads(base).bpf.residency_max_age == 120.0
     assert loads(base + "bpf: {residency_max_age: 0}").bpf.residency_max_age == 0.0
     assert loads(base + "bpf: {residency_max_age: 5m}").bpf.residency_max_age == 300.0
