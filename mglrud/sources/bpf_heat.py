@@ -194,8 +194,23 @@ def process_signature(fs: FS, pid: int):
 # Between full reads, a process whose counters moved has its pieces read again, the oldest first, at
 # least ROLL_MIN_BYTES of address space or 1/ROLL_ROUNDS of it a cycle, whichever is more: what it had
 # when they moved is read again within ROLL_ROUNDS cycles
-ROLL_ROUNDS = 4
-ROLL_MIN_BYTES = 256 << 20
+ROLL_ROUNDS = 6
+ROLL_MIN_BYTES = 128 << 20
+
+
+def parse_maps(text: str) -> list[tuple[int, int, str]]:
+    """/proc/PID/maps -> (start, end, path) per mapping, the path as parse_smaps() has it
+    (smaps' mapping lines are maps' lines). ValueError on a line that is not one."""
+    out = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        w = line.split(None, 5)
+        lo, sep, hi = w[0].partition("-")
+        if not sep or len(w) < 5:
+            raise ValueError(f"not a maps line: {line!r}")
+        out.append((int(lo, 16), int(hi, 16), w[5].rstrip(" ") if len(w) > 5 else ""))
+    return out
 
 
 def _readable(entries) -> dict:
@@ -302,18 +317,20 @@ class ResidencyCache:
         `maps`: smaps' entries just read (at max age), else /proc/PID/maps is read."""
         if maps is None:
             try:
-                maps = parse_smaps(fs.proc(pid, "maps").read_text(errors="replace"))
+                maps = parse_maps(fs.proc(pid, "maps").read_text(errors="replace"))
             except (OSError, ValueError):
                 self.procs.pop(pid, None)
                 return None
+        else:
+            maps = [(e.start, e.end, e.path) for e in maps]
         vmas = []
-        for e in maps:
-            key = (e.start, e.end, e.path)
+        for key in maps:
+            start, end, path = key
             ok = p.readable.get(key)
             if ok is None:  # new since the full read
-                if e.path.startswith(_NOT_READ_PATHS):
+                if path.startswith(_NOT_READ_PATHS):
                     continue
-                if e.end - e.start > EMPTY_READ_MAX:
+                if end - start > EMPTY_READ_MAX:
                     return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, p.sig)
                 ok = p.readable[key] = 3
             if ok:

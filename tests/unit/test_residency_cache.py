@@ -257,3 +257,11 @@ def test_residency_max_age_values():
     assert loads(base).bpf.residency_max_age == 120.0
     assert loads(base + "bpf: {residency_max_age: 0}").bpf.residency_max_age == 0.0
     assert loads(base + "bpf: {residency_max_age: 5m}").bpf.residency_max_age == 300.0
+
+
+def test_maps_lines_give_the_keys_smaps_gives():
+    from mglrud.sources.smaps import parse_smaps
+    text = MAPS + "7f00-7f01 rw-p 00000000 00:00 0                          /memfd:a b (deleted)\n"
+    assert bpf_heat.parse_maps(text) == [(e.start, e.end, e.path) for e in parse_smaps(text)]
+    with pytest.raises(ValueError):
+        bpf_heat.parse_maps("garbage\n")
