@@ -215,7 +215,8 @@ def parse_maps(text: str) -> list[tuple[int, int, str]]:
 
 def _readable(entries) -> dict:
     """(start, end, path) -> 2: resident at the smaps read; 1: empty then but read between smaps
-    reads (small, on an LRU); 0: not read between smaps reads. (3, in _roll: mapped since.)"""
+    reads (small, on an LRU); 0: not read between smaps reads. (In ResidencyCache: 3, mapped
+    since; 4, resident at an earlier read, its span now from pagemap.)"""
     out = {}
     for e in entries:
         empty_ok = e.end - e.start <= EMPTY_READ_MAX and not _NOT_LRU_FLAGS & set(e.vmflags) \
@@ -247,13 +248,14 @@ class ResidencyCache:
     walk) and pagemap is read again for new mappings and, oldest first, for the pieces
     (READ_BYTES) read before the counters moved: at least 1/ROLL_ROUNDS of the process's address
     space a cycle (ROLL_MIN_BYTES at least), so all of it within ROLL_ROUNDS cycles. Every
-    `max_age` seconds smaps is read again (which mappings are resident) and every piece becomes
-    due again the same way: what the counters did not show (pages migrated between nodes, as
-    many faulted in as dropped, counter slack) is read within max_age + ROLL_ROUNDS cycles.
-    Mappings empty at the last smaps read are read between them only when small
-    (EMPTY_READ_MAX) and not hugetlb, PFN or I/O mappings; a new mapping larger than that, or
-    over MAX_SCAN_BYTES in all, makes the read a full one. Where stat or statm cannot be read,
-    every cycle is a full read, as with max_age 0."""
+    `max_age` seconds every piece becomes due again the same way, whatever the counters say: what
+    they did not show (pages migrated between nodes, as many faulted in as dropped, counter
+    slack) is read within max_age + ROLL_ROUNDS cycles. Mappings empty at the last smaps read are
+    read between smaps reads only when small (EMPTY_READ_MAX) and not hugetlb, PFN or I/O
+    mappings; smaps is read again at max age only for a process that has a larger one (which
+    mappings hold pages is otherwise what pagemap says); a new mapping larger than that, or over
+    MAX_SCAN_BYTES in all, makes the read a full one. Where stat or statm cannot be read, every
+    cycle is a full read, as with max_age 0."""
 
     def __init__(self, max_age: float):
         self.max_age = max_age
@@ -261,6 +263,7 @@ class ResidencyCache:
         self.procs: dict[int, _Process] = {}
         self.seq = 0  # cycles seen (begin())
         self.full_reads = self.piece_reads = 0  # smaps reads, pieces read between them (bench, tests)
+        self.maps_refreshes = 0  # max-age refreshes without smaps
 
     def begin(self) -> None:
         """A new cycle: pieces read from here on are newer than the counters seen so far."""
@@ -283,6 +286,14 @@ class ResidencyCache:
         p = self.procs.get(pid)
         if p is None or p.sig[0] != sig[0]:
             return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, sig)
+        if now - p.full_at >= self.max_age and not any(
+                ok == 0 and e - s_ > EMPTY_READ_MAX for (s_, e, _), ok in p.readable.items()):
+            # every piece read again from here on; the mappings from maps: with no large mapping
+            # left unread, pagemap says all smaps would (which ones hold pages)
+            p.sig, p.dirty, p.full_at = sig, self.seq, now
+            p.readable = {k: 4 if ok == 2 else ok for k, ok in p.readable.items()}
+            self.maps_refreshes += 1
+            return self._roll(fs, pid, region_shift, page_size, nodes, now, status_of, p)
         if now - p.full_at >= self.max_age:  # smaps again, and every piece read again from here on
             try:
                 entries = parse_smaps(fs.proc(pid, "smaps").read_text(errors="replace"))
@@ -323,6 +334,7 @@ class ResidencyCache:
                 return None
         else:
             maps = [(e.start, e.end, e.path) for e in maps]
+        p.readable = {k: p.readable[k] for k in maps if k in p.readable}  # not the unmapped ones
         vmas = []
         for key in maps:
             start, end, path = key

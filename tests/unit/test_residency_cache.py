@@ -17,6 +17,7 @@ import pytest
 from mglrud.config import ConfigError, loads
 from mglrud.model import hotness as H
 from mglrud.sources import bpf_heat
+from mglrud.sources.smaps import parse_smaps
 from tests.bpf_replay import BPF, META, fixture_proc
 
 PAGE = 4096
@@ -44,6 +45,13 @@ class Proc:
 
     def write_pagemap(self):
         with open(self.dir / "pagemap", "wb") as f:
+            # the other mappings smaps shows resident: their first Rss / PAGE pages present
+            # (file pages where the mapping is a file's), so that pagemap and smaps agree
+            for e in parse_smaps(SMAPS):
+                if e.rss and e.start != START:
+                    f.seek(e.start // PAGE * 8)
+                    flags = H.PM_PRESENT | (H.PM_FILE if e.path.startswith("/") else 0) | 1000
+                    f.write(struct.pack("<Q", flags) * (e.rss // PAGE))
             f.seek(START // PAGE * 8)
             f.write(struct.pack(f"<{len(self.entries)}Q", *self.entries))
 
@@ -108,8 +116,33 @@ def test_at_max_age_it_is_read_again_whatever_the_counters_say(tmp_path, monkeyp
     proc.drop(range(0, PM["pages"], 2))
     assert _read(cache, proc, 1059.9) == first
     got = [_read(cache, proc, 1060.0 + t) for t in range(bpf_heat.ROLL_ROUNDS)]
-    assert got[-1] == proc.fresh() != first and cache.full_reads == 2
+    assert got[-1] == proc.fresh() != first
     assert (got[0] == got[-1]) == small
+    # no mapping over EMPTY_READ_MAX left unread: the mappings from maps, not smaps again
+    assert cache.full_reads == 1 and cache.maps_refreshes == 1
+
+
+def test_at_max_age_smaps_again_for_a_process_with_a_large_empty_mapping(tmp_path):
+    # a 2 GiB reservation empty at the smaps read is not read between smaps reads; one that
+    # filled since is seen at max age, through smaps
+    proc = Proc(tmp_path)
+    at = START - (8 << 30)
+    header = f"{at:x}-{at + (2 << 30):x} rw-p 00000000 00:00 0 \n"
+    (proc.dir / "smaps").write_text(SMAPS + header + "Size: 2097152 kB\nRss: 0 kB\nVmFlags: rd wr mr mw me ac\n")
+    (proc.dir / "maps").write_text(MAPS + header)
+    cache = bpf_heat.ResidencyCache(60.0)
+    first = _read(cache, proc, 1000.0)
+    assert first == proc.fresh()
+    with open(proc.dir / "pagemap", "r+b") as f:  # 100 pages of it faulted in
+        f.seek(at // PAGE * 8)
+        f.write(struct.pack("<100Q", *[H.PM_PRESENT | 5] * 100))
+    (proc.dir / "smaps").write_text(SMAPS + header + "Size: 2097152 kB\nRss: 400 kB\nVmFlags: rd wr mr mw me ac\n")
+    proc.statm(resident=77777)
+    got = _read(cache, proc, 1010.0)
+    assert got == first  # counters moved, but the reservation is not read between smaps reads
+    got = _read(cache, proc, 1060.0)
+    assert cache.full_reads == 2 and cache.maps_refreshes == 0
+    assert got == proc.fresh() and sum(n for (r, _, _), n in got[1].items() if at <= r << SHIFT < at + (2 << 30)) == 100
 
 
 def test_moved_counters_read_everything_again_within_roll_rounds_cycles(tmp_path, pieces):
@@ -260,7 +293,6 @@ def test_residency_max_age_values():
 
 
 def test_maps_lines_give_the_keys_smaps_gives():
-    from mglrud.sources.smaps import parse_smaps
     text = MAPS + "7f00-7f01 rw-p 00000000 00:00 0                          /memfd:a b (deleted)\n"
     assert bpf_heat.parse_maps(text) == [(e.start, e.end, e.path) for e in parse_smaps(text)]
     with pytest.raises(ValueError):
