@@ -352,7 +352,11 @@ class ResidencyCache:
         vmas = [k for k, _ in vmas]
         if sum(e - s for s, e, _ in vmas) > MAX_SCAN_BYTES:
             return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, p.sig)
-        pieces = list(_pieces(vmas))
+        pieces, owner = [], []  # owner: the index in vmas of each piece's mapping
+        for i, vma in enumerate(vmas):
+            for k in _pieces((vma,)):
+                pieces.append(k)
+                owner.append(i)
         here = set(pieces)
         for k in [k for k in p.pieces if k not in here]:  # unmapped since
             p.total.subtract(p.pieces.pop(k)[0])
@@ -384,8 +388,8 @@ class ResidencyCache:
         p.total = Counter(total)
         # spans: the mappings resident at the full read (one that lost every page since stays until
         # the next full read) and those whose pages pagemap shows now
-        spans = [(s, e) for s, e, path in vmas
-                 if p.readable[(s, e, path)] == 2 or any(p.pieces[k][0] for k in _pieces([(s, e, path)]))]
+        holds = {i for k, i in zip(pieces, owner) if p.pieces[k][0]}
+        spans = [(s, e) for i, (s, e, path) in enumerate(vmas) if i in holds or p.readable[(s, e, path)] == 2]
         p.result = spans, total, ""
         return p.result
 
