@@ -480,7 +480,9 @@ def residency_cycles_worker(gib: float = 1.0) -> dict:
             pm.close()
             mid = pfns[len(pfns) // 2]
             two = (H.pfn_node_table([(0, mid, 0), (mid, 1 << 52, 1)]), None)
-            for label, nodes in (("one", one), ("two", two)):
+            # two nodes as the shipped unit reads them (no CAP_SYS_ADMIN: no PFNs): move_pages(2)
+            for label, nodes, status_of in (("one", one, None), ("two", two, None),
+                                            ("mp", (one[0], None), bpf_heat.move_pages_status)):
                 cache = bpf_heat.ResidencyCache(120.0) if cached else None
                 times = []
                 for c in range(CYCLES + 1):
@@ -489,17 +491,17 @@ def residency_cycles_worker(gib: float = 1.0) -> dict:
                         os.read(ans, 1)
                     t = time.process_time()
                     if cache is None:
-                        got = bpf_heat.read_residency(fs, pid, 21, page, nodes, None)
+                        got = bpf_heat.read_residency(fs, pid, 21, page, nodes, status_of)
                     else:
                         cache.begin()
-                        got = cache.read(fs, pid, 21, page, nodes, 1000.0 + c * CYCLE_S, None)
+                        got = cache.read(fs, pid, 21, page, nodes, 1000.0 + c * CYCLE_S, status_of)
                     if c:  # the first read: the process is new to the daemon
                         times.append(time.process_time() - t)
                 if cache is not None:  # when the changes stop, what was read is what there is
                     for c in range(bpf_heat.ROLL_ROUNDS):
                         cache.begin()
-                        got = cache.read(fs, pid, 21, page, nodes, 1000.0 + (CYCLES + 1 + c) * CYCLE_S, None)
-                    assert got == bpf_heat.read_residency(fs, pid, 21, page, nodes, None), "the cache caught up"
+                        got = cache.read(fs, pid, 21, page, nodes, 1000.0 + (CYCLES + 1 + c) * CYCLE_S, status_of)
+                    assert got == bpf_heat.read_residency(fs, pid, 21, page, nodes, status_of), "the cache caught up"
                     out[f"cyc_{case}_{label}_full_reads"] = cache.full_reads
                     out[f"cyc_{case}_{label}_maps_refreshes"] = getattr(cache, "maps_refreshes", 0)
                 out[f"cyc_{case}_{label}_mean"] = statistics.mean(times) / gib
@@ -717,20 +719,22 @@ def residency_cycles_table(res) -> list[str]:
                f"touched), {CYCLES} cycles {CYCLE_S:.0f} s apart (simulated; bpf.residency_max_age 2m after), CPU "
                f"time of the reading process per GiB of target; 'changed': {DROP >> 20} MiB dropped or faulted in "
                f"again between every two cycles:", "",
-           "| what (CPU per GiB) | one node | two nodes (PFNs) |", "|---|---|---|"]
+           "| what (CPU per GiB) | one node | two nodes (PFNs) | two nodes (move_pages(2), the shipped unit) |",
+           "|---|---|---|---|"]
     for case in ("quiet", "changed"):
         for stat, what in (("mean", "mean per cycle (max-age refreshes included)"), ("median", "median cycle"),
                            ("max", "worst cycle")):
-            out.append(f"| {case}: {what} | {cell(f'cyc_{case}_one_{stat}')} | {cell(f'cyc_{case}_two_{stat}')} |")
+            out.append(f"| {case}: {what} | " + " | ".join(cell(f"cyc_{case}_{n}_{stat}") for n in ("one", "two", "mp"))
+                       + " |")
         for key, what in (("full_reads", "smaps reads (the first read included)"),
                           ("maps_refreshes", "max-age refreshes without smaps")):
-            fr = [med(res.get(("after",) + job, []), f"cyc_{case}_{n}_{key}") for n in ("one", "two")]
+            fr = [med(res.get(("after",) + job, []), f"cyc_{case}_{n}_{key}") for n in ("one", "two", "mp")]
             out.append(f"| {case}: {what} in {CYCLES + 1 + 6} reads, after | "
                        + " | ".join("—" if x is None else f"{x:.0f}" for x in fr) + " |")
     for name, what in (("smaps", "read /proc/PID/smaps (the kernel's page walk for Rss, PSS)"),
                        ("maps", "read /proc/PID/maps (no page walk)"), ("statm", "read /proc/PID/statm"),
                        ("read_residency", "read_residency() in full (smaps + pagemap + decode, one node)")):
-        out.append(f"| {what} | {cell('part_' + name)} | |")
+        out.append(f"| {what} | {cell('part_' + name)} | | |")
     return out
 
 

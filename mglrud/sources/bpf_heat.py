@@ -20,6 +20,7 @@ import errno
 import math
 import os
 import platform
+import zlib
 from collections import Counter
 
 from mglrud.fs import FS
@@ -122,9 +123,12 @@ def _pieces(vmas):
             yield lo, min(end, lo + READ_BYTES), path, shmem
 
 
-def _read_pieces(f, pid: int, pieces, region_shift: int, page_size: int, nodes, status_of):
+def _read_pieces(f, pid: int, pieces, region_shift: int, page_size: int, nodes, status_of,
+                 crcs: dict | None = None, known: dict | None = None):
     """{piece: {(region, node, lru): pages}} of pagemap (open as f) over `pieces`; None if the
-    process went away (move_pages: ESRCH). OSError from the read goes to the caller."""
+    process went away (move_pages: ESRCH). OSError from the read goes to the caller. `crcs`:
+    filled with each piece's CRC-32 of its pagemap bytes; `known`: piece -> (CRC-32, cells) of
+    an earlier read whose cells stand where the bytes are the same (no decode, no move_pages)."""
     out = {}
     node_of, only = nodes
     status = [status_of]  # refused once: the PFNs, for this and the next pieces
@@ -132,6 +136,11 @@ def _read_pieces(f, pid: int, pieces, region_shift: int, page_size: int, nodes, 
         lo, hi, path, shmem = piece
         f.seek(lo // page_size * 8)
         data = f.read((hi - lo) // page_size * 8)
+        if crcs is not None:
+            crc = crcs[piece] = zlib.crc32(data)
+            if known and piece in known and known[piece][0] == crc:
+                out[piece] = known[piece][1]
+                continue
         vma = H.Vma(lo, hi, path, shmem)
         if only is not None:
             out[piece] = H.residency_one_node(vma, data, page_size, region_shift, only)
@@ -156,9 +165,9 @@ _NOT_LRU_FLAGS = {"ht", "pf", "io"}  # hugetlb, PFN and I/O mappings: no Rss in 
 _NOT_READ_PATHS = ("[vsyscall]", "[vvar]", "[vvar_vclock]", "/anon_hugepage")
 
 
-def _read_full(fs: FS, pid: int, region_shift: int, page_size: int, nodes, status_of):
+def _read_full(fs: FS, pid: int, region_shift: int, page_size: int, nodes, status_of, crcs=None):
     """read_residency() by pieces: (spans, {piece: cells} or None, why not, smaps entries) or None
-    if the process is gone."""
+    if the process is gone. `crcs`: as _read_pieces()."""
     try:
         entries = parse_smaps(fs.proc(pid, "smaps").read_text(errors="replace"))
     except (OSError, ValueError):
@@ -170,7 +179,7 @@ def _read_full(fs: FS, pid: int, region_shift: int, page_size: int, nodes, statu
     try:
         with open(fs.proc(pid, "pagemap"), "rb") as f:
             pieces = _read_pieces(f, pid, _pieces((e.start, e.end, e.path) for e in vmas),
-                                  region_shift, page_size, nodes, status_of)
+                                  region_shift, page_size, nodes, status_of, crcs)
     except OSError as e:
         return spans, None, f"cannot read pagemap: {e.strerror}", entries
     if pieces is None:
@@ -226,11 +235,16 @@ def _readable(entries) -> dict:
 
 
 class _Process:
-    __slots__ = ("sig", "full_at", "readable", "pieces", "total", "dirty", "result")
+    __slots__ = ("sig", "full_at", "readable", "pieces", "total", "dirty", "forced", "result")
 
-    def __init__(self, sig, full_at, readable, pieces, seq):
+    def __init__(self, sig, full_at, readable, pieces, crcs, seq):
         self.sig, self.full_at, self.readable = sig, full_at, readable
-        self.pieces = {p: (c, seq) for p, c in pieces.items()}  # piece -> (cells, cycle read)
+        # piece -> (cells, cycle read, CRC-32 of its pagemap bytes)
+        self.pieces = {p: (c, seq, crcs[p]) for p, c in pieces.items()}
+        # pieces read (decoded) before this cycle are decoded again even if their bytes are the
+        # same: at max age (pages migrated between nodes leave pagemap's bytes as they were when
+        # the PFNs are hidden)
+        self.forced = seq
         self.total: Counter = Counter()
         for c in pieces.values():
             self.total.update(c)
@@ -254,8 +268,10 @@ class ResidencyCache:
     read between smaps reads only when small (EMPTY_READ_MAX) and not hugetlb, PFN or I/O
     mappings; smaps is read again at max age only for a process that has a larger one (which
     mappings hold pages is otherwise what pagemap says); a new mapping larger than that, or over
-    MAX_SCAN_BYTES in all, makes the read a full one. Where stat or statm cannot be read, every
-    cycle is a full read, as with max_age 0."""
+    MAX_SCAN_BYTES in all, makes the read a full one. A piece read again whose pagemap bytes
+    are those of its last read (CRC-32) keeps its cells, without a decode or move_pages(2),
+    except in the round after max age. Where stat or statm cannot be read, every cycle is a
+    full read, as with max_age 0."""
 
     def __init__(self, max_age: float):
         self.max_age = max_age
@@ -290,7 +306,7 @@ class ResidencyCache:
                 ok == 0 and e - s_ > EMPTY_READ_MAX for (s_, e, _), ok in p.readable.items()):
             # every piece read again from here on; the mappings from maps: with no large mapping
             # left unread, pagemap says all smaps would (which ones hold pages)
-            p.sig, p.dirty, p.full_at = sig, self.seq, now
+            p.sig, p.dirty, p.forced, p.full_at = sig, self.seq, self.seq, now
             p.readable = {k: 4 if ok == 2 else ok for k, ok in p.readable.items()}
             self.maps_refreshes += 1
             return self._roll(fs, pid, region_shift, page_size, nodes, now, status_of, p)
@@ -301,24 +317,25 @@ class ResidencyCache:
                 self.procs.pop(pid, None)
                 return None
             self.full_reads += 1
-            p.sig, p.dirty, p.full_at, p.readable = sig, self.seq, now, _readable(entries)
+            p.sig, p.dirty, p.forced, p.full_at, p.readable = sig, self.seq, self.seq, now, _readable(entries)
             return self._roll(fs, pid, region_shift, page_size, nodes, now, status_of, p, entries)
         if sig != p.sig:
             p.sig, p.dirty = sig, self.seq
-        elif not any(seq < p.dirty for _, seq in p.pieces.values()):
+        elif not any(v[1] < p.dirty for v in p.pieces.values()):
             return p.result  # nothing moved, nothing left to read again
         return self._roll(fs, pid, region_shift, page_size, nodes, now, status_of, p)
 
     def _full(self, fs, pid, region_shift, page_size, nodes, now, status_of, sig):
         self.procs.pop(pid, None)
-        r = _read_full(fs, pid, region_shift, page_size, nodes, status_of)
+        crcs: dict = {}
+        r = _read_full(fs, pid, region_shift, page_size, nodes, status_of, crcs)
         self.full_reads += 1
         if r is None:
             return None
         spans, pieces, why, entries = r
         if pieces is None:
             return spans, None, why  # read in full again next cycle
-        p = _Process(sig, now, _readable(entries), pieces, self.seq)
+        p = _Process(sig, now, _readable(entries), pieces, crcs, self.seq)
         p.result = spans, dict(p.total), ""
         self.procs[pid] = p
         return p.result
@@ -372,7 +389,10 @@ class ResidencyCache:
             used += k[1] - k[0]
         try:
             with open(fs.proc(pid, "pagemap"), "rb") as f:
-                got = _read_pieces(f, pid, todo, region_shift, page_size, nodes, status_of)
+                crcs: dict = {}
+                known = {k: (p.pieces[k][2], p.pieces[k][0]) for k in todo
+                         if k in p.pieces and p.pieces[k][1] >= p.forced}
+                got = _read_pieces(f, pid, todo, region_shift, page_size, nodes, status_of, crcs, known)
         except OSError:
             return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, p.sig)
         if got is None:
@@ -382,7 +402,7 @@ class ResidencyCache:
         for k, c in got.items():
             if k in p.pieces:
                 p.total.subtract(p.pieces[k][0])
-            p.pieces[k] = (c, self.seq)
+            p.pieces[k] = (c, self.seq, crcs[k])
             p.total.update(c)
         total = {k: v for k, v in p.total.items() if v > 0}
         p.total = Counter(total)

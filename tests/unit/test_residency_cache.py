@@ -155,7 +155,7 @@ def test_moved_counters_read_everything_again_within_roll_rounds_cycles(tmp_path
     for cycle in range(bpf_heat.ROLL_ROUNDS):
         seen.append(_read(cache, proc, 1010.0 + cycle))
         # the workload mapping's 4 MiB pieces read this cycle
-        reads.append(sum(1 for (lo, _, _, _), (_, seq) in cache.procs[PID].pieces.items()
+        reads.append(sum(1 for (lo, _, _, _), (_, seq, _) in cache.procs[PID].pieces.items()
                          if START <= lo < START + PM["pages"] * PAGE and seq == cache.seq))
     want = proc.fresh()
     assert seen[0] != want  # a part read again in the first cycle, not all of it
@@ -297,3 +297,64 @@ def test_maps_lines_give_the_keys_smaps_gives():
     assert bpf_heat.parse_maps(text) == [(e.start, e.end, e.path) for e in parse_smaps(text)]
     with pytest.raises(ValueError):
         bpf_heat.parse_maps("garbage\n")
+
+
+class Nodes:
+    """move_pages(2) stand-in: every page on node `where`; counts the pages asked about."""
+
+    def __init__(self):
+        self.where, self.asked = 0, 0
+
+    def __call__(self, pid, start, n, page_size):
+        self.asked += n
+        return struct.pack(f"<{n}i", *[self.where] * n)
+
+
+def _two_node_proc(tmp_path):
+    proc = Proc(tmp_path)
+    zi = (BPF / "zoneinfo").read_text().replace("Node 0, zone    DMA32", "Node 1, zone    DMA32")
+    (tmp_path / "proc" / "zoneinfo").write_text(zi)
+    assert bpf_heat.node_of_pfn(proc.fs)[1] is None
+    return proc
+
+
+def _nodes_of(result):
+    return {n for (_, n, _), c in result[1].items() if c}
+
+
+def test_pieces_whose_pagemap_bytes_did_not_change_are_not_asked_about_again(tmp_path, pieces):
+    # counters moved (a few pages dropped in one piece): move_pages(2) only for the pieces whose
+    # pagemap bytes changed, the rest keep their cells
+    proc = _two_node_proc(tmp_path)
+    status = Nodes()
+    cache = bpf_heat.ResidencyCache(3600.0)
+    cache.begin()
+    cache.read(proc.fs, PID, SHIFT, PAGE, bpf_heat.node_of_pfn(proc.fs), 1000.0, status)
+    full = status.asked
+    proc.drop(range(0, 10))
+    proc.statm(resident=1)
+    for t in range(bpf_heat.ROLL_ROUNDS):
+        status.asked = 0
+        cache.begin()
+        got = cache.read(proc.fs, PID, SHIFT, PAGE, bpf_heat.node_of_pfn(proc.fs), 1001.0 + t, status)
+        assert status.asked <= 1024  # the 4 MiB piece with the dropped pages, or nothing
+    assert got == bpf_heat.read_residency(proc.fs, PID, SHIFT, PAGE, bpf_heat.node_of_pfn(proc.fs), status)
+    assert full > 16 * 1024
+
+
+def test_at_max_age_pages_that_moved_node_are_seen_though_pagemap_did_not_change(tmp_path, pieces):
+    proc = _two_node_proc(tmp_path)
+    status = Nodes()
+    cache = bpf_heat.ResidencyCache(60.0)
+    nodes = bpf_heat.node_of_pfn(proc.fs)
+    cache.begin()
+    first = cache.read(proc.fs, PID, SHIFT, PAGE, nodes, 1000.0, status)
+    assert _nodes_of(first) == {0}
+    status.where = 1  # NUMA balancing moved every page: same pagemap bytes (no PFNs), same counters
+    proc.statm(resident=5)  # and the counters moved for another reason: still the same bytes
+    cache.begin()
+    assert _nodes_of(cache.read(proc.fs, PID, SHIFT, PAGE, nodes, 1010.0, status)) == {0}
+    for t in range(bpf_heat.ROLL_ROUNDS):
+        cache.begin()
+        got = cache.read(proc.fs, PID, SHIFT, PAGE, nodes, 1060.0 + t, status)
+    assert _nodes_of(got) == {1} and got == bpf_heat.read_residency(proc.fs, PID, SHIFT, PAGE, nodes, status)
