@@ -9,7 +9,9 @@ Everything is SYNTHETIC but goes through the real code in the kernel's formats:
   Program.dump(), raw_from_dump(), step() and the source's per-target assembly (residency excluded:
   the fixture's processes have no pagemap);
 - residency: a real read of /proc/self/pagemap over this process's own 1 GiB mapping (all pages
-  touched), decoded for one node and, with a zone table splitting the PFNs in two, for two nodes.
+  touched), decoded for one node and, with a zone table splitting the PFNs in two, for two nodes;
+  and per cycle (residency_cycles_worker): a child holding 1 GiB read over 24 simulated cycles, quiet
+  or changed between cycles, in full every cycle (before) or through ResidencyCache (after).
 
 BEFORE is mglrud at --before (default: where this branch left main, `git merge-base HEAD main`),
 extracted with `git archive` into a temporary directory; AFTER is this tree. Each measurement is one
@@ -20,6 +22,7 @@ is shared, and CPU time is what a cycle costs.
 
   /usr/bin/python3 bench/scale.py [--runs 5] [--sizes 10,160,1000,3000] [--cells 65536]
   /usr/bin/python3 bench/scale.py --sizes '' --out bench/results/scale-bpf.txt   # BPF and residency only
+  /usr/bin/python3 bench/scale.py --runs 5 --sizes '' --parts residency --out bench/results/scale-residency.txt
 
 Writes the table to bench/results/scale.txt.
 """
