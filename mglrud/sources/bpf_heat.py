@@ -381,8 +381,8 @@ class ResidencyCache:
         stale = sorted((k for k in pieces if k in p.pieces and p.pieces[k][1] < p.dirty),
                        key=lambda k: (p.pieces[k][1], k[0]))
         budget = max(ROLL_MIN_BYTES, -(-sum(e - s for s, e, _ in vmas) // ROLL_ROUNDS))
-        todo, used = list(new), sum(k[1] - k[0] for k in new)
-        for k in stale:
+        todo, used = list(new), 0  # new mappings on top: a process mapping more every cycle must
+        for k in stale:  # not hold the others back past ROLL_ROUNDS cycles
             if used >= budget:
                 break
             todo.append(k)

@@ -358,3 +358,20 @@ def test_at_max_age_pages_that_moved_node_are_seen_though_pagemap_did_not_change
         cache.begin()
         got = cache.read(proc.fs, PID, SHIFT, PAGE, nodes, 1060.0 + t, status)
     assert _nodes_of(got) == {1} and got == bpf_heat.read_residency(proc.fs, PID, SHIFT, PAGE, nodes, status)
+
+
+def test_new_mappings_every_cycle_do_not_hold_back_the_rest(tmp_path, pieces):
+    # a process that maps more every cycle: the new mappings are read at once, and the pieces read
+    # before the counters moved still within ROLL_ROUNDS cycles
+    proc = Proc(tmp_path)
+    cache = bpf_heat.ResidencyCache(3600.0)
+    _read(cache, proc, 1000.0)
+    proc.drop(range(0, PM["pages"], 3))
+    maps = MAPS
+    for t in range(bpf_heat.ROLL_ROUNDS):
+        at = START - ((t + 1) << 30)
+        maps += f"{at:x}-{at + (64 << 20):x} rw-p 00000000 00:00 0 \n"  # 64 MiB, nothing resident
+        (proc.dir / "maps").write_text(maps)
+        proc.statm(resident=1000 + t, size=50000 + t)
+        got = _read(cache, proc, 1001.0 + t)
+    assert got == proc.fresh()
