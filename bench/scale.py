@@ -9,7 +9,9 @@ Everything is SYNTHETIC but goes through the real code in the kernel's formats:
   Program.dump(), raw_from_dump(), step() and the source's per-target assembly (residency excluded:
   the fixture's processes have no pagemap);
 - residency: a real read of /proc/self/pagemap over this process's own 1 GiB mapping (all pages
-  touched), decoded for one node and, with a zone table splitting the PFNs in two, for two nodes.
+  touched), decoded for one node and, with a zone table splitting the PFNs in two, for two nodes;
+  and per cycle (residency_cycles_worker): a child holding 1 GiB read over 24 simulated cycles, quiet
+  or changed between cycles, in full every cycle (before) or through ResidencyCache (after).
 
 BEFORE is mglrud at --before (default: where this branch left main, `git merge-base HEAD main`),
 extracted with `git archive` into a temporary directory; AFTER is this tree. Each measurement is one
@@ -20,6 +22,7 @@ is shared, and CPU time is what a cycle costs.
 
   /usr/bin/python3 bench/scale.py [--runs 5] [--sizes 10,160,1000,3000] [--cells 65536]
   /usr/bin/python3 bench/scale.py --sizes '' --out bench/results/scale-bpf.txt   # BPF and residency only
+  /usr/bin/python3 bench/scale.py --runs 5 --sizes '' --parts residency --out bench/results/scale-residency.txt
 
 Writes the table to bench/results/scale.txt.
 """
@@ -413,8 +416,133 @@ def residency_worker(gib: float = 1.0) -> dict:
     return out
 
 
+CYCLE_S = 10.0  # the simulated daemon's cycle: snapshot.interval's default
+CYCLES = 24  # two bpf.residency_max_age (2m, the default) of them
+DROP = 32 << 20  # the "changed" case: this much dropped, and faulted in again the next cycle
+
+
+def _workload(size: int, page: int):
+    """A child process holding `size` bytes of anonymous memory in 4 KiB pages, every page touched;
+    each byte written to its pipe makes it drop (odd steps) or fault in again (even steps) DROP
+    bytes at the next offset, then answer. (pid, command pipe, answer pipe)."""
+    cmd_r, cmd_w = os.pipe()
+    ans_r, ans_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no Python allocations between commands (its RSS counters stay put)
+        try:
+            m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            m.madvise(mmap.MADV_NOHUGEPAGE)
+            for off in range(0, size, page):
+                m[off] = 1
+            os.write(ans_w, b"r")
+            step = 0
+            while os.read(cmd_r, 1):
+                at = (step // 2 * DROP * 5) % (size - DROP)
+                if step % 2 == 0:
+                    m.madvise(mmap.MADV_DONTNEED, at, DROP)
+                else:
+                    for off in range(at, at + DROP, page):
+                        m[off] = 1
+                step += 1
+                os.write(ans_w, b"k")
+        finally:
+            os._exit(0)
+    os.read(ans_r, 1)
+    return pid, cmd_w, ans_r
+
+
+def residency_cycles_worker(gib: float = 1.0) -> dict:
+    """The residency read of one process over CYCLES simulated cycles (CYCLE_S apart), as the BPF
+    source does it each cycle: before, read_residency() in full each cycle; after, through the
+    source's ResidencyCache (bpf.residency_max_age: 2m) where the tree has it. Cases: a quiet
+    process (nothing changes) and a changed one (DROP bytes dropped or faulted in again between
+    every two cycles); one node (this host's zones) and two nodes from the PFNs (this host's
+    PFNs split in two at their median). CPU time of this (the reading) process, mean per cycle
+    (max-age refreshes included), the median and the worst cycle, per GiB. After the changes stop,
+    the cache's answer must equal a fresh read within ROLL_ROUNDS cycles (asserted)."""
+    import signal
+
+    from mglrud.config import Paths
+    from mglrud.fs import FS
+    from mglrud.model import hotness as H
+    from mglrud.sources import bpf_heat
+    size = int(gib * (1 << 30))
+    page = os.sysconf("SC_PAGE_SIZE")
+    fs = FS(Paths())
+    one = bpf_heat.node_of_pfn(fs)
+    out = {}
+    cached = hasattr(bpf_heat, "ResidencyCache")
+    for case in ("quiet", "changed"):
+        pid, cmd, ans = _workload(size, page)
+        try:
+            r = bpf_heat.read_residency(fs, pid, 21, page, one, None)
+            mapping = max(r[0], key=lambda s: s[1] - s[0])
+            pm = open(f"/proc/{pid}/pagemap", "rb")
+            pm.seek(mapping[0] // page * 8)
+            pfns = sorted(e & H.PM_PFN_MASK for e in memoryview(pm.read(size // page * 8)).cast("Q")[::512])
+            pm.close()
+            mid = pfns[len(pfns) // 2]
+            two = (H.pfn_node_table([(0, mid, 0), (mid, 1 << 52, 1)]), None)
+            # two nodes as the shipped unit reads them (no CAP_SYS_ADMIN: no PFNs): move_pages(2)
+            for label, nodes, status_of in (("one", one, None), ("two", two, None),
+                                            ("mp", (one[0], None), bpf_heat.move_pages_status)):
+                cache = bpf_heat.ResidencyCache(120.0) if cached else None
+                times = []
+                for c in range(CYCLES + 1):
+                    if case == "changed" and c:
+                        os.write(cmd, b"c")
+                        os.read(ans, 1)
+                    t = time.process_time()
+                    if cache is None:
+                        got = bpf_heat.read_residency(fs, pid, 21, page, nodes, status_of)
+                    else:
+                        cache.begin()
+                        got = cache.read(fs, pid, 21, page, nodes, 1000.0 + c * CYCLE_S, status_of)
+                    if c:  # the first read: the process is new to the daemon
+                        times.append(time.process_time() - t)
+                if cache is not None:  # when the changes stop, what was read is what there is
+                    for c in range(bpf_heat.ROLL_ROUNDS):
+                        cache.begin()
+                        got = cache.read(fs, pid, 21, page, nodes, 1000.0 + (CYCLES + 1 + c) * CYCLE_S, status_of)
+                    assert got == bpf_heat.read_residency(fs, pid, 21, page, nodes, status_of), "the cache caught up"
+                    out[f"cyc_{case}_{label}_full_reads"] = cache.full_reads
+                    out[f"cyc_{case}_{label}_maps_refreshes"] = getattr(cache, "maps_refreshes", 0)
+                out[f"cyc_{case}_{label}_mean"] = statistics.mean(times) / gib
+                out[f"cyc_{case}_{label}_median"] = statistics.median(times) / gib
+                out[f"cyc_{case}_{label}_max"] = max(times) / gib
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(cmd)
+            os.close(ans)
+    # the parts of a full read, on the quiet workload (a fresh one), per GiB: smaps, maps, statm
+    pid, cmd, ans = _workload(size, page)
+    try:
+        for name in ("smaps", "maps", "statm"):
+            ts = []
+            for _ in range(5):
+                t = time.process_time()
+                with open(f"/proc/{pid}/{name}") as f:
+                    f.read()
+                ts.append(time.process_time() - t)
+            out[f"part_{name}"] = statistics.median(ts) / gib
+        ts = []
+        for _ in range(5):
+            t = time.process_time()
+            bpf_heat.read_residency(fs, pid, 21, page, one, None)
+            ts.append(time.process_time() - t)
+        out["part_read_residency"] = statistics.median(ts) / gib
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(cmd)
+        os.close(ans)
+    return out
+
+
 WORKERS = {"memcg": lambda a: memcg_worker(int(a[0])), "bpf": lambda a: bpf_worker(int(a[0]), int(a[1])),
-           "residency": lambda a: residency_worker()}
+           "residency": lambda a: residency_worker(),
+           "residency_cycles": lambda a: residency_cycles_worker()}
 
 
 # ---------------------------------------------------------------- the driver
@@ -472,7 +600,8 @@ def main(argv=None) -> int:
         parts = set(args.parts.split(","))
         jobs = ([("memcg", n) for n in sizes] if "memcg" in parts else []) + \
                ([("bpf", args.cells, 2), ("bpf", args.cells, 64)] if "bpf" in parts else []) + \
-               ([("residency",)] if "residency" in parts else [])
+               ([("residency",)] if "residency" in parts else []) + \
+               ([("residency_cycles",)] if "residency" in parts or "residency_cycles" in parts else [])
         for i in range(args.runs):
             for job in jobs:
                 for side in ("before", "after"):
@@ -576,6 +705,39 @@ def table(res, sizes, args, before_sha, after_sha) -> list[str]:
                        ("decode, two nodes from PFNs (CPU; as read_residency passes the entries)", "residency_two"),
                        ("two nodes by move_pages(2): system calls + decode (CPU)", "residency_move_pages")):
         out.append(f"| {label} | {cell(key, ('residency',), fmt_ms)} |")
+    return out + residency_cycles_table(res)
+
+
+def residency_cycles_table(res) -> list[str]:
+    job = ("residency_cycles",)
+    if not res.get(("after",) + job):
+        return []
+
+    def cell(key):
+        b, a = med(res.get(("before",) + job, []), key), med(res.get(("after",) + job, []), key)
+        ratio = f" ({b / a:.1f}x)" if a and b and abs(b / a - 1) > 0.05 else ""
+        return f"{fmt_ms(b)} → {fmt_ms(a)}{ratio}"
+
+    out = ["", f"Residency per cycle of one process holding 1 GiB in 4 KiB pages (a child of the bench, every page "
+               f"touched), {CYCLES} cycles {CYCLE_S:.0f} s apart (simulated; bpf.residency_max_age 2m after), CPU "
+               f"time of the reading process per GiB of target; 'changed': {DROP >> 20} MiB dropped or faulted in "
+               f"again between every two cycles:", "",
+           "| what (CPU per GiB) | one node | two nodes (PFNs) | two nodes (move_pages(2), the shipped unit) |",
+           "|---|---|---|---|"]
+    for case in ("quiet", "changed"):
+        for stat, what in (("mean", "mean per cycle (max-age refreshes included)"), ("median", "median cycle"),
+                           ("max", "worst cycle")):
+            out.append(f"| {case}: {what} | " + " | ".join(cell(f"cyc_{case}_{n}_{stat}") for n in ("one", "two", "mp"))
+                       + " |")
+        for key, what in (("full_reads", "smaps reads (the first read included)"),
+                          ("maps_refreshes", "max-age refreshes without smaps")):
+            fr = [med(res.get(("after",) + job, []), f"cyc_{case}_{n}_{key}") for n in ("one", "two", "mp")]
+            out.append(f"| {case}: {what} in {CYCLES + 1 + 6} reads, after | "
+                       + " | ".join("—" if x is None else f"{x:.0f}" for x in fr) + " |")
+    for name, what in (("smaps", "read /proc/PID/smaps (the kernel's page walk for Rss, PSS)"),
+                       ("maps", "read /proc/PID/maps (no page walk)"), ("statm", "read /proc/PID/statm"),
+                       ("read_residency", "read_residency() in full (smaps + pagemap + decode, one node)")):
+        out.append(f"| {what} | {cell('part_' + name)} | | |")
     return out
 
 

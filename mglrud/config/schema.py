@@ -116,6 +116,10 @@ class Bpf:
     heat_buckets: int = 64  # buckets of the address-offset histogram per process target
     max_regions: int = 65536  # entries of the in-kernel map (tgid, memcg, region, node, lru)
     max_processes: int = 10  # per target: processes whose residency (pagemap) is read
+    # seconds: a process's smaps is read again at least this often, and all of its pagemap over the
+    # next cycles; in between pagemap only where its RSS counters moved (sources/bpf_heat.py
+    # ResidencyCache). 0: smaps and pagemap in full every cycle
+    residency_max_age: float = 120.0
     program: str = ""  # the .bpf.c file; empty: the packaged one (mglrud/programs.py)
 
     @property

@@ -244,9 +244,27 @@ def parse_size(v: Any, key: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2)[:1]]
 
 
+RESIDENCY_MAX_AGE_MAX = 3600.0  # seconds
+
+
+def _residency_max_age(v: Any) -> float:
+    """bpf.residency_max_age: 0 (read in full every cycle) or a duration of 1s to 1h."""
+    key = "bpf.residency_max_age"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if v == 0:
+            return 0.0
+        raise ConfigError(key, f"must be 0 or a duration with a unit like 30s, 1m (at most 1h), got {v!r}")
+    if v in ("0", "0s"):
+        return 0.0
+    seconds = parse_duration(v, key, MIN_INTERVAL)
+    if seconds > RESIDENCY_MAX_AGE_MAX:
+        raise ConfigError(key, f"must be at most 1h, got {v!r}")
+    return seconds
+
+
 def _bpf(v: Any) -> Bpf:
     v = _mapping(v, "bpf", ("region_size", "half_life", "heat_buckets", "max_regions", "max_processes",
-                            "program"))
+                            "residency_max_age", "program"))
     size = parse_size(v.get("region_size", Bpf.region_size), "bpf.region_size")
     if size < 4096 or size > 1 << 30 or size & (size - 1):
         raise ConfigError("bpf.region_size", f"must be a power of two from 4K to 1G, got {v.get('region_size')!r}")
@@ -262,6 +280,8 @@ def _bpf(v: Any) -> Bpf:
         heat_buckets=_int(v.get("heat_buckets", Bpf.heat_buckets), "bpf.heat_buckets", 4, 256),
         max_regions=_int(v.get("max_regions", Bpf.max_regions), "bpf.max_regions", 1024, 1 << 22),
         max_processes=_int(v.get("max_processes", Bpf.max_processes), "bpf.max_processes", 1, 1000),
+        residency_max_age=(_residency_max_age(v["residency_max_age"]) if "residency_max_age" in v
+                           else Bpf.residency_max_age),
         program=program,
     )
 

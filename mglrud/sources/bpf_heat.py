@@ -20,6 +20,7 @@ import errno
 import math
 import os
 import platform
+import zlib
 from collections import Counter
 
 from mglrud.fs import FS
@@ -29,10 +30,11 @@ from mglrud.sources.smaps import is_shmem, parse_smaps
 # A process whose mapped-and-resident address space is larger than this is not
 # read through pagemap (8 bytes per 4 KiB page: 16 GiB -> 32 MiB read per cycle).
 MAX_SCAN_BYTES = 16 << 30
-# pagemap is read this much address space at a time (2 MiB of entries): what a read and its
+# pagemap is read this much address space at a time (128 KiB of entries): what a read and its
 # decode hold at once stays the same for a 1 GiB mapping and a 64 GiB one (the counts add up
-# over the pieces, a region split between two of them included)
-READ_BYTES = 1 << 30
+# over the pieces, a region split between two of them included); also the unit ResidencyCache
+# reads again between full reads
+READ_BYTES = 64 << 20
 
 
 # move_pages(2) is asked about this many pages per call: 64 KiB of addresses, 16 KiB of statuses
@@ -101,37 +103,315 @@ def read_residency(fs: FS, pid: int, region_shift: int, page_size: int, nodes, s
     move_pages(2) (`status_of`), or, where the kernel refuses that (ENOSYS: no
     CONFIG_MIGRATION; EPERM: a seccomp filter or LSM), from pagemap's PFNs (node -1 when
     the kernel hides them, i.e. without CAP_SYS_ADMIN)."""
+    r = _read_full(fs, pid, region_shift, page_size, nodes, status_of)
+    if r is None:
+        return None
+    spans, pieces, why, _ = r
+    if pieces is None:
+        return spans, None, why
+    cells: Counter = Counter()
+    for c in pieces.values():
+        cells.update(c)
+    return spans, dict(cells), ""
+
+
+def _pieces(vmas):
+    """(start, end, path, shmem) of each READ_BYTES piece of the mappings (from each one's start)."""
+    for start, end, path in vmas:
+        shmem = is_shmem(path)
+        for lo in range(start, end, READ_BYTES):
+            yield lo, min(end, lo + READ_BYTES), path, shmem
+
+
+def _read_pieces(f, pid: int, pieces, region_shift: int, page_size: int, nodes, status_of,
+                 crcs: dict | None = None, known: dict | None = None):
+    """{piece: {(region, node, lru): pages}} of pagemap (open as f) over `pieces`; None if the
+    process went away (move_pages: ESRCH). OSError from the read goes to the caller. `crcs`:
+    filled with each piece's CRC-32 of its pagemap bytes; `known`: piece -> (CRC-32, cells) of
+    an earlier read whose cells stand where the bytes are the same (no decode, no move_pages)."""
+    out = {}
+    node_of, only = nodes
+    status = [status_of]  # refused once: the PFNs, for this and the next pieces
+    for piece in pieces:
+        lo, hi, path, shmem = piece
+        f.seek(lo // page_size * 8)
+        data = f.read((hi - lo) // page_size * 8)
+        if crcs is not None:
+            crc = crcs[piece] = zlib.crc32(data)
+            if known and piece in known and known[piece][0] == crc:
+                out[piece] = known[piece][1]
+                continue
+        vma = H.Vma(lo, hi, path, shmem)
+        if only is not None:
+            out[piece] = H.residency_one_node(vma, data, page_size, region_shift, only)
+            continue
+        if status[0] is not None:
+            try:
+                out[piece] = residency_move_pages(pid, vma, data, page_size, region_shift, status[0])
+                continue
+            except OSError as err:
+                if err.errno in (errno.ESRCH, errno.ENOENT):
+                    return None  # gone meanwhile
+                status[0] = None
+        out[piece] = H.residency(vma, data, page_size, region_shift, node_of)  # the bytes: no int per page
+    return out
+
+
+# A mapping with no resident page at the last full read is read again between full reads only up to
+# this size (a larger one: a sparse reservation, a JVM heap's or a sanitizer's shadow, whose pagemap
+# is 8 bytes a page of address space); a new mapping larger than this makes the next read a full one
+EMPTY_READ_MAX = 1 << 30
+_NOT_LRU_FLAGS = {"ht", "pf", "io"}  # hugetlb, PFN and I/O mappings: no Rss in smaps, not on an LRU
+_NOT_READ_PATHS = ("[vsyscall]", "[vvar]", "[vvar_vclock]", "/anon_hugepage")
+
+
+def _read_full(fs: FS, pid: int, region_shift: int, page_size: int, nodes, status_of, crcs=None):
+    """read_residency() by pieces: (spans, {piece: cells} or None, why not, smaps entries) or None
+    if the process is gone. `crcs`: as _read_pieces()."""
     try:
-        vmas = [e for e in parse_smaps(fs.proc(pid, "smaps").read_text(errors="replace")) if e.rss > 0]
+        entries = parse_smaps(fs.proc(pid, "smaps").read_text(errors="replace"))
     except (OSError, ValueError):
         return None
+    vmas = [e for e in entries if e.rss > 0]
     spans = [(e.start, e.end) for e in vmas]
     if sum(e.end - e.start for e in vmas) > MAX_SCAN_BYTES:
-        return spans, None, f"mapped resident space over {MAX_SCAN_BYTES >> 30} GiB; residency not read"
-    cells: Counter = Counter()
-    node_of, only = nodes
+        return spans, None, f"mapped resident space over {MAX_SCAN_BYTES >> 30} GiB; residency not read", entries
     try:
         with open(fs.proc(pid, "pagemap"), "rb") as f:
-            for e, lo, hi in ((e, lo, min(e.end, lo + READ_BYTES)) for e in vmas
-                              for lo in range(e.start, e.end, READ_BYTES)):
-                f.seek(lo // page_size * 8)
-                data = f.read((hi - lo) // page_size * 8)
-                vma = H.Vma(lo, hi, e.path, is_shmem(e.path))
-                if only is not None:
-                    cells.update(H.residency_one_node(vma, data, page_size, region_shift, only))
-                    continue
-                if status_of is not None:
-                    try:
-                        cells.update(residency_move_pages(pid, vma, data, page_size, region_shift, status_of))
-                        continue
-                    except OSError as err:
-                        if err.errno in (errno.ESRCH, errno.ENOENT):
-                            return None  # gone meanwhile
-                        status_of = None  # refused: the PFNs, for this and the next mappings
-                cells.update(H.residency(vma, data, page_size, region_shift, node_of))  # the bytes: no int per page
+            pieces = _read_pieces(f, pid, _pieces((e.start, e.end, e.path) for e in vmas),
+                                  region_shift, page_size, nodes, status_of, crcs)
     except OSError as e:
-        return spans, None, f"cannot read pagemap: {e.strerror}"
-    return spans, dict(cells), ""
+        return spans, None, f"cannot read pagemap: {e.strerror}", entries
+    if pieces is None:
+        return None
+    return spans, pieces, "", entries
+
+
+def process_signature(fs: FS, pid: int):
+    """(start time, VM size, resident, shared) of a process from /proc/PID/stat and statm: O(1)
+    reads, no page walk (the kernel's RSS counters); None when either cannot be read."""
+    try:
+        stat = fs.proc(pid, "stat").read_text(errors="replace")
+        statm = fs.proc(pid, "statm").read_text(errors="replace")
+        start = int(stat.rpartition(")")[2].split()[19])  # field 22, starttime
+        size, resident, shared = (int(x) for x in statm.split()[:3])
+    except (OSError, ValueError, IndexError):
+        return None
+    return start, size, resident, shared
+
+
+# Between full reads, a process whose counters moved has its pieces read again, the oldest first, at
+# least ROLL_MIN_BYTES of address space or 1/ROLL_ROUNDS of it a cycle, whichever is more: what it had
+# when they moved is read again within ROLL_ROUNDS cycles
+ROLL_ROUNDS = 6
+ROLL_MIN_BYTES = 128 << 20
+
+
+def parse_maps(text: str) -> list[tuple[int, int, str]]:
+    """/proc/PID/maps -> (start, end, path) per mapping, the path as parse_smaps() has it
+    (smaps' mapping lines are maps' lines). ValueError on a line that is not one."""
+    out = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        w = line.split(None, 5)
+        lo, sep, hi = w[0].partition("-")
+        if not sep or len(w) < 5:
+            raise ValueError(f"not a maps line: {line!r}")
+        out.append((int(lo, 16), int(hi, 16), w[5].rstrip(" ") if len(w) > 5 else ""))
+    return out
+
+
+def _readable(entries) -> dict:
+    """(start, end, path) -> 2: resident at the smaps read; 1: empty then but read between smaps
+    reads (small, on an LRU); 0: not read between smaps reads. (In ResidencyCache: 3, mapped
+    since; 4, resident at an earlier read, its span now from pagemap.)"""
+    out = {}
+    for e in entries:
+        empty_ok = e.end - e.start <= EMPTY_READ_MAX and not _NOT_LRU_FLAGS & set(e.vmflags) \
+            and not e.path.startswith(_NOT_READ_PATHS)
+        out[(e.start, e.end, e.path)] = 2 if e.rss > 0 else int(empty_ok)
+    return out
+
+
+class _Process:
+    __slots__ = ("sig", "full_at", "readable", "pieces", "total", "dirty", "forced", "result")
+
+    def __init__(self, sig, full_at, readable, pieces, crcs, seq):
+        self.sig, self.full_at, self.readable = sig, full_at, readable
+        # piece -> (cells, cycle read, CRC-32 of its pagemap bytes)
+        self.pieces = {p: (c, seq, crcs[p]) for p, c in pieces.items()}
+        # pieces read (decoded) before this cycle are decoded again even if their bytes are the
+        # same: at max age (pages migrated between nodes leave pagemap's bytes as they were when
+        # the PFNs are hidden)
+        self.forced = seq
+        self.total: Counter = Counter()
+        for c in pieces.values():
+            self.total.update(c)
+        self.dirty = 0  # the cycle its counters last moved: pieces read before it are stale
+        self.result = None
+
+
+class ResidencyCache:
+    """read_residency() that reads only what may have changed (bpf.residency_max_age > 0).
+
+    Per process: a full read (smaps, then pagemap of every mapping with resident pages, as
+    read_residency()) when the process is new to it, or another one has its pid (start time).
+    Then each cycle /proc/PID/stat and statm (the kernel's RSS counters; O(1), no page walk):
+    unchanged, the last result stands; moved, the mapping list comes from /proc/PID/maps (no page
+    walk) and pagemap is read again for new mappings and, oldest first, for the pieces
+    (READ_BYTES) read before the counters moved: at least 1/ROLL_ROUNDS of the process's address
+    space a cycle (ROLL_MIN_BYTES at least), so all of it within ROLL_ROUNDS cycles. Every
+    `max_age` seconds every piece becomes due again the same way, whatever the counters say: what
+    they did not show (pages migrated between nodes, as many faulted in as dropped, counter
+    slack) is read within max_age + ROLL_ROUNDS cycles. Mappings empty at the last smaps read are
+    read between smaps reads only when small (EMPTY_READ_MAX) and not hugetlb, PFN or I/O
+    mappings; smaps is read again at max age only for a process that has a larger one (which
+    mappings hold pages is otherwise what pagemap says); a new mapping larger than that, or over
+    MAX_SCAN_BYTES in all, makes the read a full one. A piece read again whose pagemap bytes
+    are those of its last read (CRC-32) keeps its cells, without a decode or move_pages(2),
+    except in the round after max age. Where stat or statm cannot be read, every cycle is a
+    full read, as with max_age 0."""
+
+    def __init__(self, max_age: float):
+        self.max_age = max_age
+        self.key = None  # the owner's: what the cached cells depend on (max age, region shift, page size)
+        self.procs: dict[int, _Process] = {}
+        self.seq = 0  # cycles seen (begin())
+        self.full_reads = self.piece_reads = 0  # smaps reads, pieces read between them (bench, tests)
+        self.maps_refreshes = 0  # max-age refreshes without smaps
+
+    def begin(self) -> None:
+        """A new cycle: pieces read from here on are newer than the counters seen so far."""
+        self.seq += 1
+
+    def keep(self, pids) -> None:
+        """Forget every process but these (those read this cycle)."""
+        for pid in set(self.procs) - set(pids):
+            del self.procs[pid]
+
+    def read(self, fs: FS, pid: int, region_shift: int, page_size: int, nodes, now: float,
+             status_of=move_pages_status):
+        """read_residency()'s answer for pid, at `now` (seconds, monotonic)."""
+        if self.max_age <= 0:
+            return read_residency(fs, pid, region_shift, page_size, nodes, status_of)
+        sig = process_signature(fs, pid)
+        if sig is None:  # no counters to go by: read in full, every cycle
+            self.procs.pop(pid, None)
+            return read_residency(fs, pid, region_shift, page_size, nodes, status_of)
+        p = self.procs.get(pid)
+        if p is None or p.sig[0] != sig[0]:
+            return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, sig)
+        if now - p.full_at >= self.max_age and not any(
+                ok == 0 and e - s_ > EMPTY_READ_MAX for (s_, e, _), ok in p.readable.items()):
+            # every piece read again from here on; the mappings from maps: with no large mapping
+            # left unread, pagemap says all smaps would (which ones hold pages)
+            p.sig, p.dirty, p.forced, p.full_at = sig, self.seq, self.seq, now
+            p.readable = {k: 4 if ok == 2 else ok for k, ok in p.readable.items()}
+            self.maps_refreshes += 1
+            return self._roll(fs, pid, region_shift, page_size, nodes, now, status_of, p)
+        if now - p.full_at >= self.max_age:  # smaps again, and every piece read again from here on
+            try:
+                entries = parse_smaps(fs.proc(pid, "smaps").read_text(errors="replace"))
+            except (OSError, ValueError):
+                self.procs.pop(pid, None)
+                return None
+            self.full_reads += 1
+            p.sig, p.dirty, p.forced, p.full_at, p.readable = sig, self.seq, self.seq, now, _readable(entries)
+            return self._roll(fs, pid, region_shift, page_size, nodes, now, status_of, p, entries)
+        if sig != p.sig:
+            p.sig, p.dirty = sig, self.seq
+        elif not any(v[1] < p.dirty for v in p.pieces.values()):
+            return p.result  # nothing moved, nothing left to read again
+        return self._roll(fs, pid, region_shift, page_size, nodes, now, status_of, p)
+
+    def _full(self, fs, pid, region_shift, page_size, nodes, now, status_of, sig):
+        self.procs.pop(pid, None)
+        crcs: dict = {}
+        r = _read_full(fs, pid, region_shift, page_size, nodes, status_of, crcs)
+        self.full_reads += 1
+        if r is None:
+            return None
+        spans, pieces, why, entries = r
+        if pieces is None:
+            return spans, None, why  # read in full again next cycle
+        p = _Process(sig, now, _readable(entries), pieces, crcs, self.seq)
+        p.result = spans, dict(p.total), ""
+        self.procs[pid] = p
+        return p.result
+
+    def _roll(self, fs, pid, region_shift, page_size, nodes, now, status_of, p: _Process, maps=None):
+        """Read pagemap again where it is due: new mappings, then the stale pieces, oldest first.
+        `maps`: smaps' entries just read (at max age), else /proc/PID/maps is read."""
+        if maps is None:
+            try:
+                maps = parse_maps(fs.proc(pid, "maps").read_text(errors="replace"))
+            except (OSError, ValueError):
+                self.procs.pop(pid, None)
+                return None
+        else:
+            maps = [(e.start, e.end, e.path) for e in maps]
+        p.readable = {k: p.readable[k] for k in maps if k in p.readable}  # not the unmapped ones
+        vmas = []
+        for key in maps:
+            start, end, path = key
+            ok = p.readable.get(key)
+            if ok is None:  # new since the full read
+                if path.startswith(_NOT_READ_PATHS):
+                    continue
+                if end - start > EMPTY_READ_MAX:
+                    return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, p.sig)
+                ok = p.readable[key] = 3
+            if ok:
+                vmas.append((key, ok))
+        if sum(k[1] - k[0] for k, _ in vmas) > MAX_SCAN_BYTES:  # without the ones empty at the full read
+            vmas = [(k, ok) for k, ok in vmas if ok != 1]
+        vmas = [k for k, _ in vmas]
+        if sum(e - s for s, e, _ in vmas) > MAX_SCAN_BYTES:
+            return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, p.sig)
+        pieces, owner = [], []  # owner: the index in vmas of each piece's mapping
+        for i, vma in enumerate(vmas):
+            for k in _pieces((vma,)):
+                pieces.append(k)
+                owner.append(i)
+        here = set(pieces)
+        for k in [k for k in p.pieces if k not in here]:  # unmapped since
+            p.total.subtract(p.pieces.pop(k)[0])
+        new = [k for k in pieces if k not in p.pieces]
+        stale = sorted((k for k in pieces if k in p.pieces and p.pieces[k][1] < p.dirty),
+                       key=lambda k: (p.pieces[k][1], k[0]))
+        budget = max(ROLL_MIN_BYTES, -(-sum(e - s for s, e, _ in vmas) // ROLL_ROUNDS))
+        todo, used = list(new), 0  # new mappings on top: a process mapping more every cycle must
+        for k in stale:  # not hold the others back past ROLL_ROUNDS cycles
+            if used >= budget:
+                break
+            todo.append(k)
+            used += k[1] - k[0]
+        try:
+            with open(fs.proc(pid, "pagemap"), "rb") as f:
+                crcs: dict = {}
+                known = {k: (p.pieces[k][2], p.pieces[k][0]) for k in todo
+                         if k in p.pieces and p.pieces[k][1] >= p.forced}
+                got = _read_pieces(f, pid, todo, region_shift, page_size, nodes, status_of, crcs, known)
+        except OSError:
+            return self._full(fs, pid, region_shift, page_size, nodes, now, status_of, p.sig)
+        if got is None:
+            self.procs.pop(pid, None)
+            return None
+        self.piece_reads += len(todo)
+        for k, c in got.items():
+            if k in p.pieces:
+                p.total.subtract(p.pieces[k][0])
+            p.pieces[k] = (c, self.seq, crcs[k])
+            p.total.update(c)
+        total = {k: v for k, v in p.total.items() if v > 0}
+        p.total = Counter(total)
+        # spans: the mappings resident at the full read (one that lost every page since stays until
+        # the next full read) and those whose pages pagemap shows now
+        holds = {i for k, i in zip(pieces, owner) if p.pieces[k][0]}
+        spans = [(s, e) for i, (s, e, path) in enumerate(vmas) if i in holds or p.readable[(s, e, path)] == 2]
+        p.result = spans, total, ""
+        return p.result
 
 
 class HeatBuilder:
@@ -153,6 +433,12 @@ class HeatBuilder:
         cfg, page = self.cfg, self.page_size
         nodes = node_of_pfn(self.fs)
         residency_cache: dict[int, object] = {}
+        # what was read before: re-read only what may have changed (bpf.residency_max_age)
+        rc = getattr(self, "residency", None)
+        if rc is None or rc.key != (cfg.residency_max_age, cfg.region_shift, page):
+            rc = self.residency = ResidencyCache(cfg.residency_max_age)
+            rc.key = (cfg.residency_max_age, cfg.region_shift, page)
+        rc.begin()
         notes = []
         out = []
         st = self.cols
@@ -209,8 +495,8 @@ class HeatBuilder:
             spans_in, resident = [], {}
             for tg_ in scan:
                 if tg_ not in residency_cache:
-                    residency_cache[tg_] = read_residency(self.fs, tg_, cfg.region_shift, page, nodes,
-                                                           self.status_of)
+                    residency_cache[tg_] = rc.read(self.fs, tg_, cfg.region_shift, page, nodes,
+                                                   now_ns / 1e9, self.status_of)
                 r = residency_cache[tg_]
                 if r is None:
                     continue
@@ -231,6 +517,7 @@ class HeatBuilder:
                 accessed_bytes_total=tuple(sorted((n, l, b) for (n, l), b in acc.items()))))
         for name in set(self.accessed) - {t.name for t in targets}:
             del self.accessed[name]
+        rc.keep(residency_cache)
         events, matched, dropped = self.stats
         return H.HotnessData(region_size=cfg.region_size, half_life=cfg.half_life, page_size=page,
                              targets=tuple(out), events=events, matched=matched, dropped=dropped,

@@ -153,8 +153,8 @@ def test_move_pages_on_our_own_pages_answers_with_their_node():
 
 @pytest.mark.parametrize("status_of", ["move_pages", None])
 def test_reading_pagemap_in_pieces_counts_the_same_cells(tmp_path, monkeypatch, status_of):
-    # read_residency() reads READ_BYTES of address space at a time (a 64 GiB mapping: 64 reads of
-    # 2 MiB, not one of 128 MiB); pieces that split regions must add up to the same cells
+    # read_residency() reads READ_BYTES of address space at a time (a 64 GiB mapping: 1024 reads of
+    # 128 KiB, not one of 128 MiB); pieces that split regions must add up to the same cells
     fs = _two_nodes(tmp_path)
     nodes = bpf_heat.node_of_pfn(fs)
     of = _half_and_half if status_of else None
